@@ -1,0 +1,48 @@
+"""linfit's exceptions: one base class, one subclass per kind of mistake.
+
+Every message says what was wrong and what was expected, e.g.
+``LabelError: labels must lie in 0..C-1 with C=3; got values [-1, 5]``.
+"""
+
+
+class LinfitError(Exception):
+    """Base class of every error linfit raises on purpose."""
+
+
+class ShapeError(LinfitError, ValueError):
+    """Arrays have the wrong rank or inconsistent sizes."""
+
+
+class LabelError(LinfitError, ValueError):
+    """Labels are unusable: outside 0..C-1, a single class, too few samples per class."""
+
+
+class NonFiniteError(LinfitError, ValueError):
+    """An input contains NaN or infinite values."""
+
+
+class TreeMismatchError(LinfitError, ValueError):
+    """Two parameter trees (or a tree and a model) do not have the same structure or shapes."""
+
+
+class ParamsFilterError(LinfitError, ValueError):
+    """A parameter filter selects no parameter, or is not understood."""
+
+
+class VmapAxesError(LinfitError, ValueError):
+    """``vmap_axes=0`` was requested for a model whose samples interact (e.g. BatchNorm in train mode)."""
+
+
+class CheckpointError(LinfitError):
+    """A checkpoint cannot be read, or does not match the model it is loaded into."""
+
+
+class DatasetError(LinfitError):
+    """A dataset or task cannot be found, parsed or sampled as asked."""
+
+
+class UnknownNameError(LinfitError, KeyError):
+    """A name is not in a registry (models, scores, datasets, tasks)."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""

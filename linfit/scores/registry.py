@@ -1,0 +1,104 @@
+"""The score registry: every model-selection score by name, with what it needs.
+
+A score is a pure function of arrays: ``fn(*needed_inputs, labels, **options) -> float``. The
+benchmark extracts each input once per (model, task) and hands the same arrays to every score, so ten
+scores on one model cost one forward pass. Higher is better for every registered score (scores whose
+paper quantity is a loss are negated).
+
+Input names a score may declare in ``needs`` (all arrays are over the same N scoring samples):
+
+* ``"features"``        ``[N, D]`` penultimate features of the pre-trained model;
+* ``"source_probs"``    ``[N, Cs]`` softmax outputs of the pre-trained (source) head;
+* ``"ntk"``             ``[N, N]`` empirical NTK traced over the logits (see ``linfit.empirical_ntk_fn``);
+* ``"outputs0"``        ``[N, C]`` outputs of the target model at w0 (for the linearized-dynamics score);
+* ``"source_class_means"``  ``[Cs, D]`` class-mean source features and ``"source_class_counts"`` ``[Cs]``;
+* ``"probe_features"``  ``[N, Dp]`` features of a small network trained on the target task (RSA);
+* ``"key"``             a ``jax.random`` key (scores that sample).
+
+Example::
+
+    >>> from linfit import scores
+    >>> s = scores.get("lfc")
+    >>> s.needs
+    ('features',)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from linfit.errors import ShapeError, UnknownNameError
+
+INPUT_NAMES = (
+    "features",
+    "source_probs",
+    "ntk",
+    "outputs0",
+    "source_class_means",
+    "source_class_counts",
+    "probe_features",
+    "key",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """A registered score.
+
+    Attributes:
+      name: registry name (kebab/snake case, e.g. ``"lfc"``, ``"logme"``).
+      fn: ``fn(*[inputs[k] for k in needs], labels, **options) -> float``.
+      needs: names of the shared inputs the score reads (see the module docstring).
+      reference: the paper it implements.
+      cost: a cost class: ``"forward"`` (one forward pass), ``"forward+backward"``,
+        ``"probe-training"`` (trains a small model), ``"source-data"`` (needs source statistics),
+        ``"free"``.
+    """
+
+    name: str
+    fn: Callable[..., float]
+    needs: tuple[str, ...]
+    reference: str
+    cost: str
+
+    def __call__(self, labels: Any, /, **inputs: Any) -> float:
+        """Compute the score from ``labels [N]`` and the declared inputs (extra inputs are ignored;
+        inputs that are not in ``needs`` nor in ``INPUT_NAMES`` are passed on as options)."""
+        missing = [k for k in self.needs if k not in inputs]
+        if missing:
+            raise ShapeError(f"score {self.name!r} needs inputs {list(self.needs)}; missing {missing}")
+        options = {k: v for k, v in inputs.items() if k not in INPUT_NAMES}
+        return float(self.fn(*[inputs[k] for k in self.needs], labels, **options))
+
+
+_REGISTRY: dict[str, Score] = {}
+
+
+def register(name: str, *, needs: tuple[str, ...], reference: str, cost: str):
+    """Decorator registering ``fn`` under ``name``; returns ``fn`` unchanged."""
+    unknown = [k for k in needs if k not in INPUT_NAMES]
+    if unknown:
+        raise ValueError(f"score {name!r} declares unknown inputs {unknown}; known: {INPUT_NAMES}")
+
+    def decorate(fn: Callable[..., float]) -> Callable[..., float]:
+        if name in _REGISTRY:
+            raise ValueError(f"score {name!r} registered twice")
+        _REGISTRY[name] = Score(name=name, fn=fn, needs=tuple(needs), reference=reference, cost=cost)
+        return fn
+
+    return decorate
+
+
+def get(name: str) -> Score:
+    """The registered score called ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown score {name!r}; known scores: {', '.join(names())}") from None
+
+
+def names() -> list[str]:
+    """Names of all registered scores, sorted."""
+    return sorted(_REGISTRY)

@@ -1,0 +1,106 @@
+"""Input validation shared by all scores: labels, feature matrices, probability matrices, kernels.
+
+Each check raises a specific ``linfit`` error whose message names the problem and what was expected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from linfit.errors import LabelError, NonFiniteError, ShapeError
+
+
+def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tuple[np.ndarray, int]:
+    """Validate integer class labels.
+
+    Args:
+      labels: ``[N]`` integers in ``0..C-1`` where every class in that range occurs.
+      n: the expected N (e.g. the number of feature rows), or ``None``.
+      min_per_class: the fewest samples any class may have (e.g. 2 for scores that need a
+        within-class variance).
+
+    Returns:
+      ``(labels as int64 [N], C)``.
+
+    Raises:
+      ShapeError: not one-dimensional, or N differs from ``n``.
+      LabelError: non-integer values, values outside ``0..C-1``, a single class, a class absent or
+        with fewer than ``min_per_class`` samples, fewer samples than classes.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ShapeError(f"labels must be one-dimensional [N]; got shape {y.shape}")
+    if n is not None and y.shape[0] != n:
+        raise ShapeError(f"labels have N={y.shape[0]} entries but the inputs have N={n} rows")
+    if y.size == 0:
+        raise LabelError("labels are empty")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise LabelError(f"labels must be integers 0..C-1; got dtype {y.dtype} with non-integer values")
+    y = y.astype(np.int64)
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        bad = sorted(set(y[y < 0].tolist()))[:5]
+        raise LabelError(f"labels must lie in 0..C-1; got negative values {bad}")
+    num_classes = hi + 1
+    counts = np.bincount(y, minlength=num_classes)
+    absent = np.flatnonzero(counts == 0).tolist()
+    if absent:
+        raise LabelError(
+            f"labels must use every class in 0..C-1 (C={num_classes} from the largest label); "
+            f"classes {absent[:10]} never occur"
+        )
+    if num_classes < 2:
+        raise LabelError("labels contain a single class; a score needs at least two classes")
+    if y.size < num_classes:
+        raise LabelError(f"N={y.size} samples is fewer than the C={num_classes} classes")
+    small = np.flatnonzero(counts < min_per_class).tolist()
+    if small:
+        raise LabelError(
+            f"every class needs at least {min_per_class} samples; classes {small[:10]} have "
+            f"{counts[small[:10]].tolist()}"
+        )
+    return y, num_classes
+
+
+def check_matrix(x, name: str, *, n: int | None = None, ndim: int = 2) -> np.ndarray:
+    """Validate a finite ``[N, D]`` float matrix (``ndim`` axes); returns it as a numpy array."""
+    a = np.asarray(x)
+    if a.ndim != ndim:
+        raise ShapeError(f"{name} must have {ndim} axes; got shape {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise ShapeError(f"{name} has N={a.shape[0]} rows but the labels have N={n}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise ShapeError(f"{name} must be numeric; got dtype {a.dtype}")
+    if not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise NonFiniteError(f"{name} contains {bad} NaN or infinite values")
+    return a
+
+
+def check_features(features, labels, *, min_per_class: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate ``features [N, D]`` and ``labels [N]`` together; returns ``(features, labels, C)``."""
+    f = check_matrix(features, "features")
+    y, c = check_labels(labels, n=f.shape[0], min_per_class=min_per_class)
+    return f, y, c
+
+
+def check_probabilities(probs, labels) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate source-class probabilities ``[N, Cs]`` (non-negative rows summing to 1) and labels."""
+    p = check_matrix(probs, "source_probs")
+    y, c = check_labels(labels, n=p.shape[0])
+    if np.any(p < 0) or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        raise ShapeError(
+            "source_probs must be probabilities (non-negative rows summing to 1); apply a softmax "
+            "to logits first"
+        )
+    return p, y, c
+
+
+def check_kernel(kernel, labels) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate a square kernel ``[N, N]`` matching ``labels [N]``."""
+    k = check_matrix(kernel, "kernel")
+    if k.shape[0] != k.shape[1]:
+        raise ShapeError(f"kernel must be square [N, N]; got shape {k.shape}")
+    y, c = check_labels(labels, n=k.shape[0])
+    return k, y, c
