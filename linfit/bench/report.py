@@ -1,0 +1,188 @@
+"""Reports computed from a benchmark store: ranking metrics per task, their averages, costs, and figures.
+
+The store holds two kinds of units (see ``linfit.bench.grid``), each with ``config`` keys ``model``, ``task``
+(the target task name), ``regime`` (``5shot``/``20shot``/``full``), ``seed`` and ``reference`` (true for the
+generalist model the gains are measured against, the paper's ImageNet expert):
+
+* ``"scores"``: ``record["scores"] = {score_name: value}``, ``record["timings"] = {score_name: seconds}``;
+* ``"finetune"``: ``record["accuracy"]`` (test accuracy with the learning rate chosen on validation),
+  ``record["oracle_accuracy"]`` (the paper's choice: the best test accuracy over learning rates), and
+  ``record["seconds"]`` (wall time of the whole learning-rate sweep).
+
+Every number in a report is recomputed from the store, so a report can be regenerated at any time, including
+while a benchmark is still running (tasks with missing units are reported as incomplete and left out of the
+averages).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from linfit.bench.metrics import ranking_metrics
+from linfit.bench.store import ResultStore
+from linfit.errors import LinfitError
+
+GROUP = ["task", "regime", "seed"]
+
+
+def scores_frame(store: ResultStore) -> pd.DataFrame:
+    """Long table: one row per (model, task, regime, seed, score) with ``value`` and ``seconds``."""
+    rows = []
+    for unit in store.units("scores"):
+        cfg, rec = unit["config"], unit["record"]
+        for name, value in rec["scores"].items():
+            rows.append({**_ids(cfg), "score": name, "value": value, "seconds": rec["timings"].get(name, np.nan)})
+    return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "score", "value", "seconds"])
+
+
+def finetune_frame(store: ResultStore) -> pd.DataFrame:
+    """One row per fine-tuned (model, task, regime, seed): accuracy, oracle accuracy, seconds."""
+    rows = []
+    for unit in store.units("finetune"):
+        cfg, rec = unit["config"], unit["record"]
+        rows.append(
+            {
+                **_ids(cfg),
+                "accuracy": rec["accuracy"],
+                "oracle_accuracy": rec.get("oracle_accuracy", rec["accuracy"]),
+                "seconds": rec["seconds"],
+            }
+        )
+    return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "accuracy", "oracle_accuracy", "seconds"])
+
+
+_ID_COLUMNS = ["model", "task", "regime", "seed", "reference"]
+
+
+def _ids(cfg: dict) -> dict:
+    return {"model": cfg["model"], "task": cfg["task"], "regime": cfg["regime"], "seed": cfg.get("seed", 0),
+            "reference": bool(cfg.get("reference", False))}
+
+
+def ranking_frame(store: ResultStore, *, accuracy: str = "accuracy") -> pd.DataFrame:
+    """Ranking metrics of every score on every complete (task, regime, seed) group.
+
+    A group is complete when every fine-tuned model of the group has every score of the group and exactly one
+    reference model is among them. ``accuracy`` picks the ground truth column (``"accuracy"``: lr chosen on
+    validation; ``"oracle_accuracy"``: the paper's lr chosen on test).
+    Oracle rows ``best`` and ``worst`` carry the best/worst gain in ``top1_gain``/``top3_gain``.
+    """
+    scores, finetune = scores_frame(store), finetune_frame(store)
+    rows = []
+    for key, ft in finetune.groupby(GROUP):
+        refs = ft[ft.reference]
+        sc = scores.merge(ft[["model", *GROUP]], on=["model", *GROUP])
+        if len(refs) != 1 or sc.empty:
+            continue
+        reference = float(refs[accuracy].iloc[0])
+        acc = ft.set_index("model")[accuracy]
+        ident = dict(zip(GROUP, key))
+        for name, group in sc.groupby("score"):
+            if set(group.model) != set(acc.index):
+                continue
+            values = group.set_index("model").loc[acc.index, "value"].to_numpy()
+            rows.append({**ident, "score": name, **ranking_metrics(values, acc.to_numpy(), reference).as_dict()})
+        for oracle, pick in (("best", acc.max()), ("worst", acc.min())):
+            rows.append({**ident, "score": oracle, "top1_gain": pick - reference, "top3_gain": pick - reference})
+    return pd.DataFrame(rows)
+
+
+def summary_frame(ranking: pd.DataFrame) -> pd.DataFrame:
+    """Mean over tasks (and seeds) of each metric, per (regime, score): the paper's Fig. 4 Avg and Fig. 6."""
+    if ranking.empty:
+        raise LinfitError("the store holds no complete (task, regime) group yet: nothing to summarise")
+    metrics = ["spearman", "weighted_tau", "kendall", "pearson", "trials_to_best", "top1_gain", "top3_gain",
+               "regret"]
+    return ranking.groupby(["regime", "score"])[metrics].mean().reset_index()
+
+
+def cost_frame(store: ResultStore) -> pd.DataFrame:
+    """Selection cost of each score over the whole zoo, relative to fine-tuning the reference model once
+    (the paper's Table 3), per regime; plus the brute-force cost of fine-tuning every model."""
+    scores, finetune = scores_frame(store), finetune_frame(store)
+    rows = []
+    for regime, ft in finetune.groupby("regime"):
+        unit = ft[ft.reference].seconds.mean()
+        per_task = ft.groupby(["task", "seed"]).seconds.sum().mean()
+        rows.append({"regime": regime, "score": "brute_force", "relative_cost": per_task / unit})
+        sc = scores[scores.regime == regime]
+        for name, group in sc.groupby("score"):
+            rows.append({"regime": regime, "score": name,
+                         "relative_cost": group.groupby(["task", "seed"]).seconds.sum().mean() / unit})
+    return pd.DataFrame(rows)
+
+
+def _markdown(table: pd.DataFrame, *, index: bool = True) -> str:
+    """A GitHub-flavoured Markdown table of ``table`` (NaN shown as blank)."""
+    frame = table.reset_index() if index else table
+    header = [str(c) for c in frame.columns]
+    body = [["" if isinstance(v, float) and np.isnan(v) else str(v) for v in row] for row in frame.to_numpy()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _plot_bars(table: pd.DataFrame, value: str, title: str, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pivot = table.pivot_table(index="task", columns="score", values=value)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pivot.index) + 2), 4))
+    pivot.plot.bar(ax=ax, width=0.85)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_title(title)
+    ax.set_ylabel(value.replace("_", " "))
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_summary(summary: pd.DataFrame, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = summary[~summary.score.isin(["best", "worst"])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ["trials_to_best", "spearman"]):
+        scored.pivot_table(index="score", columns="regime", values=metric).plot.barh(ax=ax)
+        ax.set_title(f"mean {metric.replace('_', ' ')} over tasks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: str = "accuracy") -> pathlib.Path:
+    """Write ``report.md`` plus the figures (Fig. 4-style top-3 gains per regime, Fig. 6-style summary) into
+    ``out_dir``, all computed from ``store``. Returns the report's path."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ranking = ranking_frame(store, accuracy=accuracy)
+    summary = summary_frame(ranking)
+    costs = cost_frame(store)
+    lines = ["# linfit benchmark report", "",
+             f"Ground truth: `{accuracy}` ({'lr chosen on validation' if accuracy == 'accuracy' else 'lr chosen on test, as the paper'}).",
+             f"Store: `{store.path}`; {ranking.groupby(['task', 'regime', 'seed']).ngroups} complete task groups.", ""]
+    for regime, table in summary.groupby("regime"):
+        lines += [f"## Regime `{regime}`: averages over tasks", "",
+                  _markdown(table.drop(columns="regime").round(3), index=False), ""]
+        figure = out / f"top3_gain_{regime}.png"
+        _plot_bars(ranking[ranking.regime == regime], "top3_gain", f"top-3 gain over the reference ({regime})",
+                   figure)
+        lines += [f"![top-3 gain {regime}]({figure.name})", ""]
+        per_task = ranking[ranking.regime == regime].pivot_table(index="task", columns="score", values="top3_gain")
+        lines += ["Top-3 gain per task:", "", _markdown(per_task.round(2)), ""]
+    _plot_summary(summary, out / "trials_spearman.png")
+    lines += ["## Trials-to-best and Spearman", "", "![trials and spearman](trials_spearman.png)", ""]
+    lines += ["## Selection cost relative to one fine-tuning of the reference model", "",
+              _markdown(costs.pivot_table(index="score", columns="regime", values="relative_cost").round(3)), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

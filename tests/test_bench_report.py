@@ -1,0 +1,64 @@
+"""Reports are recomputed from a small store built here with known scores and accuracies."""
+
+import pytest
+
+from linfit.bench.report import cost_frame, ranking_frame, summary_frame, write_report
+from linfit.bench.store import ResultStore
+from linfit.errors import LinfitError
+
+# accuracies per task; "gen" is the reference (generalist) model
+ACC = {"t1": {"gen": 70.0, "a": 80.0, "b": 60.0, "c": 75.0}, "t2": {"gen": 50.0, "a": 40.0, "b": 55.0, "c": 45.0}}
+# "oracle" orders models exactly by accuracy; "inverse" exactly reversed
+SCORES = {name: {t: {m: sign * acc for m, acc in models.items()} for t, models in ACC.items()}
+          for name, sign in (("oracle", 1.0), ("inverse", -1.0))}
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = ResultStore(tmp_path / "bench.sqlite")
+    for task, models in ACC.items():
+        for model, acc in models.items():
+            cfg = {"model": model, "task": task, "regime": "20shot", "seed": 0, "reference": model == "gen"}
+            s.put(f"finetune/{model}/{task}", "finetune", {"accuracy": acc, "seconds": 10.0}, config=cfg)
+            record = {"scores": {n: SCORES[n][task][model] for n in SCORES}, "timings": {"oracle": 0.5, "inverse": 1.0}}
+            s.put(f"scores/{model}/{task}", "scores", record, config=cfg)
+    yield s
+    s.close()
+
+
+def test_ranking_frame_matches_hand_computation(store):
+    ranking = ranking_frame(store).set_index(["task", "score"])
+    assert ranking.loc[("t1", "oracle"), "spearman"] == pytest.approx(1.0)
+    assert ranking.loc[("t1", "oracle"), "top3_gain"] == 10.0  # best of the top-3 is "a": 80 - 70
+    assert ranking.loc[("t1", "inverse"), "trials_to_best"] == 4
+    assert ranking.loc[("t1", "inverse"), "top3_gain"] == 5.0  # top-3 of the reversed order: b, c, gen -> 75
+    assert ranking.loc[("t2", "best"), "top1_gain"] == 5.0 and ranking.loc[("t2", "worst"), "top1_gain"] == -10.0
+    summary = summary_frame(ranking_frame(store)).set_index("score")
+    assert summary.loc["oracle", "trials_to_best"] == 1 and summary.loc["inverse", "spearman"] == pytest.approx(-1)
+    assert summary.loc["oracle", "top3_gain"] == pytest.approx((10.0 + 5.0) / 2)
+
+
+def test_incomplete_group_is_left_out(store):
+    store.put("finetune/d/t1", "finetune", {"accuracy": 99.0, "seconds": 1.0},
+              config={"model": "d", "task": "t1", "regime": "20shot", "seed": 0})
+    ranking = ranking_frame(store)
+    assert set(ranking[ranking.score == "oracle"].task) == {"t2"}  # t1 lacks the scores of model d
+
+
+def test_costs_relative_to_one_reference_finetuning(store):
+    costs = cost_frame(store).set_index("score").relative_cost
+    assert costs["brute_force"] == pytest.approx(4.0)  # four models at 10 s each vs 10 s for the reference
+    assert costs["oracle"] == pytest.approx(4 * 0.5 / 10) and costs["inverse"] == pytest.approx(4 * 1.0 / 10)
+
+
+def test_write_report(store, tmp_path):
+    path = write_report(store, tmp_path / "report")
+    text = path.read_text()
+    assert "| oracle |" in text and "top3_gain_20shot.png" in text
+    assert (tmp_path / "report" / "top3_gain_20shot.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "trials_spearman.png").exists()
+
+
+def test_empty_store_is_a_clear_error(tmp_path):
+    with pytest.raises(LinfitError, match="no complete"):
+        write_report(ResultStore(tmp_path / "empty.sqlite"), tmp_path / "r")
