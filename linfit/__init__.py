@@ -6,6 +6,7 @@ fine-tuning" (arXiv 2102.00084).
 
 from linfit.errors import (
     CheckpointError,
+    ConfigError,
     DatasetError,
     LabelError,
     LinfitError,

@@ -46,3 +46,7 @@ class UnknownNameError(LinfitError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(LinfitError, ValueError):
+    """An option or configuration value is invalid (out of range, inconsistent with other options)."""

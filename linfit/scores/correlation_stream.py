@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from linfit.errors import NonFiniteError, ShapeError
+from linfit.scores.correlation import correlation_from_sums
 from linfit.scores.validation import check_labels
 
 
@@ -59,14 +60,4 @@ class StreamedKernelLabelCorrelation:
         """The Pearson correlation between K and K_Y once all N² entries have been added."""
         if self._entries != self.n * self.n:
             raise ShapeError(f"{self._entries} kernel entries were added; the score needs all N²={self.n ** 2}")
-        n2 = float(self.n) ** 2
-        counts = np.bincount(self.labels).astype(np.float64)
-        sum_y = 2.0 * np.sum(counts**2) - n2
-        mean_k, mean_y = self._sum / n2, sum_y / n2
-        cross = 2.0 * self._sum_same_class - self._sum  # Σ K∘K_Y with K_Y = 2·[same] − 1
-        covariance = cross - n2 * mean_k * mean_y
-        var_k = self._sum_sq - n2 * mean_k**2
-        var_y = n2 - n2 * mean_y**2
-        if var_k <= 0:
-            return 0.0  # a constant kernel carries no label information
-        return float(covariance / np.sqrt(var_k * var_y))
+        return correlation_from_sums(self._sum, self._sum_sq, self._sum_same_class, np.bincount(self.labels))

@@ -9,8 +9,9 @@ Input names a score may declare in ``needs`` (all arrays are over the same N sco
 
 * ``"features"``        ``[N, D]`` penultimate features of the pre-trained model;
 * ``"source_probs"``    ``[N, Cs]`` softmax outputs of the pre-trained (source) head;
-* ``"ntk"``             ``[N, N]`` empirical NTK traced over the logits (see ``linfit.empirical_ntk_fn``);
-* ``"outputs0"``        ``[N, C]`` outputs of the target model at w0 (for the linearized-dynamics score);
+* ``"ntk"``             ``[N, N]`` the fine-tuning NTK at w0 w.r.t. every parameter, traced over the logits and
+                        averaged over the new head's random initialisation (``linfit.scores.lgc.lgc_kernel``);
+* ``"ntk_last_conv"``   ``[N, N]`` the same kernel w.r.t. the last convolution's kernel only (the paper's LGC);
 * ``"source_class_means"``  ``[Cs, D]`` class-mean source features and ``"source_class_counts"`` ``[Cs]``;
 * ``"probe_features"``  ``[N, Dp]`` features of a small network trained on the target task (RSA);
 * ``"key"``             a ``jax.random`` key (scores that sample).
@@ -35,7 +36,7 @@ INPUT_NAMES = (
     "features",
     "source_probs",
     "ntk",
-    "outputs0",
+    "ntk_last_conv",
     "source_class_means",
     "source_class_counts",
     "probe_features",

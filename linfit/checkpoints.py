@@ -1,0 +1,264 @@
+"""Read and write model weights, with strict name and shape checking.
+
+Three formats:
+
+* linfit's own (:func:`save` / :func:`load`): one msgpack file (``flax.serialization``) holding
+  ``{"format": "linfit", "version": 1, "metadata": {...}, "variables": {...}}``; leaves keep the dtype
+  they were saved in (``save(..., dtype="float16")`` halves the file), floating leaves come back as
+  float32.
+* torchvision / timm state dicts (:func:`load_torchvision`): a ``.safetensors`` file (read with the
+  numpy API of ``safetensors``, no torch needed) or a ``.npz`` with the same names, e.g.
+  ``layer1.0.conv1.weight``. Conv weights ``[O, I, kh, kw] -> [kh, kw, I, O]``, Linear ``[out, in] ->
+  [in, out]``, BatchNorm ``weight, bias, running_mean, running_var -> scale, bias, mean, var``,
+  ``num_batches_tracked`` ignored, ``fc`` / ``classifier`` -> ``head``. The module names come from the
+  backbone's ``torch_module_name`` (see :mod:`linfit.models.resnet`, :mod:`linfit.models.densenet`).
+* big_vision-style ``.npz`` (:func:`load_big_vision_npz`): one array per leaf, keyed by the leaf's
+  '/'-joined linfit path *including the collection*, e.g. ``params/layer1/block0/conv1/kernel`` and
+  ``batch_stats/bn1/mean``, arrays already in Flax layout (HWIO kernels).
+
+Every loader fills a ``variables`` tree given as a template (from :func:`linfit.models.init`, or
+abstract from ``jax.eval_shape`` so large models need not be initialised) and raises one
+``CheckpointError`` listing all missing, unexpected and mis-shaped keys. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from linfit.errors import CheckpointError, TreeMismatchError
+from linfit.tree import check_same_structure, path_str
+
+FORMAT = "linfit"
+VERSION = 1
+_TORCH_LEAF = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+_TORCH_IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+# --------------------------------------------------------------------------- linfit's own format
+
+
+def save(
+    path: str | os.PathLike,
+    variables: Mapping[str, Any],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    dtype: str | np.dtype | None = None,
+) -> None:
+    """Write ``variables`` (e.g. ``{"params": ..., "batch_stats": ...}``) to ``path``.
+
+    Args:
+      path: destination file; written atomically (temporary file + rename).
+      variables: a nested dict of arrays.
+      metadata: msgpack-serialisable dict (str, numbers, lists, dicts) stored alongside.
+      dtype: storage dtype for floating leaves (e.g. ``"float16"``); ``None`` keeps each leaf's dtype.
+    """
+    store_dtype = None if dtype is None else np.dtype(dtype)
+    if store_dtype is not None and not np.issubdtype(store_dtype, np.floating):
+        raise CheckpointError(f"save: dtype must be a floating dtype; got {store_dtype}")
+
+    def to_numpy(leaf: Any) -> np.ndarray:
+        arr = np.asarray(leaf)
+        if store_dtype is not None and np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(store_dtype)
+        return arr
+
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "metadata": dict(metadata or {}),
+        "variables": jax.tree_util.tree_map(to_numpy, dict(variables)),
+    }
+    try:
+        data = serialization.msgpack_serialize(payload)
+    except Exception as err:  # msgpack raises TypeError / ValueError on unsupported objects
+        raise CheckpointError(f"save: cannot serialise variables/metadata: {err}") from err
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _read_payload(path: str | os.PathLike) -> dict:
+    try:
+        payload = serialization.msgpack_restore(Path(path).read_bytes())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint file not found: {path}") from err
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a linfit checkpoint (msgpack): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a linfit checkpoint (no format={FORMAT!r} marker)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: unsupported linfit checkpoint version {payload.get('version')}")
+    return payload
+
+
+def load(path: str | os.PathLike, *, target: Mapping[str, Any] | None = None) -> dict:
+    """Read variables written by :func:`save`; floating leaves are returned as float32 ``jax.Array``.
+
+    Args:
+      path: a file written by :func:`save`.
+      target: optional variables tree (from ``init`` or ``jax.eval_shape``); when given the file must
+        have exactly its paths and shapes.
+
+    Raises:
+      CheckpointError: unreadable file, or (with ``target``) missing / unexpected / mis-shaped keys.
+    """
+    variables = _read_payload(path)["variables"]
+    if target is not None:
+        try:
+            check_same_structure(dict(target), variables, what=f"variables in {path}")
+        except TreeMismatchError as err:
+            raise CheckpointError(str(err)) from err
+
+    def to_jax(leaf: Any) -> jax.Array:
+        arr = np.asarray(leaf)
+        return jnp.asarray(arr, jnp.float32 if np.issubdtype(arr.dtype, np.floating) else arr.dtype)
+
+    return jax.tree_util.tree_map(to_jax, variables)
+
+
+def load_metadata(path: str | os.PathLike) -> dict:
+    """The ``metadata`` dict stored by :func:`save`."""
+    return dict(_read_payload(path)["metadata"])
+
+
+# --------------------------------------------------------------------------- foreign formats
+
+
+def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Flat name -> array from a ``.safetensors`` or ``.npz`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as err:
+            raise CheckpointError(
+                "reading .safetensors needs the 'safetensors' package (pip install safetensors)"
+            ) from err
+        try:
+            return load_file(str(path))
+        except Exception as err:  # e.g. bfloat16 tensors, which numpy cannot hold
+            raise CheckpointError(f"cannot read {path}: {err}") from err
+    raise CheckpointError(f"unsupported checkpoint suffix {path.suffix!r} for {path}; expected .safetensors or .npz")
+
+
+def _fill(
+    template: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    key_of: Callable[[str], str],
+    convert: Callable[[np.ndarray, str], np.ndarray],
+    ignored: Callable[[str], bool],
+    source: str,
+) -> dict:
+    """Fill every leaf of ``template`` from ``arrays[key_of(path)]`` (converted), strictly.
+
+    Raises one ``CheckpointError`` listing the leaves without a key, the keys left unused (unless
+    ``ignored``), and the keys whose converted shape differs from the leaf's.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(dict(template))
+    leaves, missing, misshaped, used = [], [], [], set()
+    for key_path, leaf in flat:
+        path = path_str(key_path)
+        key = key_of(path)
+        if key not in arrays:
+            missing.append(key if key == path else f"{key} (for {path})")
+            leaves.append(None)
+            continue
+        used.add(key)
+        arr = convert(np.asarray(arrays[key]), path)
+        if tuple(arr.shape) != tuple(leaf.shape):
+            misshaped.append(
+                f"{key}: file {tuple(arrays[key].shape)} -> {tuple(arr.shape)}, "
+                f"model expects {tuple(leaf.shape)} at {path}"
+            )
+        leaves.append(jnp.asarray(arr, leaf.dtype))
+    unexpected = sorted(k for k in arrays if k not in used and not ignored(k))
+    if missing or unexpected or misshaped:
+        parts = [
+            f"{label} ({len(items)}): {items}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+            if items
+        ]
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def torch_key(model: Any, path: str) -> str:
+    """The torchvision/timm state-dict key of a linfit variables path, e.g.
+    ``"params/layer1/block0/conv1/kernel" -> "layer1.0.conv1.weight"``."""
+    collection, *modules, leaf = path.split("/")
+    if (collection, leaf) not in _TORCH_LEAF:
+        raise CheckpointError(f"no torchvision name for the variable {path!r}")
+    return f"{model.torch_module_name('/'.join(modules))}.{_TORCH_LEAF[(collection, leaf)]}"
+
+
+def _from_torch_layout(arr: np.ndarray, path: str) -> np.ndarray:
+    """Conv ``[O, I, kh, kw] -> [kh, kw, I, O]``, Linear ``[out, in] -> [in, out]``, else unchanged."""
+    if path.endswith("/kernel") and arr.ndim == 4:
+        return arr.transpose(2, 3, 1, 0)
+    if path.endswith("/kernel") and arr.ndim == 2:
+        return arr.T
+    return arr
+
+
+def load_torchvision(path: str | os.PathLike, model: Any, variables: Mapping[str, Any]) -> dict:
+    """Load a torchvision/timm-named ResNet or DenseNet state dict into a linfit backbone.
+
+    Args:
+      path: ``.safetensors`` (or ``.npz``) with torch names and layouts (``[O, I, kh, kw]`` convs).
+      model: the linfit backbone (``ResNet``, ``DenseNet`` or ``SmallCNN``) whose names to map to.
+      variables: its variables tree, used as a template for paths, shapes and dtypes (may be abstract,
+        from ``jax.eval_shape``).
+
+    Returns:
+      A new variables tree (float32 ``jax.Array`` leaves) with every leaf taken from the file.
+
+    Raises:
+      CheckpointError: unreadable file; keys missing for some model leaf; file keys the model does not
+        use (other than ``*.num_batches_tracked``); shapes that differ after the layout conversion.
+    """
+    if not hasattr(model, "torch_module_name"):
+        raise CheckpointError(f"{type(model).__name__} has no torchvision naming (torch_module_name)")
+    return _fill(
+        variables,
+        _read_arrays(path),
+        key_of=lambda p: torch_key(model, p),
+        convert=_from_torch_layout,
+        ignored=lambda k: k.endswith(_TORCH_IGNORED_SUFFIXES),
+        source=str(path),
+    )
+
+
+def load_big_vision_npz(path: str | os.PathLike, variables: Mapping[str, Any]) -> dict:
+    """Load a big_vision-style ``.npz`` of flat '/'-joined names onto ``variables``.
+
+    Names are linfit's variables paths including the collection (``params/head/kernel``,
+    ``batch_stats/bn1/var``); arrays are in Flax layout. Strict like :func:`load_torchvision`.
+    """
+    return _fill(
+        variables,
+        _read_arrays(path),
+        key_of=lambda p: p,
+        convert=lambda arr, p: arr,
+        ignored=lambda k: False,
+        source=str(path),
+    )

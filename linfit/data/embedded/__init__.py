@@ -1,0 +1,66 @@
+"""The embedded offline dataset pack: 8 source domains and 11 held-out target domains.
+
+Images are stored as ``[N, 28, 28]`` uint8 in ``<name>.npz`` next to this file and returned as
+``[N, 28, 28, 1]`` float32 in ``[0, 1]``. Provenance and licences: ``linfit/data/NOTICE.md``;
+recipes: :mod:`linfit.data.build_embedded`.
+
+Example::
+
+    >>> from linfit.data import embedded
+    >>> ds = embedded.load("latin")
+    >>> ds.x_train.shape, ds.num_classes
+    ((2600, 28, 28, 1), 26)
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+
+from linfit.data import catalog
+from linfit.data.dataset import Dataset, union
+from linfit.errors import DatasetError, UnknownNameError
+
+
+def source_domains() -> list[str]:
+    """Names of the source domains (experts are trained on each), in catalogue order."""
+    return catalog.names("source")
+
+
+def target_domains() -> list[str]:
+    """Names of the held-out target domains (the fine-tuning tasks), in catalogue order."""
+    return catalog.names("target")
+
+
+def manifest() -> dict:
+    """The build manifest: per domain its role, sizes, class names and the SHA-256 of its arrays."""
+    return json.loads(resources.files(__name__).joinpath("manifest.json").read_text(encoding="utf-8"))
+
+
+def load_raw(name: str) -> dict[str, np.ndarray]:
+    """The stored arrays of one domain: ``x_train``/``x_test`` ``[N, 28, 28]`` uint8, ``y_*`` ``[N]`` int16,
+    ``class_names`` ``[C]`` str."""
+    if name not in catalog.DOMAINS:
+        raise UnknownNameError(f"unknown embedded dataset {name!r}; known: {', '.join(catalog.DOMAINS)}")
+    resource = resources.files(__name__).joinpath(f"{name}.npz")
+    try:
+        with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"embedded dataset {name!r} is missing or corrupt ({e}); reinstall linfit") from e
+
+
+def load(name: str) -> Dataset:
+    """Load one embedded domain as a :class:`~linfit.data.Dataset` (images ``[N, 28, 28, 1]`` float32 in [0, 1])."""
+    raw = load_raw(name)
+    info = catalog.DOMAINS[name]
+    return Dataset(name=name, x_train=raw["x_train"], y_train=raw["y_train"], x_test=raw["x_test"],
+                   y_test=raw["y_test"], class_names=tuple(raw["class_names"].tolist()),
+                   domain=f"{info.role}: {info.description}. Source: {info.provenance}")
+
+
+def load_union(names: list[str] | None = None) -> Dataset:
+    """The union of several domains with disjoint labels (default: all sources) — the generalist's training set."""
+    return union([load(n) for n in (names or source_domains())], name="union")

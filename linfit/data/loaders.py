@@ -1,0 +1,130 @@
+"""Loaders for user data on local disk: image folders and arrays (``.npz`` or in memory).
+
+Nothing here downloads. Every loader returns a :class:`~linfit.data.Dataset` (images ``[N, H, W, C]``
+float32 in ``[0, 1]``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from linfit.data.dataset import Dataset
+from linfit.errors import DatasetError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def _read_class_folders(root: str, size: tuple[int, int], grayscale: bool):
+    """Read ``root/<class>/<image>`` -> (``[N, H, W, C]`` uint8, ``[N]`` labels, sorted class names)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isdir(root):
+        raise DatasetError(f"image folder {root!r} does not exist or is not a directory")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise DatasetError(f"{root!r} has no class subfolders (expected root/<class>/<image files>)")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(f for f in os.listdir(os.path.join(root, cls)) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise DatasetError(f"class folder {os.path.join(root, cls)!r} has no image files {IMAGE_SUFFIXES}")
+        for fname in files:
+            path = os.path.join(root, cls, fname)
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("L" if grayscale else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+                    arr = np.asarray(im, np.uint8)
+            except (OSError, UnidentifiedImageError) as e:
+                raise DatasetError(f"cannot decode image {path!r}: {e}") from e
+            images.append(arr[..., None] if grayscale else arr)
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int32), classes
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    size: tuple[int, int] = (28, 28),
+    grayscale: bool = True,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    name: str | None = None,
+) -> Dataset:
+    """Load class-per-subfolder images with Pillow, resized to ``size`` (bilinear).
+
+    Two layouts are accepted:
+
+    * ``root/train/<class>/*`` and ``root/test/<class>/*``: the given split is used (same class names
+      required in both);
+    * ``root/<class>/*``: split at random, stratified, with ``test_fraction`` of each class (at least
+      one image) in the test split — the paper's 80/20 rule for datasets without a split.
+
+    Args:
+      size: output ``(H, W)``.
+      grayscale: ``C = 1`` if True, else RGB (``C = 3``).
+      seed: seed of the random split (only for the second layout).
+
+    Returns:
+      A :class:`Dataset` with ``[N, H, W, C]`` float32 images in ``[0, 1]``.
+    """
+    root = os.fspath(root)
+    name = name or os.path.basename(os.path.normpath(root))
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+        x_train, y_train, classes = _read_class_folders(train_dir, size, grayscale)
+        x_test, y_test, test_classes = _read_class_folders(test_dir, size, grayscale)
+        if test_classes != classes:
+            raise DatasetError(
+                f"{root!r}: train and test have different class folders: {classes} vs {test_classes}"
+            )
+    else:
+        if not 0.0 < test_fraction < 1.0:
+            raise DatasetError(f"test_fraction must lie in (0, 1); got {test_fraction}")
+        x, y, classes = _read_class_folders(root, size, grayscale)
+        counts = np.bincount(y)
+        if counts.min() < 2:
+            raise DatasetError(f"{root!r}: every class needs >= 2 images to split; class counts {counts.tolist()}")
+        test_mask = np.zeros(len(y), bool)
+        for c, n in enumerate(counts):  # per class: max(1, round(n * fraction)) test images
+            k = min(n - 1, max(1, round(float(n) * test_fraction)))
+            rng = np.random.default_rng(np.random.SeedSequence([seed, c]))
+            test_mask[rng.permutation(np.flatnonzero(y == c))[:k]] = True
+        x_train, y_train, x_test, y_test = x[~test_mask], y[~test_mask], x[test_mask], y[test_mask]
+    return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                   class_names=tuple(classes), domain=f"image folder {root}")
+
+
+def load_arrays(source, *, name: str | None = None, class_names=None) -> Dataset:
+    """Build a :class:`Dataset` from arrays: a path to an ``.npz`` file or a mapping of arrays.
+
+    Required keys: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (images ``[N, H, W]`` or
+    ``[N, H, W, C]``, uint8 or float in ``[0, 1]``; labels ``[N]`` integers). Optional key:
+    ``class_names`` (default ``"0" .. str(max label)``).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"cannot read arrays from {path!r}: {e}") from e
+        name = name or os.path.splitext(os.path.basename(path))[0]
+    elif isinstance(source, Mapping):
+        arrays = dict(source)
+    else:
+        raise DatasetError(f"load_arrays needs an .npz path or a mapping of arrays; got {type(source).__name__}")
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise DatasetError(f"arrays lack the keys {missing}; found {sorted(arrays)}")
+    if class_names is None:
+        if "class_names" in arrays:
+            class_names = [str(c) for c in np.asarray(arrays["class_names"]).tolist()]
+        else:
+            top = int(max(np.max(arrays["y_train"], initial=0), np.max(arrays["y_test"], initial=0)))
+            class_names = [str(i) for i in range(top + 1)]
+    return Dataset(name=name or "arrays", x_train=arrays["x_train"], y_train=arrays["y_train"],
+                   x_test=arrays["x_test"], y_test=arrays["y_test"], class_names=tuple(class_names),
+                   domain=str(np.asarray(arrays.get("domain", "arrays"))))

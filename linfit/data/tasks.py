@@ -1,0 +1,141 @@
+"""Task specs ``"<dataset>:<regime>"`` and their loading (the paper's data regimes, Sec. 4).
+
+Regimes: ``full`` (the whole training split), ``<k>shot`` (``k`` training images per class drawn
+deterministically by seed; the paper uses ``5shot``, ``10shot`` (Fig. 1) and ``20shot``). The test
+split is always the full test split. Example::
+
+    >>> from linfit.data import load_task
+    >>> task = load_task("hebrew:5shot", seed=0)
+    >>> task.train.x.shape, task.test.x.shape
+    ((110, 28, 28, 1), (462, 28, 28, 1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+from linfit.data import catalog
+from linfit.data.dataset import Dataset
+from linfit.data.sampling import kshot_indices, scoring_subset
+from linfit.errors import DatasetError, UnknownNameError
+
+#: The regimes enumerated by :func:`tasks` (every ``<k>shot`` with k >= 1 is accepted by :func:`parse_task`).
+REGIMES = ("5shot", "20shot", "full")
+_REGIME = re.compile(r"^(?:full|([1-9][0-9]*)shot)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A parsed ``"<dataset>:<regime>"``; ``shots`` is ``None`` for ``full``."""
+
+    dataset: str
+    regime: str
+
+    @property
+    def shots(self) -> int | None:
+        match = _REGIME.match(self.regime)
+        return int(match.group(1)) if match.group(1) else None
+
+    def __str__(self) -> str:
+        return f"{self.dataset}:{self.regime}"
+
+
+class Split(NamedTuple):
+    """Images ``x`` ``[N, H, W, C]`` float32 in [0, 1] and labels ``y`` ``[N]`` int32."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """A fine-tuning task.
+
+    Attributes:
+      spec: the parsed spec.
+      train: the training set of the regime (the k-shot subset, or all of the training split).
+      test: the FULL test split.
+      train_indices: ``[N]`` indices of ``train`` in the dataset's training split.
+      class_names: names in label order.
+    """
+
+    spec: TaskSpec
+    train: Split
+    test: Split
+    train_indices: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def scoring_set(self, *, per_class: int = 25, seed: int = 0) -> Split:
+        """At most ``per_class`` training images per class (paper Sec. 4), drawn from ``train`` only."""
+        idx = scoring_subset(self.train.y, per_class=per_class, seed=seed)
+        return Split(self.train.x[idx], self.train.y[idx])
+
+
+def parse_task(spec: str | TaskSpec) -> TaskSpec:
+    """Parse ``"<dataset>:<regime>"`` (e.g. ``"armenian:20shot"``); raises :class:`DatasetError` if malformed.
+
+    The dataset name is checked when the task is loaded (:func:`load_task`), so specs naming user
+    datasets parse too.
+    """
+    if isinstance(spec, TaskSpec):
+        return spec
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise DatasetError(f"a task spec is '<dataset>:<regime>' with regime in {REGIMES} or '<k>shot'; got {spec!r}")
+    name, regime = (part.strip() for part in spec.split(":"))
+    if not name:
+        raise DatasetError(f"task spec {spec!r} has an empty dataset name")
+    if not _REGIME.match(regime):
+        raise DatasetError(
+            f"unknown regime {regime!r} in task spec {spec!r}; expected 'full' or '<k>shot' with k >= 1 "
+            f"(the benchmark uses {', '.join(REGIMES)})"
+        )
+    return TaskSpec(name, regime)
+
+
+def tasks() -> list[str]:
+    """Every embedded target domain x regime, as spec strings (targets in catalogue order)."""
+    return [f"{name}:{regime}" for name in catalog.names("target") for regime in REGIMES]
+
+
+def load_task(spec: str | TaskSpec, *, seed: int = 0, dataset: Dataset | None = None) -> Task:
+    """Load a task: the regime's training subset (drawn by ``seed``) and the full test split.
+
+    Args:
+      spec: ``"<dataset>:<regime>"`` or a :class:`TaskSpec`.
+      seed: seed of the k-shot draw (:func:`~linfit.data.kshot_indices`; ignored for ``full``).
+      dataset: the dataset to use instead of the embedded one of that name (e.g. from
+        :func:`~linfit.data.load_tfds`); its ``name`` must match the spec.
+
+    Raises:
+      UnknownNameError: the dataset is not embedded (and none was passed).
+      DatasetError: malformed spec, or a class has fewer than ``k`` training images.
+    """
+    spec = parse_task(spec)
+    if dataset is None:
+        from linfit.data import embedded
+
+        if spec.dataset not in catalog.DOMAINS:
+            raise UnknownNameError(
+                f"unknown task dataset {spec.dataset!r}; embedded targets: {', '.join(catalog.names('target'))} "
+                f"(sources: {', '.join(catalog.names('source'))})"
+            )
+        dataset = embedded.load(spec.dataset)
+    elif dataset.name != spec.dataset:
+        raise DatasetError(f"task spec names {spec.dataset!r} but the dataset passed is {dataset.name!r}")
+    if spec.shots is None:
+        idx = np.arange(len(dataset.y_train), dtype=np.int64)
+    else:
+        try:
+            idx = kshot_indices(dataset.y_train, spec.shots, seed=seed)
+        except DatasetError as e:
+            raise DatasetError(f"task {spec}: {e}") from e
+    return Task(spec=spec, train=Split(dataset.x_train[idx], dataset.y_train[idx]),
+                test=Split(dataset.x_test, dataset.y_test), train_indices=idx, class_names=dataset.class_names)

@@ -1,0 +1,355 @@
+"""Closed-form linearized fine-tuning: MSE gradient flow and gradient descent from one ``eigh``.
+
+Deshpande et al. 2021 (arXiv 2102.00084), Proposition 1 / eq. (1), after Lee et al. 2019 ("Wide neural
+networks of any depth evolve as linear models under gradient descent", arXiv 1902.06720).
+
+Convention (one for the whole module, except :func:`gradient_descent_mse`, see below). The linearized
+model is ``f_lin(x; w) = f0(x) + J(x) (w - w0)`` with traced NTK ``Θ = J Jᵀ`` (``[N, N]``, the same kernel
+for every output column) and targets ``Y [N, O]``. It is trained on
+
+    L(w) = ½ Σ_i ‖f_lin(x_i; w) - y_i‖²  +  ½ μ ‖w - w0‖²      (sum over samples and outputs, weight decay μ)
+
+either by gradient flow ``ẇ = -η ∇L`` for a time ``t`` or by gradient descent ``w ← w - η ∇L`` for ``t``
+steps. Writing ``r0 = Y - f0(X)`` and ``Θ = V diag(λ) Vᵀ``, the weights stay ``w - w0 = Jᵀ a_t`` with
+
+    a_t = (Θ + μI)⁻¹ (I - D_t) r0,   D_t = exp(-η(Θ + μI) t)   (flow)   or   (I - η(Θ + μI))^t   (steps),
+
+which gives, in the eigenbasis (one matrix product for a whole vector of times):
+
+    train residual     r_t = Y - f_t(X)  = (μI + Θ D_t)(Θ + μI)⁻¹ r0        (μ = 0:  exp(-ηΘt) r0)
+    test predictions   f_t(X*) = f0(X*) + Θ*  a_t                            (Θ* = Θ_test,train [M, N])
+    train loss         L_t = ½ ‖r_t‖²  (the data term; μ = 0 and flow: ½ r0ᵀ exp(-2ηΘt) r0)
+
+For μ = 0 and flow this is the paper's eq. (1) up to its factor ½ (the paper's constants are not consistent
+between the main text and the appendix). With μ > 0 and t = ∞ it is kernel ridge regression:
+``f_∞(X*) = f0(X*) + Θ* (Θ + μI)⁻¹ r0``. The gain ``(1 - e^{-η x t}) / x`` (``x = λ + μ``) is computed as
+``-expm1(-η x t) / x`` and equals its limit ``η t`` (``η t`` steps for descent) where ``x = 0``.
+
+:func:`gradient_descent_mse` reproduces ``neural_tangents.predict.gradient_descent_mse`` one to one. There
+the loss is ``½ mean`` over the ``y_train.size = N·O`` entries, so its time ``t`` equals time
+``t / y_train.size`` in the convention above (equivalently, learning rate ``η / y_train.size``).
+
+Numerics. Everything is computed on the host in float64 numpy (kernels come from the device in float32, but an
+eigendecomposition of an ill-conditioned kernel needs the extra precision, and N is at most a few thousand
+here). Eigenvalues are clipped: negative ones (round-off of a positive semi-definite kernel) and positive
+ones at or below ``rcond · λ_max`` (default ``rcond = N · eps`` of the kernel's dtype, numpy's
+``matrix_rank`` tolerance) are set to exactly 0. Those directions form the kernel's null space: the residual
+there never decays, and at ``t = ∞`` (with μ = 0) they get gain 0, i.e. a pseudo-inverse. That is the exact
+limit whenever ``Θ*`` comes from the same Jacobian as ``Θ`` (then ``Θ* v = 0`` for ``Θ v = 0``).
+
+Example::
+
+    dyn = LinearizedDynamics.from_kernel(ntk_train, y_onehot, f0_train, learning_rate=1e-3)
+    times = np.logspace(0, 4, 50)
+    loss = dyn.train_loss(times)                                   # [50]
+    acc = dyn.test_accuracy(times, ntk_test_train, f0_test, labels_test)  # [50]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from linfit.errors import LabelError, LinfitError, NonFiniteError, ShapeError
+
+__all__ = [
+    "KernelEigh",
+    "kernel_eigh",
+    "LinearizedDynamics",
+    "linearized_loss_curve",
+    "gradient_descent_mse",
+]
+
+
+def _finite_array(x, name: str, ndim: int | None = None) -> np.ndarray:
+    """``x`` as a float64 array, checking its rank and that it is finite."""
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.number):
+        raise ShapeError(f"{name} must be numeric; got dtype {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ShapeError(f"{name} must have {ndim} axes; got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        raise NonFiniteError(f"{name} contains {bad} NaN or infinite values")
+    return a.astype(np.float64)
+
+
+def _rows(x, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """A scalar or ``[N, O]`` array broadcast to ``shape``, with a clear error if it does not fit."""
+    a = _finite_array(x, name)
+    if a.ndim != 0 and a.shape != shape:
+        raise ShapeError(f"{name} must be a scalar or have shape {shape}; got shape {a.shape}")
+    return np.broadcast_to(a, shape)
+
+
+class KernelEigh(NamedTuple):
+    """Eigendecomposition ``Θ = V diag(λ) Vᵀ`` of a train kernel, clipped (see the module docstring).
+
+    Attributes:
+      evals: ``[N]`` float64, ascending, ``>= 0``; exact zeros mark the null space.
+      evecs: ``[N, N]`` float64, orthonormal columns.
+    """
+
+    evals: np.ndarray
+    evecs: np.ndarray
+
+
+def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
+    """One float64 ``eigh`` of a symmetric kernel ``[N, N]`` with tiny and negative eigenvalues set to 0.
+
+    Args:
+      kernel: ``[N, N]`` symmetric positive semi-definite (up to round-off), any float dtype.
+      rcond: eigenvalues ``<= rcond · λ_max`` become 0. Default ``N · eps(kernel.dtype)``.
+
+    Raises:
+      ShapeError: the kernel is not square; NonFiniteError: it has NaN/inf.
+    """
+    raw = np.asarray(kernel)
+    k = _finite_array(raw, "kernel", ndim=2)
+    if k.shape[0] != k.shape[1] or k.shape[0] == 0:
+        raise ShapeError(f"kernel must be square [N, N] with N >= 1; got shape {k.shape}")
+    if rcond is None:
+        dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64
+        rcond = k.shape[0] * float(np.finfo(dtype).eps)
+    evals, evecs = np.linalg.eigh(0.5 * (k + k.T))
+    cutoff = rcond * max(float(evals[-1]), 0.0)
+    return KernelEigh(np.where(evals > cutoff, evals, 0.0), evecs)
+
+
+def _decay(x: np.ndarray, t: np.ndarray, lr: float, discrete: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(d, 1 - d)`` with ``d = exp(-η x t)`` (flow) or ``(1 - η x)^t`` (steps); shapes ``[*T, N]``.
+
+    ``x [N] >= 0``; ``t [*T]``. ``1 - d`` is computed without cancellation (``expm1``/``log1p``).
+    """
+    z = lr * x
+    t = t[..., None]
+    if not discrete:
+        with np.errstate(invalid="ignore"):  # 0 * inf where x = 0 and t = inf: the decay there is 1
+            e = np.where(z > 0, -z * t, 0.0)
+        return np.exp(e), -np.expm1(e)
+    small = z < 1  # then (1 - z)^t = exp(t log1p(-z)) is computed stably
+    e = t * np.log1p(-np.where(small, z, 0.0))
+    with np.errstate(over="ignore"):  # |1 - z| > 1 diverges, as gradient descent itself does
+        power = np.power(1.0 - z, t)
+    return np.where(small, np.exp(e), power), np.where(small, -np.expm1(e), 1.0 - power)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LinearizedDynamics:
+    """Linearized fine-tuning under the module's convention, from one eigendecomposition of ``Θ``.
+
+    Every method takes ``t``: a scalar or an array of times (gradient-flow time, or integer step counts
+    when ``discrete``), ``np.inf`` allowed for flow; outputs get ``t``'s shape as leading axes ``[*T]``.
+
+    Attributes:
+      eigh: the clipped eigendecomposition of ``Θ_train [N, N]``.
+      y_train: ``[N, O]`` targets.
+      r0_eig: ``[N, O]`` the initial residual in the eigenbasis, ``Vᵀ (Y - f0(X))``.
+      learning_rate: η.
+      weight_decay: μ, the strength of the penalty ``½ μ ‖w - w0‖²`` (0 for none).
+      discrete: ``False``: gradient flow for time t; ``True``: t steps of gradient descent with step η.
+    """
+
+    eigh: KernelEigh
+    y_train: np.ndarray
+    r0_eig: np.ndarray
+    learning_rate: float = 1.0
+    weight_decay: float = 0.0
+    discrete: bool = False
+
+    @classmethod
+    def from_eigh(cls, eigh: KernelEigh, y_train, f0_train=0.0, *, learning_rate: float = 1.0,
+                  weight_decay: float = 0.0, discrete: bool = False) -> "LinearizedDynamics":
+        """Dynamics for targets ``y_train [N, O]`` and initial outputs ``f0_train`` (scalar or ``[N, O]``)."""
+        n = eigh.evecs.shape[0]
+        y = _finite_array(y_train, "y_train", ndim=2)
+        if y.shape[0] != n:
+            raise ShapeError(f"y_train has N={y.shape[0]} rows but the kernel is [{n}, {n}]")
+        f0 = _rows(f0_train, "f0_train", y.shape)
+        for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
+            if not np.isfinite(value) or value < 0:
+                raise LinfitError(f"{name} must be finite and >= 0; got {value}")
+        return cls(eigh, y, eigh.evecs.T @ (y - f0), float(learning_rate), float(weight_decay),
+                   bool(discrete))
+
+    @classmethod
+    def from_kernel(cls, k_train_train, y_train, f0_train=0.0, *, learning_rate: float = 1.0,
+                    weight_decay: float = 0.0, discrete: bool = False,
+                    rcond: float | None = None) -> "LinearizedDynamics":
+        """Dynamics from a traced train kernel ``Θ [N, N]`` (see :func:`kernel_eigh` for ``rcond``)."""
+        return cls.from_eigh(kernel_eigh(k_train_train, rcond), y_train, f0_train,
+                             learning_rate=learning_rate, weight_decay=weight_decay, discrete=discrete)
+
+    def _times(self, t) -> np.ndarray:
+        t = np.asarray(t, dtype=np.float64)
+        if np.any(np.isnan(t)) or np.any(t < 0):
+            raise LinfitError(f"times must be >= 0 (np.inf allowed for gradient flow); got {t}")
+        if self.discrete and (np.any(np.isinf(t)) or np.any(t != np.round(t))):
+            raise LinfitError(f"with discrete=True, t counts gradient steps: finite integers; got {t}")
+        return t
+
+    def _factors(self, t) -> tuple[np.ndarray, np.ndarray]:
+        """``(ρ, g)``, each ``[*T, N]``: residual ``r_t = V (ρ ⊙ r0_eig)`` and ``a_t = V (g ⊙ r0_eig)``."""
+        t = self._times(t)
+        lam, mu = self.eigh.evals, self.weight_decay
+        x = lam + mu
+        d, one_minus_d = _decay(x, t, self.learning_rate, self.discrete)
+        pos = x > 0
+        xs = np.where(pos, x, 1.0)
+        limit = np.where(np.isinf(t), 0.0, self.learning_rate * t)[..., None]  # x = 0: η t; t = ∞: 0
+        gain = np.where(pos, one_minus_d / xs, limit)
+        residual = np.where(pos, (mu + lam * d) / xs, 1.0)
+        return residual, gain
+
+    def train_residuals(self, t) -> np.ndarray:
+        """``Y - f_t(X_train)``, shape ``[*T, N, O]``."""
+        residual, _ = self._factors(t)
+        return np.einsum("in,...n,no->...io", self.eigh.evecs, residual, self.r0_eig)
+
+    def train_predictions(self, t) -> np.ndarray:
+        """``f_t(X_train)``, shape ``[*T, N, O]``."""
+        return self.y_train - self.train_residuals(t)
+
+    def train_loss(self, t) -> np.ndarray:
+        """``L_t = ½ ‖Y - f_t(X_train)‖²`` (data term), shape ``[*T]``: one ``[*T, N] @ [N]`` product."""
+        residual, _ = self._factors(t)
+        return 0.5 * (residual**2) @ np.sum(self.r0_eig**2, axis=1)
+
+    def test_predictions(self, t, k_test_train, f0_test=0.0) -> np.ndarray:
+        """``f_t(X*) = f0(X*) + Θ* a_t``, shape ``[*T, M, O]``.
+
+        Args:
+          k_test_train: ``Θ* [M, N]``, the traced kernel between test and train inputs.
+          f0_test: ``[M, O]`` (or a scalar) outputs of the initial model on the test inputs.
+        """
+        k = _finite_array(k_test_train, "k_test_train", ndim=2)
+        n, n_out = self.r0_eig.shape
+        if k.shape[1] != n:
+            raise ShapeError(f"k_test_train must be [M, {n}] (N={n} training samples); got {k.shape}")
+        f0 = _rows(f0_test, "f0_test", (k.shape[0], n_out))
+        _, gain = self._factors(t)
+        return f0 + np.einsum("mn,...n,no->...mo", k @ self.eigh.evecs, gain, self.r0_eig)
+
+    def test_accuracy(self, t, k_test_train, f0_test, labels) -> np.ndarray:
+        """Accuracy of :meth:`test_predictions` against integer ``labels [M]``, shape ``[*T]``.
+
+        ``O >= 2`` (one-hot targets): the predicted class is the argmax over outputs, labels in
+        ``0..O-1``. ``O = 1`` (targets ±1): the predicted class is ``f > 0``, labels in ``{0, 1}``.
+        """
+        pred = self.test_predictions(t, k_test_train, f0_test)
+        y = np.asarray(labels)
+        if y.shape != pred.shape[-2:-1]:
+            raise ShapeError(f"labels must have shape [M]={pred.shape[-2:-1]}; got {y.shape}")
+        n_classes = max(pred.shape[-1], 2)
+        if not np.issubdtype(y.dtype, np.integer) or np.any(y < 0) or np.any(y >= n_classes):
+            raise LabelError(f"labels must be integers in 0..{n_classes - 1}; got {np.unique(y)[:10]}")
+        guess = (pred[..., 0] > 0).astype(int) if pred.shape[-1] == 1 else np.argmax(pred, axis=-1)
+        return np.mean(guess == y, axis=-1)
+
+
+def linearized_loss_curve(kernel, y, f0, times, learning_rate: float = 1.0,
+                          weight_decay: float = 0.0) -> np.ndarray:
+    """The paper's training loss ``L_t = ½ ‖Y - f_t(X)‖²`` under gradient flow at each time, ``[*T]``.
+
+    Args:
+      kernel: ``Θ [N, N]`` traced train NTK; y: ``[N, O]`` targets; f0: ``[N, O]`` initial outputs (or scalar);
+      times: scalar or ``[T]`` gradient-flow times (``np.inf`` allowed); learning_rate: η;
+      weight_decay: μ (see :class:`LinearizedDynamics`).
+    """
+    dyn = LinearizedDynamics.from_kernel(kernel, y, f0, learning_rate=learning_rate,
+                                         weight_decay=weight_decay)
+    return dyn.train_loss(times)
+
+
+def _canonical_traced(trace_axes) -> bool:
+    """``True`` for ``trace_axes = (-1,)`` (kernel ``[N, N]``), ``False`` for ``()`` (``[N, N, O, O]``)."""
+    axes = (trace_axes,) if isinstance(trace_axes, int) else tuple(trace_axes)
+    if axes in ((-1,), (1,)):
+        return True
+    if axes == ():
+        return False
+    raise LinfitError(f"trace_axes must be (-1,) or () for targets [N, O]; got {trace_axes}")
+
+
+def _flatten_kernel(k, n: int, n_out: int, traced: bool, name: str, rows: int | None = None) -> np.ndarray:
+    """``[R, N]`` traced kernel, or ``[R, N, O, O] -> [R·O, N·O]`` (neural-tangents' ``make_2d`` layout).
+
+    ``rows`` is the expected R (``None``: any).
+    """
+    a = _finite_array(k, name)
+    tail = (n,) if traced else (n, n_out, n_out)
+    r = a.shape[0] if rows is None and a.ndim == len(tail) + 1 else rows
+    if a.shape != (r,) + tail:
+        rows_txt = "M" if rows is None else str(rows)
+        raise ShapeError(f"{name} must have shape [{rows_txt}, {', '.join(map(str, tail))}] "
+                         f"(trace_axes={'(-1,)' if traced else '()'}); got {a.shape}")
+    if traced:
+        return a
+    return a.transpose(0, 2, 1, 3).reshape(r * n_out, n * n_out)
+
+
+def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, diag_reg: float = 0.0,
+                         diag_reg_absolute_scale: bool = False, trace_axes=(-1,),
+                         rcond: float | None = None) -> Callable:
+    """Closed-form MSE gradient flow with neural-tangents' semantics (``nt.predict.gradient_descent_mse``).
+
+    Loss ``½ mean`` over the ``y_train.size`` entries, so the residual is ``exp(-η K t / y_train.size) r0``
+    (``K`` possibly regularised). ``K + diag_reg · s · I`` is decomposed once, with ``s = trace(K) / (N·O')``
+    (the mean diagonal of the 2-D kernel) or ``s = 1`` when ``diag_reg_absolute_scale``. As in
+    neural-tangents, the regularised kernel drives the train predictions too (plain gradient flow on
+    ``K + reg I``, not the weight-decay dynamics of :class:`LinearizedDynamics`).
+
+    Args:
+      k_train_train: ``[N, N]`` (``trace_axes=(-1,)``: ``K ⊗ I_O``) or ``[N, N, O, O]`` (``trace_axes=()``).
+      y_train: ``[N, O]`` targets.
+      learning_rate: η; time and η are interchangeable (only ``η t`` matters).
+      diag_reg, diag_reg_absolute_scale: diagonal regularisation, as above.
+      trace_axes: ``(-1,)`` or ``()``.
+      rcond: see :func:`kernel_eigh`.
+
+    Returns:
+      ``predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None)``. ``t``: scalar or array
+      (leading output axes), ``None`` means ``t = ∞``. ``fx_train_0``: scalar or ``[N, O]``, or ``None`` to
+      skip train predictions (then taken as 0). ``fx_test_0``: ``[M, O]`` (or scalar) with ``k_test_train``
+      ``[M, N]`` / ``[M, N, O, O]``. Returns ``fx_train_t [*T, N, O]``, ``fx_test_t [*T, M, O]``, or both as
+      a tuple when both are asked for. Everything is float64.
+    """
+    y = _finite_array(y_train, "y_train", ndim=2)
+    n, n_out = y.shape
+    traced = _canonical_traced(trace_axes)
+    k = _flatten_kernel(k_train_train, n, n_out, traced, "k_train_train", rows=n)
+    reg = float(diag_reg) * (1.0 if diag_reg_absolute_scale else np.trace(k) / k.shape[0])
+    if rcond is None:  # the tolerance of the kernel's own dtype (k itself is float64 from here on)
+        dtype = np.result_type(np.asarray(k_train_train).dtype, np.float32)
+        rcond = k.shape[0] * float(np.finfo(dtype).eps)
+    eigh = kernel_eigh(k + reg * np.eye(k.shape[0]), rcond)
+    y2 = y if traced else y.reshape(-1, 1)
+    lr = float(learning_rate) / y.size
+
+    def unflatten(a: np.ndarray) -> np.ndarray:
+        return a if traced else a.reshape(a.shape[:-2] + (-1, n_out))
+
+    def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
+        if fx_train_0 is None and fx_test_0 is None:
+            raise LinfitError("both fx_train_0 and fx_test_0 are None: nothing to predict")
+        if fx_test_0 is not None and k_test_train is None:
+            raise LinfitError("test predictions (fx_test_0 given) need k_test_train")
+        f0 = 0.0 if fx_train_0 is None else _rows(fx_train_0, "fx_train_0", y.shape)
+        f0 = f0 if traced else np.reshape(np.broadcast_to(f0, y.shape), (-1, 1))
+        dyn = LinearizedDynamics.from_eigh(eigh, y2, f0, learning_rate=lr)
+        times = np.inf if t is None else t
+        out = []
+        if fx_train_0 is not None:
+            out.append(unflatten(dyn.train_predictions(times)))
+        if fx_test_0 is not None:
+            kt = _flatten_kernel(k_test_train, n, n_out, traced, "k_test_train")
+            m = kt.shape[0] // (1 if traced else n_out)
+            f0_test = _rows(fx_test_0, "fx_test_0", (m, n_out))
+            f0_test = f0_test if traced else f0_test.reshape(-1, 1)
+            out.append(unflatten(dyn.test_predictions(times, kt, f0_test)))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    return predict_fn

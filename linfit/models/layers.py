@@ -1,0 +1,54 @@
+"""Building blocks shared by linfit's backbones, matched to torchvision's conventions.
+
+* Convolutions have no bias (every one is followed by BatchNorm), symmetric explicit padding
+  ``kernel // 2`` as in PyTorch (Flax's ``"SAME"`` pads asymmetrically at stride 2, which would change
+  the numbers when torchvision weights are loaded), and Kaiming-normal (He) initialisation in
+  ``fan_out`` mode, torchvision's ResNet/DenseNet choice.
+* BatchNorm uses eps 1e-5 and Flax momentum 0.9 (= PyTorch momentum 0.1); the caller picks
+  ``use_running_average=not train`` at call time.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from linfit.errors import ShapeError
+
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, use_bias: bool = False, name: str | None = None) -> nn.Conv:
+    """A ``kernel x kernel`` NHWC convolution with PyTorch-style padding ``kernel // 2``."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=conv_init,
+        name=name,
+    )
+
+
+def batch_norm(name: str | None = None) -> nn.BatchNorm:
+    """BatchNorm over the channel axis with torchvision's eps (1e-5) and momentum (0.1 = Flax 0.9)."""
+    return nn.BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def max_pool_3x3(x: jax.Array) -> jax.Array:
+    """``nn.MaxPool2d(3, stride=2, padding=1)``: ``[N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C]``."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """Mean over the spatial axes: ``[N, H, W, C] -> [N, C]``."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def check_images(x: jax.Array) -> None:
+    """Raise ``ShapeError`` unless ``x`` is a batch of NHWC images ``[N, H, W, C]``."""
+    if getattr(x, "ndim", None) != 4:
+        raise ShapeError(f"expected NHWC images [N, H, W, C]; got shape {getattr(x, 'shape', None)}")

@@ -1,0 +1,197 @@
+"""Large N without an ``N x N`` kernel: the traced NTK-vector product, the Krylov loss curve, a streamed score.
+
+Traced product. The traced kernel (:func:`linfit.ntk.empirical_ntk_fn` with ``trace_axes=(-1,)``) averages
+the diagonal output blocks of the untraced kernel ``Theta[i, j, o, o']``:
+
+    Theta_tr[i, j] = (1/O) sum_o Theta[i, j, o, o] = (1/O) sum_o J_o(x_i) . J_o(x_j)
+
+(``J_o`` the parameter gradient of output ``o``). So ``Theta_tr v = (1/O) sum_o J_o (J_o^T v)``: for each
+output ``o``, pull ``v`` back through output ``o`` alone (cotangent ``v e_o^T``) and keep output ``o`` of the
+push-forward. Broadcasting ``v`` to every output in ONE untraced product is not the same thing: it gives
+``(1/O) sum_{o, o'} Theta[:, :, o, o'] v``, which adds the off-diagonal blocks ``o != o'``. The untraced
+product is :func:`linfit.ntk.ntk_vp_fn`; here the ``O`` products are fused and chunked over samples
+(``batch_size``) so memory is one chunk's activations plus ``O`` parameter-sized cotangents, whatever ``N``:
+one call costs ``O`` vjps over ``x2`` and ``O`` jvps over ``x1``.
+
+Loss curve. :func:`matrix_free_loss_curve` feeds that product to :func:`linfit.krylov.train_loss`, with the
+convention of :mod:`linfit.dynamics` (loss ``½ Σ_i ‖f_t(x_i) − y_i‖²``, gradient flow with learning rate
+``η``, every output column driven by the same traced kernel):
+
+    L_t = ½ Σ_o r0_o^T exp(−2 η Θ_tr t) r0_o,   r0 = Y − f0(X),
+
+so it equals ``linfit.dynamics.linearized_loss_curve(Θ_tr, Y, f0, t, η)`` up to the Lanczos error.
+
+Streamed score. :func:`streamed_kernel_label_correlation` computes the LGC/LFC kernel-label correlation
+(Deshpande et al. 2021, eq. 8) from kernel tiles as they come off :func:`linfit.ntk.sharding.sharded_ntk`,
+never holding the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from linfit import krylov
+from linfit.errors import ShapeError
+from linfit.ntk.sharding import sharded_ntk
+from linfit.scores.correlation_stream import StreamedKernelLabelCorrelation
+from linfit.tree import ParamsFilter, split_params
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+DEFAULT_BATCH_SIZE = 1024
+
+
+def traced_ntk_vp_fn(
+    f: ApplyFn,
+    params: Any,
+    x1: Any,
+    x2: Any | None = None,
+    *,
+    params_filter: ParamsFilter = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Callable[[Any], jax.Array]:
+    """Matrix-free traced NTK-vector product ``v [N2] -> Theta_tr(x1, x2) v [N1]`` (module docstring).
+
+    Args:
+      f: ``apply_fn(params, x [N, ...]) -> logits [N, O]`` with independent samples.
+      params: parameters the kernel is evaluated at.
+      x1: ``[N1, ...]``; x2: ``[N2, ...]``, ``None`` for ``x1``.
+      params_filter: the kernel is taken w.r.t. the selected leaves only (see :mod:`linfit.tree`).
+      batch_size: samples per chunk (memory knob); ``N`` need not be a multiple of it.
+
+    Returns:
+      ``vp(v)``, jit-compiled, float32 like ``f``; ``v`` must be ``[N2]``.
+    """
+    x1 = jnp.asarray(x1)
+    x2 = x1 if x2 is None else jnp.asarray(x2)
+    if x1.shape[1:] != x2.shape[1:]:
+        raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
+    out = jax.eval_shape(f, params, x1[:1])
+    if out.ndim != 2:
+        raise ShapeError(f"f must return logits [N, O]; got shape {out.shape} for one sample")
+    if batch_size < 1:
+        raise ShapeError(f"batch_size must be >= 1; got {batch_size}")
+    n1, n2, n_out = x1.shape[0], x2.shape[0], out.shape[1]
+    selected, merge = split_params(params, params_filter)
+    x1b, x2b = _chunks(x1, batch_size), _chunks(x2, batch_size)
+
+    def f_sel(p: Any, x: jax.Array) -> jax.Array:
+        return f(merge(p), x)
+
+    @jax.jit
+    def product(selected: Any, x1b: jax.Array, x2b: jax.Array, vb: jax.Array) -> jax.Array:
+        def pull_chunk(acc, chunk):  # acc: tree of [O, *leaf] = (J_o^T v) over the chunks so far
+            x, v = chunk
+            _, pull = jax.vjp(lambda p: f_sel(p, x), selected)
+            grads = jax.lax.map(lambda e: pull(v[:, None] * e)[0], jnp.eye(n_out, dtype=v.dtype))
+            return jax.tree_util.tree_map(jnp.add, acc, grads), None
+
+        zeros = jax.tree_util.tree_map(lambda leaf: jnp.zeros((n_out, *leaf.shape), leaf.dtype), selected)
+        cotangents, _ = jax.lax.scan(pull_chunk, zeros, (x2b, vb))
+
+        def push_chunk(x):  # [B]: (1/O) sum_o (J_o g_o) restricted to output o
+            _, push = jax.linearize(lambda p: f_sel(p, x), selected)
+            per_output = jax.lax.map(lambda og: push(og[1])[:, og[0]], (jnp.arange(n_out), cotangents))
+            return per_output.mean(axis=0)
+
+        return jax.lax.map(push_chunk, x1b).reshape(-1)
+
+    def vp(v: Any) -> jax.Array:
+        v = jnp.asarray(v, dtype=out.dtype)
+        if v.shape != (n2,):
+            raise ShapeError(f"v must have shape [N2]={(n2,)}; got {v.shape}")
+        vb = jnp.pad(v, (0, x2b.shape[0] * x2b.shape[1] - n2)).reshape(x2b.shape[:2])  # padding weighs 0
+        return product(selected, x1b, x2b, vb)[:n1]
+
+    return vp
+
+
+def _chunks(x: jax.Array, size: int) -> jax.Array:
+    """``[N, ...] -> [ceil(N / B), B, ...]``, padded by repeating the last sample."""
+    size = min(size, x.shape[0])
+    n = math.ceil(x.shape[0] / size) * size
+    return x[np.minimum(np.arange(n), x.shape[0] - 1)].reshape(n // size, size, *x.shape[1:])
+
+
+def batched_apply(f: ApplyFn, params: Any, x: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """``f(params, x)`` evaluated in chunks of ``batch_size`` samples, as a host array ``[N, O]``."""
+    x = jnp.asarray(x)
+    chunks = _chunks(x, batch_size)
+    out = jax.jit(lambda p, c: jax.lax.map(lambda xc: f(p, xc), c))(params, chunks)
+    return np.asarray(out.reshape(-1, *out.shape[2:])[: x.shape[0]])
+
+
+def matrix_free_loss_curve(
+    f: ApplyFn,
+    params: Any,
+    x: Any,
+    y: Any,
+    times: Any,
+    *,
+    learning_rate: float = 1.0,
+    num_iters: int = 64,
+    columns: Sequence[int] | None = None,
+    params_filter: ParamsFilter = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> np.ndarray:
+    """Linearized training loss ``L_t = ½ Σ_o r0_oᵀ exp(−2ηΘ_tr t) r0_o`` at every ``t``, never forming ``N x N``.
+
+    Args:
+      f, params, params_filter, batch_size: as in :func:`traced_ntk_vp_fn`.
+      x: ``[N, ...]`` training inputs; y: ``[N, O]`` targets (e.g. one-hot labels).
+      times: ``[T]`` gradient-flow times; learning_rate: ``η``.
+      num_iters: Lanczos steps per output column (``linfit.krylov.suggested_iterations`` sizes it).
+      columns: the output columns whose residuals enter the loss (default all ``O``); the kernel still
+        averages over all ``O`` outputs. Each column costs one Lanczos run.
+
+    Returns:
+      ``[T]`` float64 losses, the convention of :mod:`linfit.dynamics`.
+    """
+    f0 = batched_apply(f, params, x, batch_size)
+    y = np.asarray(y, dtype=np.float64)
+    if y.shape != f0.shape:
+        raise ShapeError(f"y must be shaped like f(x) = {f0.shape}; got {y.shape}")
+    residual = (y - f0)[:, slice(None) if columns is None else list(columns)]
+    vp = traced_ntk_vp_fn(f, params, x, params_filter=params_filter, batch_size=batch_size)
+    matvec = lambda v: np.asarray(vp(v), dtype=np.float64)
+    return krylov.train_loss(matvec, residual, times, learning_rate=learning_rate, num_iters=num_iters)
+
+
+def streamed_kernel_label_correlation(
+    ntk_fn: Callable[[Any, Any, Any], jax.Array],
+    x: Any,
+    labels: Any,
+    params: Any,
+    *,
+    mesh: Mesh | None = None,
+    tile_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+    progress: bool = False,
+) -> float:
+    """Pearson correlation of the traced kernel ``[N, N]`` with ``K_Y`` (LGC/LFC), from tiles only.
+
+    Args:
+      ntk_fn: a traced kernel function (``[n1, n2]`` tiles), e.g. ``empirical_ntk_fn(f)``.
+      x: ``[N, ...]``; labels: ``[N]`` integer classes; params: the kernel's parameters.
+      mesh, tile_size, memory_budget_bytes, progress: as in :func:`linfit.ntk.sharding.sharded_ntk`.
+    """
+    acc = StreamedKernelLabelCorrelation(labels)
+    x = np.asarray(x)
+    if acc.n != x.shape[0]:
+        raise ShapeError(f"labels has {acc.n} entries but x has N={x.shape[0]} samples")
+    pair = jax.eval_shape(ntk_fn, x[:1], x[:1], params)
+    if pair.ndim != 2:
+        raise ShapeError(f"the kernel-label correlation needs a traced kernel [N, N]; tiles are {pair.shape}")
+
+    def consume(rows: slice, cols: slice, tile: np.ndarray, mirrored: bool) -> None:
+        acc.add(np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop), tile, mirror=mirrored)
+
+    sharded_ntk(ntk_fn, x, None, params, mesh=mesh, tile_size=tile_size, memory_budget_bytes=memory_budget_bytes,
+                out=consume, progress=progress)
+    return acc.result()

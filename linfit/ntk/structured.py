@@ -1,0 +1,357 @@
+"""Structured empirical NTK: the exact per-layer factorisation, without per-sample parameter gradients.
+
+The empirical NTK is a sum over parameter blocks, Θ = Σ_l Θ_l (Deshpande et al. 2021, Appendix A). For a
+Dense or Conv layer each block factorises into the layer's inputs and its output cotangents,
+
+    Θ_W(x_i, x_j)[o, o'] = Σ_{s,t} (P_i P_jᵀ)[s,t] (G_{i,o} G_{j,o'}ᵀ)[s,t],
+    Θ_b(x_i, x_j)[o, o'] = <Σ_s G_{i,o}[s], Σ_t G_{j,o'}[t]>,
+
+(Dense: ``S = 1`` position, ``P_i = a_i``, so Θ_W = <a_i, a_j> <g_{i,o}, g_{j,o'}>), the idea behind
+neural-tangents' "structured derivatives" (Novak et al. 2022). Here it is implemented on public APIs:
+one forward pass per sample records every layer's input and ``O`` backward passes produce the cotangents
+with respect to the layer *outputs* only; each layer then picks, by a FLOP/memory estimate, between the
+patch-Gram product and the per-sample layer gradient ``P_iᵀ G_{i,o}`` (see
+:mod:`linfit.ntk.structured_contract`). Parameters of any other kind (BatchNorm/LayerNorm scale and bias,
+embeddings, ``DenseGeneral``, grouped convolutions, parameters of a non-Flax function) go through an
+exact per-sample Jacobian contraction over just those leaves.
+
+Output conventions follow neural-tangents' ``empirical_ntk_fn``: ``f(params, x) -> [N, O]``;
+``ntk_fn(x1, x2, params)`` returns ``[N1, N2, O, O]`` (``trace_axes=()``), ``[N1, N2]`` traced over the
+logit axis (``trace_axes=(-1,)``, the default; a traced axis is *averaged*: divided by ``O``), or
+``[N1, N2, O]`` (``diagonal_axes=(-1,)``); ``x2=None`` means ``x1``.
+
+Example::
+
+    >>> import flax.linen as nn, jax, jax.numpy as jnp
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+    >>> x = jnp.ones((4, 5))
+    >>> params = model.init(jax.random.key(0), x)["params"]
+    >>> f = lambda p, x: model.apply({"params": p}, x)
+    >>> structured_ntk_fn(f, trace_axes=())(x, None, params).shape
+    (4, 4, 3, 3)
+    >>> sorted(per_layer_ntk_fn(f)(x, None, params))
+    ['layers_0', 'layers_2']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
+from linfit.ntk.structured_contract import (
+    Mode,
+    Route,
+    choose_route,
+    contract_gradients,
+    contract_gradients_symmetric,
+    contract_gram,
+    layer_gradient,
+)
+from linfit.ntk.structured_layers import (
+    Layer,
+    find_layers,
+    id_to_path,
+    layer_cotangents,
+    layer_inputs,
+    perturbing_interceptor,
+)
+from linfit.tree import ParamsFilter, leaf_paths, path_str, split_params
+
+ApplyFn = Callable[[Any, Any], jax.Array]
+NtkFn = Callable[[Any, Any, Any], jax.Array]
+
+_ROUTES = ("auto", "gram", "gradient")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Static decisions for one set of input shapes: which leaves go where, and by which route."""
+
+    mode: Mode
+    o: int
+    layers: dict[str, Layer]  # structured layers with at least one selected leaf
+    kernel_route: dict[str, Route]  # layers whose kernel is selected
+    bias_keys: frozenset[str]  # layers whose bias is selected
+    fallback: frozenset[str]  # selected leaf paths handled by the Jacobian contraction
+    key_of: dict[str, str]  # selected leaf path -> output key
+    keys: tuple[str, ...]  # output keys, in parameter-tree order
+
+
+def _names_logit_axis(axes: int | Sequence[int], name: str) -> bool:
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    if any(a not in (1, -1) for a in axes):
+        raise ShapeError(
+            f"{name} may only name the logit axis (1 or -1) of f's [N, O] output; got {axes}"
+        )
+    return bool(axes)
+
+
+def _mode(trace_axes: int | Sequence[int], diagonal_axes: int | Sequence[int]) -> Mode:
+    traced = _names_logit_axis(trace_axes, "trace_axes")
+    diagonal = _names_logit_axis(diagonal_axes, "diagonal_axes")
+    if traced and diagonal:
+        raise ShapeError(
+            "the logit axis cannot be both traced and diagonal; pass it in one of trace_axes, diagonal_axes"
+        )
+    return "trace" if traced else "diag" if diagonal else "full"
+
+
+def _batch_size(x: Any, name: str) -> int:
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
+        raise ShapeError(
+            f"{name} must be an array (or tree of arrays) with a leading batch axis; got {x!r:.80}"
+        )
+    sizes = {jnp.shape(a)[0] for a in leaves}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ShapeError(
+            f"{name}'s leaves must share one non-zero leading batch size; got {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def _check_pair(x1: Any, x2: Any) -> None:
+    s1 = jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x1)
+    s2 = jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x2)
+    if jax.tree_util.tree_structure(x1) != jax.tree_util.tree_structure(x2) or s1 != s2:
+        raise ShapeError(
+            f"x1 and x2 must have the same per-sample shapes; got {s1} and {s2}"
+        )
+
+
+def _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route) -> _Plan:
+    selected, _ = split_params(params, params_filter)
+    selected_paths = leaf_paths(selected)
+    chosen = set(selected_paths)
+    probe = jax.tree_util.tree_map(lambda a: a[:1], x1)
+    found, out = find_layers(lambda p: f(p, probe), params)
+    if len(out.shape) != 2:
+        raise ShapeError(
+            f"f(params, x) must return [N, O] logits; got shape {out.shape} for N=1"
+        )
+    o = out.shape[1]
+    owner = {}
+    for layer in found.values():
+        owner[layer.kernel_path] = layer.key
+        if layer.has_bias:
+            owner[layer.bias_path] = layer.key
+    key_of = {path: owner.get(path, path) for path in selected_paths}
+    layers, kernel_route, bias_keys = {}, {}, set()
+    if vmap_axes == 0:
+        for key, layer in found.items():
+            if layer.kernel_path in chosen:
+                kernel_route[key] = (
+                    choose_route(
+                        n1,
+                        n2,
+                        o,
+                        layer.positions,
+                        layer.features_in,
+                        layer.features_out,
+                        mode,
+                    )
+                    if route == "auto"
+                    else route
+                )
+            if layer.has_bias and layer.bias_path in chosen:
+                bias_keys.add(key)
+            if key in kernel_route or key in bias_keys:
+                layers[key] = layer
+    structured = {found[k].kernel_path for k in kernel_route} | {
+        found[k].bias_path for k in bias_keys
+    }
+    return _Plan(
+        mode=mode,
+        o=o,
+        layers=layers,
+        kernel_route=kernel_route,
+        bias_keys=frozenset(bias_keys),
+        fallback=frozenset(chosen - structured),
+        key_of=key_of,
+        keys=tuple(dict.fromkeys(key_of[p] for p in selected_paths)),
+    )
+
+
+def _split_fallback(params: Any, plan: _Plan) -> tuple[dict, Callable[[Any], Any]]:
+    if not plan.fallback:
+        return {}, lambda _: params
+    return split_params(params, lambda path, leaf: path in plan.fallback)
+
+
+def _flat_jacobian(jac: Any, n: int, o: int, plan: _Plan) -> dict[str, list[jax.Array]]:
+    """Jacobian leaves ``[N, O, *shape]`` -> ``{key: [[N, O, P_leaf], ...]}``."""
+    out: dict[str, list[jax.Array]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jac)[0]:
+        out.setdefault(plan.key_of[path_str(path)], []).append(leaf.reshape(n, o, -1))
+    return out
+
+
+def _features(f: ApplyFn, params: Any, x: Any, plan: _Plan, vmap_axes: int | None):
+    """Per-sample factors of ``x``: ``(grads, grams)``.
+
+    ``grads[key]``: gradient-type blocks ``[N, O, P_t]`` (kernel gradients on the gradient route, summed
+    bias cotangents, fallback Jacobian leaves); ``grams[key]``: ``(P [N, S, K], G [N, O, S, C])`` pairs of
+    kernels on the gram route.
+    """
+    n = _batch_size(x, "x")
+    fb_tree, merge = _split_fallback(params, plan)
+    if vmap_axes is None:
+        jac = jax.jacrev(lambda fb: f(merge(fb), x))(fb_tree)
+        return _flat_jacobian(jac, n, plan.o, plan), {}
+
+    eps0 = {
+        key: [jnp.zeros(call.out_shape, call.out_dtype) for call in layer.calls]
+        for key, layer in plan.layers.items()
+    }
+
+    def sample_fn(eps, fb, x_i):
+        full = merge(fb)
+        acts: dict[str, list] = {}
+        with nn.intercept_methods(perturbing_interceptor(id_to_path(full), eps, acts)):
+            out = f(full, jax.tree_util.tree_map(lambda a: a[None], x_i))
+        return out[0], acts
+
+    jac_fn = jax.vmap(
+        jax.jacrev(sample_fn, argnums=(0, 1), has_aux=True), in_axes=(None, None, 0)
+    )
+    (cots, jac_fb), acts = jac_fn(eps0, fb_tree, x)
+    grads = _flat_jacobian(jac_fb, n, plan.o, plan)
+    grams: dict[str, list] = {}
+    for key, layer in plan.layers.items():
+        g = layer_cotangents(layer, cots[key])
+        if key in plan.kernel_route:
+            p = layer_inputs(layer, acts[key])
+            if plan.kernel_route[key] == "gram":
+                grams.setdefault(key, []).append((p, g))
+            else:
+                grads.setdefault(key, []).append(layer_gradient(p, g))
+        if key in plan.bias_keys:
+            grads.setdefault(key, []).append(g.sum(axis=2))
+    return grads, grams
+
+
+def _concat(blocks: list[jax.Array]) -> jax.Array:
+    return jnp.concatenate(blocks, axis=-1) if len(blocks) > 1 else blocks[0]
+
+
+def _kernel(
+    grads1, grams1, grads2, grams2, keys: Sequence[str], plan: _Plan, symmetric: bool
+) -> jax.Array:
+    """The kernel of the blocks under ``keys``: one contraction over all their gradient-type blocks,
+    plus each gram-route layer; traced kernels divided by ``O``. ``symmetric``: the two sides are the
+    same samples (``x2 = None``), so only half the gradient contraction is computed."""
+    blocks1 = [b for k in keys for b in grads1.get(k, [])]
+    blocks2 = [b for k in keys for b in grads2.get(k, [])]
+    terms = []
+    if blocks1 and symmetric:
+        terms.append(contract_gradients_symmetric(_concat(blocks1), plan.mode))
+    elif blocks1:
+        terms.append(contract_gradients(_concat(blocks1), _concat(blocks2), plan.mode))
+    for k in keys:
+        terms += [
+            contract_gram(p1, g1, p2, g2, plan.mode)
+            for (p1, g1), (p2, g2) in zip(grams1.get(k, []), grams2.get(k, []))
+        ]
+    total = sum(terms[1:], terms[0])
+    return total / plan.o if plan.mode == "trace" else total
+
+
+def _build(
+    f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer: bool
+):
+    mode = _mode(trace_axes, diagonal_axes)
+    if vmap_axes not in (0, None):
+        raise VmapAxesError(
+            f"vmap_axes must be 0 (independent samples) or None (samples interact); got {vmap_axes!r}"
+        )
+    if route not in _ROUTES:
+        raise UnknownNameError(f"route must be one of {_ROUTES}; got {route!r}")
+
+    def kernels(x1, x2, params):
+        n1 = _batch_size(x1, "x1")
+        if x2 is not None:
+            _check_pair(x1, x2)
+        n2 = n1 if x2 is None else _batch_size(x2, "x2")
+        plan = _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route)
+        if x2 is None:
+            grads1, grams1 = grads2, grams2 = _features(f, params, x1, plan, vmap_axes)
+        elif vmap_axes is None:  # samples interact: each batch on its own
+            grads1, grams1 = _features(f, params, x1, plan, vmap_axes)
+            grads2, grams2 = _features(f, params, x2, plan, vmap_axes)
+        else:  # independent samples: one pass over both batches (one trace of f, one compiled backward)
+            both = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), x1, x2)
+            feats = _features(f, params, both, plan, vmap_axes)
+            (grads1, grams1), (grads2, grams2) = (
+                jax.tree_util.tree_map(lambda a: a[:n1], feats),
+                jax.tree_util.tree_map(lambda a: a[n1:], feats),
+            )
+        if per_layer:
+            return {
+                k: _kernel(grads1, grams1, grads2, grams2, (k,), plan, x2 is None)
+                for k in plan.keys
+            }
+        return _kernel(grads1, grams1, grads2, grams2, plan.keys, plan, x2 is None)
+
+    return jax.jit(kernels)
+
+
+def structured_ntk_fn(
+    f: ApplyFn,
+    *,
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
+    vmap_axes: int | None = 0,
+    params_filter: ParamsFilter = None,
+    route: str = "auto",
+) -> NtkFn:
+    """The empirical NTK of ``f`` by per-layer factorisation (module docstring), jitted.
+
+    Args:
+      f: ``f(params, x) -> [N, O]``, pure; typically closes over a ``flax.linen`` model in eval mode.
+      trace_axes: ``(-1,)`` (average over the logit axis) or ``()``.
+      diagonal_axes: ``(-1,)`` (keep only ``o = o'``) or ``()``.
+      vmap_axes: ``0`` when samples are independent (enables the factorisation); ``None`` when they
+        interact: then the whole-batch Jacobian contraction is used.
+      params_filter: the parameter leaves the kernel is taken with respect to (``linfit.tree``).
+      route: ``"auto"`` (per-layer FLOP/memory estimate), or force ``"gram"`` / ``"gradient"`` for every
+        factorised kernel (both exact; for studies and tests).
+
+    Returns:
+      ``ntk_fn(x1, x2, params)``: ``x1 [N1, ...]``, ``x2 [N2, ...]`` or ``None`` (means ``x1``) ->
+      ``[N1, N2]`` traced, ``[N1, N2, O]`` diagonal, ``[N1, N2, O, O]`` otherwise.
+
+    Raises:
+      ShapeError: axes other than the logit axis, ``f`` not returning ``[N, O]``, mismatched ``x1``/``x2``.
+      VmapAxesError: ``vmap_axes`` other than ``0`` or ``None``.
+      ParamsFilterError: the filter selects nothing.
+    """
+    return _build(
+        f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=False
+    )
+
+
+def per_layer_ntk_fn(
+    f: ApplyFn,
+    *,
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
+    vmap_axes: int | None = 0,
+    params_filter: ParamsFilter = None,
+    route: str = "auto",
+) -> Callable[[Any, Any, Any], dict[str, jax.Array]]:
+    """Per-layer empirical NTKs Θ_l, whose sum is :func:`structured_ntk_fn`'s kernel. Jitted.
+
+    Arguments as :func:`structured_ntk_fn`. Returns ``fn(x1, x2, params) -> {key: kernel}``: one entry per
+    factorised Dense/Conv layer with a selected leaf, keyed by its parameter path (e.g.
+    ``"stage2/block0/conv1"``; kernel and bias together), and one per other selected leaf, keyed by the
+    leaf's path (e.g. ``"stage2/block0/bn1/scale"``). Keys are the same for ``vmap_axes=0`` and ``None``.
+    """
+    return _build(
+        f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=True
+    )

@@ -1,0 +1,134 @@
+"""Contract per-layer NTK factors into kernels: two exact routes and the estimate that picks one.
+
+For a layer with per-sample inputs ``P [N, S, K]`` and output cotangents ``G [N, O, S, C]``
+(see :mod:`linfit.ntk.structured_layers`), the kernel-weight block of the empirical NTK is
+
+    Θ_W(x_i, x_j)[o, o'] = <P_iᵀ G_{i,o}, P_jᵀ G_{j,o'}> = Σ_{s,t} (P_i P_jᵀ)[s,t] (G_{i,o} G_{j,o'}ᵀ)[s,t].
+
+* ``"gradient"`` route: form the per-sample layer gradient ``D_{i,o} = P_iᵀ G_{i,o}`` ``[K·C]`` by one
+  einsum, then contract ``D`` with ``D``.
+  FLOPs ≈ (N1 + N2)·O·S·K·C + N1·N2·Q·K·C, memory ≈ (N1 + N2)·O·K·C.
+* ``"gram"`` route: the input Gram ``A = P_i P_jᵀ`` ``[N1, N2, S, S]`` and the cotangent Gram
+  ``H = G G`` over ``C``, multiplied and summed over positions.
+  FLOPs ≈ N1·N2·S²·(K + Q·C + Q), memory ≈ N1·N2·S²·(1 + Q).
+
+``Q`` is the number of output pairs kept: ``O²`` for the full kernel, ``O`` traced or diagonal. The gram
+route wins for a Dense layer (``S = 1``: ``<a_i, a_j><g_i, g_j>``) and for convolutions with few output
+positions and wide patches; the gradient route for early, high-resolution convolutions. Both are exact.
+
+Output modes: ``"full"`` ``[N1, N2, O, O]``, ``"trace"`` ``[N1, N2]`` (summed here; the caller divides
+by ``O``), ``"diag"`` ``[N1, N2, O]``.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Mode = Literal["full", "trace", "diag"]
+Route = Literal["gram", "gradient"]
+
+#: ``x2 = None``: the gradient contraction is split into row blocks of at least this many samples and
+#: only blocks on or above the diagonal are computed (``B(B + 1)/2`` of ``B²`` products).
+SYMMETRIC_MIN_BLOCK = 64
+SYMMETRIC_MAX_BLOCKS = 8
+
+#: The gram route may use at most this many times the memory of the larger of the gradient route's
+#: working set and the output kernel.
+GRAM_MEMORY_FACTOR = 4
+
+_GRAD_SPEC = {"full": "iap,jbp->ijab", "trace": "iap,jap->ij", "diag": "iap,jap->ija"}
+_COT_GRAM_SPEC = {
+    "full": "iasc,jbtc->ijabst",
+    "trace": "iasc,jatc->ijst",
+    "diag": "iasc,jatc->ijast",
+}
+_GRAM_SPEC = {
+    "full": "ijst,ijabst->ijab",
+    "trace": "ijst,ijst->ij",
+    "diag": "ijst,ijast->ija",
+}
+
+
+def output_pairs(mode: Mode, o: int) -> int:
+    """``Q``: output pairs per sample pair, ``O²`` (full) or ``O`` (trace, diag)."""
+    return o * o if mode == "full" else o
+
+
+def route_costs(
+    n1: int, n2: int, o: int, s: int, k: int, c: int, mode: Mode
+) -> dict[str, tuple[int, int]]:
+    """``{route: (flops, peak elements)}`` for one layer's kernel block (formulas in the module docstring)."""
+    q = output_pairs(mode, o)
+    return {
+        "gradient": (
+            (n1 + n2) * o * s * k * c + n1 * n2 * q * k * c,
+            (n1 + n2) * o * k * c,
+        ),
+        "gram": (n1 * n2 * s * s * (k + q * c + q), n1 * n2 * s * s * (1 + q)),
+    }
+
+
+def choose_route(n1: int, n2: int, o: int, s: int, k: int, c: int, mode: Mode) -> Route:
+    """The cheaper exact route by FLOPs, taking gram only within ``GRAM_MEMORY_FACTOR`` memory."""
+    costs = route_costs(n1, n2, o, s, k, c, mode)
+    (grad_flops, grad_mem), (gram_flops, gram_mem) = costs["gradient"], costs["gram"]
+    budget = GRAM_MEMORY_FACTOR * max(grad_mem, n1 * n2 * output_pairs(mode, o))
+    return "gram" if gram_flops < grad_flops and gram_mem <= budget else "gradient"
+
+
+def layer_gradient(p: jax.Array, g: jax.Array) -> jax.Array:
+    """Per-sample kernel gradient ``D_{i,o} = P_iᵀ G_{i,o}``: ``P [N, S, K]``, ``G [N, O, S, C]`` -> ``[N, O, K·C]``."""
+    d = jnp.einsum("isk,iasc->iakc", p, g)
+    return d.reshape(d.shape[0], d.shape[1], -1)
+
+
+def contract_gradients(d1: jax.Array, d2: jax.Array, mode: Mode) -> jax.Array:
+    """``Σ_p D1[i,a,p] D2[j,b,p]`` for ``D [N, O, P]``, kept as the mode says (traced: summed over ``a = b``)."""
+    return jnp.einsum(_GRAD_SPEC[mode], d1, d2)
+
+
+def contract_gradients_symmetric(
+    d: jax.Array, mode: Mode, blocks: int | None = None
+) -> jax.Array:
+    """``contract_gradients(d, d, mode)`` computing only the blocks on or above the diagonal.
+
+    Θ(x_j, x_i) is Θ(x_i, x_j) with the output axes swapped, so a ``B x B`` grid of row blocks needs
+    ``B(B + 1)/2`` products. ``blocks`` defaults to ``min(SYMMETRIC_MAX_BLOCKS, N // SYMMETRIC_MIN_BLOCK)``.
+    """
+    n = d.shape[0]
+    if blocks is None:
+        blocks = min(SYMMETRIC_MAX_BLOCKS, n // SYMMETRIC_MIN_BLOCK)
+    if blocks <= 1:
+        return contract_gradients(d, d, mode)
+    edges = [round(n * r / blocks) for r in range(blocks + 1)]
+    parts = [d[lo:hi] for lo, hi in pairwise(edges)]
+    upper = {
+        (r, c): contract_gradients(parts[r], parts[c], mode)
+        for r in range(blocks)
+        for c in range(r, blocks)
+    }
+    swap = (1, 0, 3, 2) if mode == "full" else (1, 0, 2) if mode == "diag" else (1, 0)
+    rows = [
+        jnp.concatenate(
+            [
+                upper[r, c] if r <= c else upper[c, r].transpose(swap)
+                for c in range(blocks)
+            ],
+            axis=1,
+        )
+        for r in range(blocks)
+    ]
+    return jnp.concatenate(rows, axis=0)
+
+
+def contract_gram(
+    p1: jax.Array, g1: jax.Array, p2: jax.Array, g2: jax.Array, mode: Mode
+) -> jax.Array:
+    """``Σ_{s,t} (P1_i P2_jᵀ)[s,t] Σ_c G1[i,a,s,c] G2[j,b,t,c]`` for ``P [N, S, K]``, ``G [N, O, S, C]``."""
+    a = jnp.einsum("isk,jtk->ijst", p1, p2)
+    h = jnp.einsum(_COT_GRAM_SPEC[mode], g1, g2)
+    return jnp.einsum(_GRAM_SPEC[mode], a, h)

@@ -1,0 +1,134 @@
+"""Label-Gradient Correlation (LGC) and the fine-tuning NTK it is computed from.
+
+Deshpande et al. 2021 (arXiv 2102.00084), eq. (7)-(8): LGC is the Pearson correlation between the entries of
+the empirical NTK Θ = J Jᵀ and of the ±1 label-similarity matrix (``kernel_label_correlation``).
+
+Which output the Jacobian is taken of. The paper leaves it open. linfit uses the network that fine-tuning
+actually starts from: the pre-trained backbone φ(x; θ) [D] followed by a NEW C-way head
+f(x) = W φ(x) + b with W [C, D] drawn i.i.d. N(0, σ²), σ² = 1/D (LeCun-normal, the head the fine-tuning
+protocol uses), and the kernel traced (averaged) over the C logits as in neural-tangents. Averaged over the
+random head, the kernel is exact and head-free:
+
+    E_W[Θ](x, x') = Θ_φ(x, x')  +  [head trained] · (φ(x)ᵀφ(x') + 1),
+    Θ_φ(x, x')    = (1/D) Σ_k ⟨∂φ_k(x)/∂θ, ∂φ_k(x')/∂θ⟩        (σ² D = 1)
+
+i.e. the feature NTK traced over the D feature outputs (``empirical_ntk_fn(features, trace_axes=(-1,))``) plus,
+when the head is among the trained parameters, the feature Gram ΦΦᵀ (whose correlation is LFC) and the bias'
+constant. A zero head instead would make every backbone gradient vanish and LGC collapse to LFC.
+``head_samples=k`` replaces the average by k random head rows (an unbiased estimate, k backward passes per
+sample instead of D, for wide backbones). ``projection_dim`` adds the paper's random projection of the
+per-sample gradients (a Johnson-Lindenstrauss estimate of the same kernel; it materialises per-sample
+gradients of the selected subset, so use it with the last-conv subset as the paper does).
+
+Variants registered: ``"lgc"`` (the paper: gradients w.r.t. the last convolution's kernel, input
+``"ntk_last_conv"``) and ``"lgc_all"`` (every parameter, exact, computed by the structured NTK without
+materialising per-sample gradients; input ``"ntk"``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+import numpy as np
+
+from linfit.errors import ConfigError
+from linfit.models import features_fn
+from linfit.ntk import empirical_ntk_fn, ntk_tiled
+from linfit.scores.correlation import kernel_label_correlation
+from linfit.scores.registry import register
+from linfit.tree import ParamsFilter, leaf_paths, split_params
+
+_REFERENCE = "Deshpande et al. 2021, arXiv:2102.00084, eq. (7)-(8) (LGC)"
+
+
+def _batched(fn, x, batch_size: int) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def lgc_kernel(
+    model,
+    variables,
+    x,
+    *,
+    params_filter: ParamsFilter = None,
+    head_samples: int | None = None,
+    projection_dim: int | None = None,
+    key: jax.Array | None = None,
+    implementation: str = "structured",
+    memory_budget_bytes: int = 2**30,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """The fine-tuning NTK at w0, averaged over the new head's initialisation (module docstring).
+
+    Args:
+      model, variables: a ``linfit.models`` backbone (``features`` method, ``head`` submodule) and its variables.
+      x: ``[N, H, W, C]`` inputs (the task's scoring subset).
+      params_filter: trained parameters (``None`` = all; e.g. ``param_subsets(...)["last_conv"]``). If it
+        selects ``head/kernel`` the head term ΦΦᵀ + 1 is added.
+      head_samples: ``None`` for the exact average over heads (D outputs), or k random head rows.
+      projection_dim: project per-sample gradients to this many dimensions (paper: 10,000); needs ``key``.
+      key: PRNG key for ``head_samples`` / ``projection_dim``.
+      implementation: NTK implementation (``"structured"`` never forms per-sample gradients).
+      memory_budget_bytes: memory for one NTK tile (``linfit.ntk.ntk_tiled``).
+
+    Returns:
+      ``[N, N]`` float64 kernel.
+    """
+    apply_features, params = features_fn(model, variables)
+    x = jnp.asarray(x)
+    phi = _batched(jax.jit(lambda xb: apply_features(params, xb)), x, batch_size).astype(np.float64)
+    head_selected = "head/kernel" in leaf_paths(split_params(params, params_filter)[0])
+    body_filter = _without_head(params, params_filter)
+    kernel = np.zeros((x.shape[0], x.shape[0]))
+    if body_filter is not None:
+        f = apply_features  # the exact average over heads: the feature NTK traced over the D features
+        if (head_samples is not None or projection_dim is not None) and key is None:
+            raise ConfigError("head_samples and projection_dim need a PRNG key")
+        if head_samples is not None:
+            key, sub = jax.random.split(key)
+            heads = jax.random.normal(sub, (phi.shape[1], head_samples)) / jnp.sqrt(phi.shape[1])
+            f = lambda p, xb: apply_features(p, xb) @ heads  # noqa: E731  (rows of W ~ N(0, 1/D))
+        if projection_dim is not None:
+            kernel += _projected_kernel(f, params, x, body_filter, projection_dim, key)
+        else:
+            ntk_fn = empirical_ntk_fn(f, trace_axes=(-1,), implementation=implementation, params_filter=body_filter)
+            kernel += np.asarray(ntk_tiled(ntk_fn, x, None, params, memory_budget_bytes=memory_budget_bytes),
+                                 dtype=np.float64)
+    if head_selected:
+        kernel += phi @ phi.T + 1.0
+    return kernel
+
+
+def _without_head(params, params_filter: ParamsFilter) -> list[str] | None:
+    """Regexes selecting the filter's non-head leaves exactly, or ``None`` if it selects only the head."""
+    selected = leaf_paths(split_params(params, params_filter)[0])
+    body = [path for path in selected if not path.startswith("head/")]
+    return [f"^{re.escape(path)}$" for path in body] or None
+
+
+def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> np.ndarray:
+    """Traced kernel from per-sample gradients randomly projected to ``dim`` dimensions (paper §3.2)."""
+    selected, merge = split_params(params, params_filter)
+    flat, unravel = ravel_pytree(selected)
+    projection = jax.random.normal(key, (flat.size, dim)) / jnp.sqrt(dim)
+
+    @jax.jit
+    def projected(xb):  # [B, O, dim]
+        jac = jax.vmap(jax.jacrev(lambda v, xi: f(merge(unravel(v)), xi[None])[0]), in_axes=(None, 0))(flat, xb)
+        return jac @ projection
+
+    g = _batched(projected, x, 16).astype(np.float64)
+    return np.einsum("iod,jod->ij", g, g) / g.shape[1]
+
+
+def lgc(kernel, labels) -> float:
+    """LGC from a precomputed fine-tuning NTK ``kernel [N, N]`` (``lgc_kernel``) and ``labels [N]``: the
+    Pearson correlation of its entries with the ±1 label-similarity matrix (paper eq. (8))."""
+    return kernel_label_correlation(kernel, labels)
+
+
+register("lgc", needs=("ntk_last_conv",), reference=_REFERENCE + "; last conv layer", cost="forward+backward")(lgc)
+register("lgc_all", needs=("ntk",), reference=_REFERENCE + "; all parameters", cost="forward+backward")(lgc)

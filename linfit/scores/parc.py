@@ -1,0 +1,97 @@
+"""PARC: Pairwise Annotation Representation Comparison (Bolya et al., NeurIPS 2021).
+
+"Scalable Diverse Model Selection for Accessible Transfer Learning". The features are reduced to
+``pca_dim`` principal components and standardised per dimension; the score is the Spearman
+correlation between the upper triangles of two RDMs (see ``linfit.scores.rsa.rdm``):
+
+    PARC = Spearman(1 - corrcoef(F_pca), 1 - corrcoef(onehot(y)))
+
+i.e. how far samples that share a label are represented alike. The public reference multiplies the
+correlation by 100; linfit returns the plain correlation in ``[-1, 1]`` (a positive rescaling changes
+no ranking). The reference uses randomised PCA; linfit uses the exact SVD. Row-wise correlations are
+not invariant to flipping the sign of a principal axis, so PARC depends on the PCA sign convention;
+linfit uses sklearn's (see ``pca_reduce``).
+
+The label RDM is computed in closed form (0 within a class, ``C / (C - 1)`` across) so that its ties
+are exact: a floating-point ``corrcoef`` of one-hot rows breaks them by round-off, which changes the
+ranks. ``pca_reduce`` (exact PCA to a number of components or to a fraction of the variance) is
+shared with NLEEP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from linfit.errors import ShapeError
+from linfit.scores.registry import register
+from linfit.scores.rsa import rdm, rdm_spearman
+from linfit.scores.validation import check_features
+
+
+def pca_reduce(features, n_components: int | float | None) -> np.ndarray:
+    """Project centred features onto their leading principal components (exact SVD, float64).
+
+    Args:
+      features: ``[N, D]``.
+      n_components: an ``int`` k keeps ``min(k, N, D)`` components; a ``float`` in ``(0, 1]`` keeps the
+        fewest components whose explained-variance ratio sums to at least that fraction;
+        ``None`` returns the centred features unchanged.
+
+    Returns:
+      ``[N, k]`` principal-component scores; each principal axis is signed so that its
+      largest-magnitude loading is positive (sklearn's convention; row-wise correlations such as
+      PARC's depend on these signs).
+
+    Raises:
+      ShapeError: the features have zero variance, or ``n_components`` is out of range.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    if n_components is None:
+        return x
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    # Fix each axis' sign: its largest-magnitude loading is positive (sklearn's PCA convention).
+    vt = vt * np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])[:, None]
+    energy = s**2
+    if energy.sum() <= 0:
+        raise ShapeError("features have zero variance; PCA is undefined")
+    if isinstance(n_components, (int, np.integer)) and not isinstance(n_components, bool):
+        if n_components < 1:
+            raise ShapeError(f"n_components must be >= 1; got {n_components}")
+        k = min(int(n_components), vt.shape[0])
+    elif isinstance(n_components, float) and 0.0 < n_components <= 1.0:
+        ratio = np.cumsum(energy) / energy.sum()
+        k = int(np.searchsorted(ratio, n_components - 1e-12) + 1)
+        k = min(k, vt.shape[0])
+    else:
+        raise ShapeError(f"n_components must be an int >= 1 or a float in (0, 1]; got {n_components!r}")
+    return x @ vt[:k].T
+
+
+@register(
+    "parc",
+    needs=("features",),
+    reference="Bolya et al., Scalable Diverse Model Selection for Accessible Transfer Learning, "
+    "NeurIPS 2021",
+    cost="forward",
+)
+def parc(features, labels, *, pca_dim: int = 32) -> float:
+    """PARC score of ``features [N, D]`` for ``labels [N]`` (``N >= 3``).
+
+    Args:
+      features: ``[N, D]`` penultimate features.
+      labels: ``[N]`` integer labels in ``0..C-1``, ``C >= 2``.
+      pca_dim: number of principal components kept (``min(pca_dim, N, D)``; at least 2 must remain).
+
+    Returns:
+      The Spearman correlation of the two RDMs' upper triangles, in ``[-1, 1]`` (not x100).
+    """
+    f, y, c = check_features(features, labels)
+    z = pca_reduce(f, pca_dim)
+    if z.shape[1] < 2:
+        raise ShapeError(f"PARC needs at least 2 PCA dimensions; got {z.shape[1]} (pca_dim={pca_dim})")
+    std = z.std(axis=0)
+    z = z / np.where(std > 0, std, 1.0)
+    # rdm(onehot(y)) in closed form (exact ties for the ranks): 0 within a class, C/(C-1) across.
+    label_rdm = np.where(y[:, None] == y[None, :], 0.0, c / (c - 1.0))
+    return rdm_spearman(rdm(z), label_rdm)

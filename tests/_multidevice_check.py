@@ -1,0 +1,110 @@
+"""Multi-device checks for ``tests/test_sharding.py``, run in a subprocess with 8 simulated CPU devices.
+
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX is imported, hence the separate
+process. Prints one JSON object ``{check_name: "ok" | traceback}`` on the last line of stdout.
+"""
+
+import json
+import os
+import sys
+import traceback
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from linfit.distributed import process_rows
+from linfit.dynamics import linearized_loss_curve
+from linfit.ntk import empirical_ntk_fn
+from linfit.ntk.large_n import matrix_free_loss_curve, streamed_kernel_label_correlation
+from linfit.ntk.sharding import sample_mesh, sharded_ntk
+from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
+
+N, N2, O = 21, 10, 3  # 21 and 10 are not multiples of 8
+F, PARAMS, X1, X2 = make("mlp", n1=N, n2=N2)
+FULL = brute_full_ntk(F, PARAMS, X1, X1)  # [N, N, O, O] from whole-batch jacrev, float64
+FULL12 = brute_full_ntk(F, PARAMS, X1, X2)
+TRACED = np.trace(FULL, axis1=2, axis2=3) / O
+MESH = sample_mesh()
+CHECKS = {}
+
+
+def check(fn):
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+@check
+def devices():
+    assert jax.device_count() == 8 and MESH.size == 8 and MESH.axis_names == ("samples",)
+
+
+@check
+def host_traced_and_untraced():
+    for trace_axes, want in (((-1,), TRACED), ((), FULL)):
+        ntk_fn = empirical_ntk_fn(F, trace_axes=trace_axes)
+        for tile_size in (1, 2, None):  # 8 x 1, 16 x 2 (mirrored, ragged) and one 24 x 24 tile
+            assert_kernel_close(sharded_ntk(ntk_fn, X1, None, PARAMS, mesh=MESH, tile_size=tile_size), want)
+
+
+@check
+def host_rectangular():
+    got = sharded_ntk(empirical_ntk_fn(F, trace_axes=()), X1, X2, PARAMS, mesh=MESH, tile_size=2)
+    assert_kernel_close(got, FULL12)
+
+
+@check
+def device_output_sharding():
+    for trace_axes, want in (((-1,), TRACED), ((), FULL)):
+        k = sharded_ntk(empirical_ntk_fn(F, trace_axes=trace_axes), X1, None, PARAMS, mesh=MESH, tile_size=2,
+                        out="device")
+        assert isinstance(k, jax.Array) and k.shape == (24, N, *want.shape[2:]), k.shape
+        assert isinstance(k.sharding, NamedSharding) and k.sharding.spec == P("samples"), k.sharding
+        assert sorted(s.data.shape[0] for s in k.addressable_shards) == [3] * 8  # 3 rows per device
+        assert all(s.device == MESH.devices.flat[s.index[0].start // 3] for s in k.addressable_shards)
+        host = np.asarray(k)
+        assert_kernel_close(host[:N], want)
+        assert not host[N:].any()  # padding rows are zero
+
+
+@check
+def streamed_correlation():
+    labels = np.arange(N) % O
+    got = streamed_kernel_label_correlation(empirical_ntk_fn(F), X1, labels, PARAMS, mesh=MESH, tile_size=1)
+    k_y = np.where(labels[:, None] == labels[None, :], 1.0, -1.0)
+    want = np.corrcoef(TRACED.ravel(), k_y.ravel())[0, 1]
+    assert abs(got - want) < 1e-5, (got, want)
+
+
+@check
+def krylov_loss_matches_eigh():
+    y = np.eye(O)[np.arange(N) % O]
+    times = np.array([0.0, 0.3, 3.0, 30.0])
+    dense = linearized_loss_curve(TRACED, y, np.asarray(F(PARAMS, X1), np.float64), times, learning_rate=0.5)
+    got = matrix_free_loss_curve(F, PARAMS, X1, y, times, learning_rate=0.5, num_iters=N, batch_size=8)
+    np.testing.assert_allclose(got, dense, rtol=1e-4)
+
+
+@check
+def process_rows_cover_all():
+    assert np.array_equal(process_rows(N, 16, MESH), np.arange(N))
+
+
+def main():
+    results = {}
+    for name, fn in CHECKS.items():
+        try:
+            fn()
+            results[name] = "ok"
+        except Exception:  # noqa: BLE001  report every failing check, not only the first
+            results[name] = traceback.format_exc()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared score inputs: each equals a direct computation, and missing prerequisites are clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from linfit import models
+from linfit.errors import ShapeError, UnknownNameError
+from linfit.extract import TaskInputs, extract_inputs
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = models.create("small_cnn", num_classes=4, width=4, depth=2)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (10, 8, 8, 1))
+    return model, models.init(model, jax.random.PRNGKey(0), x), x
+
+
+def test_features_probs_and_source_statistics(small):
+    model, variables, x = small
+    source_x = jax.random.uniform(jax.random.PRNGKey(2), (12, 8, 8, 1))
+    source_y = np.array([0, 1, 2, 3] * 3)
+    inputs, seconds = extract_inputs(model, variables, x, {"features", "source_probs", "source_class_means", "key"},
+                                     source_data=(source_x, source_y), batch_size=3)
+    phi = model.apply(variables, x, method="features")
+    logits = model.apply(variables, x)
+    np.testing.assert_allclose(inputs["features"], phi, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(inputs["source_probs"], jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
+    source_phi = np.asarray(model.apply(variables, source_x, method="features"))
+    np.testing.assert_allclose(inputs["source_class_means"][2], source_phi[source_y == 2].mean(0), rtol=1e-5)
+    np.testing.assert_array_equal(inputs["source_class_counts"], [3, 3, 3, 3])
+    assert set(seconds) == {"features", "source_probs", "source_class_means", "source_class_counts", "key"}
+    assert "ntk" not in inputs  # only what was asked for is computed
+
+
+def test_probe_features_trained_once_and_charged_once(small):
+    model, variables, x = small
+    labels = np.arange(10) % 2
+    task = TaskInputs(x, labels, probe_epochs=2)
+    first, t1 = extract_inputs(model, variables, x, {"probe_features"}, task=task)
+    second, t2 = extract_inputs(model, variables, x, {"probe_features"}, task=task)
+    assert first["probe_features"] is second["probe_features"]
+    assert first["probe_features"].shape[0] == 10 and t1["probe_features"] > 0 and t2["probe_features"] == 0
+
+
+def test_missing_prerequisites(small):
+    model, variables, x = small
+    with pytest.raises(ShapeError, match="TaskInputs"):
+        extract_inputs(model, variables, x, {"probe_features"})
+    with pytest.raises(ShapeError, match="source_data"):
+        extract_inputs(model, variables, x, {"source_class_means"})
+    with pytest.raises(UnknownNameError):
+        extract_inputs(model, variables, x, {"gradients"})

@@ -1,0 +1,212 @@
+import functools
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from linfit.errors import (
+    ParamsFilterError,
+    ShapeError,
+    TreeMismatchError,
+    UnknownNameError,
+    VmapAxesError,
+)
+from linfit.ntk import empirical, empirical_ntk_fn, ntk_vp_fn
+from tests._ntk_models import (
+    assert_kernel_close,
+    bn_train_fn,
+    brute_full_ntk,
+    brute_jacobians,
+    full_ntk,
+    leaf_columns,
+    make,
+)
+
+IMPLS = ["jacobian", "products"]
+
+
+@functools.cache
+def setup(name):
+    """``(f, params, x1 [5, ...], x2 [3, ...], (J1, J2))`` with brute-force Jacobians ``[N, O, P]``."""
+    f, params, x1, x2 = make(name)
+    return f, params, x1, x2, brute_jacobians(f, params, x1, x2)
+
+
+@pytest.fixture(scope="module", params=["mlp", "cnn", "resbn"])
+def model(request):
+    return setup(request.param)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_untraced_matches_bruteforce(model, impl):
+    f, params, x1, x2, jacs = model
+    full = full_ntk(*jacs)  # [N1, N2, O, O]
+    got = empirical_ntk_fn(f, trace_axes=(), implementation=impl)(x1, x2, params)
+    assert got.shape == full.shape
+    assert_kernel_close(got, full)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_traced_and_diagonal_match_bruteforce(impl):
+    f, params, x1, x2, jacs = setup("mlp")
+    full = full_ntk(*jacs)
+    traced = empirical_ntk_fn(f, implementation=impl)(x1, x2, params)
+    diagonal = empirical_ntk_fn(
+        f, trace_axes=(), diagonal_axes=(-1,), implementation=impl
+    )(x1, x2, params)
+    assert traced.shape == (5, 3) and diagonal.shape == (5, 3, 3)
+    # a traced axis is averaged: trace / O
+    assert_kernel_close(traced, np.trace(full, axis1=2, axis2=3) / 3)
+    assert_kernel_close(diagonal, np.diagonal(full, axis1=2, axis2=3))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vmap_axes_none_matches(impl):
+    f, params, x1, x2 = make("mlp", n1=3, n2=2)
+    got = empirical_ntk_fn(f, trace_axes=(), vmap_axes=None, implementation=impl)(
+        x1, x2, params
+    )
+    assert_kernel_close(got, brute_full_ntk(f, params, x1, x2))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_x2_none_is_x1(impl):
+    f, params, x1, _ = make("mlp")
+    ntk_fn = empirical_ntk_fn(f, trace_axes=(), implementation=impl)
+    want = brute_full_ntk(f, params, x1, x1)
+    assert_kernel_close(ntk_fn(x1, None, params), want)
+    assert_kernel_close(ntk_fn(x1, x1, params), want)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_params_filter_head_only(impl):
+    f, params, x1, x2, jacs = setup("mlp")
+    want = full_ntk(*jacs, leaf_columns(params, "Dense_1/bias", "Dense_1/kernel"))
+    got = empirical_ntk_fn(
+        f, trace_axes=(), implementation=impl, params_filter="^Dense_1/"
+    )(x1, x2, params)
+    assert_kernel_close(got, want)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_params_filter_one_conv_kernel(impl):
+    f, params, x1, x2, jacs = setup("cnn")
+    want = full_ntk(*jacs, leaf_columns(params, "Conv_1/kernel"))
+    got = empirical_ntk_fn(f, implementation=impl, params_filter="Conv_1/kernel$")(
+        x1, x2, params
+    )
+    assert_kernel_close(got, np.trace(want, axis1=2, axis2=3) / want.shape[-1])
+
+
+def test_ntk_vp_matches_dense_kernel_times_v(model):
+    f, params, x1, x2, jacs = model
+    full = full_ntk(*jacs)
+    v = jax.random.normal(jax.random.PRNGKey(5), (x2.shape[0], full.shape[-1]))
+    got = ntk_vp_fn(f, params, x1, x2)(v)
+    want = np.einsum("nmoq,mq->no", full, np.asarray(v, np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_ntk_vp_symmetric_with_filter():
+    f, params, x1, _ = make("mlp")
+    (j,) = brute_jacobians(f, params, x1)
+    full = full_ntk(j, j, leaf_columns(params, "Dense_1/bias", "Dense_1/kernel"))
+    v = jax.random.normal(jax.random.PRNGKey(6), (x1.shape[0], 3))
+    got = ntk_vp_fn(f, params, x1, params_filter="Dense_1")(v)
+    np.testing.assert_allclose(
+        got,
+        np.einsum("nmoq,mq->no", full, v),
+        rtol=1e-4,
+        atol=1e-5 * np.abs(full).max(),
+    )
+    with pytest.raises(ShapeError, match="shaped like"):
+        ntk_vp_fn(f, params, x1)(v[:, :2])
+
+
+def test_transpose_gives_swapped_kernel():
+    f, params, x1, x2 = make("mlp", n1=4, n2=4)
+    for kwargs in ({"trace_axes": ()}, {"trace_axes": (), "diagonal_axes": (-1,)}, {}):
+        ntk_fn = empirical_ntk_fn(f, **kwargs)
+        assert_kernel_close(
+            ntk_fn.transpose(ntk_fn(x1, x2, params)), ntk_fn(x2, x1, params)
+        )
+
+
+def test_vmap_axes_error_with_batchnorm_train_mode():
+    f, params, x = bn_train_fn()
+    with pytest.raises(VmapAxesError, match="vmap_axes=None"):
+        empirical_ntk_fn(f, vmap_axes=0)(x, None, params)
+    # the interacting model is handled with vmap_axes=None: Jacobians of the whole batch
+    got = empirical_ntk_fn(f, trace_axes=(), vmap_axes=None)(x, None, params)
+    assert_kernel_close(got, brute_full_ntk(f, params, x, x))
+
+
+def test_auto_rule(monkeypatch):
+    f, params, x1, x2, jacs = setup("mlp")
+    ntk_fn = empirical_ntk_fn(f, implementation="auto")
+    assert ntk_fn.resolve_auto(x1, x2, params) == "jacobian"
+    # P = 4*6+6 + 6*3+3 = 51 parameters, O = 3, N = 5+3: float32 Jacobians take 4 * 8 * 3 * 51 bytes
+    monkeypatch.setattr(empirical, "AUTO_JACOBIAN_BYTES", 4 * 8 * 3 * 51)
+    assert ntk_fn.resolve_auto(x1, x2, params) == "jacobian"
+    monkeypatch.setattr(empirical, "AUTO_JACOBIAN_BYTES", 4 * 8 * 3 * 51 - 1)
+    assert ntk_fn.resolve_auto(x1, x2, params) == "products"
+    full = full_ntk(*jacs)
+    assert_kernel_close(ntk_fn(x1, x2, params), np.trace(full, axis1=2, axis2=3) / 3)
+
+
+def test_structured_dispatch_is_lazy(monkeypatch):
+    calls = {}
+
+    def structured_ntk_fn(f, **kwargs):
+        calls.update(kwargs)
+        return lambda x1, x2, params: jnp.full(
+            (x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]), 7.0
+        )
+
+    monkeypatch.setitem(
+        sys.modules,
+        "linfit.ntk.structured",
+        types.SimpleNamespace(structured_ntk_fn=structured_ntk_fn),
+    )
+    f, params, x1, x2, _ = setup("mlp")
+    ntk_fn = empirical_ntk_fn(
+        f,
+        trace_axes=(),
+        diagonal_axes=(-1,),
+        implementation="structured",
+        params_filter="Dense_1",
+    )
+    assert not calls  # imported on first use only
+    np.testing.assert_array_equal(ntk_fn(x1, x2, params), np.full((5, 3), 7.0))
+    assert calls == {
+        "trace_axes": (),
+        "diagonal_axes": (-1,),
+        "vmap_axes": 0,
+        "params_filter": "Dense_1",
+    }
+
+
+def test_errors():
+    f, params, x1, x2, _ = setup("mlp")
+    ntk_fn = empirical_ntk_fn(f)
+    with pytest.raises(ShapeError, match="feature shapes differ"):
+        ntk_fn(x1, jnp.ones((2, 7)), params)
+    missing = {"Dense_0": params["Dense_0"]}
+    with pytest.raises(TreeMismatchError, match="does not match"):
+        ntk_fn(x1, x2, missing)
+    misshaped = {**params, "Dense_1": {**params["Dense_1"], "kernel": jnp.ones((4, 3))}}
+    with pytest.raises(TreeMismatchError):
+        ntk_fn(x1, x2, misshaped)
+    with pytest.raises(ParamsFilterError, match="selects no parameter"):
+        empirical_ntk_fn(f, params_filter="^nothing$")(x1, x2, params)
+    with pytest.raises(ShapeError, match="batch axis"):
+        empirical_ntk_fn(f, trace_axes=(0,))(x1, x2, params)
+    with pytest.raises(ShapeError, match="both traced and diagonal"):
+        empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(1,))(x1, x2, params)
+    with pytest.raises(UnknownNameError, match="jacobian"):
+        empirical_ntk_fn(f, implementation="fast")
+    with pytest.raises(VmapAxesError):
+        empirical_ntk_fn(f, vmap_axes=1)

@@ -1,0 +1,137 @@
+"""LGC's fine-tuning NTK and the linearized-dynamics scores against brute-force computations."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy.linalg import expm
+
+from linfit import models
+from linfit.errors import ConfigError, LabelError
+from linfit.scores.lgc import lgc, lgc_kernel
+from linfit.scores.linearized import linearized_cv_accuracy, linearized_loss
+from linfit.tree import path_str
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = models.create("small_cnn", num_classes=3, width=4, depth=2)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1))
+    variables = models.init(model, jax.random.PRNGKey(0), x)
+    return model, variables, x
+
+
+def _brute_force_identity_head_kernel(model, variables, x, leaf_regex=None):
+    """Traced NTK of the logits of a D-way head with W = I (then WᵀW/C = I/D exactly, the average over heads)."""
+    dim = variables["params"]["head"]["kernel"].shape[0]
+    model_d, vars_d = models.replace_head(model, variables, dim, jax.random.PRNGKey(0), init="zeros")
+    vars_d["params"]["head"]["kernel"] = jnp.eye(dim)
+    apply_fn, params = models.logits_fn(model_d, vars_d)
+    flat, unravel = ravel_pytree(params)
+    jac = jax.jacrev(lambda v: apply_fn(unravel(v), x))(flat)  # [N, D, P]
+    if leaf_regex is not None:
+        keep = lambda path, leaf: jnp.full(leaf.shape, re.search(leaf_regex, path_str(path)) is not None)  # noqa: E731
+        jac = jac * ravel_pytree(jax.tree_util.tree_map_with_path(keep, params))[0]
+    return np.einsum("iop,jop->ij", jac, jac) / dim
+
+
+def test_all_parameter_kernel_is_the_head_averaged_fine_tuning_ntk(small):
+    model, variables, x = small
+    expected = _brute_force_identity_head_kernel(model, variables, x)
+    got = lgc_kernel(model, variables, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_last_conv_kernel_matches_brute_force(small):
+    model, variables, x = small
+    last_conv = models.param_subsets(model, variables["params"])["last_conv"]
+    expected = _brute_force_identity_head_kernel(model, variables, x, leaf_regex=last_conv)
+    got = lgc_kernel(model, variables, x, params_filter=last_conv)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_head_only_kernel_is_the_feature_gram_plus_one(small):
+    model, variables, x = small
+    apply_features, params = models.features_fn(model, variables)
+    phi = np.asarray(apply_features(params, x), dtype=np.float64)
+    got = lgc_kernel(model, variables, x, params_filter="^head/")
+    np.testing.assert_allclose(got, phi @ phi.T + 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", [{"head_samples": 4000}, {"projection_dim": 20000}])
+def test_monte_carlo_variants_approximate_the_exact_kernel(small, option):
+    model, variables, x = small
+    last_conv = models.param_subsets(model, variables["params"])["last_conv"]
+    exact = lgc_kernel(model, variables, x, params_filter=last_conv)
+    approx = lgc_kernel(model, variables, x, params_filter=last_conv, key=jax.random.PRNGKey(3), **option)
+    assert np.abs(approx - exact).max() < 0.1 * np.abs(exact).max()
+    with pytest.raises(ConfigError, match="PRNG key"):
+        lgc_kernel(model, variables, x, params_filter=last_conv, **option)
+
+
+def test_lgc_is_the_pearson_correlation_with_label_similarity():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    a = rng.normal(size=(8, 3)) + np.eye(3)[labels]
+    kernel = a @ a.T
+    same = np.where(labels[:, None] == labels[None, :], 1.0, -1.0)
+    assert lgc(kernel, labels) == pytest.approx(np.corrcoef(kernel.ravel(), same.ravel())[0, 1])
+
+
+def _toy(seed=0, n_per_class=8, classes=3, noise=1.0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n_per_class)
+    phi = noise * rng.normal(size=(labels.size, 6)) + 2 * np.eye(6)[labels]
+    return phi @ phi.T, labels
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.0, 20.0])
+def test_linearized_loss_matches_matrix_exponential(tau):
+    kernel, labels = _toy()
+    y = np.eye(3)[labels]
+    t = tau * labels.size / np.trace(kernel)
+    expected = 0.5 * np.trace(y.T @ expm(-2 * t * kernel) @ y) / (0.5 * labels.size)
+    assert linearized_loss(kernel, labels, tau=tau) == pytest.approx(-expected, rel=1e-8)
+
+
+def test_linearized_cv_accuracy_matches_explicit_folds():
+    kernel, labels = _toy(noise=2.0)
+    tau, folds, seed = 5.0, 4, 1
+    rng = np.random.default_rng(seed)
+    fold = np.empty(labels.size, dtype=int)
+    offset = 0
+    for c in range(3):  # the documented stratified round-robin assignment
+        members = rng.permutation(np.flatnonzero(labels == c))
+        fold[members] = (np.arange(members.size) + offset) % folds
+        offset += members.size
+    correct = 0
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        k = kernel[np.ix_(tr, tr)]
+        t = tau * tr.sum() / np.trace(k)
+        coef = np.linalg.pinv(k) @ (np.eye(tr.sum()) - expm(-t * k)) @ np.eye(3)[labels[tr]]
+        correct += np.sum(np.argmax(kernel[np.ix_(te, tr)] @ coef, axis=1) == labels[te])
+    expected = correct / labels.size
+    assert linearized_cv_accuracy(kernel, labels, tau=tau, folds=folds, seed=seed) == pytest.approx(expected)
+
+
+def test_linearized_scores_rank_separable_above_noise():
+    clean, labels = _toy(noise=0.1)
+    noisy, _ = _toy(noise=5.0)
+    assert linearized_loss(clean, labels) > linearized_loss(noisy, labels)
+    assert linearized_cv_accuracy(clean, labels) == 1.0 > linearized_cv_accuracy(noisy, labels)
+
+
+def test_linearized_bad_inputs():
+    kernel, labels = _toy()
+    with pytest.raises(ConfigError):
+        linearized_loss(kernel, labels, tau=0.0)
+    with pytest.raises(ConfigError):
+        linearized_cv_accuracy(kernel, labels, folds=1)
+    with pytest.raises(LabelError):
+        linearized_cv_accuracy(kernel[:9, :9], np.array([0, 0, 0, 0, 0, 0, 0, 0, 1]))
