@@ -1,25 +1,112 @@
-"""linfit's command line: a thin layer that parses arguments and calls the library."""
+"""linfit's command line: a thin layer that parses arguments and calls the library.
+
+    linfit select [--task T] [--scores S ...] [--json] [--plot FILE]   rank the zoo for a task (the main job)
+    linfit tasks                                                       the embedded tasks, one a line
+    linfit zoo list | build                                            the embedded model zoo
+    linfit bench --db FILE [--tasks ...] [--shard i/n]                 scores + fine-tuning ground truth to SQLite
+    linfit report --db FILE --out DIR                                  Markdown report and figures from the store
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from linfit.demo import run_demo
+def _select(args: argparse.Namespace) -> int:
+    from linfit.select import format_table, plot_curves, select
 
-    run_demo(num_samples=args.num_samples, seed=args.seed)
+    result = select(args.task, args.scores, models=args.models or None, per_class=args.per_class, seed=args.seed,
+                    head_samples=None if args.head_samples == 0 else args.head_samples, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"task": result.task, "num_samples": result.num_samples,
+                          "models": result.table.to_dict(orient="records")}, indent=1))
+    else:
+        print(format_table(result))
+    if args.plot and result.curves:
+        plot_curves(result, args.plot)
+        if not args.json:
+            print(f"predicted linearized loss curves: {args.plot}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from linfit.bench.grid import BenchConfig, run_bench
+    from linfit.bench.store import ResultStore, parse_shard
+
+    config = BenchConfig(models=tuple(args.models) if args.models else None, tasks=tuple(args.tasks),
+                         regimes=tuple(args.regimes), seeds=tuple(args.seeds), scores=tuple(args.scores),
+                         per_class=args.per_class, epochs=args.epochs, max_train_per_class=args.max_train_per_class)
+    with ResultStore(args.db) as store:
+        done = run_bench(config, store, shard=parse_shard(args.shard), progress=not args.quiet)
+    print(f"{done} units computed into {args.db}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from linfit.bench.report import write_report
+    from linfit.bench.store import ResultStore
+
+    with ResultStore(args.db) as store:
+        path = write_report(store, args.out, accuracy=args.accuracy)
+    print(f"report written to {path}")
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from linfit.data import tasks
+
+    print("\n".join(tasks()))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="linfit", description=__doc__)
+    from linfit.select import DEFAULT_SCORES, DEFAULT_TASK
+    from linfit.zoo.cli import add_commands as add_zoo_commands
+
+    parser = argparse.ArgumentParser(prog="linfit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="linearized fine-tuning of a small backbone, predicted in closed form")
-    demo.add_argument("--num-samples", type=int, default=64)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
+
+    sel = commands.add_parser("select", help="rank the model zoo for a target task without fine-tuning")
+    sel.add_argument("--task", default=DEFAULT_TASK, help=f"an embedded task spec (default {DEFAULT_TASK})")
+    sel.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES), help="score names (linfit.scores.names())")
+    sel.add_argument("--models", nargs="*", help="zoo model names (default: the whole zoo)")
+    sel.add_argument("--per-class", type=int, default=25, help="scoring images per class (paper: 25)")
+    sel.add_argument("--head-samples", type=int, default=8,
+                     help="random head rows for NTK scores; 0 = exact head average (slower)")
+    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sel.add_argument("--plot", default="linfit_loss_curves.png", help="where to save the loss-curve plot ('' = none)")
+    sel.add_argument("--quiet", action="store_true", help="no progress bar")
+    sel.set_defaults(run=_select)
+
+    tasks = commands.add_parser("tasks", help="list the embedded target tasks, one a line")
+    tasks.set_defaults(run=_tasks)
+
+    bench = commands.add_parser("bench", help="scores and fine-tuning ground truth on a grid, into SQLite")
+    bench.add_argument("--db", required=True, help="SQLite result store (created if missing; reruns resume)")
+    bench.add_argument("--models", nargs="*", help="zoo model names (default: the whole zoo)")
+    bench.add_argument("--tasks", nargs="+", default=["font_digits"], help="embedded target datasets")
+    bench.add_argument("--regimes", nargs="+", default=["20shot"], help="5shot, 20shot, full, <k>shot")
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES))
+    bench.add_argument("--per-class", type=int, default=25)
+    bench.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (paper: 30)")
+    bench.add_argument("--max-train-per-class", type=int, default=None, help="cap the full regime (CPU budget)")
+    bench.add_argument("--shard", default="0/1", help="i/n: this process's share of the grid")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(run=_bench)
+
+    report = commands.add_parser("report", help="Markdown report and figures from a benchmark store")
+    report.add_argument("--db", required=True)
+    report.add_argument("--out", required=True, help="output folder")
+    report.add_argument("--accuracy", default="accuracy", choices=["accuracy", "oracle_accuracy"],
+                        help="ground truth: lr chosen on validation (default) or on test (the paper)")
+    report.set_defaults(run=_report)
+
+    add_zoo_commands(commands)
     return parser
 
 

@@ -50,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from linfit.errors import ShapeError
-from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES, _budget_tile
+from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES, budget_tile_size
 
 SAMPLE_AXIS = "samples"
 Consumer = Callable[[slice, slice, np.ndarray, bool], None]
@@ -111,7 +111,7 @@ def plan_tiles(
     n1, n2 = int(np.shape(x1)[0]), int(np.shape(x2_)[0])
     if tile_size is None:
         pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(x2_[:1]), params)
-        tile_size = _budget_tile(ntk_fn, jnp.asarray(x1[:1]), params, max(n1, n2), math.prod(pair.shape[2:]),
+        tile_size = budget_tile_size(ntk_fn, jnp.asarray(x1[:1]), params, max(n1, n2), math.prod(pair.shape[2:]),
                                  pair.dtype.itemsize, memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES)
     if tile_size < 1:
         raise ShapeError(f"tile_size must be >= 1; got {tile_size}")

@@ -109,7 +109,7 @@ def ntk_tiled(
     pair = jax.eval_shape(ntk_fn, x1[:1], x2[:1], params)
     pair_shape = pair.shape[2:]
     if tile_size is None:
-        tile_size = _budget_tile(
+        tile_size = budget_tile_size(
             ntk_fn,
             x1,
             params,
@@ -148,7 +148,9 @@ def ntk_tiled(
     return out
 
 
-def _budget_tile(ntk_fn, x, params, n, pair_size, itemsize, budget) -> int:
+def budget_tile_size(ntk_fn, x, params, n, pair_size, itemsize, budget) -> int:
+    """Tile side for ``ntk_fn`` on inputs like ``x`` from a byte budget (``tile_size_for_budget`` with ``O`` and
+    ``P`` read off ``ntk_fn`` when it knows them)."""
     if hasattr(ntk_fn, "outputs_per_sample") and hasattr(ntk_fn, "num_params"):
         o, p = ntk_fn.outputs_per_sample(x, params), ntk_fn.num_params(params)
     else:

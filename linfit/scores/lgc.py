@@ -27,7 +27,10 @@ materialising per-sample gradients; input ``"ntk"``).
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +38,8 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from linfit.errors import ConfigError
-from linfit.models import features_fn
-from linfit.ntk import empirical_ntk_fn, ntk_tiled
+from linfit.ntk.empirical import empirical_ntk_fn
+from linfit.ntk.tiling import ntk_tiled
 from linfit.scores.correlation import kernel_label_correlation
 from linfit.scores.registry import register
 from linfit.tree import ParamsFilter, leaf_paths, split_params
@@ -46,6 +49,35 @@ _REFERENCE = "Deshpande et al. 2021, arXiv:2102.00084, eq. (7)-(8) (LGC)"
 
 def _batched(fn, x, batch_size: int) -> np.ndarray:
     return np.concatenate([np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def _headless(model, variables) -> tuple[Any, dict]:
+    """The backbone without its head, as one model object per architecture, so that every zoo model of an
+    architecture shares one compiled feature map and one compiled kernel whatever its source classes."""
+    params = {name: leaf for name, leaf in variables["params"].items() if name != "head"}
+    return model.clone(num_classes=1), {**variables, "params": params}
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_map(model) -> Callable:
+    """``f(p, x)``: penultimate features of ``p["variables"]``, projected on ``p["heads"] [D, k]`` if present."""
+
+    def f(p, x):
+        phi = model.apply(p["variables"], x, train=False, method="features")
+        return phi @ p["heads"] if "heads" in p else phi
+
+    return f
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_feature_map(model) -> Callable:
+    return jax.jit(_feature_map(model))
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_ntk(model, body_filter: tuple[str, ...], implementation: str):
+    return empirical_ntk_fn(_feature_map(model), trace_axes=(-1,), implementation=implementation,
+                            params_filter=list(body_filter))
 
 
 def lgc_kernel(
@@ -77,36 +109,28 @@ def lgc_kernel(
     Returns:
       ``[N, N]`` float64 kernel.
     """
-    apply_features, params = features_fn(model, variables)
+    if (head_samples is not None or projection_dim is not None) and key is None:
+        raise ConfigError("head_samples and projection_dim need a PRNG key")
+    selected = leaf_paths(split_params(variables["params"], params_filter)[0])
+    body, headless = _headless(model, variables)
+    tree = {"variables": headless}
     x = jnp.asarray(x)
-    phi = _batched(jax.jit(lambda xb: apply_features(params, xb)), x, batch_size).astype(np.float64)
-    head_selected = "head/kernel" in leaf_paths(split_params(params, params_filter)[0])
-    body_filter = _without_head(params, params_filter)
+    phi = _batched(lambda xb: _jitted_feature_map(body)(tree, xb), x, batch_size).astype(np.float64)
     kernel = np.zeros((x.shape[0], x.shape[0]))
-    if body_filter is not None:
-        f = apply_features  # the exact average over heads: the feature NTK traced over the D features
-        if (head_samples is not None or projection_dim is not None) and key is None:
-            raise ConfigError("head_samples and projection_dim need a PRNG key")
-        if head_samples is not None:
+    body_filter = tuple(f"^variables/params/{re.escape(path)}$" for path in selected if not path.startswith("head/"))
+    if body_filter:
+        if head_samples is not None:  # rows of W ~ N(0, 1/D): an unbiased estimate of the average over heads
             key, sub = jax.random.split(key)
-            heads = jax.random.normal(sub, (phi.shape[1], head_samples)) / jnp.sqrt(phi.shape[1])
-            f = lambda p, xb: apply_features(p, xb) @ heads  # noqa: E731  (rows of W ~ N(0, 1/D))
+            tree["heads"] = jax.random.normal(sub, (phi.shape[1], head_samples)) / jnp.sqrt(phi.shape[1])
         if projection_dim is not None:
-            kernel += _projected_kernel(f, params, x, body_filter, projection_dim, key)
+            kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key)
         else:
-            ntk_fn = empirical_ntk_fn(f, trace_axes=(-1,), implementation=implementation, params_filter=body_filter)
-            kernel += np.asarray(ntk_tiled(ntk_fn, x, None, params, memory_budget_bytes=memory_budget_bytes),
+            ntk_fn = _feature_ntk(body, body_filter, implementation)
+            kernel += np.asarray(ntk_tiled(ntk_fn, x, None, tree, memory_budget_bytes=memory_budget_bytes),
                                  dtype=np.float64)
-    if head_selected:
+    if "head/kernel" in selected:
         kernel += phi @ phi.T + 1.0
     return kernel
-
-
-def _without_head(params, params_filter: ParamsFilter) -> list[str] | None:
-    """Regexes selecting the filter's non-head leaves exactly, or ``None`` if it selects only the head."""
-    selected = leaf_paths(split_params(params, params_filter)[0])
-    body = [path for path in selected if not path.startswith("head/")]
-    return [f"^{re.escape(path)}$" for path in body] or None
 
 
 def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> np.ndarray:

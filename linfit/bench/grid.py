@@ -1,0 +1,157 @@
+"""The benchmark grid: scores and fine-tuning ground truth for every (model, task, regime, seed).
+
+Deshpande et al. 2021, §4 (App. B): every candidate model is scored on the task's scoring subset and really
+fine-tuned with the paper's protocol; reports compare the two (``linfit.bench.report``). Each (kind, model,
+task, regime, seed) is one unit of ``linfit.bench.runner``: stored when it finishes, skipped on rerun, dealt to
+shards by a stable hash.
+
+Example::
+
+    config = BenchConfig(models=("resnet8/generalist", "resnet8/mnist/scratch"), tasks=("font_digits",),
+                         regimes=("20shot",), epochs=5)
+    with ResultStore("bench.sqlite") as store:
+        run_bench(config, store, progress=True)
+        write_report(store, "report/")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+from linfit import scores as score_registry
+from linfit import zoo
+from linfit.bench.runner import Unit, run_units
+from linfit.bench.store import ResultStore
+from linfit.data import load_task
+from linfit.errors import ConfigError
+from linfit.extract import TaskInputs, extract_inputs, source_sample
+from linfit.finetune import FinetuneConfig, select_learning_rate
+from linfit.select import DEFAULT_SCORES
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to run.
+
+    Attributes:
+      models: zoo model names (``None``: the whole zoo); exactly one reference model per grid is expected
+        for the gain metrics (the generalist of each architecture is a reference).
+      tasks: embedded target datasets; regimes: e.g. ``("5shot", "20shot", "full")``; seeds: k-shot seeds.
+      scores: registered score names.
+      per_class: scoring images per class (paper: 25); head_samples: random head rows for NTK scores.
+      epochs, batch_size, learning_rates: the fine-tuning protocol (paper: 30, 32, (0.01, 0.005, 0.001); the
+        milestones scale with the epochs: ×0.1 at 50% and 83% of training).
+      max_train_per_class: cap on the training images per class in the ``full`` regime (CPU budget).
+    """
+
+    models: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] = ("font_digits",)
+    regimes: tuple[str, ...] = ("20shot",)
+    seeds: tuple[int, ...] = (0,)
+    scores: tuple[str, ...] = DEFAULT_SCORES
+    per_class: int = 25
+    head_samples: int | None = 8
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rates: tuple[float, ...] = (0.01, 0.005, 0.001)
+    max_train_per_class: int | None = None
+
+    def finetune_config(self, seed: int) -> FinetuneConfig:
+        milestones = tuple(sorted({max(1, round(self.epochs * f)) for f in (0.5, 25 / 30)} - {self.epochs}))
+        return FinetuneConfig.paper(epochs=self.epochs, batch_size=self.batch_size, milestones=milestones, seed=seed,
+                                    eval_every_epoch=False)
+
+
+def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
+    """Every unit of the grid: one ``"scores"`` and one ``"finetune"`` unit per (model, task, regime, seed)."""
+    for name in config.scores:
+        score_registry.get(name)  # fail early on unknown names
+    models = config.models or tuple(zoo.names(weights_dir))
+    references = {m["name"] for m in zoo.manifest(weights_dir)["models"] if m["reference"]}
+    grid = []
+    for model in models:
+        for task in config.tasks:
+            for regime in config.regimes:
+                for seed in config.seeds:
+                    ident = {"model": model, "task": task, "regime": regime, "seed": seed,
+                             "reference": model in references}
+                    grid.append(Unit(f"scores/{model}/{task}:{regime}/seed{seed}", "scores",
+                                     {**ident, "scores": list(config.scores), "per_class": config.per_class,
+                                      "head_samples": config.head_samples}))
+                    grid.append(Unit(f"finetune/{model}/{task}:{regime}/seed{seed}", "finetune",
+                                     {**ident, "epochs": config.epochs, "batch_size": config.batch_size,
+                                      "learning_rates": list(config.learning_rates),
+                                      "max_train_per_class": config.max_train_per_class}))
+    return grid
+
+
+@functools.lru_cache(maxsize=8)
+def _task(task: str, regime: str, seed: int, max_train_per_class: int | None):
+    loaded = load_task(f"{task}:{regime}", seed=seed)
+    if max_train_per_class is not None and regime == "full":
+        train = loaded.scoring_set(per_class=max_train_per_class, seed=seed)
+    else:
+        train = loaded.train
+    return loaded, train
+
+
+@functools.lru_cache(maxsize=8)
+def _task_inputs(task: str, regime: str, seed: int, per_class: int) -> TaskInputs:
+    loaded, _ = _task(task, regime, seed, None)
+    subset = loaded.scoring_set(per_class=per_class, seed=seed)
+    return TaskInputs(subset.x, subset.y, seed=seed)
+
+
+def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
+    cfg = unit.config
+    task_inputs = _task_inputs(cfg["task"], cfg["regime"], cfg["seed"], config.per_class)
+    candidate = zoo.load(cfg["model"], weights_dir=weights_dir)
+    registered = [score_registry.get(name) for name in config.scores]
+    needs = set().union(*(s.needs for s in registered))
+    source = None
+    if needs & {"source_class_means", "source_class_counts"}:
+        source = source_sample(candidate.source_domain, seed=cfg["seed"])
+    inputs, input_seconds = extract_inputs(candidate.model, candidate.variables, task_inputs.x, needs,
+                                           task=task_inputs, source_data=source, seed=cfg["seed"],
+                                           head_samples=config.head_samples)
+    values, timings = {}, {}
+    for score in registered:
+        start = time.perf_counter()
+        values[score.name] = score(task_inputs.labels, **inputs)
+        timings[score.name] = time.perf_counter() - start + sum(input_seconds[k] for k in score.needs)
+    return {"scores": values, "timings": timings}
+
+
+def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
+    cfg = unit.config
+    loaded, train = _task(cfg["task"], cfg["regime"], cfg["seed"], config.max_train_per_class)
+    candidate = zoo.load(cfg["model"], weights_dir=weights_dir)
+    start = time.perf_counter()
+    search = select_learning_rate(candidate.model, candidate.variables, train.x, train.y,
+                                  config=config.finetune_config(cfg["seed"]), x_test=loaded.test.x,
+                                  y_test=loaded.test.y, lrs=config.learning_rates, num_classes=loaded.num_classes)
+    return {
+        "accuracy": 100.0 * search.chosen_test_accuracy,
+        "oracle_accuracy": 100.0 * search.oracle_test_accuracy,
+        "lr": search.chosen_lr,
+        "oracle_lr": search.oracle_lr,
+        "test_accuracy_per_lr": [100.0 * float(a) for a in search.test_accuracy],
+        "train_loss_per_lr": [[float(v) for v in run.train_loss] for run in search.runs],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def run_bench(config: BenchConfig, store: ResultStore, *, shard: tuple[int, int] = (0, 1), weights_dir=None,
+              progress: bool = False) -> int:
+    """Compute and store every unit of ``config`` that ``store`` lacks (this shard's share). Returns how many."""
+    if not config.tasks or not config.regimes or not config.seeds:
+        raise ConfigError("the benchmark grid is empty: give at least one task, regime and seed")
+
+    def compute(unit: Unit) -> dict:
+        if unit.kind == "scores":
+            return _compute_scores(unit, config, weights_dir)
+        return _compute_finetune(unit, config, weights_dir)
+
+    return run_units(store, units(config, weights_dir=weights_dir), compute, shard=shard, progress=progress)

@@ -1,0 +1,38 @@
+"""``linfit zoo list`` and ``linfit zoo build``: the zoo's sub-commands, added to linfit's parser by
+``add_commands(subparsers)`` (``linfit.cli`` calls it)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _list(args: argparse.Namespace) -> int:
+    from linfit.zoo import names
+
+    print("\n".join(names(args.weights_dir)))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from linfit.zoo import WEIGHTS_DIR, TrainConfig, build
+
+    config = TrainConfig() if args.epochs is None else TrainConfig(epochs=args.epochs)
+    manifest = build(args.out or WEIGHTS_DIR, seed=args.seed, progress=not args.quiet, only=args.only or None,
+                     config=config)
+    print(f"{len(manifest['models'])} models, {manifest['build_seconds']:.0f} s of training")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Add ``zoo list`` and ``zoo build`` to an ``argparse`` sub-parser collection."""
+    zoo = subparsers.add_parser("zoo", help="the embedded model zoo").add_subparsers(dest="zoo_command", required=True)
+    lst = zoo.add_parser("list", help="print the zoo's model names, one a line")
+    lst.add_argument("--weights-dir", default=None, help="a zoo build folder (default: the committed zoo)")
+    lst.set_defaults(run=_list)
+    bld = zoo.add_parser("build", help="train the zoo models missing from --out (resumable, seeded)")
+    bld.add_argument("--out", default=None, help="output folder (default: linfit/zoo/weights)")
+    bld.add_argument("--seed", type=int, default=0)
+    bld.add_argument("--only", nargs="*", help="model or group names, e.g. resnet8/mnist/scratch resnet8/multibn")
+    bld.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
+    bld.add_argument("--quiet", action="store_true", help="no progress bars")
+    bld.set_defaults(run=_build)
