@@ -176,6 +176,10 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument(
+        "--kernels", nargs="+", default=["traced", "untraced"], choices=("traced", "untraced")
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--timeout", type=int, default=900, help="seconds per configuration"
@@ -193,8 +197,8 @@ def main(argv=None) -> None:
         return
 
     sizes = [32] if args.quick else args.sizes
-    impls = list(IMPLS)
-    if importlib.util.find_spec("linfit.ntk.structured") is None:
+    impls = list(args.impls)
+    if "structured" in impls and importlib.util.find_spec("linfit.ntk.structured") is None:
         impls.remove("structured")
         print(
             "linfit.ntk.structured is missing: the structured implementation is skipped\n"
@@ -206,7 +210,7 @@ def main(argv=None) -> None:
     notes = set()
     for model in args.models:
         for n in sizes:
-            for traced in (True, False):
+            for traced in [k == "traced" for k in args.kernels]:
                 base = None
                 for impl in impls:
                     r = run_config(model, impl, n, traced, args.repeats, args.timeout)

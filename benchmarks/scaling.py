@@ -173,7 +173,7 @@ def fit_power_law(ns, values) -> float:
 
 
 def sweep_n(args) -> None:
-    ns = [64, 128, 256] if args.quick else [1000, 2000, 4000, 7000, 10000]
+    ns = args.sizes or ([64, 128, 256] if args.quick else [1000, 2000, 4000, 7000, 10000])
     limit = args.max_rss_gib * 2**30
     print(f"## Traced small-CNN NTK into a memmap vs N (budget {args.budget_mib} MiB per device)\n")
     print("| N | devices | tile (rows x cols) | time (s) | peak RSS (MiB) | within budget |")
@@ -199,7 +199,7 @@ def sweep_n(args) -> None:
 
 
 def sweep_devices(args) -> None:
-    n = 128 if args.quick else 2000
+    n = args.device_n or (128 if args.quick else 2000)
     print(f"## Simulated CPU devices, N = {n} (same cores shared: overhead, not speed-up)\n")
     print("| devices | tile (rows x cols) | time (s) | ratio to 1 device | peak RSS (MiB) |")
     print("|---|---|---|---|---|")
@@ -261,6 +261,8 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="samples per chunk of the matrix-free product")
     p.add_argument("--workdir", default=None, help="directory for the memmap (default: system temp)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="N values of the default sweep")
+    p.add_argument("--device-n", type=int, default=None, help="N of the simulated-device sweep")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.tile is None:

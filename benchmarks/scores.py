@@ -115,6 +115,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
     parser.add_argument("--scores", nargs="*", help="only these registered names")
+    parser.add_argument("--grid", nargs="+", metavar="NxDxC", help="score grid cells, e.g. 5000x2048x10")
+    parser.add_argument("--logme-sizes", nargs="+", metavar="NxDxC", help="LogME comparison cells")
     args = parser.parse_args(argv)
 
     if args.quick:
@@ -123,6 +125,9 @@ def main(argv=None) -> None:
     else:
         grid = list(itertools.product([1000, 5000], [512, 2048], [10, 100]))
         logme_sizes = [(1000, 512, 10), (5000, 2048, 100)]
+    cells = lambda specs: [tuple(int(v) for v in spec.split("x")) for spec in specs]  # noqa: E731
+    grid = cells(args.grid) if args.grid else grid
+    logme_sizes = cells(args.logme_sizes) if args.logme_sizes else logme_sizes
     names = [s for s in load_all_scores() if not args.scores or s in args.scores]
 
     print("| score | N | D | C | seconds | value |\n|---|---|---|---|---|---|")
