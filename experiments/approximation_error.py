@@ -1,0 +1,530 @@
+"""How well does the linearized model predict real fine-tuning? (the study the paper did not run)
+
+Deshpande et al. 2021 (arXiv 2102.00084, §2, Proposition 1) predict fine-tuning with the closed-form MSE
+dynamics of the model linearized at the pre-trained weights. This script measures, on the embedded zoo, how far
+that prediction is from real fine-tuning, over training steps:
+
+(a) CLOSED FORM: ``linfit.dynamics.LinearizedDynamics`` on the exact fine-tuning NTK of the model with its new
+    head (untraced, ``[N·O, N·O]``: the specific head makes the kernel differ across logits, so the traced
+    ``Θ ⊗ I`` form would be exact only for the head subset), ``discrete=True`` (gradient-descent steps);
+(b) GD on the LINEARIZED model (``finetune(mode="linearized", loss="mse")``): must equal (a) - a check;
+(c) REAL fine-tuning of the same parameter subset (``mode="subset"`` / ``"full"``) with MSE and with
+    cross-entropy.
+
+Protocol. Every run is full-batch gradient descent (no momentum, no weight decay, constant step η, BatchNorm
+frozen in evaluation mode, as the linearized model has it) from one fresh ``lecun_normal`` 10-way head. Time
+axes: ``finetune`` minimises the MEAN over samples of ½‖f(x) − onehot(y)‖², so a step η on it is a step η/N on
+the dynamics' loss ½ Σ over samples and outputs: (a) uses ``learning_rate = η/N`` and ``train_loss/N``.
+``finetune``'s ``train_loss[e]`` is the loss before step e (full batch: at the weights after e steps) and its
+test metrics come after step e+1; both sides are compared at those same step counts. The step size is set per
+(model, subset) from the kernel's top eigenvalue: ``η = c · N / λ_max(Θ)``, i.e. ``η_dyn λ_max = c`` (``c < 2``
+is the stability limit of (a) and (b)), for each ``c`` in ``Settings.lr_fractions``.
+
+Measured: the relative error ``|L_lin(k) − L_real(k)| / L_real(k)`` of the MSE training loss at each step k, the
+first step where it exceeds 10 % ("break step"), the test-accuracy gap over time, and Spearman's rank
+correlation between the closed form's and the real run's final test accuracy over all (model, subset)
+candidates of one (task, regime, c) - do the linearized dynamics rank the candidates as fine-tuning does?
+
+Usage::
+
+    python experiments/approximation_error.py            # the study (~40 min on 2 busy shared CPU cores)
+    python experiments/approximation_error.py --quick --out-dir /tmp/ae   # smoke test
+
+    # as it was run: one process per task (they share the cores better), then one merging pass
+    python experiments/approximation_error.py --tasks digits_sk --cache-dir /tmp/ae_cache --out-dir /tmp/d &
+    python experiments/approximation_error.py --tasks fashion_rot --cache-dir /tmp/ae_cache --out-dir /tmp/f
+    python experiments/approximation_error.py --cache-dir /tmp/ae_cache
+
+A cached block is keyed by (task, regime, model, steps) only: clear ``--cache-dir`` after changing anything else.
+
+Writes ``approximation_error.md`` and ``approximation_error_*.png`` next to this file (or in ``--out-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import spearmanr
+
+from linfit import models, zoo
+from linfit.data import load_task
+from linfit.data.sampling import scoring_subset
+from linfit.dynamics import LinearizedDynamics
+from linfit.finetune import FinetuneConfig, finetune
+from linfit.tree import leaf_paths, split_params
+
+HERE = Path(__file__).resolve().parent
+BREAK_THRESHOLD = 0.10  # relative training-loss error at which the linearization counts as broken
+JAC_CHUNK = 25  # samples per compiled per-sample-Jacobian call (every set size below is a multiple of it)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """One study: every (model, task, regime, subset, lr fraction) gets (a), (c)-MSE and (c)-CE."""
+
+    models: tuple[str, ...] = ("resnet8/generalist", "resnet8/mnist/from-generalist", "resnet8/fashion/scratch")
+    tasks: tuple[str, ...] = ("digits_sk", "fashion_rot")
+    regimes: tuple[str, ...] = ("5shot", "20shot")
+    subsets: tuple[str, ...] = ("head", "last_block", "all")
+    lr_fractions: tuple[float, ...] = (0.3, 1.0)
+    steps: int = 30
+    test_per_class: int = 10
+    check_model: str = "resnet8/generalist"  # (b) is run for this model on this task, every regime and subset
+    check_task: str = "digits_sk"
+    seed: int = 0
+
+
+QUICK = Settings(models=("resnet8/generalist", "resnet8/fashion/scratch"), tasks=("digits_sk",),
+                 regimes=("5shot",), subsets=("head", "all"), lr_fractions=(1.0,), steps=4, test_per_class=5)
+
+
+# --------------------------------------------------------------------------------------------- kernels
+
+
+@functools.lru_cache(maxsize=8)
+def _per_sample_jacobian(model):
+    """``jac(params, state, x [B, ...]) -> tree of [B, O, *leaf]``: the Jacobian of each sample's logits
+    (evaluation mode, so samples are independent), compiled once per architecture and head size."""
+
+    def one(params, state, xi):
+        return model.apply({"params": params, **state}, xi[None], train=False)[0]
+
+    return jax.jit(jax.vmap(jax.jacrev(one), in_axes=(None, None, 0)))
+
+
+def _group_rows(jac_tree, groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Per-group Jacobian rows ``[B·O, P_g]`` (row ``i·O + c`` is sample i, logit c) from a Jacobian tree."""
+    flat = dict(zip(leaf_paths(jac_tree), jax.tree.leaves(jac_tree), strict=True))
+    out = {}
+    for name, paths in groups.items():
+        blocks = [np.asarray(flat[p]).reshape(flat[p].shape[0] * flat[p].shape[1], -1) for p in paths]
+        out[name] = np.concatenate(blocks, axis=1)
+    return out
+
+
+def subset_kernels(model, variables, x_train, x_test, subsets: dict[str, object]) -> dict[str, tuple]:
+    """Exact untraced fine-tuning NTKs of nested parameter subsets, flattened to 2-D.
+
+    Θ[(i, c), (j, c')] = Σ_p ∂f_c(x_i)/∂w_p ∂f_c'(x_j)/∂w_p over the subset's parameters (row ``i·O + c``).
+    The subsets must be nested (head ⊂ last_block ⊂ all): each kernel is the previous one plus the kernel of
+    the leaves it adds, so every Jacobian column is contracted once.
+
+    Args:
+      x_train ``[N, ...]``, x_test ``[M, ...]``; subsets: ``{name: params filter}`` in nesting order.
+    Returns:
+      ``{name: (K_train [N·O, N·O], K_test_train [M·O, N·O])}``, float64.
+    """
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    jac = _per_sample_jacobian(model)
+    groups, seen = {}, set()
+    for name, params_filter in subsets.items():
+        paths = [p for p in leaf_paths(split_params(params, params_filter)[0]) if p not in seen]
+        groups[name] = paths
+        seen.update(paths)
+
+    def rows(x):
+        parts = [_group_rows(jac(params, state, jnp.asarray(x[i : i + JAC_CHUNK])), groups)
+                 for i in range(0, len(x), JAC_CHUNK)]
+        return {g: np.concatenate([p[g] for p in parts]) for g in groups}
+
+    j_train = rows(x_train)
+    j_test = rows(x_test)
+    out, k_tt, k_st = {}, 0.0, 0.0
+    for name in subsets:
+        if groups[name]:
+            k_tt = k_tt + (j_train[name] @ j_train[name].T).astype(np.float64)
+            k_st = k_st + (j_test[name] @ j_train[name].T).astype(np.float64)
+        out[name] = (k_tt, k_st)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+def closed_form(k_tt, k_st, y_train, f0_train, f0_test, y_test, lr: float, steps: int) -> dict[str, np.ndarray]:
+    """(a): ``steps`` full-batch GD steps of size ``lr`` on the mean MSE, from ``LinearizedDynamics``.
+
+    ``k_tt [N·O, N·O]``, ``k_st [M·O, N·O]`` untraced flattened kernels; ``f0_* [·, O]`` initial logits.
+    Returns ``loss [steps]`` (mean over samples of ½‖r‖², at steps 0..steps-1) and ``test_acc [steps]``
+    (after steps 1..steps), aligned with ``FinetuneResult.train_loss`` / ``test_accuracy``.
+    """
+    n, n_out = f0_train.shape
+    targets = np.eye(n_out)[y_train].reshape(-1, 1)
+    dyn = LinearizedDynamics.from_kernel(k_tt, targets, f0_train.reshape(-1, 1), learning_rate=lr / n,
+                                         discrete=True)
+    k = np.arange(steps + 1)
+    loss = dyn.train_loss(k[:-1]) / n
+    pred = dyn.test_predictions(k[1:], k_st, f0_test.reshape(-1, 1)).reshape(steps, -1, n_out)
+    return {"loss": loss, "test_acc": np.mean(np.argmax(pred, axis=-1) == y_test, axis=-1)}
+
+
+def gd_run(model, variables, data, params_filter, *, mode: str, loss: str, lr: float, steps: int) -> dict:
+    """(b) or (c): ``finetune`` with full-batch plain GD (BatchNorm frozen). ``data = (x, y, x_test, y_test)``."""
+    x, y, x_test, y_test = data
+    if mode == "subset" and params_filter is None:
+        mode = "full"
+    cfg = FinetuneConfig(epochs=steps, batch_size=len(y), learning_rate=lr, momentum=0.0, nesterov=False,
+                         weight_decay=0.0, milestones=(), loss=loss, mode=mode, params_filter=params_filter,
+                         bn="frozen", head_init=None, eval_batch_size=512)
+    res = finetune(model, variables, x, y, config=cfg, x_test=x_test, y_test=y_test)
+    acc = np.full(steps, np.nan)
+    acc[: res.test_accuracy.size] = res.test_accuracy
+    return {"loss": np.asarray(res.train_loss), "test_acc": acc, "seconds": res.wall_time}
+
+
+def rel_error(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """``|pred − real| / real`` elementwise (inf where the real run diverged)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.abs(pred - real) / np.abs(real)
+    return np.where(np.isfinite(real), err, np.inf)
+
+
+def break_step(err: np.ndarray, threshold: float = BREAK_THRESHOLD) -> int | None:
+    """First step with relative error above ``threshold`` (``None``: never within the run)."""
+    over = np.flatnonzero(err > threshold)
+    return int(over[0]) if over.size else None
+
+
+def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = False, log=print) -> dict:
+    """Run every configuration of ``s`` (each (task, regime, model) block is stored in ``cache_dir`` if
+    given, and read back instead of rerun when already there; ``cached_only``: skip blocks not stored); returns ``{"runs": [...], "checks": [...], "seconds": float}``."""
+    start = time.perf_counter()
+    runs, checks, skipped = [], [], []
+    loaded = {name: zoo.load(name) for name in s.models}
+    for task_name in s.tasks:
+        for regime in s.regimes:
+            task = load_task(f"{task_name}:{regime}", seed=s.seed)
+            idx = scoring_subset(task.test.y, per_class=s.test_per_class, seed=s.seed)
+            x, y = task.train.x, task.train.y
+            x_test, y_test = task.test.x[idx], task.test.y[idx]
+            data = (x, y, x_test, y_test)
+            for model_name in s.models:
+                block = None if cache_dir is None else cache_dir / (
+                    f"{task_name}_{regime}_{model_name.replace('/', '_')}_{s.steps}.pkl")
+                if block is not None and block.exists():
+                    cached = pickle.loads(block.read_bytes())
+                    runs += cached["runs"]
+                    checks += cached["checks"]
+                    continue
+                if cached_only:
+                    skipped.append(f"{task_name}:{regime} {model_name}")
+                    continue
+                n_runs, n_checks = len(runs), len(checks)
+                zm = loaded[model_name]
+                key = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0)
+                model, variables = models.replace_head(zm.model, zm.variables, task.num_classes, key,
+                                                       init="lecun_normal")
+                filters = models.param_subsets(model, variables["params"])
+                t0 = time.perf_counter()
+                kernels = subset_kernels(model, variables, x, x_test, {k: filters[k] for k in s.subsets})
+                apply_fn, params = models.logits_fn(model, variables)
+                f0_train = np.asarray(apply_fn(params, x), np.float64)
+                f0_test = np.asarray(apply_fn(params, x_test), np.float64)
+                log(f"[{time.perf_counter() - start:6.0f}s] {task_name}:{regime} {model_name}: kernels "
+                    f"{time.perf_counter() - t0:.1f}s")
+                for subset in s.subsets:
+                    k_tt, k_st = kernels[subset]
+                    lam_max = float(np.linalg.eigvalsh(k_tt)[-1])
+                    for c in s.lr_fractions:
+                        lr = c * len(y) / lam_max
+                        cf = closed_form(k_tt, k_st, y, f0_train, f0_test, y_test, lr, s.steps)
+                        common = dict(model=model_name, task=task_name, regime=regime, subset=subset, c=c, lr=lr,
+                                      n=len(y))
+                        real = {loss: gd_run(model, variables, data, filters[subset], mode="subset", loss=loss,
+                                             lr=lr, steps=s.steps) for loss in ("mse", "ce")}
+                        runs.append({**common, "closed": cf, "real": real})
+                        err = rel_error(cf["loss"], real["mse"]["loss"])
+                        log(f"    {subset:10s} c={c:g} lr={lr:.4g}: rel. loss error end {err[-1]:.3f}, acc "
+                            f"closed {cf['test_acc'][-1]:.3f} / mse {real['mse']['test_acc'][-1]:.3f} / ce "
+                            f"{real['ce']['test_acc'][-1]:.3f}")
+                        if model_name == s.check_model and task_name == s.check_task and c == s.lr_fractions[0]:
+                            lin = gd_run(model, variables, data, filters[subset], mode="linearized", loss="mse",
+                                         lr=lr, steps=s.steps)
+                            checks.append({**common, "closed": cf, "linearized": lin})
+                if block is not None:
+                    block.write_bytes(pickle.dumps({"runs": runs[n_runs:], "checks": checks[n_checks:]}))
+    return {"runs": runs, "checks": checks, "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _fmt_step(k) -> str:
+    return "never" if k is None else str(k)
+
+
+def summarize(study: dict, s: Settings) -> dict:
+    """Per-run metrics, aggregates by (regime, subset), Spearman per (task, regime, c, loss)."""
+    rows = []
+    for r in study["runs"]:
+        err = rel_error(r["closed"]["loss"], r["real"]["mse"]["loss"])
+        rows.append({**{k: r[k] for k in ("model", "task", "regime", "subset", "c", "lr")},
+                     "err": err, "err_end": float(err[-1]), "err_max": float(np.max(err)),
+                     "break": break_step(err),
+                     "loss0": float(r["real"]["mse"]["loss"][0]), "loss_real": float(r["real"]["mse"]["loss"][-1]),
+                     "loss_lin": float(r["closed"]["loss"][-1]),
+                     "acc_lin": float(r["closed"]["test_acc"][-1]),
+                     "acc_mse": float(r["real"]["mse"]["test_acc"][-1]),
+                     "acc_ce": float(r["real"]["ce"]["test_acc"][-1]),
+                     "gap_mse": np.abs(r["closed"]["test_acc"] - r["real"]["mse"]["test_acc"]),
+                     "gap_ce": np.abs(r["closed"]["test_acc"] - r["real"]["ce"]["test_acc"])})
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["regime"], row["subset"]), []).append(row)
+    agg = []
+    for (regime, subset), g in groups.items():
+        breaks = [row["break"] for row in g if row["break"] is not None]
+        agg.append({"regime": regime, "subset": subset, "runs": len(g),
+                    "err_end_median": float(np.median([row["err_end"] for row in g])),
+                    "err_end_max": float(np.max([row["err_end"] for row in g])),
+                    "broken": len(breaks), "break_median": float(np.median(breaks)) if breaks else None,
+                    "gap_mse": float(np.mean([row["gap_mse"][-1] for row in g])),
+                    "gap_ce": float(np.mean([row["gap_ce"][-1] for row in g]))})
+    ranks = []
+    for task in s.tasks:
+        for regime in s.regimes:
+            for c in s.lr_fractions:
+                g = [row for row in rows if (row["task"], row["regime"], row["c"]) == (task, regime, c)]
+                entry = {"task": task, "regime": regime, "c": c, "candidates": len(g)}
+                for loss in ("mse", "ce"):
+                    pred, real = [row["acc_lin"] for row in g], [row[f"acc_{loss}"] for row in g]
+                    ok = len(g) > 2 and np.ptp(pred) > 0 and np.ptp(real) > 0
+                    entry[loss] = float(spearmanr(pred, real).statistic) if ok else float("nan")
+                ranks.append(entry)
+    checks = [{**{k: ch[k] for k in ("model", "task", "regime", "subset", "c")},
+               "loss_diff": float(np.max(rel_error(ch["closed"]["loss"], ch["linearized"]["loss"]))),
+               "acc_diff": float(np.max(np.abs(ch["closed"]["test_acc"] - ch["linearized"]["test_acc"])))}
+              for ch in study["checks"]]
+    return {"rows": rows, "agg": agg, "ranks": ranks, "checks": checks}
+
+
+def plot(summary: dict, study: dict, s: Settings, out_dir: Path) -> list[str]:
+    """Three figures: loss curves, relative error over steps, predicted vs real final accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(s.subsets, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    names = []
+    # 1. loss curves of the check model on the first task, last regime, largest lr fraction
+    regime, c = s.regimes[-1], s.lr_fractions[-1]
+    fig, axes = plt.subplots(1, len(s.models), figsize=(4 * len(s.models), 3.2), squeeze=False)
+    for ax, model_name in zip(axes[0], s.models):
+        for r in study["runs"]:
+            if (r["model"], r["task"], r["regime"], r["c"]) != (model_name, s.tasks[0], regime, c):
+                continue
+            col = colors[r["subset"]]
+            ax.plot(r["real"]["mse"]["loss"], color=col, label=f"{r['subset']} real")
+            ax.plot(r["closed"]["loss"], color=col, ls="--", label=f"{r['subset']} linearized")
+        ax.set_yscale("log")
+        ax.set_title(model_name, fontsize=9)
+        ax.set_xlabel("GD step")
+    axes[0][0].set_ylabel("train MSE loss (mean ½‖r‖²)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{s.tasks[0]}:{regime}, c = η·λmax/N = {c:g}: real (solid) vs closed form (dashed)", fontsize=10)
+    fig.tight_layout()
+    names.append("approximation_error_curves.png")
+    fig.savefig(out_dir / names[-1], dpi=90)
+    plt.close(fig)
+    # 2. relative loss error over steps, every run
+    fig, axes = plt.subplots(1, len(s.regimes), figsize=(5 * len(s.regimes), 3.4), squeeze=False)
+    for ax, regime in zip(axes[0], s.regimes):
+        for row in summary["rows"]:
+            if row["regime"] == regime:
+                ls = "-" if row["c"] == s.lr_fractions[-1] else ":"
+                ax.plot(np.maximum(row["err"], 1e-8), color=colors[row["subset"]], ls=ls, alpha=0.6, lw=1)
+        ax.axhline(BREAK_THRESHOLD, color="k", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{regime} (solid: c={s.lr_fractions[-1]:g}, dotted: smaller c)", fontsize=9)
+        ax.set_xlabel("GD step")
+    axes[0][0].set_ylabel("|L_lin − L_real| / L_real")
+    for subset, col in colors.items():
+        if subset in s.subsets:
+            axes[0][0].plot([], [], color=col, label=subset)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    names.append("approximation_error_relerr.png")
+    fig.savefig(out_dir / names[-1], dpi=90)
+    plt.close(fig)
+    # 3. predicted vs real final test accuracy
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, loss in zip(axes, ("mse", "ce")):
+        for row in summary["rows"]:
+            ax.scatter(row["acc_lin"], row[f"acc_{loss}"], color=colors[row["subset"]], s=14,
+                       marker="o" if row["regime"] == s.regimes[-1] else "x")
+        lims = [0, 1]
+        ax.plot(lims, lims, color="k", lw=0.6)
+        ax.set_xlabel("closed form: final test accuracy")
+        ax.set_ylabel(f"real ({loss}): final test accuracy")
+        ax.set_title(f"real fine-tuning with {loss.upper()} (o: {s.regimes[-1]}, x: other)", fontsize=9)
+    fig.tight_layout()
+    names.append("approximation_error_ranking.png")
+    fig.savefig(out_dir / names[-1], dpi=90)
+    plt.close(fig)
+    return names
+
+
+def write_markdown(summary: dict, study: dict, s: Settings, figures: list[str], out: Path, argv: list[str]) -> None:
+    lines = [
+        "# Approximation error: linearized closed form vs real fine-tuning",
+        "",
+        f"Generated by `{' '.join(['python experiments/approximation_error.py', *argv])}` in "
+        f"{study['seconds'] / 60:.1f} min (2 shared CPU cores).",
+        "",
+        "## Setup",
+        "",
+        f"- Models (embedded zoo, each with a fresh `lecun_normal` 10-way head, same key for all): "
+        f"{', '.join(f'`{m}`' for m in s.models)}.",
+        f"- Tasks: {', '.join(f'`{t}`' for t in s.tasks)} in regimes {', '.join(s.regimes)} (seed {s.seed}); test "
+        f"accuracy on a class-balanced subset of the test split, {s.test_per_class} images per class.",
+        f"- Parameter subsets (`linfit.models.param_subsets`): {', '.join(s.subsets)}.",
+        "- Every run: full-batch gradient descent, no momentum, no weight decay, constant step, BatchNorm frozen "
+        f"(evaluation mode), {s.steps} steps. Step size per (model, subset): η = c·N/λ_max(Θ) for c in "
+        f"{', '.join(f'{c:g}' for c in s.lr_fractions)} (η/N is the step on the summed loss, so c < 2 is the "
+        "stability limit of the linearized model).",
+        "- (a) closed form: `LinearizedDynamics(discrete=True, learning_rate=η/N)` on the exact untraced "
+        "fine-tuning NTK Θ[(i,c),(j,c')] of the subset (flattened to [N·O, N·O]); (b) `finetune(mode=\"linearized\", "
+        "loss=\"mse\")`, a check; (c) `finetune` of the same subset with MSE and with cross-entropy.",
+        "- Relative loss error = |L_lin(k) − L_real(k)| / L_real(k) of the mean training loss ½‖f − onehot‖² "
+        f"(MSE runs) at step k; break step = first k with error > {BREAK_THRESHOLD:.0%}.",
+    ]
+    if study["skipped"]:
+        lines.append(f"- NOT RUN (the study was cut short to fit its time budget): {'; '.join(study['skipped'])}.")
+    lines += [
+        "",
+        "## Check: closed form (a) vs GD on the linearized model (b)",
+        "",
+        "| model | task | regime | subset | c | max rel. loss diff | max test-acc diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ch in summary["checks"]:
+        lines.append(f"| {ch['model']} | {ch['task']} | {ch['regime']} | {ch['subset']} | {ch['c']:g} | "
+                     f"{ch['loss_diff']:.1e} | {ch['acc_diff']:.3f} |")
+    lines += [
+        "",
+        "## Aggregate over models, tasks and step sizes",
+        "",
+        "| regime | subset | runs | median rel. loss err (end) | max rel. loss err (end) | runs broken (>10 %) | "
+        "median break step | mean abs. acc gap vs MSE (end) | mean abs. acc gap vs CE (end) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in summary["agg"]:
+        bm = "–" if a["break_median"] is None else f"{a['break_median']:.0f}"
+        lines.append(f"| {a['regime']} | {a['subset']} | {a['runs']} | {a['err_end_median']:.3f} | "
+                     f"{a['err_end_max']:.3f} | {a['broken']}/{a['runs']} | {bm} | {a['gap_mse']:.3f} | "
+                     f"{a['gap_ce']:.3f} |")
+    lines += [
+        "",
+        "## Ranking: Spearman between closed-form and real final test accuracy",
+        "",
+        "Over the (model, subset) candidates of each (task, regime, c) "
+        "(NaN: fewer than 3 candidates or a constant column).",
+        "",
+        "| task | regime | c | candidates | ρ vs real MSE | ρ vs real CE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary["ranks"]:
+        lines.append(f"| {r['task']} | {r['regime']} | {r['c']:g} | {r['candidates']} | {r['mse']:.2f} | "
+                     f"{r['ce']:.2f} |")
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "Loss: mean ½‖f − onehot‖² at step 0 and at the last step (real MSE run / closed form); accuracies after "
+        "the last step.",
+        "",
+        "| model | task | regime | subset | c | η | loss₀ | loss real | loss lin | rel. err end | break step | "
+        "acc lin | acc MSE | acc CE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        lines.append(f"| {r['model']} | {r['task']} | {r['regime']} | {r['subset']} | {r['c']:g} | {r['lr']:.3g} | "
+                     f"{r['loss0']:.3f} | {r['loss_real']:.4f} | {r['loss_lin']:.4f} | {r['err_end']:.3f} | "
+                     f"{_fmt_step(r['break'])} | {r['acc_lin']:.3f} | {r['acc_mse']:.3f} | {r['acc_ce']:.3f} |")
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "## Findings (computed from the tables above)", ""] + findings(summary, s) + [""]
+    out.write_text("\n".join(lines))
+
+
+def findings(summary: dict, s: Settings) -> list[str]:
+    """The summary bullets, every number computed from ``summary``."""
+    rows, out = summary["rows"], []
+    if summary["checks"]:
+        worst = max(ch["loss_diff"] for ch in summary["checks"])
+        acc = max(ch["acc_diff"] for ch in summary["checks"])
+        out.append(f"- Check: GD on the linearized model matches the closed form to a relative loss difference of "
+                   f"at most {worst:.1e} and a test-accuracy difference of at most {acc:.3f} "
+                   f"({len(summary['checks'])} runs), so the time axes line up.")
+    for subset in s.subsets:
+        for regime in s.regimes:
+            g = [r for r in rows if (r["subset"], r["regime"]) == (subset, regime)]
+            if not g:
+                continue
+            ends = np.array([r["err_end"] for r in g])
+            breaks = [r["break"] for r in g if r["break"] is not None]
+            when = f", median break step {np.median(breaks):.0f}" if breaks else ""
+            gaps = np.array([r["acc_lin"] - r["acc_mse"] for r in g])
+            gaps_ce = np.array([r["acc_lin"] - r["acc_ce"] for r in g])
+            out.append(f"- `{subset}`, {regime}: relative loss error after {s.steps} steps median {np.median(ends):.3f} "
+                       f"(max {ends.max():.3f}); {len(breaks)}/{len(g)} runs exceed {BREAK_THRESHOLD:.0%}{when}. "
+                       f"Final test accuracy, closed form minus real: MSE {gaps.mean():+.3f} "
+                       f"(mean |·| {np.abs(gaps).mean():.3f}), CE {gaps_ce.mean():+.3f} "
+                       f"(mean |·| {np.abs(gaps_ce).mean():.3f}).")
+    for loss in ("mse", "ce"):
+        rho = np.array([r[loss] for r in summary["ranks"]])
+        rho = rho[np.isfinite(rho)]
+        if rho.size:
+            out.append(f"- Ranking of the (model, subset) candidates vs real {loss.upper()} fine-tuning: Spearman "
+                       f"mean {rho.mean():.2f} (min {rho.min():.2f}, max {rho.max():.2f}) over {rho.size} "
+                       f"(task, regime, c) groups.")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the study and write the report; returns ``summarize``'s dict (plus ``"study"``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke-test setting")
+    parser.add_argument("--out-dir", type=Path, default=HERE, help="where the .md and .png files go")
+    parser.add_argument("--steps", type=int, default=None, help="GD steps per run (default: the setting's)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="target tasks (default: the setting's)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="with --cache-dir: report only the blocks already stored (a cut-short study)")
+    parser.add_argument("--models", nargs="+", default=None, help="zoo models (default: the setting's)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="store each (task, regime, model) block here and reuse stored ones on a rerun")
+    args = parser.parse_args(argv)
+    s = QUICK if args.quick else Settings()
+    if args.steps is not None:
+        s = dataclasses.replace(s, steps=args.steps)
+    if args.tasks is not None:
+        s = dataclasses.replace(s, tasks=tuple(args.tasks))
+    if args.models is not None:
+        s = dataclasses.replace(s, models=tuple(args.models))
+    if args.cache_dir is not None:
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.environ.get("LINFIT_JAX_CACHE", "/tmp/linfit_jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    study = run_study(s, args.cache_dir, args.cached_only)
+    summary = summarize(study, s)
+    figures = plot(summary, study, s, args.out_dir)
+    write_markdown(summary, study, s, figures, args.out_dir / "approximation_error.md", argv)
+    print(f"done in {study['seconds'] / 60:.1f} min; wrote {args.out_dir / 'approximation_error.md'}")
+    return {**summary, "study": study}
+
+
+if __name__ == "__main__":
+    main()
