@@ -70,11 +70,11 @@ def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
         score_registry.get(name)  # fail early on unknown names
     models = config.models or tuple(zoo.names(weights_dir))
     references = {m["name"] for m in zoo.manifest(weights_dir)["models"] if m["reference"]}
-    grid = []
-    for model in models:
-        for task in config.tasks:
-            for regime in config.regimes:
-                for seed in config.seeds:
+    grid = []  # task-major, so (task, regime, seed) groups complete one after another and reports grow as it runs
+    for task in config.tasks:
+        for regime in config.regimes:
+            for seed in config.seeds:
+                for model in models:
                     ident = {"model": model, "task": task, "regime": regime, "seed": seed,
                              "reference": model in references}
                     grid.append(Unit(f"scores/{model}/{task}:{regime}/seed{seed}", "scores",
