@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -108,6 +109,7 @@ def extract_inputs(
     task: TaskInputs | None = None,
     source_data: tuple[Any, Any] | None = None,
     seed: int = 0,
+    model_name: str = "",
     head_samples: int | None = None,
     batch_size: int = 256,
     memory_budget_bytes: int = 2**30,
@@ -122,6 +124,8 @@ def extract_inputs(
       source_data: ``(x_source [M, ...], y_source [M])`` of the model's source domain (required for
         ``"source_class_means"`` / ``"source_class_counts"``: Domain Similarity).
       seed: seeds the ``"key"`` input and the random heads of ``head_samples``.
+      model_name: folded into the ``"key"`` input, so that each model of a zoo draws its own random numbers
+        (the Random baseline) while the draw stays reproducible.
       head_samples: ``None`` for the exact head-averaged NTKs (D backward passes per sample), or k random head
         rows (k backward passes; an unbiased estimate, see ``linfit.scores.lgc``).
       batch_size: forward-pass batch size.
@@ -169,5 +173,5 @@ def extract_inputs(
         inputs["probe_features"] = task.probe_features()
         seconds["probe_features"] = task.take_probe_seconds()
     if "key" in needs:
-        timed("key", lambda: jax.random.PRNGKey(seed))
+        timed("key", lambda: jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(model_name.encode())))
     return inputs, seconds

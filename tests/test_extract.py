@@ -52,3 +52,9 @@ def test_missing_prerequisites(small):
         extract_inputs(model, variables, x, {"source_class_means"})
     with pytest.raises(UnknownNameError):
         extract_inputs(model, variables, x, {"gradients"})
+
+
+def test_random_key_differs_between_models_and_is_reproducible(small):
+    model, variables, x = small
+    keys = [extract_inputs(model, variables, x, {"key"}, model_name=name)[0]["key"] for name in ("a", "b", "a")]
+    assert not np.array_equal(keys[0], keys[1]) and np.array_equal(keys[0], keys[2])
