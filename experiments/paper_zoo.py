@@ -204,22 +204,11 @@ def score_record(model, variables, x_train, y_train, *, scores, seed: int, per_c
 def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, num_classes: int, seed: int,
                     epochs: int, batch_size: int, learning_rates) -> dict:
     """The paper's fine-tuning (§5.5) with a learning-rate sweep; the record of ``linfit.bench.grid``."""
-    from linfit.finetune import FinetuneConfig, select_learning_rate
+    from linfit.bench.grid import finetune_record, paper_finetune_config
 
-    milestones = tuple(sorted({max(1, round(epochs * f)) for f in (0.5, 25 / 30)} - {epochs}))
-    config = FinetuneConfig.paper(epochs=epochs, batch_size=batch_size, milestones=milestones, seed=seed,
-                                  eval_every_epoch=False)
-    start = time.perf_counter()
-    search = select_learning_rate(model, variables, x_train, y_train, config=config, x_test=x_test, y_test=y_test,
-                                  lrs=tuple(learning_rates), num_classes=num_classes, progress=True)
-    return {
-        "accuracy": 100.0 * search.chosen_test_accuracy,
-        "oracle_accuracy": 100.0 * search.oracle_test_accuracy,
-        "lr": search.chosen_lr,
-        "oracle_lr": search.oracle_lr,
-        "test_accuracy_per_lr": [100.0 * float(a) for a in search.test_accuracy],
-        "seconds": time.perf_counter() - start,
-    }
+    return finetune_record(model, variables, x_train, y_train, x_test, y_test,
+                           config=paper_finetune_config(epochs, batch_size, seed), learning_rates=learning_rates,
+                           num_classes=num_classes, progress=True)
 
 
 def units(args) -> list:

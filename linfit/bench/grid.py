@@ -59,9 +59,31 @@ class BenchConfig:
     max_train_per_class: int | None = None
 
     def finetune_config(self, seed: int) -> FinetuneConfig:
-        milestones = tuple(sorted({max(1, round(self.epochs * f)) for f in (0.5, 25 / 30)} - {self.epochs}))
-        return FinetuneConfig.paper(epochs=self.epochs, batch_size=self.batch_size, milestones=milestones, seed=seed,
-                                    eval_every_epoch=False)
+        return paper_finetune_config(self.epochs, self.batch_size, seed)
+
+
+def paper_finetune_config(epochs: int, batch_size: int, seed: int) -> FinetuneConfig:
+    """The paper's protocol (§5.5) for ``epochs`` epochs: lr ×0.1 at 50 % and 83 % of training (15 and 25 of 30)."""
+    milestones = tuple(sorted({max(1, round(epochs * f)) for f in (0.5, 25 / 30)} - {epochs}))
+    return FinetuneConfig.paper(epochs=epochs, batch_size=batch_size, milestones=milestones, seed=seed,
+                                eval_every_epoch=False)
+
+
+def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, config: FinetuneConfig,
+                    learning_rates, num_classes: int, progress: bool = False) -> dict:
+    """Fine-tune once per learning rate (lr chosen on validation) and return a ``"finetune"`` unit's record."""
+    start = time.perf_counter()
+    search = select_learning_rate(model, variables, x_train, y_train, config=config, x_test=x_test, y_test=y_test,
+                                  lrs=tuple(learning_rates), num_classes=num_classes, progress=progress)
+    return {
+        "accuracy": 100.0 * search.chosen_test_accuracy,
+        "oracle_accuracy": 100.0 * search.oracle_test_accuracy,
+        "lr": search.chosen_lr,
+        "oracle_lr": search.oracle_lr,
+        "test_accuracy_per_lr": [100.0 * float(a) for a in search.test_accuracy],
+        "train_loss_per_lr": [[float(v) for v in run.train_loss] for run in search.runs],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
@@ -129,19 +151,9 @@ def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
     cfg = unit.config
     loaded, train = _task(cfg["task"], cfg["regime"], cfg["seed"], config.max_train_per_class)
     candidate = zoo.load(cfg["model"], weights_dir=weights_dir)
-    start = time.perf_counter()
-    search = select_learning_rate(candidate.model, candidate.variables, train.x, train.y,
-                                  config=config.finetune_config(cfg["seed"]), x_test=loaded.test.x,
-                                  y_test=loaded.test.y, lrs=config.learning_rates, num_classes=loaded.num_classes)
-    return {
-        "accuracy": 100.0 * search.chosen_test_accuracy,
-        "oracle_accuracy": 100.0 * search.oracle_test_accuracy,
-        "lr": search.chosen_lr,
-        "oracle_lr": search.oracle_lr,
-        "test_accuracy_per_lr": [100.0 * float(a) for a in search.test_accuracy],
-        "train_loss_per_lr": [[float(v) for v in run.train_loss] for run in search.runs],
-        "seconds": time.perf_counter() - start,
-    }
+    return finetune_record(candidate.model, candidate.variables, train.x, train.y, loaded.test.x, loaded.test.y,
+                           config=config.finetune_config(cfg["seed"]), learning_rates=config.learning_rates,
+                           num_classes=loaded.num_classes)
 
 
 def run_bench(config: BenchConfig, store: ResultStore, *, shard: tuple[int, int] = (0, 1), weights_dir=None,
