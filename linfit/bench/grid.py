@@ -20,14 +20,18 @@ import dataclasses
 import functools
 import time
 
+import numpy as np
+
 from linfit import scores as score_registry
 from linfit import zoo
 from linfit.bench.runner import Unit, run_units
 from linfit.bench.store import ResultStore
 from linfit.data import load_task
+from linfit.data.sampling import kshot_indices
 from linfit.errors import ConfigError
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.finetune import FinetuneConfig, select_learning_rate
+from linfit.models import features_fn
 from linfit.select import DEFAULT_SCORES
 
 
@@ -69,21 +73,77 @@ def paper_finetune_config(epochs: int, batch_size: int, seed: int) -> FinetuneCo
                                 eval_every_epoch=False)
 
 
+GRAM_PER_CLASS = 4
+GRAM_MAX_CLASSES = 10
+GRAM_DIGITS = 4
+
+
+def gram_sample(labels, *, seed: int, per_class: int = GRAM_PER_CLASS,
+                max_classes: int = GRAM_MAX_CLASSES) -> np.ndarray:
+    """Indices ``[K]`` of a small class-balanced sample, sorted by class (the rows of the paper's Fig. 8).
+
+    ``per_class`` samples (``linfit.data.sampling.kshot_indices``, seeded; fewer for a smaller class) of each of
+    the ``max_classes`` smallest labels present in ``labels [N]``, ordered by label and then by index, so
+    ``K <= per_class · max_classes`` and a Gram matrix over the sample shows one diagonal block per class.
+    """
+    labels = np.asarray(labels)
+    idx = kshot_indices(labels, per_class, seed=seed, allow_fewer=True)
+    idx = idx[np.isin(labels[idx], np.unique(labels)[:max_classes])]
+    return idx[np.argsort(labels[idx], kind="stable")]
+
+
+def _round(matrix: np.ndarray, digits: int) -> list[list[float]]:
+    return [[float(f"{v:.{digits}g}") for v in row] for row in matrix]
+
+
+def gram_record(model, variables_before, variables_after, x, y, *, digits: int = GRAM_DIGITS) -> dict:
+    """Feature Grams ΦΦᵀ before and after fine-tuning, with their LFC (Deshpande et al. 2021, Fig. 8 and eq. (8)).
+
+    Φ ``[K, D]`` are the penultimate features (``linfit.models.features_fn``, evaluation mode) of ``x [K, ...]``
+    under each set of variables; the head plays no part, so ``model`` may carry the pre-trained head while
+    ``variables_after`` carry the fine-tuned one. LFC is the registered ``"lfc"`` score on the unrounded Φ and
+    ``y [K]`` (renumbered ``0..C-1``, which leaves the label-similarity matrix unchanged).
+
+    Returns:
+      ``{"labels": [K], "before": [K][K], "after": [K][K], "lfc_before": float, "lfc_after": float}`` with the
+      Gram entries rounded to ``digits`` significant digits (JSON-serialisable).
+    """
+    y = np.asarray(y)
+    classes = np.unique(y, return_inverse=True)[1]
+    lfc = score_registry.get("lfc")
+    record = {"labels": [int(c) for c in y]}
+    for name, variables in (("before", variables_before), ("after", variables_after)):
+        apply_fn, params = features_fn(model, variables)
+        phi = np.asarray(apply_fn(params, x), np.float64)
+        record[name] = _round(phi @ phi.T, digits)
+        record[f"lfc_{name}"] = lfc(classes, features=phi)
+    return record
+
+
 def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, config: FinetuneConfig,
                     learning_rates, num_classes: int, progress: bool = False) -> dict:
-    """Fine-tune once per learning rate (lr chosen on validation) and return a ``"finetune"`` unit's record."""
+    """Fine-tune once per learning rate (lr chosen on validation) and return a ``"finetune"`` unit's record.
+
+    The record also holds ``"gram"`` (``gram_record`` on ``gram_sample(y_test, seed=config.seed)`` with the
+    pre-trained and the chosen run's fine-tuned variables) unless the chosen run diverged.
+    """
     start = time.perf_counter()
     search = select_learning_rate(model, variables, x_train, y_train, config=config, x_test=x_test, y_test=y_test,
                                   lrs=tuple(learning_rates), num_classes=num_classes, progress=progress)
-    return {
+    record = {
         "accuracy": 100.0 * search.chosen_test_accuracy,
         "oracle_accuracy": 100.0 * search.oracle_test_accuracy,
         "lr": search.chosen_lr,
         "oracle_lr": search.oracle_lr,
         "test_accuracy_per_lr": [100.0 * float(a) for a in search.test_accuracy],
         "train_loss_per_lr": [[float(v) for v in run.train_loss] for run in search.runs],
-        "seconds": time.perf_counter() - start,
     }
+    chosen = search.runs[search.lrs.index(search.chosen_lr)]
+    if not chosen.diverged:
+        idx = gram_sample(y_test, seed=config.seed)
+        record["gram"] = gram_record(model, variables, chosen.variables, x_test[idx], np.asarray(y_test)[idx])
+    record["seconds"] = time.perf_counter() - start
+    return record
 
 
 def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:

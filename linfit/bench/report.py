@@ -7,7 +7,9 @@ generalist model the gains are measured against, the paper's ImageNet expert):
 * ``"scores"``: ``record["scores"] = {score_name: value}``, ``record["timings"] = {score_name: seconds}``;
 * ``"finetune"``: ``record["accuracy"]`` (test accuracy with the learning rate chosen on validation),
   ``record["oracle_accuracy"]`` (the paper's choice: the best test accuracy over learning rates), and
-  ``record["seconds"]`` (wall time of the whole learning-rate sweep).
+  ``record["seconds"]`` (wall time of the whole learning-rate sweep), and, in stores written since the Fig. 8
+  section exists, ``record["gram"]`` (``linfit.bench.grid.gram_record``: the feature Grams before and after
+  fine-tuning of a small class-sorted test sample, with their LFC).
 
 Every number in a report is recomputed from the store, so a report can be regenerated at any time, including
 while a benchmark is still running (tasks with missing units are reported as incomplete and left out of the
@@ -159,9 +161,84 @@ def _plot_summary(summary: pd.DataFrame, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def gram_selection(store: ResultStore) -> list[tuple[str, str, list[dict]]]:
+    """The Fig. 8 panels: per (task, regime), the fine-tuned units of the lowest seed that hold a ``"gram"``,
+    reduced to the reference model and the model with the best fine-tuned accuracy (one unit when they coincide
+    or no reference has a Gram). Returns ``[(task, regime, [{"model", "accuracy", "gram"}, ...])]`` sorted by
+    (task, regime); units without ``"gram"`` (older stores) are ignored."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for unit in store.units("finetune"):
+        cfg, rec = unit["config"], unit["record"]
+        if "gram" in rec:
+            groups.setdefault((cfg["task"], cfg["regime"]), []).append({**_ids(cfg), "accuracy": rec["accuracy"],
+                                                                        "gram": rec["gram"]})
+    selection = []
+    for (task, regime), found in sorted(groups.items()):
+        seed = min(u["seed"] for u in found)
+        found = [u for u in found if u["seed"] == seed]
+        best = max(found, key=lambda u: u["accuracy"])
+        panels = [u for u in found if u["reference"]][:1]
+        panels += [best] if best not in panels else []
+        selection.append((task, regime, [{k: u[k] for k in ("model", "accuracy", "gram")} for u in panels]))
+    return selection
+
+
+def _plot_grams(panels: list[dict], title: str, path: pathlib.Path) -> None:
+    """One row per model: its Gram before and after fine-tuning, class boundaries drawn, LFC in the titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 2, figsize=(8, 4 * len(panels)), squeeze=False)
+    for row, panel in zip(axes, panels):
+        gram = panel["gram"]
+        labels = np.asarray(gram["labels"])
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])  # first row of each class block
+        centers = (starts + np.r_[starts[1:], labels.size] - 1) / 2
+        edges = starts[1:] - 0.5
+        for ax, stage in zip(row, ("before", "after")):
+            image = ax.imshow(np.asarray(gram[stage]), cmap="viridis", interpolation="nearest")
+            for edge in edges:
+                ax.axhline(edge, color="white", linewidth=0.8)
+                ax.axvline(edge, color="white", linewidth=0.8)
+            ax.set_xticks(centers, labels[starts], fontsize=7)
+            ax.set_yticks(centers, labels[starts], fontsize=7)
+            accuracy = f" (test acc. {panel['accuracy']:.1f}%)" if stage == "after" else ""
+            ax.set_title(f"{panel['model']}\n{stage} fine-tuning{accuracy}: LFC = {gram[f'lfc_{stage}']:.3f}",
+                         fontsize=9)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _gram_section(store: ResultStore, out: pathlib.Path) -> list[str]:
+    """The report's Fig. 8 section (empty when no unit holds a Gram)."""
+    selection = gram_selection(store)
+    if not selection:
+        return []
+    lines = ["## Feature Gram matrices before and after fine-tuning (the paper's Fig. 8)", "",
+             "Each heatmap is ΦΦᵀ of the penultimate features on a small class-balanced test sample sorted by class "
+             "(white lines separate the classes) for the reference model and the best fine-tuned model; LFC in "
+             "the titles is the correlation of these entries with the ±1 same-class matrix, so a sharper "
+             "block-diagonal pattern after fine-tuning shows up as a higher LFC.", ""]
+    rows = []
+    for task, regime, panels in selection:
+        figure = out / f"fig8_gram_{task}_{regime}.png"
+        _plot_grams(panels, f"{task} ({regime})", figure)
+        lines += [f"![feature Gram {task} {regime}]({figure.name})", ""]
+        rows += [{"task": task, "regime": regime, "model": p["model"], "accuracy": round(p["accuracy"], 2),
+                  "lfc_before": round(p["gram"]["lfc_before"], 3), "lfc_after": round(p["gram"]["lfc_after"], 3)}
+                 for p in panels]
+    return lines + [_markdown(pd.DataFrame(rows), index=False), ""]
+
+
 def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: str = "accuracy") -> pathlib.Path:
-    """Write ``report.md`` plus the figures (Fig. 4-style top-3 gains per regime, Fig. 6-style summary) into
-    ``out_dir``, all computed from ``store``. Returns the report's path."""
+    """Write ``report.md`` plus the figures (Fig. 4-style top-3 gains per regime, Fig. 6-style summary, Fig. 8-style
+    feature Grams when the store holds them) into ``out_dir``, all computed from ``store``. Returns the report's
+    path."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ranking = ranking_frame(store, accuracy=accuracy)
@@ -183,6 +260,7 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     lines += ["## Trials-to-best and Spearman", "", "![trials and spearman](trials_spearman.png)", ""]
     lines += ["## Selection cost relative to one fine-tuning of the reference model", "",
               _markdown(costs.pivot_table(index="score", columns="regime", values="relative_cost").round(3)), ""]
+    lines += _gram_section(store, out)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
