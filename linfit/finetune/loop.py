@@ -15,6 +15,10 @@ and only the function f differs:
   ``jax.jvp``) with the BatchNorm statistics frozen at their pre-trained values, the model around which
   ``linfit.dynamics`` predicts the fine-tuning curve in closed form.
 
+The compiled step and logits are cached by (flax module, the config fields that shape the computation) in
+``compiled_functions``: later runs on the same architecture and input shapes (other pre-trained variables, other
+learning rates, schedules or seeds) reuse one compilation.
+
 Data order: epoch e visits the training set in the order ``jax.random.permutation(fold_in(k_data, e), N)``
 with ``k_data = fold_in(PRNGKey(seed), 1)``; equal seeds give identical runs.
 
@@ -33,7 +37,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -91,15 +95,30 @@ class FinetuneResult:
         return self.metrics.get("test", {}).get("loss", np.zeros(0))
 
 
-class _Trainer(NamedTuple):
-    """Compiled functions for one (model, initial variables, mode, loss, optimizer) - any learning rate."""
+class _Compiled(NamedTuple):
+    """The jit-compiled functions of one (architecture, computation-shaping config); no array is closed over."""
 
     step: Callable  # (state, anchor, x [B,...], y [B], lr) -> (state, batch loss)
     logits: Callable  # (theta, anchor, batch_stats, x [B,...]) -> logits [B, C], evaluation mode
+
+
+class _Trainer(NamedTuple):
+    """``_Compiled`` functions plus the starting point of one run; serves any learning rate."""
+
+    step: Callable
+    logits: Callable
     init_state: tuple  # (theta0, batch_stats0, opt_state0)
     anchor: tuple  # (params0, theta0): the tree θ is merged into, and the linearisation point
     merge: Callable  # theta -> full params
     loss_fn: Callable
+
+
+_RUNTIME_FIELDS = ("epochs", "batch_size", "learning_rate", "milestones", "gamma", "head_init", "seed",
+                   "eval_every_epoch", "eval_batch_size")
+"""``FinetuneConfig`` fields that do not enter the compiled functions (the step size is an argument)."""
+
+COMPILE_CACHE_SIZE = 32
+"""How many (architecture, config) pairs keep their compiled functions (least recently used dropped first)."""
 
 
 def _params_filter(config: FinetuneConfig):
@@ -108,6 +127,13 @@ def _params_filter(config: FinetuneConfig):
     if config.mode == "linear_probe":
         return HEAD_FILTER if config.params_filter is None else config.params_filter
     return config.params_filter
+
+
+def _computation_config(config: FinetuneConfig) -> FinetuneConfig:
+    """``config`` with the fields in ``_RUNTIME_FIELDS`` reset to their defaults and the mode's params filter
+    resolved: two runs whose configs map to equal values here compile to the same functions."""
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.name in _RUNTIME_FIELDS}
+    return dataclasses.replace(config, params_filter=_params_filter(config), **defaults)
 
 
 def _split_variables(variables: Mapping) -> tuple[Any, Any]:
@@ -126,13 +152,17 @@ def _apply(model, params, batch_stats, x, train: bool):
     return model.apply(variables, x, train=False), batch_stats
 
 
-def _make_trainer(model, variables: Mapping, config: FinetuneConfig) -> _Trainer:
-    params0, batch_stats0 = _split_variables(variables)
-    params_filter = _params_filter(config)
-    theta0, merge = split_params(params0, params_filter)
-    train_bn = config.bn == "train" and config.mode in ("full", "subset") and batch_stats0 is not None
+def _compile(model, config: FinetuneConfig) -> _Compiled:
+    """Build the jitted step and logits of ``model`` under ``config`` (a ``_computation_config``).
+
+    Everything that varies between runs of one architecture (θ, the anchor ``(params0, θ0)``, the BatchNorm
+    statistics, the optimizer state, the step size η_k, the batch) is an argument, so one compilation per input
+    shape serves every run; ``jax.jit`` retraces by itself when shapes, dtypes or tree structures change.
+    """
+    params_filter = config.params_filter
     loss_fn = LOSS_FUNCTIONS[config.loss]
     tx = sgd_direction(config)
+    train_modes = config.bn == "train" and config.mode in ("full", "subset")
 
     def forward(theta, anchor, batch_stats, x, train):
         # The frozen leaves and θ0 are arguments (not closed-over constants) so XLA does not embed them.
@@ -145,6 +175,7 @@ def _make_trainer(model, variables: Mapping, config: FinetuneConfig) -> _Trainer
 
     def step(state, anchor, x, y, lr):
         theta, batch_stats, opt_state = state
+        train_bn = train_modes and batch_stats is not None  # static: None is a tree structure, not a value
 
         def objective(th):
             logits, new_stats = forward(th, anchor, batch_stats, x, train_bn)
@@ -159,13 +190,44 @@ def _make_trainer(model, variables: Mapping, config: FinetuneConfig) -> _Trainer
     def logits(theta, anchor, batch_stats, x):
         return forward(theta, anchor, batch_stats, x, False)[0]
 
+    return _Compiled(step=jax.jit(step), logits=jax.jit(logits))
+
+
+_compile_cached = lru_cache(maxsize=COMPILE_CACHE_SIZE)(_compile)
+
+
+def compiled_functions(model, config: FinetuneConfig) -> _Compiled:
+    """The compiled functions for ``(model, config)``, shared by every run with an equal key.
+
+    The key is ``(model, _computation_config(config))``: the flax module (a dataclass, equal when its fields
+    are) and every config field that shapes the computation (mode, loss, params filter, bn, optimizer
+    settings). A callable params filter enters the key by its own hash (a new lambda is a new key). If the key
+    is not hashable (e.g. a module field or filter that is a list) the functions are built afresh, uncached.
+    """
+    config = _computation_config(config)
+    try:
+        hash((model, config))
+    except TypeError:
+        return _compile(model, config)
+    return _compile_cached(model, config)
+
+
+def clear_compile_cache() -> None:
+    """Drop every cached compiled function (the next run of each architecture compiles again)."""
+    _compile_cached.cache_clear()
+
+
+def _make_trainer(model, variables: Mapping, config: FinetuneConfig) -> _Trainer:
+    params0, batch_stats0 = _split_variables(variables)
+    theta0, merge = split_params(params0, _params_filter(config))
+    compiled = compiled_functions(model, config)
     return _Trainer(
-        step=jax.jit(step),
-        logits=jax.jit(logits),
-        init_state=(theta0, batch_stats0, tx.init(theta0)),
+        step=compiled.step,
+        logits=compiled.logits,
+        init_state=(theta0, batch_stats0, sgd_direction(config).init(theta0)),
         anchor=(params0, theta0),
         merge=merge,
-        loss_fn=loss_fn,
+        loss_fn=LOSS_FUNCTIONS[config.loss],
     )
 
 

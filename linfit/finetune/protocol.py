@@ -112,7 +112,9 @@ def select_learning_rate(
 
     The split is ``stratified_split(y_train, val_fraction, fold_in(PRNGKey(config.seed), 2))``. Every run
     starts from the same variables (the same new head when ``config.head_init`` is set), uses
-    ``config`` with its ``learning_rate`` replaced, and shares one compiled training step. With
+    ``config`` with its ``learning_rate`` replaced, and shares one compiled training step (the step size is an
+    argument of it; ``linfit.finetune.loop.compiled_functions`` also shares it with later calls on the same
+    architecture and input shapes, e.g. the other models of a benchmark grid). With
     ``refit=True`` each lr is also retrained on the whole training set and the test accuracies come from
     those runs (the paper's oracle exactly; twice the cost); otherwise the validation choice and the oracle
     compare runs trained on the same fit split.
