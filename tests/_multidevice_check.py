@@ -22,6 +22,7 @@ from linfit.distributed import process_rows
 from linfit.dynamics import linearized_loss_curve
 from linfit.ntk import empirical_ntk_fn
 from linfit.ntk.large_n import matrix_free_loss_curve, streamed_kernel_label_correlation
+from linfit.ntk.panels import PanelGeometry, panel_ntk
 from linfit.ntk.sharding import sample_mesh, sharded_ntk
 from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
 
@@ -70,6 +71,19 @@ def device_output_sharding():
         host = np.asarray(k)
         assert_kernel_close(host[:N], want)
         assert not host[N:].any()  # padding rows are zero
+
+
+@check
+def panels_match_single_device():
+    for trace_axes, want in (((-1,), TRACED), ((), FULL)):
+        ntk_fn = empirical_ntk_fn(F, trace_axes=trace_axes)
+        for geometry in (PanelGeometry(8, 2), PanelGeometry(16, 1)):  # 21 rows: ragged last block
+            assert_kernel_close(panel_ntk(ntk_fn, X1, None, PARAMS, mesh=MESH, geometry=geometry), want)
+    got = panel_ntk(empirical_ntk_fn(F, trace_axes=()), X1, X2, PARAMS, mesh=MESH, geometry=PanelGeometry(8, 2))
+    assert_kernel_close(got, FULL12)
+    k = panel_ntk(empirical_ntk_fn(F), X1, None, PARAMS, mesh=MESH, geometry=PanelGeometry(8, 1), out="device")
+    assert isinstance(k.sharding, NamedSharding) and k.sharding.spec == P("samples"), k.sharding
+    assert_kernel_close(np.asarray(k)[:N], TRACED)
 
 
 @check

@@ -27,6 +27,7 @@ MULTIDEVICE_CHECKS = [
     "host_traced_and_untraced",
     "host_rectangular",
     "device_output_sharding",
+    "panels_match_single_device",
     "streamed_correlation",
     "krylov_loss_matches_eigh",
     "process_rows_cover_all",

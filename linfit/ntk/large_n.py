@@ -9,7 +9,7 @@ the diagonal output blocks of the untraced kernel ``Theta[i, j, o, o']``:
 output ``o``, pull ``v`` back through output ``o`` alone (cotangent ``v e_o^T``) and keep output ``o`` of the
 push-forward. Broadcasting ``v`` to every output in ONE untraced product is not the same thing: it gives
 ``(1/O) sum_{o, o'} Theta[:, :, o, o'] v``, which adds the off-diagonal blocks ``o != o'``. The untraced
-product is :func:`linfit.ntk.ntk_vp_fn`; here the ``O`` products are fused and chunked over samples
+product is :func:`linfit.ntk.ntk_vp_fn`; here the ``O`` products are batched (vmap) and chunked over samples
 (``batch_size``) so memory is one chunk's activations plus ``O`` parameter-sized cotangents, whatever ``N``:
 one call costs ``O`` vjps over ``x2`` and ``O`` jvps over ``x1``.
 
@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from linfit import krylov
 from linfit.errors import ShapeError
+from linfit.ntk.jacobian_store import stored_traced_vp_fn
 from linfit.ntk.sharding import sharded_ntk
 from linfit.scores.correlation_stream import StreamedKernelLabelCorrelation
 from linfit.tree import ParamsFilter, split_params
@@ -66,7 +67,7 @@ def traced_ntk_vp_fn(
       batch_size: samples per chunk (memory knob); ``N`` need not be a multiple of it.
 
     Returns:
-      ``vp(v)``, jit-compiled, float32 like ``f``; ``v`` must be ``[N2]``.
+      ``vp(v)`` (each chunk's pass jit-compiled), float32 like ``f``; ``v`` must be ``[N2]``.
     """
     x1 = jnp.asarray(x1)
     x2 = x1 if x2 is None else jnp.asarray(x2)
@@ -85,22 +86,22 @@ def traced_ntk_vp_fn(
         return f(merge(p), x)
 
     @jax.jit
+    def pull_chunk(selected: Any, x: jax.Array, v: jax.Array) -> Any:  # tree of [O, *leaf]: J_o^T v, this chunk
+        _, pull = jax.vjp(lambda p: f_sel(p, x), selected)
+        return jax.vmap(lambda e: pull(v[:, None] * e)[0])(jnp.eye(n_out, dtype=v.dtype))
+
+    @jax.jit
+    def push_chunk(selected: Any, x: jax.Array, cotangents: Any) -> jax.Array:  # [B]: (1/O) sum_o (J_o g_o)_o
+        _, push = jax.linearize(lambda p: f_sel(p, x), selected)
+        per_output = jax.vmap(lambda o, g: push(g)[:, o])(jnp.arange(n_out), cotangents)
+        return per_output.mean(axis=0)
+
     def product(selected: Any, x1b: jax.Array, x2b: jax.Array, vb: jax.Array) -> jax.Array:
-        def pull_chunk(acc, chunk):  # acc: tree of [O, *leaf] = (J_o^T v) over the chunks so far
-            x, v = chunk
-            _, pull = jax.vjp(lambda p: f_sel(p, x), selected)
-            grads = jax.lax.map(lambda e: pull(v[:, None] * e)[0], jnp.eye(n_out, dtype=v.dtype))
-            return jax.tree_util.tree_map(jnp.add, acc, grads), None
-
-        zeros = jax.tree_util.tree_map(lambda leaf: jnp.zeros((n_out, *leaf.shape), leaf.dtype), selected)
-        cotangents, _ = jax.lax.scan(pull_chunk, zeros, (x2b, vb))
-
-        def push_chunk(x):  # [B]: (1/O) sum_o (J_o g_o) restricted to output o
-            _, push = jax.linearize(lambda p: f_sel(p, x), selected)
-            per_output = jax.lax.map(lambda og: push(og[1])[:, og[0]], (jnp.arange(n_out), cotangents))
-            return per_output.mean(axis=0)
-
-        return jax.lax.map(push_chunk, x1b).reshape(-1)
+        # Python loops over chunks: XLA's CPU while-loops (lax.map / scan) run these passes ~10x slower
+        cotangents = pull_chunk(selected, x2b[0], vb[0])
+        for x, v in zip(x2b[1:], vb[1:]):
+            cotangents = jax.tree_util.tree_map(jnp.add, cotangents, pull_chunk(selected, x, v))
+        return jnp.concatenate([push_chunk(selected, x, cotangents) for x in x1b])
 
     def vp(v: Any) -> jax.Array:
         v = jnp.asarray(v, dtype=out.dtype)
@@ -123,8 +124,8 @@ def batched_apply(f: ApplyFn, params: Any, x: Any, batch_size: int = DEFAULT_BAT
     """``f(params, x)`` evaluated in chunks of ``batch_size`` samples, as a host array ``[N, O]``."""
     x = jnp.asarray(x)
     chunks = _chunks(x, batch_size)
-    out = jax.jit(lambda p, c: jax.lax.map(lambda xc: f(p, xc), c))(params, chunks)
-    return np.asarray(out.reshape(-1, *out.shape[2:])[: x.shape[0]])
+    apply = jax.jit(f)
+    return np.concatenate([np.asarray(apply(params, c)) for c in chunks])[: x.shape[0]]
 
 
 def matrix_free_loss_curve(
@@ -139,6 +140,7 @@ def matrix_free_loss_curve(
     columns: Sequence[int] | None = None,
     params_filter: ParamsFilter = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    jacobian: np.ndarray | None = None,
 ) -> np.ndarray:
     """Linearized training loss ``L_t = ½ Σ_o r0_oᵀ exp(−2ηΘ_tr t) r0_o`` at every ``t``, never forming ``N x N``.
 
@@ -149,6 +151,9 @@ def matrix_free_loss_curve(
       num_iters: Lanczos steps per output column (``linfit.krylov.suggested_iterations`` sizes it).
       columns: the output columns whose residuals enter the loss (default all ``O``); the kernel still
         averages over all ``O`` outputs. Each column costs one Lanczos run.
+      jacobian: the Jacobian rows ``[N, O, P]`` of ``f`` at ``params`` w.r.t. the selected leaves, e.g. the
+        memmap of :func:`linfit.ntk.jacobian_store.jacobian_to_memmap`: products then stream it
+        (:func:`linfit.ntk.jacobian_store.stored_traced_vp_fn`) instead of running vjp/jvp passes.
 
     Returns:
       ``[T]`` float64 losses, the convention of :mod:`linfit.dynamics`.
@@ -158,8 +163,13 @@ def matrix_free_loss_curve(
     if y.shape != f0.shape:
         raise ShapeError(f"y must be shaped like f(x) = {f0.shape}; got {y.shape}")
     residual = (y - f0)[:, slice(None) if columns is None else list(columns)]
-    vp = traced_ntk_vp_fn(f, params, x, params_filter=params_filter, batch_size=batch_size)
-    matvec = lambda v: np.asarray(vp(v), dtype=np.float64)
+    if jacobian is not None:
+        if tuple(np.shape(jacobian)[:2]) != f0.shape:
+            raise ShapeError(f"jacobian must be [N, O, P] with [N, O] = {f0.shape}; got {np.shape(jacobian)}")
+        matvec = stored_traced_vp_fn(jacobian, chunk=batch_size)
+    else:
+        vp = traced_ntk_vp_fn(f, params, x, params_filter=params_filter, batch_size=batch_size)
+        matvec = lambda v: np.asarray(vp(v), dtype=np.float64)
     return krylov.train_loss(matvec, residual, times, learning_rate=learning_rate, num_iters=num_iters)
 
 

@@ -6,7 +6,11 @@ into ``k.npy`` (``np.lib.format.open_memmap``, so the file is an ordinary ``.npy
 
     {"version": 1, "shape": [...], "dtype": "float32", "geometry": [row_tile, col_tile],
      "symmetric": true, "fingerprint": "<sha256 of inputs, params and kernel options>",
-     "done": [[row_start, col_start], ...]}
+     "method": "tiles", "done": [[row_start, col_start], ...]}
+
+``method="tiles"`` computes each tile with :func:`linfit.ntk.sharding.sharded_ntk`; ``method="panels"`` uses
+:func:`linfit.ntk.panels.panel_ntk` (Jacobian rows held a panel at a time, tiles ``block x block``, the same
+record with ``"panel_blocks"`` added), much faster when the Jacobians, not the products, dominate.
 
 After each tile the memmap is flushed, then the sidecar is rewritten atomically (temporary file +
 ``os.replace``), so a tile is marked done only once its values are on disk; a crash in between costs that
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +37,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from linfit.errors import CheckpointError
+from linfit.errors import CheckpointError, UnknownNameError
+from linfit.ntk.panels import PanelGeometry, panel_ntk, plan_panels
 from linfit.ntk.sharding import (
     TileGeometry,
     plan_tiles,
@@ -42,6 +48,7 @@ from linfit.ntk.sharding import (
 )
 
 SIDECAR_SUFFIX = ".tiles.json"
+METHODS = ("tiles", "panels")
 _VERSION = 1
 
 
@@ -63,14 +70,17 @@ def ntk_to_memmap(
     memory_budget_bytes: int | None = None,
     progress: bool = False,
     on_tile: Callable[[slice, slice], None] | None = None,
+    method: str = "tiles",
 ) -> np.memmap:
     """Compute (or finish computing) ``ntk_fn(x1, x2, params)`` into the ``.npy`` file ``path``.
 
     Args:
       ntk_fn, x1, x2, params, mesh, tile_size, memory_budget_bytes, progress: as in
-        :func:`linfit.ntk.sharding.sharded_ntk` (tile options only matter for a fresh run).
+        :func:`linfit.ntk.sharding.sharded_ntk` (tile options only matter for a fresh run; with
+        ``method="panels"`` ``tile_size`` is the samples per device in one block).
       path: the ``.npy`` file; created with its sidecar if neither exists.
       on_tile: called as ``on_tile(rows, cols)`` after each newly computed tile is recorded.
+      method: ``"tiles"`` or ``"panels"`` (module docstring; a resumed run keeps the recorded method).
 
     Returns:
       The kernel ``[N1, N2, ...]`` as a read/write ``np.memmap``.
@@ -79,6 +89,8 @@ def ntk_to_memmap(
       CheckpointError: the file exists without a sidecar, or the sidecar belongs to other inputs, another
         shape or a device count that does not divide its ``row_tile``.
     """
+    if method not in METHODS:
+        raise UnknownNameError(f"method must be one of {METHODS}; got {method!r}")
     path, record_path = Path(path), sidecar_path(path)
     mesh = sample_mesh() if mesh is None else mesh
     x1 = np.asarray(x1)
@@ -96,10 +108,17 @@ def ntk_to_memmap(
         raise CheckpointError(f"{path} exists but has no progress record {record_path}; delete it or pick "
                               "another path")
     else:
-        geometry = plan_tiles(ntk_fn, x1, x2, params, mesh.size, tile_size=tile_size,
-                              memory_budget_bytes=memory_budget_bytes)
         record = {"version": _VERSION, "shape": list(shape), "dtype": str(np.dtype(pair.dtype)),
-                  "geometry": list(geometry), "symmetric": x2 is None, "fingerprint": fingerprint, "done": []}
+                  "symmetric": x2 is None, "fingerprint": fingerprint, "method": method, "done": []}
+        if method == "panels":
+            panels = plan_panels(shape[0], shape[1], ntk_fn.outputs_per_sample(x1, params)
+                                 * ntk_fn.num_params(params) * pair.dtype.itemsize,
+                                 math.prod(shape[2:]) * pair.dtype.itemsize, mesh.size, memory_budget_bytes,
+                                 block=None if tile_size is None else tile_size * mesh.size)
+            record.update(geometry=[panels.block, panels.block], panel_blocks=panels.panel_blocks)
+        else:
+            record["geometry"] = list(plan_tiles(ntk_fn, x1, x2, params, mesh.size, tile_size=tile_size,
+                                                 memory_budget_bytes=memory_budget_bytes))
         kernel = np.lib.format.open_memmap(path, mode="w+", dtype=pair.dtype, shape=shape)
         _write_record(record_path, record)
 
@@ -113,8 +132,14 @@ def ntk_to_memmap(
         if on_tile is not None:
             on_tile(rows, cols)
 
-    sharded_ntk(ntk_fn, x1, x2, params, mesh=mesh, geometry=TileGeometry(*record["geometry"]), out=kernel,
-                progress=progress, on_tile=record_tile, skip=lambda rows, cols: (rows.start, cols.start) in done)
+    skip = lambda rows, cols: (rows.start, cols.start) in done
+    if record.get("method", "tiles") == "panels":
+        geometry = PanelGeometry(record["geometry"][0], record["panel_blocks"])
+        panel_ntk(ntk_fn, x1, x2, params, mesh=mesh, geometry=geometry, out=kernel, progress=progress,
+                  on_tile=record_tile, skip=skip)
+    else:
+        sharded_ntk(ntk_fn, x1, x2, params, mesh=mesh, geometry=TileGeometry(*record["geometry"]), out=kernel,
+                    progress=progress, on_tile=record_tile, skip=skip)
     return kernel
 
 

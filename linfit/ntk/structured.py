@@ -355,3 +355,28 @@ def per_layer_ntk_fn(
     return _build(
         f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=True
     )
+
+
+def per_sample_jacobian_fn(
+    f: ApplyFn, *, params_filter: ParamsFilter = None
+) -> Callable[[Any, Any], jax.Array]:
+    """Every sample's Jacobian ``J [N, O, P]`` of its logits w.r.t. the selected parameters, jitted.
+
+    Built from the structured factors (one forward pass per sample, ``O`` backward passes to the layer
+    outputs, then ``D_{i,o} = P_iᵀ G_{i,o}`` per Dense/Conv layer), which avoids batching per-sample weight
+    gradients through the convolutions; other leaves come from a per-sample ``jacrev``. Samples must be
+    independent (``vmap_axes=0``). The parameter axis is ordered layer by layer (each layer's kernel gradient,
+    then its bias, then other leaves), not in tree order: a contraction over it, such as the kernel
+    ``Θ[i, j, o, o'] = Σ_p J[i, o, p] J[j, o', p]``, does not depend on the order.
+
+    Returns:
+      ``rows(x [N, ...], params) -> [N, O, P]`` with ``P`` the number of selected parameters.
+    """
+
+    def rows(x, params):
+        n = _batch_size(x, "x")
+        plan = _make_plan(f, params, x, n, n, "full", params_filter, 0, "gradient")
+        grads, _ = _features(f, params, x, plan, 0)
+        return _concat([b for k in plan.keys for b in grads.get(k, [])])
+
+    return jax.jit(rows)

@@ -1,0 +1,122 @@
+"""Per-sample Jacobians on disk, and traced NTK-vector products that stream them.
+
+For a small network and many samples, one traced NTK-vector product by ``O`` vjp and ``O`` jvp passes over
+all ``N`` samples (:func:`linfit.ntk.traced_ntk_vp_fn`) costs far more than reading the Jacobian rows
+``J [N, O, P]`` once they exist: ``N O P`` float32 numbers, ``O(N P)`` rather than the kernel's ``N²``, and for
+``N = 10,000``, ``O = 10``, ``P = 24k`` about 10 GB, which fits on disk (and usually in the page cache) but
+not in a process's memory budget. :func:`jacobian_to_memmap` writes them chunk by chunk into a ``.npy``
+memory map (resumable: finished chunks are recorded in a sidecar and skipped on rerun), and
+:func:`stored_traced_vp_fn` gives the traced product in two streaming passes,
+
+    g_o = Σ_i v_i J[i, o, :]                 (pass 1, [O, P]),
+    (Θ_tr v)_i = (1/O) Σ_o J[i, o, :] · g_o   (pass 2),
+
+which is ``Θ_tr = (1/O) Σ_o J_o J_oᵀ`` (neural-tangents' traced convention) applied without forming it.
+Memory: one chunk of rows plus ``g``; sums over samples are accumulated chunk by chunk in float64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from linfit.errors import CheckpointError, ShapeError
+from linfit.ntk.empirical import NtkFn
+from linfit.ntk.structured import per_sample_jacobian_fn
+
+DEFAULT_CHUNK = 512
+_SUFFIX = ".chunks.json"
+
+
+def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLike, *, chunk: int = DEFAULT_CHUNK,
+                       progress: bool = False) -> np.memmap:
+    """Write every sample's Jacobian rows ``J [N, O, P]`` (``ntk_fn``'s function and parameter selection) to ``path``.
+
+    Args:
+      ntk_fn: an :class:`linfit.ntk.NtkFn` with ``vmap_axes=0`` (its ``f`` and ``params_filter`` are used).
+      x: ``[N, ...]`` inputs; params: the parameters.
+      path: the ``.npy`` file; a sidecar ``<path>.chunks.json`` records finished chunks, so a rerun with the
+        same inputs continues where an interrupted one stopped.
+      chunk: samples per compiled Jacobian call (the last chunk is padded, padding never written).
+
+    Returns:
+      The Jacobian ``[N, O, P]`` as a read-only ``np.memmap``; its parameter axis is ordered as
+      :func:`linfit.ntk.structured.per_sample_jacobian_fn` orders it.
+
+    Raises:
+      CheckpointError: ``path`` exists without its sidecar, or the sidecar belongs to other inputs.
+    """
+    from linfit.ntk.resumable import _fingerprint  # one fingerprint rule for every resumable kernel file
+
+    if getattr(ntk_fn, "vmap_axes", None) != 0:
+        raise ShapeError("jacobian_to_memmap needs independent samples: an NtkFn with vmap_axes=0")
+    x = np.asarray(x)
+    n = x.shape[0]
+    shape = (n, ntk_fn.outputs_per_sample(x, params), ntk_fn.num_params(params))
+    path, record_path = Path(path), Path(str(path) + _SUFFIX)
+    fingerprint = _fingerprint(ntk_fn, x, None, params)
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record["fingerprint"] != fingerprint or tuple(record["shape"]) != shape:
+            raise CheckpointError(f"{path} holds the Jacobian of other inputs, parameters or options; delete it "
+                                  "and its sidecar, or pick another path")
+        rows = np.lib.format.open_memmap(path, mode="r+")
+    elif path.exists():
+        raise CheckpointError(f"{path} exists but has no progress record {record_path}; delete it or pick "
+                              "another path")
+    else:
+        record = {"shape": list(shape), "chunk": chunk, "fingerprint": fingerprint, "done": []}
+        rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        record_path.write_text(json.dumps(record))
+    chunk = record["chunk"]
+    done = set(record["done"])
+    jac = per_sample_jacobian_fn(ntk_fn.f, params_filter=ntk_fn.params_filter)
+    padded = x[np.minimum(np.arange(-(-n // chunk) * chunk), n - 1)]
+    for start in tqdm(range(0, n, chunk), disable=not progress, desc="Jacobian chunks"):
+        if start in done:
+            continue
+        stop = min(start + chunk, n)
+        rows[start:stop] = np.asarray(jac(jnp.asarray(padded[start : start + chunk]), params))[: stop - start]
+        rows.flush()
+        done.add(start)
+        record["done"] = sorted(done)
+        tmp = record_path.with_name(record_path.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, record_path)
+    del rows
+    return np.lib.format.open_memmap(path, mode="r")
+
+
+def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> Callable[[Any], np.ndarray]:
+    """Traced NTK-vector product ``v [N] -> Θ_tr v [N]`` streaming ``jacobian [N, O, P]`` (module docstring).
+
+    ``jacobian`` is any array (typically the memmap of :func:`jacobian_to_memmap`); it is read in chunks of
+    ``chunk`` samples, twice per product.
+    """
+    if np.ndim(jacobian) != 3:
+        raise ShapeError(f"jacobian must be [N, O, P]; got shape {np.shape(jacobian)}")
+    n, n_out, n_params = jacobian.shape
+
+    def vp(v: Any) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != (n,):
+            raise ShapeError(f"v must have shape [N]={(n,)}; got {v.shape}")
+        g = np.zeros(n_out * n_params)
+        for start in range(0, n, chunk):
+            block = np.asarray(jacobian[start : start + chunk]).reshape(-1, n_out * n_params)
+            g += v[start : start + chunk].astype(np.float32) @ block
+        g32 = (g / n_out).astype(np.float32)
+        out = np.empty(n)
+        for start in range(0, n, chunk):
+            block = np.asarray(jacobian[start : start + chunk]).reshape(-1, n_out * n_params)
+            out[start : start + chunk] = block @ g32
+        return out
+
+    return vp

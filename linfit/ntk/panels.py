@@ -1,0 +1,208 @@
+"""Jacobian-panel NTK: each sample's Jacobian is computed a few times, not once per tile.
+
+A tiled kernel (:func:`linfit.ntk.sharding.sharded_ntk`) recomputes both tiles' Jacobians for every tile, so
+with ``t x t`` tiles each sample's Jacobian is computed about ``N / t`` times and, for a small network with
+many samples, Jacobians dominate the run. Here the samples are cut into blocks of ``C`` (a multiple of the
+device count ``D``) and the row blocks grouped into *panels* of ``k`` blocks whose Jacobian rows
+``J [C, O, P]`` stay in memory while the column blocks stream past:
+
+    for each panel (rows R = blocks b0 .. b0+k-1, Jacobians held):
+        for each column block c >= b0 (x2 = None) or every column block (x2 given):
+            J_c = the panel's block if c is in the panel, else computed now
+            Θ[R_b, c] = contract(J_b, J_c) for every panel block b (upper triangle only when x2 = None)
+
+``contract`` is one matrix product over the parameter axis (:func:`linfit.ntk.structured_contract.
+contract_gradients`): ``Θ[i, j] = (1/O) Σ_{o,p} J[i,o,p] J[j,o,p]`` traced, ``Θ[i, j, o, o'] = Σ_p J[i,o,p]
+J[j,o',p]`` untraced, ``[i, j, o]`` diagonal (neural-tangents' conventions, as :func:`empirical_ntk_fn`).
+The Jacobian rows come from :func:`linfit.ntk.structured.per_sample_jacobian_fn`. With ``K = ceil(N / (kC))``
+panels a symmetric kernel computes about ``N (K + 1) / 2`` sample Jacobians instead of ``N² / t``.
+
+Over a mesh: every block is sharded by rows (each device computes the Jacobians of its ``C / D`` samples); a
+column block is all-gathered before its products, so each output tile ``[C, C, ...]`` is row-sharded like
+the tiles of :func:`linfit.ntk.sharding.sharded_ntk`, and written through the same sinks (``"host"``,
+``"device"``, an array or memmap, or a consumer). No divisibility constraint on ``N``: the last block is
+padded by repeating the last sample and the padding is never written.
+
+Memory per device (``r = O P`` itemsize bytes per Jacobian row), the rule :func:`plan_panels` inverts:
+
+    r C/D (k + D + 3) + C²/D · pair_bytes  <=  budget
+
+(``k`` panel blocks, the gathered column block ``C`` rows, its own shard, one block of Jacobian work space,
+and one output tile).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from linfit.errors import ShapeError, VmapAxesError
+from linfit.ntk.empirical import NtkFn
+from linfit.ntk.sharding import Tile, _global, _make_sink, _pad, sample_mesh, sharded_tile_grid, TileGeometry
+from linfit.ntk.structured import _mode, per_sample_jacobian_fn
+from linfit.ntk.structured_contract import contract_gradients
+from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES
+
+#: Samples per device in one block unless the budget asks for fewer.
+MAX_BLOCK_PER_DEVICE = 512
+
+
+class PanelGeometry(NamedTuple):
+    """``block`` samples per block (a multiple of the device count), ``panel_blocks`` row blocks per panel."""
+
+    block: int
+    panel_blocks: int
+
+
+def plan_panels(n1: int, n2: int, row_bytes: int, pair_bytes: int, num_devices: int,
+                memory_budget_bytes: int | None = None, block: int | None = None) -> PanelGeometry:
+    """The geometry that fits ``memory_budget_bytes`` per device (default 1 GiB; rule in the module docstring).
+
+    Args:
+      n1, n2: rows and columns of the kernel; row_bytes: ``O P`` itemsize, one sample's Jacobian;
+      pair_bytes: bytes of one kernel entry ``Θ[i, j, ...]``; block: force the block size (rounded up to a
+        multiple of ``num_devices``).
+
+    Raises:
+      ShapeError: the budget cannot hold even one block per device.
+    """
+    budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
+    d = num_devices
+    if block is None:
+        # the largest t per device whose block work space (no panel) takes at most half the budget
+        a, b = d * pair_bytes, row_bytes * (d + 3)
+        per_device = min(MAX_BLOCK_PER_DEVICE, -(-max(n1, n2) // d),
+                         int((math.sqrt(b * b + 2 * a * budget) - b) / (2 * a)))
+        block = per_device * d
+    else:
+        block = -(-block // d) * d
+    per_device = block // d
+    spare = budget - row_bytes * per_device * (d + 3) - block * per_device * pair_bytes
+    if per_device < 1 or spare < row_bytes * per_device:
+        raise ShapeError(f"a memory budget of {budget} bytes per device cannot hold a block of {block} samples "
+                         f"({row_bytes} bytes of Jacobian each, {d} devices); raise memory_budget_bytes")
+    panel_blocks = min(-(-n1 // block), spare // (row_bytes * per_device))
+    return PanelGeometry(block, int(panel_blocks))
+
+
+def panel_ntk(
+    ntk_fn: NtkFn,
+    x1: Any,
+    x2: Any | None,
+    params: Any,
+    *,
+    mesh: Mesh | None = None,
+    geometry: PanelGeometry | None = None,
+    memory_budget_bytes: int | None = None,
+    out: str | np.ndarray | Callable = "host",
+    progress: bool = False,
+    on_tile: Callable[[slice, slice], None] | None = None,
+    skip: Callable[[slice, slice], bool] | None = None,
+) -> np.ndarray | jax.Array | None:
+    """``ntk_fn(x1, x2, params)`` by Jacobian panels over ``mesh`` (module docstring).
+
+    Args:
+      ntk_fn: an :class:`linfit.ntk.NtkFn` with ``vmap_axes=0`` whose ``f`` returns logits ``[N, O]``; its
+        ``trace_axes``, ``diagonal_axes`` and ``params_filter`` define the kernel (any implementation).
+      x1: ``[N1, ...]`` host inputs, the same on every process; x2: ``[N2, ...]`` or ``None`` (``x1``,
+        symmetric: upper-triangle tiles computed and mirrored).
+      params: parameters, replicated on every device.
+      mesh: one-axis mesh (default :func:`linfit.ntk.sample_mesh`, all devices).
+      geometry, memory_budget_bytes: an explicit :class:`PanelGeometry`, or one from a per-device byte
+        budget (:func:`plan_panels`).
+      out, progress, on_tile, skip: as in :func:`linfit.ntk.sharded_ntk`; tiles are ``block x block``.
+
+    Returns:
+      As :func:`linfit.ntk.sharded_ntk`: the host array, the row-sharded device array, or ``None``.
+
+    Raises:
+      VmapAxesError: ``ntk_fn`` declares interacting samples (``vmap_axes=None``).
+      ShapeError: mismatched inputs, a multi-axis mesh or a block not divisible by the device count.
+    """
+    if getattr(ntk_fn, "vmap_axes", None) != 0:
+        raise VmapAxesError("panel_ntk needs independent samples: an NtkFn with vmap_axes=0")
+    mesh = sample_mesh() if mesh is None else mesh
+    if len(mesh.axis_names) != 1:
+        raise ShapeError(f"panel_ntk needs a one-axis mesh; got axes {mesh.axis_names}")
+    x1 = np.asarray(x1)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else np.asarray(x2)
+    if x1.shape[1:] != x2.shape[1:]:
+        raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
+    ntk_fn(x1[:2], None, params)  # validates params, f and sample independence once
+    n1, n2 = x1.shape[0], x2.shape[0]
+    pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(x2[:1]), params)
+    pair_shape, dtype = pair.shape[2:], pair.dtype
+    if geometry is None:
+        row_bytes = ntk_fn.outputs_per_sample(x1, params) * ntk_fn.num_params(params) * dtype.itemsize
+        geometry = plan_panels(n1, n2, row_bytes, math.prod(pair_shape) * dtype.itemsize, mesh.size,
+                               memory_budget_bytes)
+    c = geometry.block
+    if c % mesh.size:
+        raise ShapeError(f"block={c} must be a multiple of the {mesh.size} devices")
+
+    programs = _programs(ntk_fn, mesh)
+    axis = mesh.axis_names[0]
+    row_sharding, replicated = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
+    params_global = jax.tree_util.tree_map(lambda leaf: _global(np.asarray(leaf), replicated), params)
+    rows_padded = _pad(x1, -(-n1 // c) * c)
+    cols_padded = rows_padded if symmetric else _pad(x2, -(-n2 // c) * c)
+    sink = _make_sink(out, mesh, (n1, n2), pair_shape, dtype, rows_padded.shape[0], cols_padded.shape[0],
+                      ntk_fn.transpose)
+
+    def jacobian(x_padded: np.ndarray, start: int) -> jax.Array:
+        return programs.jacobian(_global(x_padded[start : start + c], row_sharding), params_global)
+
+    tiles = sharded_tile_grid(n1, n2, TileGeometry(c, c), symmetric)
+    todo = [t for t in tiles if skip is None or not skip(t.rows, t.cols)]
+    bar = tqdm(total=len(todo), disable=not progress, desc="NTK tiles (panels)")
+    span = c * geometry.panel_blocks
+    for panel_start in range(0, n1, span):
+        in_panel = [t for t in todo if panel_start <= t.rows.start < panel_start + span]
+        held = {r: jacobian(rows_padded, r) for r in sorted({t.rows.start for t in in_panel})}
+        for col_start in sorted({t.cols.start for t in in_panel}):
+            if symmetric and col_start in held:
+                gathered = programs.gather(held[col_start])
+            else:
+                gathered = programs.gather(jacobian(cols_padded, col_start))
+            for tile in (t for t in in_panel if t.cols.start == col_start):
+                sink.write(tile, programs.contract(held[tile.rows.start], gathered))
+                if on_tile is not None:
+                    on_tile(tile.rows, tile.cols)
+                bar.update()
+    bar.close()
+    return sink.result()
+
+
+class _Programs(NamedTuple):
+    jacobian: Callable  # (x [C, ...] row-sharded, params) -> J [C, O, P] row-sharded
+    gather: Callable  # J row-sharded -> J replicated
+    contract: Callable  # (J rows row-sharded, J cols replicated) -> tile [C, C, ...] row-sharded
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(ntk_fn: NtkFn, mesh: Mesh) -> _Programs:
+    """The three compiled programs for ``ntk_fn`` on ``mesh`` (cached: one compilation per block shape)."""
+    axis = mesh.axis_names[0]
+    mode = _mode(ntk_fn.trace_axes, ntk_fn.diagonal_axes)
+    rows_fn = per_sample_jacobian_fn(ntk_fn.f, params_filter=ntk_fn.params_filter)
+    jacobian = jax.jit(jax.shard_map(rows_fn, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis),
+                                     check_vma=False))
+    gather = jax.jit(lambda j: j, out_shardings=NamedSharding(mesh, P()))
+
+    def contract(j_rows, j_cols):
+        kernel = contract_gradients(j_rows, j_cols, mode)
+        return kernel / j_rows.shape[1] if mode == "trace" else kernel
+
+    contract = jax.jit(jax.shard_map(contract, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis),
+                                     check_vma=False))
+    return _Programs(jacobian, gather, contract)
