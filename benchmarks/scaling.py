@@ -1,7 +1,8 @@
 """Scaling of the tiled, sharded NTK: time and peak memory vs N, vs device count, FLOP/s, and a 10k run.
 
 The small CNN (``linfit.models.create("small_cnn", 10)``, 32x32x3 inputs), traced NTK (``[N, N]``), computed
-by :func:`linfit.ntk.resumable.ntk_to_memmap` into a ``.npy`` memory map (tiles from ``--budget-mib`` per
+by :func:`linfit.ntk.resumable.ntk_to_memmap` into a ``.npy`` memory map (``--method panels``, the default:
+Jacobian panels, :mod:`linfit.ntk.panels`; ``tiles``: per-tile Jacobians; geometry from ``--budget-mib`` per
 device). Every configuration runs in its own subprocess; its peak memory is that process's maximum resident
 set (``os.wait4`` rusage), so peaks never mix. Modes:
 
@@ -9,18 +10,22 @@ set (``os.wait4`` rusage), so peaks never mix. Modes:
   ``time ~ N^a`` and ``RSS ~ N^b``, and the largest N whose peak stays under ``--max-rss-gib``; then time vs
   simulated device count 1, 2, 4, 8 at fixed N (``XLA_FLAGS=--xla_force_host_platform_device_count``).
   Simulated CPU devices share the same cores: this measures sharding overhead, not speed-up.
+* ``--compare-methods``: ``tiles`` and ``panels`` side by side at each ``--sizes`` N (time ratio, peaks).
 * ``--gpu``: achieved FLOP/s of one NTK tile (``cost_analysis()["flops"]`` of the compiled tile over its
   median run time) against ``--peak-tflops`` (runs on any backend; the ratio is meaningful on accelerators).
-* ``--n N``: the traced NTK for N samples into a memmap, with the process's peak RSS checked against
+* ``--n N``: the traced NTK for N samples into a memmap, with each phase's peak RSS checked against
   ``--max-rss-gib`` (default 8), then the linearized training loss two ways: dense (one float64 ``eigh`` of
   the memmap kernel, :func:`linfit.dynamics.linearized_loss_curve`) and matrix-free (Lanczos on traced
-  NTK-vector products, :func:`linfit.ntk.large_n.matrix_free_loss_curve`); prints both curves and their
-  relative difference. ``--loss-columns k`` keeps the first k output columns in both (the matrix-free cost is
-  ``k * O`` vjp+jvp passes over N per Lanczos step).
+  NTK-vector products, :func:`linfit.ntk.large_n.matrix_free_loss_curve`, streaming the Jacobian rows written
+  to disk by :func:`linfit.ntk.jacobian_store.jacobian_to_memmap`); prints both curves and their relative
+  difference at ``LOSS_STEPS`` gradient-descent steps of size 1/λ_max (λ_max by Lanczos on the kernel), with the
+  peak RSS of each phase (NTK, dense reference, Jacobian rows, Lanczos). ``--loss-columns k`` keeps the first
+  k output columns in both (one Lanczos run per column);
+  ``--vjp-product`` also times one product by ``O`` vjp + ``O`` jvp passes, which needs no stored rows.
 
     python benchmarks/scaling.py --quick
     python benchmarks/scaling.py --quick --gpu
-    python benchmarks/scaling.py --n 10000 --lanczos-iters 32
+    python benchmarks/scaling.py --n 10000 --lanczos-iters 64 --budget-mib 5120 --vjp-product
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ def worker_ntk(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.npy")
         start = time.perf_counter()
-        kernel = ntk_to_memmap(ntk_fn, x, None, params, path, memory_budget_bytes=args.budget_mib * 2**20)
+        kernel = ntk_to_memmap(ntk_fn, x, None, params, path, memory_budget_bytes=args.budget_mib * 2**20,
+                               method=args.method)
         seconds = time.perf_counter() - start
         geometry = json.loads(sidecar_path(path).read_text())["geometry"]
         checksum = float(np.trace(kernel))
@@ -97,14 +103,32 @@ def worker_flops(args) -> dict:
             "flops": flops, "seconds": seconds, "tflops_per_s": flops / seconds / 1e12}
 
 
+def _phase_peak() -> int:
+    """Peak resident set (bytes) since the previous call, then reset (Linux: ``VmHWM``, reset by writing 5 to
+    ``/proc/self/clear_refs``), so each phase of one process gets its own peak."""
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    return peak
+
+
+LOSS_STEPS = (1, 10, 100, 1_000, 10_000, 100_000)
+"""Times of the --n loss curves, in gradient-descent steps at the stability-limit step size 1/λ_max(Θ)."""
+
+
 def worker_loss(args) -> dict:
-    """Traced NTK of N samples into a memmap, then the dense-eigh and the matrix-free loss curves."""
+    """Traced NTK of N samples into a memmap and the dense-eigh loss curve; then the matrix-free loss curve from
+    Jacobian rows on disk (streamed products), and the time of one vjp/jvp product for comparison. The peak
+    RSS of each phase is recorded separately."""
     import jax
     import numpy as np
 
     from linfit.dynamics import linearized_loss_curve
+    from linfit.krylov import lanczos
     from linfit.ntk import empirical_ntk_fn
-    from linfit.ntk.large_n import batched_apply, matrix_free_loss_curve
+    from linfit.ntk.jacobian_store import jacobian_to_memmap
+    from linfit.ntk.large_n import batched_apply, matrix_free_loss_curve, traced_ntk_vp_fn
     from linfit.ntk.resumable import ntk_to_memmap
 
     apply_fn, params, x = _setup(args.n)
@@ -112,24 +136,46 @@ def worker_loss(args) -> dict:
     labels = np.random.default_rng(0).integers(0, 10, args.n)
     cols = args.loss_columns
     y = np.eye(10)[labels][:, :cols]  # the dense side; the matrix-free side selects the same columns
-    out = {"n": args.n, "devices": jax.device_count(), "columns": cols}
+    out = {"n": args.n, "devices": jax.device_count(), "columns": cols, "method": args.method, "peaks": {}}
+    ntk_fn = empirical_ntk_fn(apply_fn)
+    out["peaks"]["setup (imports, inputs)"] = _phase_peak()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         start = time.perf_counter()
-        kernel = ntk_to_memmap(empirical_ntk_fn(apply_fn), x, None, params, os.path.join(tmp, "k.npy"),
+        kernel = ntk_to_memmap(ntk_fn, x, None, params, os.path.join(tmp, "k.npy"), method=args.method,
                                memory_budget_bytes=args.budget_mib * 2**20, progress=args.progress)
         out["ntk_seconds"] = time.perf_counter() - start
+        out["peaks"]["ntk"] = _phase_peak()
         f0 = batched_apply(apply_fn, params, x, args.batch_size)[:, :cols].astype(np.float64)
-        mean_diag = float(np.mean(np.diagonal(kernel)))
-        times = np.logspace(-2, 3, 6) / mean_diag  # in units of the kernel's mean diagonal
+        start_vector = np.random.default_rng(1).standard_normal(args.n)
+        _, tridiagonal, _ = lanczos(lambda v: kernel @ v.astype(np.float32), start_vector, 30)
+        lam_max = float(np.linalg.eigvalsh(tridiagonal)[-1])  # extremal Ritz values converge first
+        times = np.asarray(LOSS_STEPS, float) / lam_max
         start = time.perf_counter()
         dense = linearized_loss_curve(kernel, y, f0, times)
         out["eigh_seconds"] = time.perf_counter() - start
+        out["peaks"]["dense eigh (reference)"] = _phase_peak()
+        out["lam_max_over_mean_diag"] = lam_max / float(np.mean(np.diagonal(kernel)))
         del kernel
-    start = time.perf_counter()
-    free = matrix_free_loss_curve(apply_fn, params, x, np.eye(10)[labels], times, columns=range(cols),
-                                  num_iters=args.lanczos_iters, batch_size=args.batch_size)
-    out["matrix_free_seconds"] = time.perf_counter() - start
-    out.update(mean_diag=mean_diag, times=times.tolist(), dense=dense.tolist(), matrix_free=free.tolist(),
+        os.remove(os.path.join(tmp, "k.npy"))
+        start = time.perf_counter()
+        rows = jacobian_to_memmap(ntk_fn, x, params, os.path.join(tmp, "j.npy"), progress=args.progress)
+        out["jacobian_seconds"] = time.perf_counter() - start
+        out["jacobian_gib"] = rows.nbytes / 2**30
+        out["peaks"]["Jacobian rows to disk"] = _phase_peak()
+        start = time.perf_counter()
+        free = matrix_free_loss_curve(apply_fn, params, x, np.eye(10)[labels], times, columns=range(cols),
+                                      num_iters=args.lanczos_iters, batch_size=args.batch_size, jacobian=rows)
+        out["matrix_free_seconds"] = time.perf_counter() - start
+        out["stored_product_seconds"] = out["matrix_free_seconds"] / (cols * args.lanczos_iters)
+        out["peaks"]["matrix-free Lanczos"] = _phase_peak()
+    if args.vjp_product:
+        vp = traced_ntk_vp_fn(apply_fn, params, x, batch_size=args.batch_size)
+        v = np.ones(args.n, np.float32)
+        vp(v).block_until_ready()
+        start = time.perf_counter()
+        vp(v).block_until_ready()
+        out["vjp_product_seconds"] = time.perf_counter() - start
+    out.update(steps=list(LOSS_STEPS), dense=dense.tolist(), matrix_free=free.tolist(),
                max_rel_diff=float(np.max(np.abs(free - dense) / np.abs(dense))))
     return out
 
@@ -149,7 +195,8 @@ def run_worker(kind: str, args, *, devices: int | None = None, n: int | None = N
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     forwarded = ["--budget-mib", str(args.budget_mib), "--tile", str(args.tile), "--repeats", str(args.repeats),
                  "--loss-columns", str(args.loss_columns), "--lanczos-iters", str(args.lanczos_iters),
-                 "--batch-size", str(args.batch_size)] + (["--progress"] if args.progress else [])
+                 "--batch-size", str(args.batch_size), "--method", args.method]
+    forwarded += (["--progress"] if args.progress else []) + (["--vjp-product"] if args.vjp_product else [])
     if args.workdir:
         forwarded += ["--workdir", args.workdir]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--n", str(n or 0), *forwarded]
@@ -198,6 +245,26 @@ def sweep_n(args) -> None:
     print(f"largest N within {args.max_rss_gib} GiB peak RSS: {max(within) if within else 'none'}\n")
 
 
+def compare_methods(args) -> None:
+    """Panels vs per-tile Jacobians side by side at each N (same budget), with the kernels' agreement."""
+    ns = args.sizes or ([64, 128] if args.quick else [512, 1024])
+    print(f"## Jacobian panels vs per-tile Jacobians (budget {args.budget_mib} MiB per device)\n")
+    print("| N | tiles: time (s) | panels: time (s) | speed-up | tiles: peak RSS (MiB) | panels: peak RSS (MiB) "
+          "| trace(Θ) relative difference |")
+    print("|---|---|---|---|---|---|---|")
+    for n in ns:
+        runs = {m: run_worker("ntk", argparse.Namespace(**{**vars(args), "method": m}), n=n)
+                for m in ("tiles", "panels")}
+        (tiles, rss_t), (panels, rss_p) = runs["tiles"], runs["panels"]
+        if tiles is None or panels is None:
+            print(f"| {n} | failed | | | | | |")
+            continue
+        diff = abs(panels["trace"] - tiles["trace"]) / abs(tiles["trace"])
+        print(f"| {n} | {tiles['seconds']:.1f} | {panels['seconds']:.1f} | {tiles['seconds'] / panels['seconds']:.2f} "
+              f"| {rss_t / 2**20:.0f} | {rss_p / 2**20:.0f} | {diff:.1e} |")
+    print()
+
+
 def sweep_devices(args) -> None:
     n = args.device_n or (128 if args.quick else 2000)
     print(f"## Simulated CPU devices, N = {n} (same cores shared: overhead, not speed-up)\n")
@@ -228,19 +295,28 @@ def gpu_flops(args) -> None:
 
 
 def large_n(args) -> None:
-    result, rss = run_worker("loss", args, n=args.n)
+    result, _ = run_worker("loss", args, n=args.n)  # the worker resets its high-water mark per phase
     if result is None:
         return
     limit = args.max_rss_gib * 2**30
+    peaks = result["peaks"]
+    rss = max(peaks.values())
     print(f"## N = {result['n']}: traced NTK into a memmap, dense vs matrix-free loss "
           f"({result['columns']} of 10 output columns, {args.lanczos_iters} Lanczos steps)\n")
-    print(f"NTK {result['ntk_seconds']:.1f} s, eigh {result['eigh_seconds']:.1f} s, matrix-free "
-          f"{result['matrix_free_seconds']:.1f} s; peak RSS {rss / 2**30:.2f} GiB "
-          f"({'within' if rss <= limit else 'OVER'} the {args.max_rss_gib} GiB budget)\n")
-    print("| t x mean diag(Θ) | dense eigh loss | matrix-free loss | relative difference |")
+    print(f"NTK ({result['method']}) {result['ntk_seconds']:.1f} s, eigh {result['eigh_seconds']:.1f} s, Jacobian "
+          f"rows to disk {result['jacobian_seconds']:.1f} s ({result['jacobian_gib']:.1f} GiB), matrix-free Lanczos "
+          f"{result['matrix_free_seconds']:.1f} s ({result['stored_product_seconds']:.2f} s per streamed product"
+          + (f"; one vjp/jvp product {result['vjp_product_seconds']:.1f} s" if "vjp_product_seconds" in result else "")
+          + f"); λ_max(Θ) / mean diag(Θ) = {result['lam_max_over_mean_diag']:.0f}\n")
+    print("| phase | peak RSS (GiB) | within the budget |")
+    print("|---|---|---|")
+    for phase, peak in peaks.items():
+        print(f"| {phase} | {peak / 2**30:.2f} | {'yes' if peak <= limit else 'NO'} ({args.max_rss_gib} GiB) |")
+    print(f"| whole process | {rss / 2**30:.2f} | {'yes' if rss <= limit else 'NO'} |\n")
+    print("| GD steps at step size 1/λ_max | dense eigh loss | matrix-free loss | relative difference |")
     print("|---|---|---|---|")
-    for t, d, m in zip(result["times"], result["dense"], result["matrix_free"]):
-        print(f"| {t * result['mean_diag']:.3g} | {d:.6g} | {m:.6g} | {abs(m - d) / abs(d):.2e} |")
+    for steps, d, m in zip(result["steps"], result["dense"], result["matrix_free"]):
+        print(f"| {steps:,} | {d:.6g} | {m:.6g} | {abs(m - d) / abs(d):.2e} |")
     print(f"\nmax relative difference: {result['max_rel_diff']:.2e}\n")
 
 
@@ -259,7 +335,13 @@ def parse(argv=None):
     p.add_argument("--loss-columns", type=int, default=1, help="output columns in the --n loss (1..10)")
     p.add_argument("--lanczos-iters", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=256, help="samples per chunk of the matrix-free product")
-    p.add_argument("--workdir", default=None, help="directory for the memmap (default: system temp)")
+    p.add_argument("--workdir", default=None, help="directory for the memmaps (default: system temp)")
+    p.add_argument("--method", default="panels", choices=["panels", "tiles"],
+                   help="ntk_to_memmap's method: Jacobian panels (default) or per-tile Jacobians")
+    p.add_argument("--compare-methods", action="store_true",
+                   help="time --method tiles and panels side by side at each --sizes N")
+    p.add_argument("--vjp-product", action="store_true",
+                   help="--n mode: also time one traced product by vjp/jvp passes (no stored Jacobian)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="N values of the default sweep")
     p.add_argument("--device-n", type=int, default=None, help="N of the simulated-device sweep")
@@ -279,6 +361,8 @@ def main(argv=None) -> None:
         return
     if args.n is not None:
         large_n(args)
+    elif args.compare_methods:
+        compare_methods(args)
     elif args.gpu:
         gpu_flops(args)
     else:

@@ -15,11 +15,11 @@ full = 816 units. To fit about an hour it fine-tunes ``FULL_EPOCHS`` = 5 epochs 
 paper's 15 and 25 of 30 scaled) with the 3 learning rates, caps the ``full`` training sets at
 ``FULL_MAX_TRAIN_PER_CLASS`` = 50 images per class (the 10-class tasks hold 100; the letter tasks 26-38 and are not
 cut) and scores on ``FULL_SCORING_PER_CLASS`` = 10 images per class (paper: 25; the NTK scores' cost grows with the
-square of the subset, 38 classes × 25 images made one scores unit about 7× dearer). Measured on 2 loaded cores
-(CPU seconds, an upper bound for idle cores): fine-tuning ≈ 31 min, scores ≈ 35 min, about 66 min in all, about
-half of that by the wall time of the earlier 20-shot run on idle cores. The fine-tuning step is compiled once per
-architecture and input shape (``linfit.finetune.loop.compiled_functions``) and reused by every model and learning
-rate. On more cores run shards in parallel (``--shard 0/2`` and ``--shard 1/2`` on the same ``--db``).
+square of the subset, 38 classes × 25 images made one scores unit about 7× dearer). Measured: the committed run
+(``experiments/reproduce_full/``) took 63 min of wall time on 2 CPU cores that it shared with a scaling benchmark
+(units: fine-tuning 34 min, scores 29 min). The fine-tuning step is compiled once per architecture and input
+shape (``linfit.finetune.loop.compiled_functions``) and reused by every model and learning rate.
+On more cores run shards in parallel (``--shard 0/2`` and ``--shard 1/2`` on the same ``--db``).
 
 Presets only choose the grid; the protocol is the paper's (§5.5) with the epochs scaled down for CPU (see
 ``--epochs``; each preset has its own default) and the learning rate chosen on a validation split (the paper's

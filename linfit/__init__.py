@@ -18,7 +18,13 @@ from linfit.errors import (
     VmapAxesError,
 )
 
-from linfit.dynamics import LinearizedDynamics, gradient_descent_mse, linearized_loss_curve
+from linfit.dynamics import (
+    CETrajectory,
+    LinearizedDynamics,
+    gradient_descent_mse,
+    linearized_ce_trajectory,
+    linearized_loss_curve,
+)
 from linfit.linearize import linearize
 from linfit.ntk import empirical_ntk_fn, ntk_vp_fn, per_layer_ntk_fn
 

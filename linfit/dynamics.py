@@ -32,10 +32,15 @@ the loss is ``½ mean`` over the ``y_train.size = N·O`` entries, so its time ``
 Numerics. Everything is computed on the host in float64 numpy (kernels come from the device in float32, but an
 eigendecomposition of an ill-conditioned kernel needs the extra precision, and N is at most a few thousand
 here). Eigenvalues are clipped: negative ones (round-off of a positive semi-definite kernel) and positive
-ones at or below ``rcond · λ_max`` (default ``rcond = N · eps`` of the kernel's dtype, numpy's
-``matrix_rank`` tolerance) are set to exactly 0. Those directions form the kernel's null space: the residual
-there never decays, and at ``t = ∞`` (with μ = 0) they get gain 0, i.e. a pseudo-inverse. That is the exact
+ones at or below ``rcond · λ_max`` (default ``rcond = eps`` of the kernel's dtype: the kernel's own relative
+precision; numpy's ``matrix_rank`` tolerance ``N · eps`` would zero many genuine small eigenvalues of a
+float32 NTK, and with them the slow part of the loss curve) are set to exactly 0. Those directions form the
+kernel's null space: the residual there never decays, and at ``t = ∞`` (with μ = 0) they get gain 0, i.e. a pseudo-inverse. That is the exact
 limit whenever ``Θ*`` comes from the same Jacobian as ``Θ`` (then ``Θ* v = 0`` for ``Θ v = 0``).
+
+Cross-entropy has no closed form: :func:`linearized_ce_trajectory` runs gradient descent on the linearized model
+under softmax cross-entropy as an iteration in function space on the same kernels (same convention, loss summed
+over samples).
 
 Example::
 
@@ -52,6 +57,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import logsumexp, softmax
 
 from linfit.errors import LabelError, LinfitError, NonFiniteError, ShapeError
 
@@ -61,6 +67,8 @@ __all__ = [
     "LinearizedDynamics",
     "linearized_loss_curve",
     "gradient_descent_mse",
+    "CETrajectory",
+    "linearized_ce_trajectory",
 ]
 
 
@@ -102,7 +110,7 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
 
     Args:
       kernel: ``[N, N]`` symmetric positive semi-definite (up to round-off), any float dtype.
-      rcond: eigenvalues ``<= rcond · λ_max`` become 0. Default ``N · eps(kernel.dtype)``.
+      rcond: eigenvalues ``<= rcond · λ_max`` become 0. Default ``eps(kernel.dtype)``.
 
     Raises:
       ShapeError: the kernel is not square; NonFiniteError: it has NaN/inf.
@@ -113,8 +121,10 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
         raise ShapeError(f"kernel must be square [N, N] with N >= 1; got shape {k.shape}")
     if rcond is None:
         dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64
-        rcond = k.shape[0] * float(np.finfo(dtype).eps)
-    evals, evecs = np.linalg.eigh(0.5 * (k + k.T))
+        rcond = float(np.finfo(dtype).eps)
+    symmetric = k + k.T  # one [N, N] temporary: the kernel may be a 10k x 10k memmap
+    symmetric *= 0.5
+    evals, evecs = np.linalg.eigh(symmetric)
     cutoff = rcond * max(float(evals[-1]), 0.0)
     return KernelEigh(np.where(evals > cutoff, evals, 0.0), evecs)
 
@@ -353,3 +363,83 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
         return out[0] if len(out) == 1 else tuple(out)
 
     return predict_fn
+
+
+class CETrajectory(NamedTuple):
+    """Gradient descent on the linearized model under softmax cross-entropy, step by step.
+
+    Attributes:
+      train_logits: ``[T+1, N, O]`` ``f_k(X)`` for ``k = 0..T`` steps.
+      test_logits: ``[T+1, M, O]`` ``f_k(X*)``, or ``None`` when no test kernel was given.
+      train_loss: ``[T+1]`` ``L_k = Σ_i CE(f_k(x_i), y_i)`` (summed over samples, the module's convention).
+    """
+
+    train_logits: np.ndarray
+    test_logits: np.ndarray | None
+    train_loss: np.ndarray
+
+
+def _kernel_operator(k: np.ndarray, n: int, n_out: int, name: str, rows: int | None = None):
+    """``a [..., N, O] -> Θ a [..., R, O]`` for a traced ``[R, N]`` or a flattened untraced ``[R·O, N·O]`` kernel
+    (row ``i·O + c`` is sample i, output c; the number of columns tells the layouts apart). ``rows``: the
+    expected R (``None``: any)."""
+    if k.shape[1] == n and rows in (None, k.shape[0]):
+        return lambda a: np.einsum("rn,...no->...ro", k, a)
+    if k.shape[1] == n * n_out and k.shape[0] % n_out == 0 and rows in (None, k.shape[0] // n_out):
+        return lambda a: (a.reshape(a.shape[:-2] + (n * n_out,)) @ k.T).reshape(a.shape[:-2] + (-1, n_out))
+    r = "M" if rows is None else str(rows)
+    raise ShapeError(f"{name} must be traced [{r}, {n}] or flattened untraced [{r}·{n_out}, {n * n_out}]; "
+                     f"got {k.shape}")
+
+
+def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0, f0_test=0.0, *,
+                             learning_rate: float, steps: int, weight_decay: float = 0.0) -> CETrajectory:
+    """``steps`` gradient-descent steps on the linearized model under softmax cross-entropy, in function space.
+
+    Cross-entropy has no closed form, but gradient descent on ``f_lin(w) = f0 + J (w − w0)`` keeps
+    ``w_k − w0 = Jᵀ a_k`` (dual coefficients ``a_k [N, O]``), so with the loss
+    ``L(w) = Σ_i CE(f_lin(x_i; w), y_i) + ½ μ ‖w − w0‖²`` (summed over samples, as in the module's convention)
+    and ``∇_f CE = softmax(f) − y``:
+
+        a_{k+1} = (1 − ημ) a_k − η (softmax(f_k(X)) − Y),   f_k(X) = f0(X) + Θ a_k,   f_k(X*) = f0(X*) + Θ* a_k.
+
+    With μ = 0 this is ``f_{k+1} = f_k − η Θ (softmax(f_k) − Y)`` (Deshpande et al. 2021 linearize fine-tuning;
+    Lee et al. 2019 the function-space view). For the MEAN cross-entropy with step η use ``learning_rate = η / N``.
+    Float64 numpy on the host; one ``[N·O, N·O]`` mat-vec per step.
+
+    Args:
+      k_train_train: ``Θ``: traced ``[N, N]`` (the kernel ``Θ ⊗ I_O``) or untraced flattened ``[N·O, N·O]``
+        (row ``i·O + c`` is sample i, logit c).
+      k_test_train: ``Θ*`` in the same layout, ``[M, N]`` or ``[M·O, N·O]``; ``None`` for no test predictions.
+      y_onehot: ``[N, O]`` target distributions (one-hot rows, or any rows that are non-negative and sum to 1).
+      f0_train: ``[N, O]`` (or scalar) initial logits; f0_test: ``[M, O]`` (or scalar).
+      learning_rate: η >= 0; steps: T >= 0; weight_decay: μ >= 0.
+
+    Returns:
+      :class:`CETrajectory` with the logits and the loss at steps ``0..T``.
+    """
+    y = _finite_array(y_onehot, "y_onehot", ndim=2)
+    n, n_out = y.shape
+    if np.any(y < 0) or not np.allclose(y.sum(axis=1), 1.0, atol=1e-6):
+        raise LabelError("y_onehot rows must be probability vectors (non-negative, summing to 1)")
+    for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
+        if not np.isfinite(value) or value < 0:
+            raise LinfitError(f"{name} must be finite and >= 0; got {value}")
+    if int(steps) != steps or steps < 0:
+        raise LinfitError(f"steps must be an integer >= 0; got {steps}")
+    theta = _kernel_operator(_finite_array(k_train_train, "k_train_train", ndim=2), n, n_out, "k_train_train", n)
+    f0 = _rows(f0_train, "f0_train", y.shape)
+    a = np.zeros((int(steps) + 1, n, n_out))
+    logits = np.empty_like(a)
+    for k in range(int(steps) + 1):
+        logits[k] = f0 + theta(a[k])
+        if k < steps:
+            a[k + 1] = (1.0 - learning_rate * weight_decay) * a[k] - learning_rate * (softmax(logits[k], axis=1) - y)
+    loss = np.sum(logsumexp(logits, axis=2) - np.sum(y * logits, axis=2), axis=1)
+    test = None
+    if k_test_train is not None:
+        k_test = _finite_array(k_test_train, "k_test_train", ndim=2)
+        theta_test = _kernel_operator(k_test, n, n_out, "k_test_train")
+        test = theta_test(a)
+        test = test + _rows(f0_test, "f0_test", test.shape[1:])
+    return CETrajectory(logits, test, loss)

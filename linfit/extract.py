@@ -100,6 +100,15 @@ def _source_statistics(model, variables, source_x, source_y, batch_size: int) ->
     return means, counts
 
 
+def draw_key(seed: int, model_name: str, task_name: str = "") -> jax.Array:
+    """The ``"key"`` score input: ``PRNGKey(seed)`` with the CRC-32s of ``model_name`` and ``task_name`` folded in.
+
+    One key per (model, task, seed): a Random ranking is drawn afresh on every task instead of repeating one
+    ordering of the zoo (which would make its averages over tasks a single draw)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(model_name.encode()))
+    return jax.random.fold_in(key, zlib.crc32(task_name.encode()))
+
+
 def extract_inputs(
     model,
     variables,
@@ -110,6 +119,7 @@ def extract_inputs(
     source_data: tuple[Any, Any] | None = None,
     seed: int = 0,
     model_name: str = "",
+    task_name: str = "",
     head_samples: int | None = None,
     batch_size: int = 256,
     memory_budget_bytes: int = 2**30,
@@ -124,8 +134,9 @@ def extract_inputs(
       source_data: ``(x_source [M, ...], y_source [M])`` of the model's source domain (required for
         ``"source_class_means"`` / ``"source_class_counts"``: Domain Similarity).
       seed: seeds the ``"key"`` input and the random heads of ``head_samples``.
-      model_name: folded into the ``"key"`` input, so that each model of a zoo draws its own random numbers
-        (the Random baseline) while the draw stays reproducible.
+      model_name, task_name: folded into the ``"key"`` input (``draw_key``), so that each (model, task) pair
+        draws its own random numbers (the Random baseline: an independent ordering of the zoo on every task)
+        while the draw stays reproducible.
       head_samples: ``None`` for the exact head-averaged NTKs (D backward passes per sample), or k random head
         rows (k backward passes; an unbiased estimate, see ``linfit.scores.lgc``).
       batch_size: forward-pass batch size.
@@ -173,5 +184,5 @@ def extract_inputs(
         inputs["probe_features"] = task.probe_features()
         seconds["probe_features"] = task.take_probe_seconds()
     if "key" in needs:
-        timed("key", lambda: jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(model_name.encode())))
+        timed("key", lambda: draw_key(seed, model_name, task_name))
     return inputs, seconds

@@ -94,7 +94,7 @@ def select(
         if needs & {"source_class_means", "source_class_counts"}:
             source = source_sample(candidate.source_domain, seed=seed)
         inputs, input_seconds = extract_inputs(candidate.model, candidate.variables, subset.x, needs, task=task_inputs,
-                                               source_data=source, seed=seed, model_name=name,
+                                               source_data=source, seed=seed, model_name=name, task_name=task,
                                                head_samples=head_samples)
         row = {"model": name, "reference": candidate.is_reference}
         for score in registered:

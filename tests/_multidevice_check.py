@@ -22,6 +22,7 @@ from linfit.distributed import process_rows
 from linfit.dynamics import linearized_loss_curve
 from linfit.ntk import empirical_ntk_fn
 from linfit.ntk.large_n import matrix_free_loss_curve, streamed_kernel_label_correlation
+from linfit.ntk import panels
 from linfit.ntk.panels import PanelGeometry, panel_ntk
 from linfit.ntk.sharding import sample_mesh, sharded_ntk
 from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
@@ -84,6 +85,13 @@ def panels_match_single_device():
     k = panel_ntk(empirical_ntk_fn(F), X1, None, PARAMS, mesh=MESH, geometry=PanelGeometry(8, 1), out="device")
     assert isinstance(k.sharding, NamedSharding) and k.sharding.spec == P("samples"), k.sharding
     assert_kernel_close(np.asarray(k)[:N], TRACED)
+    chunk, panels.JACOBIAN_CHUNK = panels.JACOBIAN_CHUNK, 1  # blocks of 2 per device from 2 calls each
+    try:
+        got = panel_ntk(empirical_ntk_fn(F, trace_axes=()), X1, None, PARAMS, mesh=MESH,
+                        geometry=PanelGeometry(16, 2))
+    finally:
+        panels.JACOBIAN_CHUNK = chunk
+    assert_kernel_close(got, FULL)
 
 
 @check

@@ -38,6 +38,29 @@ def test_closed_form_matches_numpy_gradient_descent():
     np.testing.assert_array_equal(out["test_acc"], accs)
 
 
+def test_ce_prediction_matches_numpy_gradient_descent():
+    """(a-CE) on a random linear model equals plain GD on its mean softmax cross-entropy, step by step."""
+    rng = np.random.default_rng(1)
+    n, m, o, p, steps, lr = 6, 5, 3, 40, 7, 0.5
+    jac_train, jac_test = rng.normal(size=(n * o, p)) / 4, rng.normal(size=(m * o, p)) / 4
+    f0_train, f0_test = rng.normal(size=(n, o)), rng.normal(size=(m, o))
+    y_train, y_test = rng.integers(0, o, n), rng.integers(0, o, m)
+    w = np.zeros(p)
+    losses, accs = [], []
+    for _ in range(steps):
+        logits = (jac_train @ w).reshape(n, o) + f0_train
+        prob = np.exp(logits - logits.max(1, keepdims=True))
+        prob /= prob.sum(1, keepdims=True)
+        losses.append(-np.mean(np.log(prob[np.arange(n), y_train])))
+        w = w - lr * jac_train.T @ (prob - np.eye(o)[y_train]).reshape(-1) / n
+        accs.append(np.mean(np.argmax((jac_test @ w).reshape(m, o) + f0_test, -1) == y_test))
+    out = ae.ce_prediction(jac_train @ jac_train.T, jac_test @ jac_train.T, y_train, f0_train, f0_test, y_test,
+                           lr, steps)
+    assert losses[-1] < 0.8 * losses[0]  # the run moved
+    np.testing.assert_allclose(out["loss"], losses, rtol=1e-9)
+    np.testing.assert_array_equal(out["test_acc"], accs)
+
+
 def test_subset_kernels_match_brute_force_jacobian():
     """The nested-subset kernels equal J Jᵀ from a whole-batch ``jax.jacrev`` of the logits."""
     from linfit import models
@@ -70,13 +93,18 @@ def test_break_step_and_rel_error():
 
 
 def test_quick_study_runs_and_writes_report(tmp_path):
-    out = ae.main(["--quick", "--steps", "2", "--out-dir", str(tmp_path)])
+    out = ae.main(["--quick", "--steps", "2", "--models", "resnet8/generalist", "--regimes", "full",
+                   "--out-dir", str(tmp_path)])
     text = (tmp_path / "approximation_error.md").read_text()
-    assert "## Ranking" in text and "## Check" in text
+    assert "## Ranking" in text and "## Check" in text and "full (≤5/class)" in text
     assert all((tmp_path / name).stat().st_size > 0 for name in
                ("approximation_error_curves.png", "approximation_error_relerr.png", "approximation_error_ranking.png"))
-    # (b) GD on the linearized model reproduces the closed form (a)
-    assert out["checks"] and all(ch["loss_diff"] < 1e-4 and ch["acc_diff"] < 1e-6 for ch in out["checks"])
-    # MSE fine-tuning of the head alone is linear in the trained weights: the closed form is exact there
+    # regime "full" is capped class-balanced: 5 per class x 10 classes
+    assert {r["n"] for r in out["rows"] if r["regime"] == "full"} == {50}
+    # (b) GD on the linearized model in parameter space reproduces the predictions (a) and (a-CE)
+    assert out["checks"] and all(ch[loss]["loss_diff"] < 1e-4 and ch[loss]["acc_diff"] < 1e-6
+                                 for ch in out["checks"] for loss in ("mse", "ce"))
+    # fine-tuning of the head alone is linear in the trained weights: both predictions are exact there
     head = [r for r in out["rows"] if r["subset"] == "head"]
-    assert head and all(r["err_end"] < 1e-4 for r in head)
+    assert head and all(r[loss]["err_end"] < 1e-4 and r[loss]["drop_err_end"] < 1e-3
+                        for r in head for loss in ("mse", "ce"))

@@ -1,5 +1,7 @@
 """Shared score inputs: each equals a direct computation, and missing prerequisites are clear errors."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 from linfit import models
 from linfit.errors import ShapeError, UnknownNameError
-from linfit.extract import TaskInputs, extract_inputs
+from linfit.extract import TaskInputs, draw_key, extract_inputs
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +60,12 @@ def test_random_key_differs_between_models_and_is_reproducible(small):
     model, variables, x = small
     keys = [extract_inputs(model, variables, x, {"key"}, model_name=name)[0]["key"] for name in ("a", "b", "a")]
     assert not np.array_equal(keys[0], keys[1]) and np.array_equal(keys[0], keys[2])
+
+
+def test_random_key_differs_between_tasks():
+    """The Random baseline needs an independent draw per task: same model, different task -> different key; the
+    key is PRNGKey(seed) with CRC-32s of the names folded in (checked against jax.random directly)."""
+    a, b = draw_key(0, "m", "task1"), draw_key(0, "m", "task2")
+    assert not np.array_equal(a, b)
+    expected = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), zlib.crc32(b"m")), zlib.crc32(b"task1"))
+    np.testing.assert_array_equal(a, expected)

@@ -7,7 +7,10 @@ import pytest
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk import empirical_ntk_fn
-from linfit.ntk.panels import PanelGeometry, panel_ntk, plan_panels
+from linfit.ntk import panels
+from linfit.ntk.panels import PanelGeometry, jacobian_workspace_bytes, panel_ntk, plan_panels
+from linfit.ntk.sharding import sample_mesh
+from linfit.ntk.structured import JACOBIAN_CHUNK
 from linfit.ntk.resumable import missing_tiles, ntk_to_memmap, sidecar_path
 from linfit.ntk.structured import per_sample_jacobian_fn
 from tests._ntk_models import assert_kernel_close, bn_train_fn, brute_full_ntk, brute_jacobians, make
@@ -74,21 +77,40 @@ def test_per_sample_jacobian_gram_matches_brute_force():
 
 
 def test_plan_panels_fits_the_budget():
-    row, pair, budget = 1000, 4, 10**7
+    row, pair, budget, work = 1000, 4, 10**7, 10**6
     for devices in (1, 2, 8):
-        g = plan_panels(5000, 5000, row, pair, devices, budget)
+        g = plan_panels(5000, 5000, row, pair, devices, budget, workspace_bytes=work)
         per_device = g.block // devices
         assert g.block % devices == 0 and g.panel_blocks >= 1
-        used = row * per_device * (g.panel_blocks + devices + 3) + g.block * per_device * pair
+        assert per_device <= JACOBIAN_CHUNK or per_device % JACOBIAN_CHUNK == 0  # whole Jacobian calls
+        used = row * per_device * (g.panel_blocks + devices + 2) + work + g.block * per_device * pair
         assert used <= budget
-        bigger = row * per_device * (g.panel_blocks + 1 + devices + 3) + g.block * per_device * pair
+        bigger = row * per_device * (g.panel_blocks + 1 + devices + 2) + work + g.block * per_device * pair
         assert bigger > budget or g.panel_blocks == -(-5000 // g.block)  # as many panel blocks as fit
     assert plan_panels(10, 10, row, pair, 1, budget) == PanelGeometry(10, 1)  # capped at N
     assert plan_panels(100, 100, row, pair, 4, budget, block=6).block == 8  # rounded up to the devices
+    assert plan_panels(1000, 1000, row, pair, 1, budget, block=100).block == 2 * JACOBIAN_CHUNK
     with pytest.raises(ShapeError, match="memory_budget_bytes"):
         plan_panels(100, 100, row, pair, 1, 1000)
     with pytest.raises(ShapeError, match="memory_budget_bytes"):
         plan_panels(100, 100, row, pair, 1, budget, block=5000)
+    with pytest.raises(ShapeError, match="work space"):
+        plan_panels(100, 100, row, pair, 1, budget, block=8, workspace_bytes=budget)
+
+
+def test_jacobian_in_chunks_matches_brute_force(monkeypatch):
+    """Blocks larger than JACOBIAN_CHUNK per device are assembled from several Jacobian calls."""
+    monkeypatch.setattr(panels, "JACOBIAN_CHUNK", 2)
+    f, params, x1, _ = make("cnn", n1=13)
+    want = brute_full_ntk(f, params, x1, x1)
+    got = panel_ntk(empirical_ntk_fn(f, trace_axes=()), x1, None, params, geometry=PanelGeometry(6, 1))
+    assert_kernel_close(got, want)
+
+
+def test_workspace_is_measured_from_the_compiled_program():
+    f, params, x1, _ = make("cnn", n1=13)
+    work = jacobian_workspace_bytes(empirical_ntk_fn(f), x1, params, sample_mesh())
+    assert work > 0
 
 
 def test_errors():

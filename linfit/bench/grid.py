@@ -197,7 +197,7 @@ def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
         source = source_sample(candidate.source_domain, seed=cfg["seed"])
     inputs, input_seconds = extract_inputs(candidate.model, candidate.variables, task_inputs.x, needs,
                                            task=task_inputs, source_data=source, seed=cfg["seed"],
-                                           model_name=cfg["model"],
+                                           model_name=cfg["model"], task_name=f"{cfg['task']}:{cfg['regime']}",
                                            head_samples=config.head_samples)
     values, timings = {}, {}
     for score in registered:

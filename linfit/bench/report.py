@@ -246,7 +246,7 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     costs = cost_frame(store)
     lines = ["# linfit benchmark report", "",
              f"Ground truth: `{accuracy}` ({'lr chosen on validation' if accuracy == 'accuracy' else 'lr chosen on test, as the paper'}).",
-             f"Store: `{store.path}`; {ranking.groupby(['task', 'regime', 'seed']).ngroups} complete task groups.", ""]
+             f"Store: `{pathlib.Path(store.path).name}`; {ranking.groupby(['task', 'regime', 'seed']).ngroups} complete task groups.", ""]
     for regime, table in summary.groupby("regime"):
         lines += [f"## Regime `{regime}`: averages over tasks", "",
                   _markdown(table.drop(columns="regime").round(3), index=False), ""]

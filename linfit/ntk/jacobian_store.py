@@ -29,13 +29,14 @@ from tqdm.auto import tqdm
 
 from linfit.errors import CheckpointError, ShapeError
 from linfit.ntk.empirical import NtkFn
-from linfit.ntk.structured import per_sample_jacobian_fn
+from linfit.ntk.structured import JACOBIAN_CHUNK, per_sample_jacobian_fn
 
-DEFAULT_CHUNK = 512
+READ_CHUNK = 512
+"""Samples per streamed read of the stored rows in a kernel-vector product."""
 _SUFFIX = ".chunks.json"
 
 
-def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLike, *, chunk: int = DEFAULT_CHUNK,
+def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLike, *, chunk: int = JACOBIAN_CHUNK,
                        progress: bool = False) -> np.memmap:
     """Write every sample's Jacobian rows ``J [N, O, P]`` (``ntk_fn``'s function and parameter selection) to ``path``.
 
@@ -67,34 +68,46 @@ def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLi
         if record["fingerprint"] != fingerprint or tuple(record["shape"]) != shape:
             raise CheckpointError(f"{path} holds the Jacobian of other inputs, parameters or options; delete it "
                                   "and its sidecar, or pick another path")
-        rows = np.lib.format.open_memmap(path, mode="r+")
     elif path.exists():
         raise CheckpointError(f"{path} exists but has no progress record {record_path}; delete it or pick "
                               "another path")
     else:
         record = {"shape": list(shape), "chunk": chunk, "fingerprint": fingerprint, "done": []}
-        rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        _create_npy(path, shape)
         record_path.write_text(json.dumps(record))
     chunk = record["chunk"]
     done = set(record["done"])
     jac = per_sample_jacobian_fn(ntk_fn.f, params_filter=ntk_fn.params_filter)
     padded = x[np.minimum(np.arange(-(-n // chunk) * chunk), n - 1)]
-    for start in tqdm(range(0, n, chunk), disable=not progress, desc="Jacobian chunks"):
-        if start in done:
-            continue
-        stop = min(start + chunk, n)
-        rows[start:stop] = np.asarray(jac(jnp.asarray(padded[start : start + chunk]), params))[: stop - start]
-        rows.flush()
-        done.add(start)
-        record["done"] = sorted(done)
-        tmp = record_path.with_name(record_path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, record_path)
-    del rows
-    return np.lib.format.open_memmap(path, mode="r")
+    offset = np.load(path, mmap_mode="r").offset
+    row_bytes = shape[1] * shape[2] * 4
+    with open(path, "r+b") as file:  # plain writes: written rows do not stay mapped in this process
+        for start in tqdm(range(0, n, chunk), disable=not progress, desc="Jacobian chunks"):
+            if start in done:
+                continue
+            stop = min(start + chunk, n)
+            block = np.asarray(jac(jnp.asarray(padded[start : start + chunk]), params), np.float32)
+            os.pwrite(file.fileno(), np.ascontiguousarray(block[: stop - start]).tobytes(),
+                      offset + start * row_bytes)
+            os.fsync(file.fileno())
+            done.add(start)
+            record["done"] = sorted(done)
+            tmp = record_path.with_name(record_path.name + ".tmp")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, record_path)
+    return np.load(path, mmap_mode="r")
 
 
-def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> Callable[[Any], np.ndarray]:
+def _create_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """An ``.npy`` file of float32 ``shape`` whose data is a sparse hole until written."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": shape}
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_2_0(file, header)
+        file.truncate(file.tell() + 4 * int(np.prod(shape)))
+
+
+def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = READ_CHUNK) -> Callable[[Any], np.ndarray]:
     """Traced NTK-vector product ``v [N] -> Θ_tr v [N]`` streaming ``jacobian [N, O, P]`` (module docstring).
 
     ``jacobian`` is any array (typically the memmap of :func:`jacobian_to_memmap`); it is read in chunks of
@@ -103,6 +116,7 @@ def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> 
     if np.ndim(jacobian) != 3:
         raise ShapeError(f"jacobian must be [N, O, P]; got shape {np.shape(jacobian)}")
     n, n_out, n_params = jacobian.shape
+    read = _chunk_reader(jacobian)
 
     def vp(v: Any) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
@@ -110,13 +124,30 @@ def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> 
             raise ShapeError(f"v must have shape [N]={(n,)}; got {v.shape}")
         g = np.zeros(n_out * n_params)
         for start in range(0, n, chunk):
-            block = np.asarray(jacobian[start : start + chunk]).reshape(-1, n_out * n_params)
-            g += v[start : start + chunk].astype(np.float32) @ block
+            g += v[start : start + chunk].astype(np.float32) @ read(start, min(start + chunk, n))
         g32 = (g / n_out).astype(np.float32)
         out = np.empty(n)
         for start in range(0, n, chunk):
-            block = np.asarray(jacobian[start : start + chunk]).reshape(-1, n_out * n_params)
-            out[start : start + chunk] = block @ g32
+            out[start : start + chunk] = read(start, min(start + chunk, n)) @ g32
         return out
 
     return vp
+
+
+def _chunk_reader(jacobian: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """``read(start, stop) -> [stop - start, O P]`` float32 rows. A ``.npy`` memmap is read with plain file
+    reads, so the rows pass through the page cache without staying mapped in (and counted against) this
+    process's resident memory; any other array is sliced."""
+    n, n_out, n_params = jacobian.shape
+    filename = getattr(jacobian, "filename", None)
+    if not (isinstance(jacobian, np.memmap) and filename and jacobian.dtype == np.float32
+            and jacobian.flags.c_contiguous):
+        return lambda start, stop: np.asarray(jacobian[start:stop], np.float32).reshape(stop - start, -1)
+    row_bytes, offset = n_out * n_params * 4, jacobian.offset
+
+    def read(start: int, stop: int) -> np.ndarray:
+        with open(filename, "rb") as file:
+            file.seek(offset + start * row_bytes)
+            return np.fromfile(file, np.float32, (stop - start) * n_out * n_params).reshape(stop - start, -1)
+
+    return read

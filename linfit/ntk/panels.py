@@ -23,12 +23,15 @@ the tiles of :func:`linfit.ntk.sharding.sharded_ntk`, and written through the sa
 ``"device"``, an array or memmap, or a consumer). No divisibility constraint on ``N``: the last block is
 padded by repeating the last sample and the padding is never written.
 
-Memory per device (``r = O P`` itemsize bytes per Jacobian row), the rule :func:`plan_panels` inverts:
+A block's Jacobian rows are computed ``JACOBIAN_CHUNK`` samples per device at a time and placed into the
+block's buffer, because the Jacobian program's XLA work space is several times its output (it is measured from
+the compiled program, ``memory_analysis()``, not guessed). Memory per device (``r = O P`` itemsize bytes per
+Jacobian row, ``w`` the work space of one Jacobian call), the rule :func:`plan_panels` inverts:
 
-    r C/D (k + D + 3) + C²/D · pair_bytes  <=  budget
+    r C/D (k + D + 2) + w + C²/D · pair_bytes  <=  budget
 
-(``k`` panel blocks, the gathered column block ``C`` rows, its own shard, one block of Jacobian work space,
-and one output tile).
+(``k`` panel blocks, the gathered column block ``C`` rows, its own shard, the block being assembled, one
+Jacobian call's work space, and one output tile).
 """
 
 from __future__ import annotations
@@ -48,12 +51,16 @@ from tqdm.auto import tqdm
 from linfit.errors import ShapeError, VmapAxesError
 from linfit.ntk.empirical import NtkFn
 from linfit.ntk.sharding import Tile, _global, _make_sink, _pad, sample_mesh, sharded_tile_grid, TileGeometry
-from linfit.ntk.structured import _mode, per_sample_jacobian_fn
+from linfit.ntk.structured import JACOBIAN_CHUNK, _mode, per_sample_jacobian_fn
 from linfit.ntk.structured_contract import contract_gradients
 from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES
 
 #: Samples per device in one block unless the budget asks for fewer.
 MAX_BLOCK_PER_DEVICE = 512
+
+#: Work space of one Jacobian call per row of output when the backend reports no memory analysis (the small
+#: CNN's measured ratio, see ``linfit.ntk.structured.JACOBIAN_CHUNK``).
+FALLBACK_WORKSPACE_PER_ROW = 8
 
 
 class PanelGeometry(NamedTuple):
@@ -64,13 +71,15 @@ class PanelGeometry(NamedTuple):
 
 
 def plan_panels(n1: int, n2: int, row_bytes: int, pair_bytes: int, num_devices: int,
-                memory_budget_bytes: int | None = None, block: int | None = None) -> PanelGeometry:
+                memory_budget_bytes: int | None = None, block: int | None = None,
+                workspace_bytes: int = 0) -> PanelGeometry:
     """The geometry that fits ``memory_budget_bytes`` per device (default 1 GiB; rule in the module docstring).
 
     Args:
       n1, n2: rows and columns of the kernel; row_bytes: ``O P`` itemsize, one sample's Jacobian;
       pair_bytes: bytes of one kernel entry ``Θ[i, j, ...]``; block: force the block size (rounded up to a
-        multiple of ``num_devices``).
+        multiple of ``num_devices``, and above ``JACOBIAN_CHUNK`` per device to a multiple of it);
+      workspace_bytes: per-device work space of one Jacobian call (:func:`jacobian_workspace_bytes`).
 
     Raises:
       ShapeError: the budget cannot hold even one block per device.
@@ -79,19 +88,52 @@ def plan_panels(n1: int, n2: int, row_bytes: int, pair_bytes: int, num_devices: 
     d = num_devices
     if block is None:
         # the largest t per device whose block work space (no panel) takes at most half the budget
-        a, b = d * pair_bytes, row_bytes * (d + 3)
+        a, b = d * pair_bytes, row_bytes * (d + 2)
+        room = max(budget / 2 - workspace_bytes, 0.0)
         per_device = min(MAX_BLOCK_PER_DEVICE, -(-max(n1, n2) // d),
-                         int((math.sqrt(b * b + 2 * a * budget) - b) / (2 * a)))
-        block = per_device * d
+                         int((math.sqrt(b * b + 4 * a * room) - b) / (2 * a)))
+        if per_device > JACOBIAN_CHUNK:
+            per_device -= per_device % JACOBIAN_CHUNK
     else:
-        block = -(-block // d) * d
-    per_device = block // d
-    spare = budget - row_bytes * per_device * (d + 3) - block * per_device * pair_bytes
+        per_device = -(-block // d)
+        if per_device > JACOBIAN_CHUNK:
+            per_device = -(-per_device // JACOBIAN_CHUNK) * JACOBIAN_CHUNK
+    block = per_device * d
+    spare = budget - row_bytes * per_device * (d + 2) - workspace_bytes - block * per_device * pair_bytes
     if per_device < 1 or spare < row_bytes * per_device:
         raise ShapeError(f"a memory budget of {budget} bytes per device cannot hold a block of {block} samples "
-                         f"({row_bytes} bytes of Jacobian each, {d} devices); raise memory_budget_bytes")
+                         f"({row_bytes} bytes of Jacobian each, {workspace_bytes} bytes of work space, {d} "
+                         "devices); raise memory_budget_bytes")
     panel_blocks = min(-(-n1 // block), spare // (row_bytes * per_device))
     return PanelGeometry(block, int(panel_blocks))
+
+
+def jacobian_workspace_bytes(ntk_fn: NtkFn, x: np.ndarray, params: Any, mesh: Mesh) -> int:
+    """Per-device XLA work space of one Jacobian call on ``JACOBIAN_CHUNK`` samples per device (the compiled
+    program's ``memory_analysis().temp_size_in_bytes``; ``FALLBACK_WORKSPACE_PER_ROW`` rows per sample when the
+    backend reports none)."""
+    per_device = min(JACOBIAN_CHUNK, -(-x.shape[0] // mesh.size))
+    spec = jax.ShapeDtypeStruct((per_device * mesh.size, *x.shape[1:]), x.dtype,
+                                sharding=NamedSharding(mesh, P(mesh.axis_names[0])))
+    params_spec = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype, sharding=NamedSharding(mesh, P())),
+        params)
+    stats = _programs(ntk_fn, mesh).jacobian.lower(spec, params_spec).compile().memory_analysis()
+    if stats is not None and getattr(stats, "temp_size_in_bytes", 0):
+        return int(stats.temp_size_in_bytes)
+    row_bytes = ntk_fn.outputs_per_sample(x, params) * ntk_fn.num_params(params) * np.dtype(x.dtype).itemsize
+    return FALLBACK_WORKSPACE_PER_ROW * row_bytes * per_device
+
+
+def plan_for(ntk_fn: NtkFn, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: Mesh,
+             memory_budget_bytes: int | None = None, block: int | None = None) -> PanelGeometry:
+    """:func:`plan_panels` for these inputs, with the measured Jacobian work space."""
+    xs = x1 if x2 is None else x2
+    pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(xs[:1]), params)
+    row_bytes = ntk_fn.outputs_per_sample(x1, params) * ntk_fn.num_params(params) * pair.dtype.itemsize
+    return plan_panels(x1.shape[0], xs.shape[0], row_bytes, math.prod(pair.shape[2:]) * pair.dtype.itemsize,
+                       mesh.size, memory_budget_bytes, block=block,
+                       workspace_bytes=jacobian_workspace_bytes(ntk_fn, x1, params, mesh))
 
 
 def panel_ntk(
@@ -143,12 +185,13 @@ def panel_ntk(
     pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(x2[:1]), params)
     pair_shape, dtype = pair.shape[2:], pair.dtype
     if geometry is None:
-        row_bytes = ntk_fn.outputs_per_sample(x1, params) * ntk_fn.num_params(params) * dtype.itemsize
-        geometry = plan_panels(n1, n2, row_bytes, math.prod(pair_shape) * dtype.itemsize, mesh.size,
-                               memory_budget_bytes)
+        geometry = plan_for(ntk_fn, x1, None if symmetric else x2, params, mesh, memory_budget_bytes)
     c = geometry.block
     if c % mesh.size:
         raise ShapeError(f"block={c} must be a multiple of the {mesh.size} devices")
+    per_device = c // mesh.size
+    # samples per device in one Jacobian call: JACOBIAN_CHUNK when it divides the block, else the whole block
+    chunk = JACOBIAN_CHUNK if per_device % JACOBIAN_CHUNK == 0 else per_device
 
     programs = _programs(ntk_fn, mesh)
     axis = mesh.axis_names[0]
@@ -160,7 +203,19 @@ def panel_ntk(
                       ntk_fn.transpose)
 
     def jacobian(x_padded: np.ndarray, start: int) -> jax.Array:
-        return programs.jacobian(_global(x_padded[start : start + c], row_sharding), params_global)
+        """J of samples ``start .. start + c``, row-sharded: ``chunk`` samples per device per call, each
+        device's rows placed into its shard of the block at offset ``j · chunk``."""
+        block = x_padded[start : start + c]
+        if chunk == per_device:
+            return programs.jacobian(_global(block, row_sharding), params_global)
+        rows = None
+        for offset in range(0, per_device, chunk):
+            take = (np.arange(mesh.size)[:, None] * per_device + offset + np.arange(chunk)).reshape(-1)
+            part = programs.jacobian(_global(block[take], row_sharding), params_global)
+            if rows is None:
+                rows = programs.allocate(part, per_device)
+            rows = programs.place(rows, part, offset)
+        return rows
 
     tiles = sharded_tile_grid(n1, n2, TileGeometry(c, c), symmetric)
     todo = [t for t in tiles if skip is None or not skip(t.rows, t.cols)]
@@ -185,6 +240,8 @@ def panel_ntk(
 
 class _Programs(NamedTuple):
     jacobian: Callable  # (x [C, ...] row-sharded, params) -> J [C, O, P] row-sharded
+    allocate: Callable  # (a chunk's J, rows per device) -> zeros [C, O, P] row-sharded
+    place: Callable  # (J block, a chunk's J, offset) -> J block with the chunk at offset on every device
     gather: Callable  # J row-sharded -> J replicated
     contract: Callable  # (J rows row-sharded, J cols replicated) -> tile [C, C, ...] row-sharded
 
@@ -197,6 +254,12 @@ def _programs(ntk_fn: NtkFn, mesh: Mesh) -> _Programs:
     rows_fn = per_sample_jacobian_fn(ntk_fn.f, params_filter=ntk_fn.params_filter)
     jacobian = jax.jit(jax.shard_map(rows_fn, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis),
                                      check_vma=False))
+    row_sharding = NamedSharding(mesh, P(axis))
+    allocate = jax.jit(lambda part, per_device: jnp.zeros((per_device * mesh.size, *part.shape[1:]), part.dtype),
+                       static_argnums=1, out_shardings=row_sharding)
+    place = jax.jit(jax.shard_map(lambda rows, part, offset: jax.lax.dynamic_update_slice_in_dim(rows, part, offset, 0),
+                                  mesh=mesh, in_specs=(P(axis), P(axis), P()), out_specs=P(axis), check_vma=False),
+                    donate_argnums=0)
     gather = jax.jit(lambda j: j, out_shardings=NamedSharding(mesh, P()))
 
     def contract(j_rows, j_cols):
@@ -205,4 +268,4 @@ def _programs(ntk_fn: NtkFn, mesh: Mesh) -> _Programs:
 
     contract = jax.jit(jax.shard_map(contract, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis),
                                      check_vma=False))
-    return _Programs(jacobian, gather, contract)
+    return _Programs(jacobian, allocate, place, gather, contract)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from linfit.errors import CheckpointError, UnknownNameError
-from linfit.ntk.panels import PanelGeometry, panel_ntk, plan_panels
+from linfit.ntk.panels import PanelGeometry, panel_ntk, plan_for
 from linfit.ntk.sharding import (
     TileGeometry,
     plan_tiles,
@@ -111,10 +110,8 @@ def ntk_to_memmap(
         record = {"version": _VERSION, "shape": list(shape), "dtype": str(np.dtype(pair.dtype)),
                   "symmetric": x2 is None, "fingerprint": fingerprint, "method": method, "done": []}
         if method == "panels":
-            panels = plan_panels(shape[0], shape[1], ntk_fn.outputs_per_sample(x1, params)
-                                 * ntk_fn.num_params(params) * pair.dtype.itemsize,
-                                 math.prod(shape[2:]) * pair.dtype.itemsize, mesh.size, memory_budget_bytes,
-                                 block=None if tile_size is None else tile_size * mesh.size)
+            panels = plan_for(ntk_fn, x1, x2, params, mesh, memory_budget_bytes,
+                              block=None if tile_size is None else tile_size * mesh.size)
             record.update(geometry=[panels.block, panels.block], panel_blocks=panels.panel_blocks)
         else:
             record["geometry"] = list(plan_tiles(ntk_fn, x1, x2, params, mesh.size, tile_size=tile_size,
