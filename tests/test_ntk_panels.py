@@ -8,7 +8,7 @@ import pytest
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk import empirical_ntk_fn
 from linfit.ntk import panels
-from linfit.ntk.panels import PanelGeometry, jacobian_workspace_bytes, panel_ntk, plan_panels
+from linfit.ntk.panels import PanelGeometry, jacobian_workspace_per_sample, panel_ntk, plan_panels
 from linfit.ntk.sharding import sample_mesh
 from linfit.ntk.structured import JACOBIAN_CHUNK
 from linfit.ntk.resumable import missing_tiles, ntk_to_memmap, sidecar_path
@@ -77,16 +77,18 @@ def test_per_sample_jacobian_gram_matches_brute_force():
 
 
 def test_plan_panels_fits_the_budget():
-    row, pair, budget, work = 1000, 4, 10**7, 10**6
+    row, pair, budget = 1000, 4, 10**7
     for devices in (1, 2, 8):
-        g = plan_panels(5000, 5000, row, pair, devices, budget, workspace_bytes=work)
-        per_device = g.block // devices
-        assert g.block % devices == 0 and g.panel_blocks >= 1
-        assert per_device <= JACOBIAN_CHUNK or per_device % JACOBIAN_CHUNK == 0  # whole Jacobian calls
-        used = row * per_device * (g.panel_blocks + devices + 2) + work + g.block * per_device * pair
-        assert used <= budget
-        bigger = row * per_device * (g.panel_blocks + 1 + devices + 2) + work + g.block * per_device * pair
-        assert bigger > budget or g.panel_blocks == -(-5000 // g.block)  # as many panel blocks as fit
+        for work in (0.0, 8000.0, 100000.0):  # per sample of a Jacobian call; 1e5: blocks below the chunk
+            g = plan_panels(5000, 5000, row, pair, devices, budget, workspace_per_sample=work)
+            per_device = g.block // devices
+            assert g.block % devices == 0 and g.panel_blocks >= 1
+            assert per_device <= JACOBIAN_CHUNK or per_device % JACOBIAN_CHUNK == 0  # whole Jacobian calls
+            fixed = work * min(per_device, JACOBIAN_CHUNK) + g.block * per_device * pair
+            assert row * per_device * (g.panel_blocks + devices + 2) + fixed <= budget
+            bigger = row * per_device * (g.panel_blocks + 1 + devices + 2) + fixed
+            assert bigger > budget or g.panel_blocks == -(-5000 // g.block)  # as many panel blocks as fit
+    assert plan_panels(5000, 5000, row, pair, 1, budget, workspace_per_sample=100000.0).block < JACOBIAN_CHUNK
     assert plan_panels(10, 10, row, pair, 1, budget) == PanelGeometry(10, 1)  # capped at N
     assert plan_panels(100, 100, row, pair, 4, budget, block=6).block == 8  # rounded up to the devices
     assert plan_panels(1000, 1000, row, pair, 1, budget, block=100).block == 2 * JACOBIAN_CHUNK
@@ -95,7 +97,7 @@ def test_plan_panels_fits_the_budget():
     with pytest.raises(ShapeError, match="memory_budget_bytes"):
         plan_panels(100, 100, row, pair, 1, budget, block=5000)
     with pytest.raises(ShapeError, match="work space"):
-        plan_panels(100, 100, row, pair, 1, budget, block=8, workspace_bytes=budget)
+        plan_panels(100, 100, row, pair, 1, budget, block=8, workspace_per_sample=budget / 8)
 
 
 def test_jacobian_in_chunks_matches_brute_force(monkeypatch):
@@ -109,8 +111,7 @@ def test_jacobian_in_chunks_matches_brute_force(monkeypatch):
 
 def test_workspace_is_measured_from_the_compiled_program():
     f, params, x1, _ = make("cnn", n1=13)
-    work = jacobian_workspace_bytes(empirical_ntk_fn(f), x1, params, sample_mesh())
-    assert work > 0
+    assert jacobian_workspace_per_sample(empirical_ntk_fn(f), x1, params, sample_mesh()) > 0
 
 
 def test_errors():

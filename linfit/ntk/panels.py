@@ -72,46 +72,54 @@ class PanelGeometry(NamedTuple):
 
 def plan_panels(n1: int, n2: int, row_bytes: int, pair_bytes: int, num_devices: int,
                 memory_budget_bytes: int | None = None, block: int | None = None,
-                workspace_bytes: int = 0) -> PanelGeometry:
+                workspace_per_sample: float = 0.0) -> PanelGeometry:
     """The geometry that fits ``memory_budget_bytes`` per device (default 1 GiB; rule in the module docstring).
 
     Args:
       n1, n2: rows and columns of the kernel; row_bytes: ``O P`` itemsize, one sample's Jacobian;
       pair_bytes: bytes of one kernel entry ``Θ[i, j, ...]``; block: force the block size (rounded up to a
         multiple of ``num_devices``, and above ``JACOBIAN_CHUNK`` per device to a multiple of it);
-      workspace_bytes: per-device work space of one Jacobian call (:func:`jacobian_workspace_bytes`).
+      workspace_per_sample: work space of a Jacobian call per sample it computes
+        (:func:`jacobian_workspace_per_sample`); a call covers ``min(C/D, JACOBIAN_CHUNK)`` samples per device.
 
     Raises:
       ShapeError: the budget cannot hold even one block per device.
     """
     budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
-    d = num_devices
+    d, w = num_devices, workspace_per_sample
     if block is None:
-        # the largest t per device whose block work space (no panel) takes at most half the budget
+        # the largest t per device whose block (no panel) takes at most half the budget: w t while t <= chunk,
+        # then w · chunk
+        cap = min(MAX_BLOCK_PER_DEVICE, -(-max(n1, n2) // d))
         a, b = d * pair_bytes, row_bytes * (d + 2)
-        room = max(budget / 2 - workspace_bytes, 0.0)
-        per_device = min(MAX_BLOCK_PER_DEVICE, -(-max(n1, n2) // d),
-                         int((math.sqrt(b * b + 4 * a * room) - b) / (2 * a)))
+        per_device = min(cap, _largest_root(a, b + w, budget / 2))
         if per_device > JACOBIAN_CHUNK:
-            per_device -= per_device % JACOBIAN_CHUNK
+            per_device = min(cap, _largest_root(a, b, budget / 2 - w * JACOBIAN_CHUNK))
+            per_device = max(per_device - per_device % JACOBIAN_CHUNK, JACOBIAN_CHUNK)
     else:
         per_device = -(-block // d)
         if per_device > JACOBIAN_CHUNK:
             per_device = -(-per_device // JACOBIAN_CHUNK) * JACOBIAN_CHUNK
     block = per_device * d
-    spare = budget - row_bytes * per_device * (d + 2) - workspace_bytes - block * per_device * pair_bytes
+    workspace = int(w * min(per_device, JACOBIAN_CHUNK))
+    spare = budget - row_bytes * per_device * (d + 2) - workspace - block * per_device * pair_bytes
     if per_device < 1 or spare < row_bytes * per_device:
         raise ShapeError(f"a memory budget of {budget} bytes per device cannot hold a block of {block} samples "
-                         f"({row_bytes} bytes of Jacobian each, {workspace_bytes} bytes of work space, {d} "
-                         "devices); raise memory_budget_bytes")
+                         f"({row_bytes} bytes of Jacobian and {int(w)} bytes of work space each, {d} devices); "
+                         "raise memory_budget_bytes")
     panel_blocks = min(-(-n1 // block), spare // (row_bytes * per_device))
     return PanelGeometry(block, int(panel_blocks))
 
 
-def jacobian_workspace_bytes(ntk_fn: NtkFn, x: np.ndarray, params: Any, mesh: Mesh) -> int:
-    """Per-device XLA work space of one Jacobian call on ``JACOBIAN_CHUNK`` samples per device (the compiled
-    program's ``memory_analysis().temp_size_in_bytes``; ``FALLBACK_WORKSPACE_PER_ROW`` rows per sample when the
-    backend reports none)."""
+def _largest_root(a: float, b: float, room: float) -> int:
+    """The largest integer t >= 0 with a t² + b t <= room (0 when room <= 0)."""
+    return int((math.sqrt(b * b + 4 * a * max(room, 0.0)) - b) / (2 * a))
+
+
+def jacobian_workspace_per_sample(ntk_fn: NtkFn, x: np.ndarray, params: Any, mesh: Mesh) -> float:
+    """Per-device XLA work space of one Jacobian call divided by its samples per device (the compiled program's
+    ``memory_analysis().temp_size_in_bytes`` on ``JACOBIAN_CHUNK`` samples per device;
+    ``FALLBACK_WORKSPACE_PER_ROW`` Jacobian rows when the backend reports none)."""
     per_device = min(JACOBIAN_CHUNK, -(-x.shape[0] // mesh.size))
     spec = jax.ShapeDtypeStruct((per_device * mesh.size, *x.shape[1:]), x.dtype,
                                 sharding=NamedSharding(mesh, P(mesh.axis_names[0])))
@@ -120,9 +128,8 @@ def jacobian_workspace_bytes(ntk_fn: NtkFn, x: np.ndarray, params: Any, mesh: Me
         params)
     stats = _programs(ntk_fn, mesh).jacobian.lower(spec, params_spec).compile().memory_analysis()
     if stats is not None and getattr(stats, "temp_size_in_bytes", 0):
-        return int(stats.temp_size_in_bytes)
-    row_bytes = ntk_fn.outputs_per_sample(x, params) * ntk_fn.num_params(params) * np.dtype(x.dtype).itemsize
-    return FALLBACK_WORKSPACE_PER_ROW * row_bytes * per_device
+        return stats.temp_size_in_bytes / per_device
+    return FALLBACK_WORKSPACE_PER_ROW * ntk_fn.outputs_per_sample(x, params) * ntk_fn.num_params(params) * 4.0
 
 
 def plan_for(ntk_fn: NtkFn, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: Mesh,
@@ -133,7 +140,7 @@ def plan_for(ntk_fn: NtkFn, x1: np.ndarray, x2: np.ndarray | None, params: Any, 
     row_bytes = ntk_fn.outputs_per_sample(x1, params) * ntk_fn.num_params(params) * pair.dtype.itemsize
     return plan_panels(x1.shape[0], xs.shape[0], row_bytes, math.prod(pair.shape[2:]) * pair.dtype.itemsize,
                        mesh.size, memory_budget_bytes, block=block,
-                       workspace_bytes=jacobian_workspace_bytes(ntk_fn, x1, params, mesh))
+                       workspace_per_sample=jacobian_workspace_per_sample(ntk_fn, x1, params, mesh))
 
 
 def panel_ntk(
