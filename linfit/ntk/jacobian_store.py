@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from linfit.errors import CheckpointError, ShapeError
 from linfit.ntk.empirical import NtkFn
+from linfit.ntk.sharding import _pad
 from linfit.ntk.structured import JACOBIAN_CHUNK, per_sample_jacobian_fn
 
 READ_CHUNK = 512
@@ -54,7 +55,7 @@ def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLi
     Raises:
       CheckpointError: ``path`` exists without its sidecar, or the sidecar belongs to other inputs.
     """
-    from linfit.ntk.resumable import _fingerprint  # one fingerprint rule for every resumable kernel file
+    from linfit.ntk.resumable import _fingerprint, _write_record  # one rule for every resumable file
 
     if getattr(ntk_fn, "vmap_axes", None) != 0:
         raise ShapeError("jacobian_to_memmap needs independent samples: an NtkFn with vmap_axes=0")
@@ -73,12 +74,13 @@ def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLi
                               "another path")
     else:
         record = {"shape": list(shape), "chunk": chunk, "fingerprint": fingerprint, "done": []}
-        _create_npy(path, shape)
-        record_path.write_text(json.dumps(record))
+        # a sparse .npy file; the returned map is dropped at once, rows are written with plain writes below
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        _write_record(record_path, record)
     chunk = record["chunk"]
     done = set(record["done"])
     jac = per_sample_jacobian_fn(ntk_fn.f, params_filter=ntk_fn.params_filter)
-    padded = x[np.minimum(np.arange(-(-n // chunk) * chunk), n - 1)]
+    padded = _pad(x, -(-n // chunk) * chunk)
     offset = np.load(path, mmap_mode="r").offset
     row_bytes = shape[1] * shape[2] * 4
     with open(path, "r+b") as file:  # plain writes: written rows do not stay mapped in this process
@@ -92,19 +94,8 @@ def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLi
             os.fsync(file.fileno())
             done.add(start)
             record["done"] = sorted(done)
-            tmp = record_path.with_name(record_path.name + ".tmp")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, record_path)
+            _write_record(record_path, record)
     return np.load(path, mmap_mode="r")
-
-
-def _create_npy(path: Path, shape: tuple[int, ...]) -> None:
-    """An ``.npy`` file of float32 ``shape`` whose data is a sparse hole until written."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": shape}
-    with open(path, "wb") as file:
-        np.lib.format.write_array_header_2_0(file, header)
-        file.truncate(file.tell() + 4 * int(np.prod(shape)))
 
 
 def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = READ_CHUNK) -> Callable[[Any], np.ndarray]:

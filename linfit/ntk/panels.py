@@ -116,10 +116,10 @@ def _largest_root(a: float, b: float, room: float) -> int:
     return int((math.sqrt(b * b + 4 * a * max(room, 0.0)) - b) / (2 * a))
 
 
-def jacobian_workspace_per_sample(ntk_fn: NtkFn, x: np.ndarray, params: Any, mesh: Mesh) -> float:
+def jacobian_workspace_per_sample(ntk_fn: NtkFn, x: np.ndarray, params: Any, mesh: Mesh) -> float | None:
     """Per-device XLA work space of one Jacobian call divided by its samples per device (the compiled program's
-    ``memory_analysis().temp_size_in_bytes`` on ``JACOBIAN_CHUNK`` samples per device;
-    ``FALLBACK_WORKSPACE_PER_ROW`` Jacobian rows when the backend reports none)."""
+    ``memory_analysis().temp_size_in_bytes`` on ``JACOBIAN_CHUNK`` samples per device); ``None`` when the
+    backend reports none. The compilation is the one the panels' calls then reuse."""
     per_device = min(JACOBIAN_CHUNK, -(-x.shape[0] // mesh.size))
     spec = jax.ShapeDtypeStruct((per_device * mesh.size, *x.shape[1:]), x.dtype,
                                 sharding=NamedSharding(mesh, P(mesh.axis_names[0])))
@@ -129,7 +129,7 @@ def jacobian_workspace_per_sample(ntk_fn: NtkFn, x: np.ndarray, params: Any, mes
     stats = _programs(ntk_fn, mesh).jacobian.lower(spec, params_spec).compile().memory_analysis()
     if stats is not None and getattr(stats, "temp_size_in_bytes", 0):
         return stats.temp_size_in_bytes / per_device
-    return FALLBACK_WORKSPACE_PER_ROW * ntk_fn.outputs_per_sample(x, params) * ntk_fn.num_params(params) * 4.0
+    return None
 
 
 def plan_for(ntk_fn: NtkFn, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: Mesh,
@@ -138,9 +138,10 @@ def plan_for(ntk_fn: NtkFn, x1: np.ndarray, x2: np.ndarray | None, params: Any, 
     xs = x1 if x2 is None else x2
     pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(xs[:1]), params)
     row_bytes = ntk_fn.outputs_per_sample(x1, params) * ntk_fn.num_params(params) * pair.dtype.itemsize
+    measured = jacobian_workspace_per_sample(ntk_fn, x1, params, mesh)
     return plan_panels(x1.shape[0], xs.shape[0], row_bytes, math.prod(pair.shape[2:]) * pair.dtype.itemsize,
                        mesh.size, memory_budget_bytes, block=block,
-                       workspace_per_sample=jacobian_workspace_per_sample(ntk_fn, x1, params, mesh))
+                       workspace_per_sample=FALLBACK_WORKSPACE_PER_ROW * row_bytes if measured is None else measured)
 
 
 def panel_ntk(
