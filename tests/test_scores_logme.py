@@ -170,3 +170,18 @@ def test_degenerate_inputs_raise():
         logme(np.zeros_like(f), y)
     with pytest.raises(LabelError):
         logme(f, np.zeros((20, 1)), regression=True)
+
+
+def test_off_span_energy_is_computed_not_subtracted():
+    """The energy of Y off span(F) is exactly 0 when F spans R^N (N < D, full row rank), and
+    matches a QR projection when it does not (N > D), independently of BLAS rounding."""
+    from linfit.scores.logme import spectral_projection
+
+    f, y = task(40, 90)
+    onehot = np.eye(5)[y]
+    np.testing.assert_array_equal(spectral_projection(f, onehot)[2], 0.0)
+    f, y = task(90, 40)
+    onehot = np.eye(5)[y]
+    q = np.linalg.qr(f)[0]
+    direct = np.sum((onehot - q @ (q.T @ onehot)) ** 2, axis=0)
+    np.testing.assert_allclose(spectral_projection(f, onehot)[2], direct, rtol=1e-12)

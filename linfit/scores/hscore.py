@@ -64,7 +64,7 @@ def ledoit_wolf(features) -> tuple[np.ndarray, float]:
     x = check_matrix(features, "features").astype(np.float64)
     x = x - x.mean(axis=0)
     n, d = x.shape
-    sigma, _ = spectral_projection(x, np.zeros((n, 0)))
+    sigma, _, _ = spectral_projection(x, np.zeros((n, 0)))
     alpha = _shrinkage(sigma, np.sum(x * x, axis=1), d)
     s = x.T @ x / n
     return (1 - alpha) * s + alpha * np.trace(s) / d * np.eye(d), alpha
@@ -77,7 +77,7 @@ def _between_class_trace(features, labels, *, shrink: bool) -> float:
     x = x - x.mean(axis=0)
     n, d = x.shape
     counts = np.bincount(y, minlength=c)
-    sigma, coords = spectral_projection(x, np.eye(c)[y] / counts)  # coords[i, c] = u_iᵀ a_c
+    sigma, coords, _ = spectral_projection(x, np.eye(c)[y] / counts)  # coords[i, c] = u_iᵀ a_c
     alpha = _shrinkage(sigma, np.sum(x * x, axis=1), d) if shrink else 0.0
     mu = np.sum(sigma) / (n * d)
     inv_eig = 1.0 / ((1 - alpha) * sigma / n + alpha * mu)  # [k] on span(V)
