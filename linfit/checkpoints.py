@@ -19,10 +19,16 @@ Three formats:
 Every loader fills a ``variables`` tree given as a template (from :func:`linfit.models.init`, or
 abstract from ``jax.eval_shape`` so large models need not be initialised) and raises one
 ``CheckpointError`` listing all missing, unexpected and mis-shaped keys. Nothing is ever downloaded.
+
+Integrity: a file that cannot be decoded (truncated, not msgpack, not a zip) raises ``CheckpointError``
+naming it; every reader passes the tensors it read to :func:`check_finite`, so NaN / inf weights fail at
+load; where a manifest records a content hash (the zoo's ``manifest.json``), :func:`check_sha256`
+compares it with the file's (:func:`file_sha256`) before anything is decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,6 +52,79 @@ _TORCH_LEAF = {
     ("batch_stats", "var"): "running_var",
 }
 _TORCH_IGNORED_SUFFIXES = ("num_batches_tracked",)
+_MAX_LISTED = 10
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def check_finite(tensors: Mapping[str, Any], source: str) -> None:
+    """Raise ``CheckpointError`` if any floating tensor read from a checkpoint holds NaN or ±inf.
+
+    Call it on the tensors exactly as read from the file, before any dtype conversion, layout change or
+    mapping onto a model, so the message names them as the file does. Every reader in this module does;
+    a reader of another format (e.g. a PyTorch state dict) should too, after converting its tensors to
+    numpy. A corrupted file otherwise loads silently and yields finite-looking but meaningless scores.
+
+    Args:
+      tensors: the tensors of one file, nested (``{"params": {"conv1": {"kernel": arr}}}``, as in a linfit
+        msgpack; named by their '/'-joined path, ``params/conv1/kernel``) or flat
+        (``{"layer1.0.conv1.weight": arr}``, as in safetensors / npz; named by their key). Leaves: anything
+        ``np.asarray`` takes (numpy or jax arrays, any shape); only inexact dtypes (float16/32/64,
+        bfloat16, complex) are checked, integer and boolean leaves are skipped.
+      source: what the message names as the origin, usually the file path.
+
+    Raises:
+      CheckpointError: naming ``source`` and each non-finite tensor with its count of NaN and inf entries
+        (the first 10 tensors, and how many more).
+    """
+    bad = []
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(dict(tensors))[0]:
+        arr = np.asarray(leaf)
+        if not jnp.issubdtype(arr.dtype, jnp.inexact):
+            continue
+        finite = np.isfinite(arr)
+        if not finite.all():
+            nan = int(np.isnan(arr).sum())
+            bad.append(f"{path_str(key_path)} ({nan} NaN, {arr.size - int(finite.sum()) - nan} inf of {arr.size})")
+    if bad:
+        more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        raise CheckpointError(
+            f"{source}: non-finite weights in {len(bad)} tensor(s): {', '.join(bad[:_MAX_LISTED])}{more}. "
+            "The file is corrupted or was saved from a diverged model; restore it from its source or re-export it."
+        )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes as 64 lowercase hex digits (what a zoo manifest records per weight file).
+
+    Raises:
+      CheckpointError: the file does not exist.
+    """
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint file not found: {path}") from err
+
+
+def check_sha256(path: str | os.PathLike, expected: str, *, remedy: str) -> None:
+    """Raise ``CheckpointError`` unless the file's sha256 (:func:`file_sha256`) equals ``expected``.
+
+    Args:
+      path: the weight file.
+      expected: the hex sha256 a manifest records for it.
+      remedy: how to get a good copy back, appended to the message (e.g. reinstall, rebuild).
+
+    Raises:
+      CheckpointError: naming the file, the expected and the actual hash, and ``remedy``; or the file is missing.
+    """
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise CheckpointError(
+            f"{path} is corrupted or was changed after its manifest was written: sha256 {actual}, "
+            f"the manifest records {expected}. Fix: {remedy}"
+        )
 
 
 # --------------------------------------------------------------------------- linfit's own format
@@ -115,9 +194,11 @@ def load(path: str | os.PathLike, *, target: Mapping[str, Any] | None = None) ->
         have exactly its paths and shapes.
 
     Raises:
-      CheckpointError: unreadable file, or (with ``target``) missing / unexpected / mis-shaped keys.
+      CheckpointError: unreadable file (missing, truncated, not a linfit msgpack); a NaN / inf tensor
+        (:func:`check_finite`); or (with ``target``) missing / unexpected / mis-shaped keys.
     """
     variables = _read_payload(path)["variables"]
+    check_finite(variables, str(path))
     if target is not None:
         try:
             check_same_structure(dict(target), variables, what=f"variables in {path}")
@@ -140,14 +221,18 @@ def load_metadata(path: str | os.PathLike) -> dict:
 
 
 def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Flat name -> array from a ``.safetensors`` or ``.npz`` file."""
+    """Flat name -> array from a ``.safetensors`` or ``.npz`` file, checked finite (:func:`check_finite`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    if path.suffix == ".safetensors":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except Exception as err:  # BadZipFile, zlib.error, EOFError; ValueError for a non-zip or object arrays
+            raise CheckpointError(f"cannot read {path} as .npz (a zip of .npy arrays; truncated or not one?): "
+                                  f"{type(err).__name__}: {err}") from err
+    elif path.suffix == ".safetensors":
         try:
             from safetensors.numpy import load_file
         except ImportError as err:
@@ -155,10 +240,15 @@ def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 "reading .safetensors needs the 'safetensors' package (pip install safetensors)"
             ) from err
         try:
-            return load_file(str(path))
-        except Exception as err:  # e.g. bfloat16 tensors, which numpy cannot hold
+            arrays = load_file(str(path))
+        except Exception as err:  # truncated header or data, or bfloat16 tensors, which numpy cannot hold
             raise CheckpointError(f"cannot read {path}: {err}") from err
-    raise CheckpointError(f"unsupported checkpoint suffix {path.suffix!r} for {path}; expected .safetensors or .npz")
+    else:
+        raise CheckpointError(
+            f"unsupported checkpoint suffix {path.suffix!r} for {path}; expected .safetensors or .npz"
+        )
+    check_finite(arrays, str(path))
+    return arrays
 
 
 def _fill(
@@ -233,8 +323,9 @@ def load_torchvision(path: str | os.PathLike, model: Any, variables: Mapping[str
       A new variables tree (float32 ``jax.Array`` leaves) with every leaf taken from the file.
 
     Raises:
-      CheckpointError: unreadable file; keys missing for some model leaf; file keys the model does not
-        use (other than ``*.num_batches_tracked``); shapes that differ after the layout conversion.
+      CheckpointError: unreadable file (missing, truncated, not a zip / safetensors); a NaN / inf tensor
+        (:func:`check_finite`); keys missing for some model leaf; file keys the model does not use (other
+        than ``*.num_batches_tracked``); shapes that differ after the layout conversion.
     """
     if not hasattr(model, "torch_module_name"):
         raise CheckpointError(f"{type(model).__name__} has no torchvision naming (torch_module_name)")
@@ -252,7 +343,8 @@ def load_big_vision_npz(path: str | os.PathLike, variables: Mapping[str, Any]) -
     """Load a big_vision-style ``.npz`` of flat '/'-joined names onto ``variables``.
 
     Names are linfit's variables paths including the collection (``params/head/kernel``,
-    ``batch_stats/bn1/var``); arrays are in Flax layout. Strict like :func:`load_torchvision`.
+    ``batch_stats/bn1/var``); arrays are in Flax layout. Strict, and raises ``CheckpointError`` for the same
+    reasons, like :func:`load_torchvision`.
     """
     return _fill(
         variables,

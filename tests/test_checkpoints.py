@@ -1,6 +1,8 @@
 """Tests for linfit.checkpoints: torchvision-named weights against an independent numpy forward pass,
 strict key checking, linfit's own format and big_vision-style npz."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -343,3 +345,86 @@ def test_big_vision_npz_round_trip_and_strictness(tmp_path):
     with pytest.raises(CheckpointError, match="batch_stats/bn1/mean") as err:
         checkpoints.load_big_vision_npz(path, variables)
     assert "params/extra/kernel" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- integrity: non-finite, garbled
+
+
+def test_check_finite_names_each_bad_tensor_with_its_counts():
+    nested = {
+        "params": {
+            "conv": {"kernel": np.array([[1.0, np.nan], [np.inf, -np.inf]], np.float16)},
+            "bias": jnp.array([np.nan, 1.0, np.nan], jnp.bfloat16),
+            "ok": np.ones(3, np.float32),
+        },
+        "batch_stats": {"count": np.array([2**31 - 1], np.int32)},
+    }
+    with pytest.raises(CheckpointError) as err:
+        checkpoints.check_finite(nested, "some/file.msgpack")
+    message = str(err.value)
+    assert message.startswith("some/file.msgpack:")
+    assert "params/conv/kernel (1 NaN, 2 inf of 4)" in message and "params/bias (2 NaN, 0 inf of 3)" in message
+    assert "params/ok" not in message and "batch_stats" not in message
+    with pytest.raises(CheckpointError, match=r"layer1\.0\.conv1\.weight \(0 NaN, 1 inf of 2\)"):
+        checkpoints.check_finite({"layer1.0.conv1.weight": np.array([1.0, 1e309])}, "w.safetensors")
+    checkpoints.check_finite({"a": np.zeros(3), "b": np.arange(3)}, "fine")  # finite: no error
+
+
+def _poison(flat: dict, key: str, value: float) -> dict:
+    out = dict(flat)
+    out[key] = out[key].copy()
+    out[key].reshape(-1)[out[key].size // 2] = value
+    return out
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("fmt", ["msgpack", "npz", "safetensors"])
+def test_non_finite_tensor_is_rejected_naming_file_and_tensor(tmp_path, fmt, value):
+    if fmt == "safetensors":  # torchvision names through load_torchvision
+        model = models.ResNet(num_classes=5, block="basic", stage_sizes=(1, 1), width=4)
+        key = "layer2.0.conv1.weight"
+        path = tmp_path / "w.safetensors"
+        save_file(_poison(torch_resnet_state("basic", (1, 1), 4, 5, True), key, value), str(path))
+
+        def load():
+            return checkpoints.load_torchvision(path, model, _template(model, X_NHWC))
+    else:
+        variables = _random_variables()
+        key = "params/conv1/kernel"
+        path = tmp_path / f"w.{fmt}"
+        bad = _poison(_flat(variables), key, value)
+        if fmt == "npz":
+            np.savez(path, **bad)
+
+            def load():
+                return checkpoints.load_big_vision_npz(path, variables)
+        else:
+            variables["params"]["conv1"]["kernel"] = bad[key]
+            checkpoints.save(path, variables, dtype="float16")
+
+            def load():
+                return checkpoints.load(path, target=variables)
+    counts = "1 NaN, 0 inf" if np.isnan(value) else "0 NaN, 1 inf"
+    with pytest.raises(CheckpointError) as err:
+        load()
+    assert str(path) in str(err.value) and f"{key} ({counts}" in str(err.value)
+
+
+def test_truncated_or_garbled_files_raise_checkpoint_error_naming_the_file(tmp_path):
+    variables = _random_variables()
+    flat = _flat(variables)
+    msgpack, npz, st = tmp_path / "w.msgpack", tmp_path / "w.npz", tmp_path / "w.safetensors"
+    checkpoints.save(msgpack, variables)
+    np.savez(npz, **flat)
+    save_file(flat, str(st))
+    loaders = {
+        msgpack: lambda: checkpoints.load(msgpack),
+        npz: lambda: checkpoints.load_big_vision_npz(npz, variables),
+        st: lambda: checkpoints.load_big_vision_npz(st, variables),
+    }
+    for path, load in loaders.items():
+        data = path.read_bytes()
+        for broken in (data[: len(data) // 2], data[: len(data) - 7], b"garbage" * 50):
+            path.write_bytes(broken)
+            with pytest.raises(CheckpointError, match=re.escape(str(path))):
+                load()

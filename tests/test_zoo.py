@@ -1,16 +1,20 @@
 """The embedded model zoo: every committed model loads and runs, the multi-BN candidates share their
-convolutions only, and ``build`` is seeded and resumable."""
+convolutions only, ``build`` is seeded and resumable, and a corrupted weight file fails to load."""
 
 import functools
+import hashlib
+import json
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 
 from linfit import checkpoints, zoo
 from linfit.data import embedded
-from linfit.errors import UnknownNameError
+from linfit.errors import CheckpointError, UnknownNameError
 from linfit.tree import leaf_paths
 from linfit.zoo import builder as build_module
 
@@ -105,6 +109,7 @@ def test_build_is_deterministic_and_resumable(tmp_path, monkeypatch):
     for path in va:
         np.testing.assert_array_equal(va[path], vb[path], err_msg=path)
     assert [m["name"] for m in m1["models"]] == only and m1["train_config"]["epochs"] == 1
+    assert m1["models"][0]["sha256"] == hashlib.sha256((tmp_path / "a" / file).read_bytes()).hexdigest()
     assert zoo.names(tmp_path / "a") == only
 
     def must_not_train(*args, **kwargs):
@@ -117,3 +122,61 @@ def test_build_is_deterministic_and_resumable(tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         np.asarray(loaded.variables["params"]["head"]["bias"], np.float16), va["params/head/bias"])
     assert jnp.float32 == loaded.variables["params"]["head"]["bias"].dtype
+
+
+# ----------------------------------------------------------------------------- corrupted weight files
+
+CORRUPTED = "resnet8/mnist/scratch"
+CORRUPTED_TENSOR = "params/layer3/block0/conv1/kernel"
+
+
+def test_committed_manifest_records_the_sha256_of_every_weight_file():
+    models = zoo.manifest()["models"]
+    assert [m["file"] for m in models] == [e.file_name for e in zoo.entries()]
+    for m in models:
+        assert m["sha256"] == hashlib.sha256((zoo.WEIGHTS_DIR / m["file"]).read_bytes()).hexdigest(), m["file"]
+
+
+def _corrupted_copy(weights_dir, fill: bytes) -> tuple:
+    """Copy the CORRUPTED model's weight file into ``weights_dir`` and overwrite 64 bytes in the middle of
+    CORRUPTED_TENSOR's float16 data with ``fill`` (same file size). Returns (path, original bytes)."""
+    src = zoo.WEIGHTS_DIR / zoo.spec.entry(CORRUPTED).file_name
+    data = src.read_bytes()
+    raw = serialization.msgpack_restore(data)["variables"]
+    tensor = np.asarray(functools.reduce(lambda t, k: t[k], CORRUPTED_TENSOR.split("/"), raw)).tobytes()
+    start = data.find(tensor)
+    assert start > 0 and data.find(tensor, start + 1) == -1
+    at = start + len(tensor) // 2
+    broken = data[:at] + fill * 64 + data[at + 64:]
+    assert len(broken) == len(data) and broken != data
+    path = weights_dir / src.name
+    path.write_bytes(broken)
+    return path, data
+
+
+def test_corrupted_zoo_file_fails_its_manifest_sha256(tmp_path):
+    shutil.copy(zoo.WEIGHTS_DIR / "manifest.json", tmp_path)
+    path, original = _corrupted_copy(tmp_path, b"\x00")  # 32 float16 zeros: finite, so only the hash can tell
+    with pytest.raises(CheckpointError) as err:
+        zoo.load(CORRUPTED, weights_dir=tmp_path)
+    message = str(err.value)
+    assert str(path) in message
+    assert hashlib.sha256(original).hexdigest() in message
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in message
+    assert f"linfit zoo build --out {tmp_path} --only {CORRUPTED}" in message
+
+
+def test_corrupted_zoo_file_without_manifest_entry_fails_on_its_nan_tensor(tmp_path):
+    manifest = zoo.manifest()
+    manifest["models"] = [m for m in manifest["models"] if m["name"] != CORRUPTED]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    path, _ = _corrupted_copy(tmp_path, b"\xff")  # 0xFFFF is a float16 NaN: 32 NaNs
+    with pytest.raises(CheckpointError) as err:
+        zoo.load(CORRUPTED, weights_dir=tmp_path)
+    assert str(path) in str(err.value) and f"{CORRUPTED_TENSOR} (32 NaN, 0 inf of " in str(err.value)
+
+
+def test_garbled_zoo_manifest_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"models": [')
+    with pytest.raises(CheckpointError, match="manifest.json is not valid JSON"):
+        zoo.names(tmp_path)

@@ -3,7 +3,8 @@
 Resumable: a model (or, for the multi-BN expert, the group of its 8 candidates) whose weight file exists
 in ``out_dir`` is skipped. From-generalist experts start from the generalist *as saved* (float16), so a
 resumed build and a fresh one produce the same files. The manifest is rebuilt from the metadata of every
-weight file in ``out_dir`` at the end.
+weight file in ``out_dir``, with each file's sha256 (checked by :func:`linfit.zoo.load`), after every model
+(group) written, so it never records a stale hash for a file rebuilt in a resumed build.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from linfit.finetune import evaluate
 from linfit.zoo import spec
 from linfit.zoo.data import DomainData, domain_data, union_data
 from linfit.zoo.multibn import candidate_variables, train_multibn
-from linfit.zoo.registry import load
+from linfit.zoo.registry import MANIFEST, load
 from linfit.zoo.train import Trained, train_from_init, train_from_scratch
 
-MANIFEST = "manifest.json"
 STORE_DTYPE = "float16"
 
 
@@ -113,6 +113,7 @@ def build(out_dir, *, seed: int = 0, progress: bool = True, only: Iterable[str] 
                 meta = _metadata(entry, model_seed, dom.class_names, acc, seconds / len(domains),
                                  group_train_seconds=seconds)
                 checkpoints.save(out / entry.file_name, variables, metadata=meta, dtype=STORE_DTYPE)
+            write_manifest(out, seed=seed, config=config)
             continue
         d = data(first.domain)
         extra = {}
@@ -126,15 +127,17 @@ def build(out_dir, *, seed: int = 0, progress: bool = True, only: Iterable[str] 
                 extra["domain_accuracy"] = _per_domain_accuracy(trained, [data(n) for n in spec.source_domains()])
         meta = _metadata(first, model_seed, d.class_names, trained.test_accuracy, time.perf_counter() - start, **extra)
         checkpoints.save(out / first.file_name, trained.variables, metadata=meta, dtype=STORE_DTYPE)
+        write_manifest(out, seed=seed, config=config)
     return write_manifest(out, seed=seed, config=config)
 
 
 def write_manifest(out_dir, *, seed: int, config: spec.TrainConfig) -> dict:
-    """Collect the metadata of every zoo weight file in ``out_dir`` (in ``spec.entries()`` order) into
-    ``manifest.json``; ``build_seconds`` sums the models' training times."""
+    """Collect the metadata of every zoo weight file in ``out_dir`` (in ``spec.entries()`` order), its file name
+    and sha256 (hex) into ``manifest.json``; ``build_seconds`` sums the models' training times."""
     out = Path(out_dir)
     present = [e for e in spec.entries() if (out / e.file_name).exists()]
-    models = [{**checkpoints.load_metadata(out / e.file_name), "file": e.file_name} for e in present]
+    models = [{**checkpoints.load_metadata(out / e.file_name), "file": e.file_name,
+               "sha256": checkpoints.file_sha256(out / e.file_name)} for e in present]
     group_seconds = {e.group: m.get("group_train_seconds", m["train_seconds"]) for e, m in zip(present, models, strict=True)}
     manifest = {
         "seed": seed,
