@@ -36,6 +36,7 @@ import dataclasses
 import os
 import pickle
 import struct
+import sys
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -158,6 +159,13 @@ def _np_reconstruct(subtype, shape, dtype):
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
+def _np_frombuffer(buf, dtype, shape, order):
+    # protocol-5 pickles: numpy._core.numeric._frombuffer(bytes, dtype, shape, order)
+    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or order not in ("C", "F"):
+        raise pickle.UnpicklingError("numpy _frombuffer needs bytes, a dtype and order 'C' or 'F'")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
 def _latin1_encode(text, encoding):
     # protocol-2 pickles of Python-3 bytes: _codecs.encode(str, "latin1"); no other codec is admitted
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -165,13 +173,24 @@ def _latin1_encode(text, encoding):
     return text.encode("latin1")
 
 
+def _empty_bytes(*args):
+    # protocol-2 pickles of b"": __builtin__.bytes(); bytes(n) would allocate n bytes, so no arguments
+    if args:
+        raise pickle.UnpicklingError("bytes(...) is allowed only without arguments (protocol-2 b'')")
+    return b""
+
+
 _NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
 }
 
 
@@ -221,8 +240,9 @@ def read_numpy_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every numpy array of a pickle of arrays (e.g. ``{"conv1": [kernel, bias], ...}``), without running code.
 
     Only ``numpy.ndarray`` reconstruction (``numpy.core.multiarray._reconstruct`` or
-    ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``), ``collections.OrderedDict``
-    and latin1 ``_codecs.encode`` (protocol-2 bytes) are admitted; containers are plain dicts, lists, tuples.
+    ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``, and ``_frombuffer`` of
+    ``numpy(._)core.numeric`` for protocol 5), ``collections.OrderedDict``, and for protocol-2 bytes latin1
+    ``_codecs.encode`` and argument-less ``bytes()`` are admitted; containers are plain dicts, lists, tuples.
 
     Args:
       path: the pickle file.
@@ -234,7 +254,8 @@ def read_numpy_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
       CheckpointError: naming the file and the reason (a refused global such as ``global posix.system is
-        not allowed``, an object-dtype array, a malformed pickle, duplicate flattened names, non-finite values).
+        not allowed``, an object-dtype array, a malformed pickle, no array at all, duplicate flattened names,
+        non-finite values).
     """
     path = Path(path)
     try:
@@ -246,6 +267,8 @@ def read_numpy_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             OSError, RecursionError) as err:
         raise CheckpointError(f"{path}: cannot be read as a pickle of numpy arrays: {err}") from None
+    if not arrays:
+        raise CheckpointError(f"{path}: the pickle holds no numpy arrays")
     _check_finite(path, arrays)
     return arrays
 
@@ -350,8 +373,9 @@ def _storage_array(data: bytes, ref: _StorageRef, byteorder: str) -> np.ndarray:
     if len(data) != ref.numel * ref.dtype.itemsize:
         raise CheckpointError(f"storage {ref.key!r} has {len(data)} bytes, expected {ref.numel} x "
                               f"{ref.dtype.itemsize}")
-    dtype = ref.dtype.newbyteorder("<" if byteorder == "little" else ">")
-    return np.frombuffer(data, dtype=dtype)
+    if byteorder == sys.byteorder:
+        return np.frombuffer(data, dtype=ref.dtype)
+    return np.frombuffer(data, dtype=ref.dtype.newbyteorder()).astype(ref.dtype)
 
 
 def _materialise(leaf: Any, storages: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -379,7 +403,7 @@ def _materialise(leaf: Any, storages: Mapping[str, np.ndarray]) -> np.ndarray | 
                               f"of storage {ref.key!r}, which has {flat.size}")
     strided = np.lib.stride_tricks.as_strided(
         flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False)
-    return np.array(strided, dtype=ref.dtype, order="C")
+    return np.array(strided, order="C")
 
 
 def _numpy_leaf(leaf: Any) -> np.ndarray | None:
