@@ -9,61 +9,17 @@ N·D <= 2048 O(1) terms is known at all (N·D·eps = 4.5e-13), so a score that i
 separated mixtures evaluates to ±4e-18) is not held to a relative bound it cannot have.
 """
 
-import jax
 import numpy as np
 import pytest
 
 from linfit.scores import names as score_names
 from linfit.scores import registry
 from linfit.scores.parc import parc, pca_reduce
+from tests._score_inputs import CASES, score_inputs
 
 REL_PERTURBATION = 1e-9
 REL_BOUND = 1e-6
 ABS_FLOOR = 1e-12
-
-# (N, D, C, how the features are made); N <= D and N <= 32 throughout, every class with >= 5 samples
-# (domain similarity's and NLEEP's minimum).
-CASES = {
-    "n<d": (12, 20, 2, "plain"),
-    "duplicated_columns": (16, 32, 2, "duplicated"),
-    "rank_5_of_30x64": (30, 64, 3, "rank5"),
-    "n=d=pca_dim": (32, 32, 4, "plain"),
-    "dead_and_constant_columns_x1e3": (16, 40, 2, "dead"),
-    "duplicated_columns_x1e-3": (30, 30, 3, "duplicated_small"),
-}
-
-
-def _inputs(case: str, seed: int):
-    n, d, c, kind = CASES[case]
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % c
-    means = 2.0 * rng.normal(size=(c, d))
-    f = means[y] + rng.normal(size=(n, d))
-    if kind.startswith("duplicated"):
-        f[:, d // 2 :] = f[:, : d - d // 2]
-    if kind == "rank5":
-        f = f[:, :5] @ rng.normal(size=(5, d))
-    if kind == "dead":
-        f[:, :3] = 0.0  # dead ReLU units
-        f[:, 3] = 1.5  # a constant unit
-        f *= 1e3
-    if kind == "duplicated_small":
-        f *= 1e-3
-    logits = 1.5 * rng.normal(size=(n, 7))
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    kernel = f @ f.T  # positive semi-definite, rank-deficient like the features
-    inputs = {
-        "features": f,
-        "probe_features": means[y, :6] + rng.normal(size=(n, 6)),
-        "source_probs": probs,
-        "ntk": kernel,
-        "ntk_last_conv": kernel,
-        "source_class_means": 2.0 * rng.normal(size=(4, d)) * np.abs(f).max() / 4.0,
-        "source_class_counts": np.array([10.0, 8.0, 12.0, 9.0]),
-        "key": jax.random.key(seed),
-    }
-    return inputs, y
-
 
 def _perturb(inputs: dict, rng: np.random.Generator) -> dict:
     out = dict(inputs)
@@ -84,7 +40,7 @@ def _perturb(inputs: dict, rng: np.random.Generator) -> dict:
 @pytest.mark.parametrize("name", score_names())
 def test_score_moves_at_most_1e6_relative_under_1e9_relative_perturbation(name, case):
     score = registry.get(name)
-    inputs, y = _inputs(case, seed=sorted(CASES).index(case))
+    inputs, y = score_inputs(case, seed=sorted(CASES).index(case))
     base = score(y, **inputs)
     rng = np.random.default_rng(1234)
     for _ in range(2):
@@ -93,7 +49,7 @@ def test_score_moves_at_most_1e6_relative_under_1e9_relative_perturbation(name, 
 
 
 def test_registry_cases_cover_every_input_a_score_can_need():
-    inputs, _ = _inputs("n<d", 0)
+    inputs, _ = score_inputs("n<d", 0)
     assert set(registry.INPUT_NAMES) <= set(inputs)
 
 
