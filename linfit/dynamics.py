@@ -59,7 +59,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from linfit.errors import LabelError, LinfitError, NonFiniteError, ShapeError
+from linfit.errors import KernelError, LabelError, LinfitError, NonFiniteError, ShapeError
 
 __all__ = [
     "KernelEigh",
@@ -108,23 +108,42 @@ class KernelEigh(NamedTuple):
 def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
     """One float64 ``eigh`` of a symmetric kernel ``[N, N]`` with tiny and negative eigenvalues set to 0.
 
+    An NTK ``Θ = J Jᵀ`` is positive semi-definite; only round-off makes eigenvalues negative. Eigenvalues
+    down to ``-√ε · max|λ|`` are accepted as round-off and clipped to 0, with ``ε`` the machine epsilon of the
+    coarser of the kernel's dtype and float32 (so ``√ε ≈ 3.5e-4`` for float32 and float64 kernels alike):
+    linfit's kernels are float32 device computations even when they arrive as float64 (``lgc_kernel``,
+    ``ntk_tiled``), and their round-off negatives are far smaller (measured: ``-1.5e-8 · λ_max`` for float32
+    Grams ``J Jᵀ`` of 50 to 1000 samples), so the margin is four orders of magnitude. A kernel with a more
+    negative eigenvalue (e.g. ``-Θ``, or a test-train block passed as the train kernel) is not an NTK, and
+    clipping its spectrum would silently return a wrong, typically constant, loss curve.
+
     Args:
       kernel: ``[N, N]`` symmetric positive semi-definite (up to round-off), any float dtype.
       rcond: eigenvalues ``<= rcond · λ_max`` become 0. Default ``eps(kernel.dtype)``.
 
     Raises:
-      ShapeError: the kernel is not square; NonFiniteError: it has NaN/inf.
+      ShapeError: the kernel is not square; NonFiniteError: it has NaN/inf; KernelError: it has an
+      eigenvalue below ``-√ε · max|λ|``.
     """
     raw = np.asarray(kernel)
     k = _finite_array(raw, "kernel", ndim=2)
     if k.shape[0] != k.shape[1] or k.shape[0] == 0:
         raise ShapeError(f"kernel must be square [N, N] with N >= 1; got shape {k.shape}")
+    dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64
     if rcond is None:
-        dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64
         rcond = float(np.finfo(dtype).eps)
     symmetric = k + k.T  # one [N, N] temporary: the kernel may be a 10k x 10k memmap
     symmetric *= 0.5
     evals, evecs = np.linalg.eigh(symmetric)
+    scale = max(abs(float(evals[0])), abs(float(evals[-1])))
+    tolerance = np.sqrt(max(float(np.finfo(dtype).eps), float(np.finfo(np.float32).eps))) * scale
+    if evals[0] < -tolerance:
+        raise KernelError(
+            f"the kernel has eigenvalue {evals[0]:.3g} (largest {evals[-1]:.3g}), below the round-off "
+            f"tolerance -{tolerance:.3g} = -sqrt(eps)·max|λ|: it is not positive semi-definite, so it is not an "
+            "NTK. Pass the train-train kernel Θ = J Jᵀ itself (not its negative, a difference of kernels, or a "
+            "test-train block)"
+        )
     cutoff = rcond * max(float(evals[-1]), 0.0)
     return KernelEigh(np.where(evals > cutoff, evals, 0.0), evecs)
 
@@ -264,13 +283,31 @@ def linearized_loss_curve(kernel, y, f0, times, learning_rate: float = 1.0,
                           weight_decay: float = 0.0) -> np.ndarray:
     """The paper's training loss ``L_t = ½ ‖Y - f_t(X)‖²`` under gradient flow at each time, ``[*T]``.
 
+    With an untraced kernel (what ``empirical_ntk_fn(..., trace_axes=())`` returns) the outputs are coupled:
+    the kernel is flattened to ``Θ [N·O, N·O]`` (row ``i·O + o`` is sample i, output o; neural-tangents'
+    ``make_2d`` layout) and ``L_t = ½ r0ᵀ exp(-2ηΘt) r0`` with ``r0 = vec(Y - f0)`` (for μ = 0).
+
     Args:
-      kernel: ``Θ [N, N]`` traced train NTK; y: ``[N, O]`` targets; f0: ``[N, O]`` initial outputs (or scalar);
+      kernel: ``Θ [N, N]`` traced train NTK (the same kernel for every output), or ``[N, N, O, O]`` untraced.
+      y: ``[N, O]`` targets; f0: ``[N, O]`` initial outputs (or scalar);
       times: scalar or ``[T]`` gradient-flow times (``np.inf`` allowed); learning_rate: η;
       weight_decay: μ (see :class:`LinearizedDynamics`).
+
+    Raises:
+      ShapeError: the kernel is neither ``[N, N]`` nor ``[N, N, O, O]`` for ``y [N, O]``; KernelError: it is not
+      positive semi-definite (:func:`kernel_eigh`).
     """
-    dyn = LinearizedDynamics.from_kernel(kernel, y, f0, learning_rate=learning_rate,
-                                         weight_decay=weight_decay)
+    y = _finite_array(y, "y", ndim=2)
+    n, n_out = y.shape
+    raw = np.asarray(kernel)
+    traced = raw.ndim == 2
+    k = _flatten_kernel(raw, n, n_out, traced, "kernel", rows=n)  # float64 from here on
+    if not traced:
+        f0 = np.reshape(_rows(f0, "f0", y.shape), (-1, 1))
+        y = y.reshape(-1, 1)
+    rcond = float(np.finfo(raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64).eps)
+    dyn = LinearizedDynamics.from_kernel(k, y, f0, learning_rate=learning_rate, weight_decay=weight_decay,
+                                         rcond=rcond)
     return dyn.train_loss(times)
 
 

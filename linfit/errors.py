@@ -17,6 +17,10 @@ class LabelError(LinfitError, ValueError):
     """Labels are unusable: outside 0..C-1, a single class, too few samples per class."""
 
 
+class KernelError(LinfitError, ValueError):
+    """A matrix passed as a neural tangent kernel is not one (e.g. it has substantially negative eigenvalues)."""
+
+
 class NonFiniteError(LinfitError, ValueError):
     """An input contains NaN or infinite values."""
 

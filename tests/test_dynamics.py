@@ -16,7 +16,7 @@ from linfit.dynamics import (
     kernel_eigh,
     linearized_loss_curve,
 )
-from linfit.errors import LabelError, LinfitError, NonFiniteError, ShapeError
+from linfit.errors import KernelError, LabelError, LinfitError, NonFiniteError, ShapeError
 
 N, M, P, O = 6, 4, 10, 3
 TIMES = np.array([0.0, 0.05, 0.3, 1.5])
@@ -264,3 +264,58 @@ def test_errors(problem):
         gradient_descent_mse(theta, y, trace_axes=(0,))
     with pytest.raises(ShapeError, match=r"\[6, 6, 3, 3\]"):
         gradient_descent_mse(theta, y, trace_axes=())
+
+
+# ---- kernels that are not NTKs, untraced kernels in the loss curve ----------------------------------------
+
+
+def test_negated_kernel_is_rejected_not_clipped(problem):
+    # -Θ has every eigenvalue <= 0: clipping them all to 0 used to give a constant loss curve.
+    phi, _, _, y = problem
+    theta = phi @ phi.T
+    with pytest.raises(KernelError, match="not positive semi-definite"):
+        LinearizedDynamics.from_kernel(-theta, y)
+    with pytest.raises(KernelError):
+        linearized_loss_curve(-theta, y, 0.0, TIMES)
+    with pytest.raises(KernelError):
+        gradient_descent_mse(-theta, y)
+    # one eigenvalue at -1e-3 of the largest: beyond sqrt(eps32) = 3.5e-4, so rejected
+    lam, vecs = np.linalg.eigh(theta)
+    indefinite = (vecs * np.concatenate([[-1e-3 * lam[-1]], lam[1:]])) @ vecs.T
+    with pytest.raises(KernelError):
+        kernel_eigh(indefinite)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_off_negative_eigenvalues_are_accepted(dtype):
+    # A float32 Gram of a rank-deficient Jacobian (N = 200 > rank 20): its null eigenvalues come out of the
+    # float32 product as about ±1e-8 · λ_max, which is round-off, not a sign of a non-NTK; the same kernel
+    # cast to float64 (as linfit's device kernels arrive) is accepted too.
+    rng = np.random.default_rng(5)
+    jac = (rng.normal(size=(200, 20)) + 3.0 * rng.normal(size=(1, 20))).astype(np.float32)
+    kernel = (jac @ jac.T).astype(dtype)
+    lam = np.linalg.eigvalsh(kernel.astype(np.float64))
+    assert lam[0] < 0  # the case being tested: round-off negatives exist
+    assert np.all(kernel_eigh(kernel).evals >= 0)
+    assert np.isfinite(linearized_loss_curve(kernel, np.ones((200, 1)), 0.0, TIMES)).all()
+
+
+def test_loss_curve_accepts_untraced_kernel():
+    """[N, N, O, O] from trace_axes=(): L_t = ½ r0ᵀ expm(-2ηΘt) r0 on the flattened kernel (row i·O + o)."""
+    rng = np.random.default_rng(7)
+    n, o, p = 5, 3, 9
+    jac = rng.normal(size=(n, o, p)) / np.sqrt(p)
+    k = np.einsum("aop,bqp->aboq", jac, jac)  # outputs coupled: not K ⊗ I
+    y, f0 = rng.normal(size=(n, o)), rng.normal(size=(n, o))
+    lr, times = 0.7, np.array([0.0, 0.2, 1.0, 6.0])
+    flat = np.zeros((n * o, n * o))
+    for i in range(n):
+        for j in range(n):
+            for a in range(o):
+                for b in range(o):
+                    flat[i * o + a, j * o + b] = k[i, j, a, b]
+    r0 = (y - f0).reshape(-1)
+    expected = [0.5 * r0 @ expm(-2.0 * lr * flat * t) @ r0 for t in times]
+    np.testing.assert_allclose(linearized_loss_curve(k, y, f0, times, lr), expected, rtol=1e-10)
+    with pytest.raises(ShapeError, match=r"\[5, 5, 3, 3\]"):
+        linearized_loss_curve(k[:, :, :2, :2], y, f0, times)

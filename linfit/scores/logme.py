@@ -43,6 +43,7 @@ import scipy.linalg
 
 from linfit.errors import LabelError, ShapeError
 from linfit.scores.registry import register
+from linfit.scores.spectrum import significant
 from linfit.scores.validation import check_features, check_matrix
 
 
@@ -51,7 +52,7 @@ def spectral_projection(features: np.ndarray, targets: np.ndarray) -> tuple[np.n
     energy off F's column span.
 
     F = U diag(√σ) Vᵀ; the function returns σ ``[k]`` (eigenvalues above ``σ_max · max(N, D) · eps``,
-    k ≤ min(N, D)), ``Uᵀ Y`` ``[k, K]`` and ``‖(I − UUᵀ) Y‖²`` ``[K]``, from one ``eigh`` of the smaller
+    :func:`linfit.scores.spectrum.significant`, k ≤ min(N, D)), ``Uᵀ Y`` ``[k, K]`` and ``‖(I − UUᵀ) Y‖²`` ``[K]``, from one ``eigh`` of the smaller
     of FᵀF and FFᵀ (when N ≥ D, ``UᵀY = diag(σ^-½) Vᵀ (FᵀY)`` so U is never formed).
 
     The off-span energy is computed from the residual vectors themselves (``Y − UUᵀY``, or
@@ -67,7 +68,7 @@ def spectral_projection(features: np.ndarray, targets: np.ndarray) -> tuple[np.n
     n, d = features.shape
     gram = features.T @ features if n >= d else features @ features.T
     sigma, vecs = scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False, driver="evd")
-    keep = sigma > max(sigma[-1], 0.0) * max(n, d) * np.finfo(np.float64).eps
+    keep = significant(sigma, n, d)
     sigma, vecs = sigma[keep], vecs[:, keep]
     if n >= d:
         ft_y = vecs.T @ (features.T @ targets)  # Vᵀ Fᵀ Y [k, K]

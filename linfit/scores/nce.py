@@ -23,16 +23,18 @@ import numpy as np
 
 from linfit.errors import LabelError, ShapeError
 from linfit.scores.registry import register
-from linfit.scores.validation import check_labels, check_probabilities
+from linfit.scores.validation import check_labels, check_probabilities, encode_labels
 
 
 def _check_source_labels(source_labels, n: int) -> np.ndarray:
-    """Validate hard source labels ``[N]``: non-negative integers (not every source class occurs)."""
+    """Validate hard source labels ``[N]``: non-negative integers or class names (not every source class
+    occurs; names are encoded by :func:`linfit.scores.validation.encode_labels`)."""
     z = np.asarray(source_labels)
     if z.ndim != 1:
         raise ShapeError(f"source_labels must be one-dimensional [N]; got shape {z.shape}")
     if z.shape[0] != n:
         raise ShapeError(f"source_labels have N={z.shape[0]} entries but the labels have N={n}")
+    z = encode_labels(z, "source_labels")
     integral = np.issubdtype(z.dtype, np.integer) or (np.all(np.isfinite(z)) and np.all(z == np.round(z)))
     if not integral:
         raise LabelError(f"source_labels must be integers; got dtype {z.dtype} with non-integer values")
@@ -46,9 +48,9 @@ def nce(source_labels, labels) -> float:
     """Negative conditional entropy −H(Y | Z) of the target labels given hard source labels.
 
     Args:
-      source_labels: ``[N]`` source-class indices z_i (e.g. the source head's argmax); source classes
-        that never occur are allowed.
-      labels: ``[N]`` target labels y_i in ``0..C-1``.
+      source_labels: ``[N]`` source-class indices z_i (e.g. the source head's argmax) or source class
+        names; source classes that never occur are allowed.
+      labels: ``[N]`` target labels y_i in ``0..C-1``, or class names (encoded in sorted order).
 
     Returns:
       −H(Y | Z) in nats, ≤ 0; 0 when the source label determines the target label. Higher is better.

@@ -25,17 +25,23 @@ import numpy as np
 from linfit.errors import ShapeError
 from linfit.scores.registry import register
 from linfit.scores.rsa import rdm, rdm_spearman
+from linfit.scores.spectrum import significant
 from linfit.scores.validation import check_features
 
 
 def pca_reduce(features, n_components: int | float | None) -> np.ndarray:
     """Project centred features onto their leading principal components (exact SVD, float64).
 
+    Components whose variance is numerically zero (energy ``s²`` at or below ``eps · max(N, D) · s_max²``,
+    :func:`linfit.scores.spectrum.significant`) are never kept: they are round-off (e.g. the direction the
+    centring removes when N ≤ D, or a duplicated feature column), and a caller that standardises the
+    components (PARC) would scale that round-off to unit variance.
+
     Args:
       features: ``[N, D]``.
-      n_components: an ``int`` k keeps ``min(k, N, D)`` components; a ``float`` in ``(0, 1]`` keeps the
-        fewest components whose explained-variance ratio sums to at least that fraction;
-        ``None`` returns the centred features unchanged.
+      n_components: an ``int`` k keeps ``min(k, r)`` components, r the number of numerically non-zero ones
+        (r ≤ min(N - 1, D)); a ``float`` in ``(0, 1]`` keeps the fewest components whose explained-variance
+        ratio sums to at least that fraction; ``None`` returns the centred features unchanged.
 
     Returns:
       ``[N, k]`` principal-component scores; each principal axis is signed so that its
@@ -53,16 +59,18 @@ def pca_reduce(features, n_components: int | float | None) -> np.ndarray:
     # Fix each axis' sign: its largest-magnitude loading is positive (sklearn's PCA convention).
     vt = vt * np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])[:, None]
     energy = s**2
-    if energy.sum() <= 0:
+    rank = int(np.count_nonzero(significant(energy, *x.shape)))  # s is descending: the first `rank` axes
+    if rank == 0:
         raise ShapeError("features have zero variance; PCA is undefined")
+    energy = energy[:rank]
     if isinstance(n_components, (int, np.integer)) and not isinstance(n_components, bool):
         if n_components < 1:
             raise ShapeError(f"n_components must be >= 1; got {n_components}")
-        k = min(int(n_components), vt.shape[0])
+        k = min(int(n_components), rank)
     elif isinstance(n_components, float) and 0.0 < n_components <= 1.0:
         ratio = np.cumsum(energy) / energy.sum()
         k = int(np.searchsorted(ratio, n_components - 1e-12) + 1)
-        k = min(k, vt.shape[0])
+        k = min(k, rank)
     else:
         raise ShapeError(f"n_components must be an int >= 1 or a float in (0, 1]; got {n_components!r}")
     return x @ vt[:k].T
@@ -81,7 +89,9 @@ def parc(features, labels, *, pca_dim: int = 32) -> float:
     Args:
       features: ``[N, D]`` penultimate features.
       labels: ``[N]`` integer labels in ``0..C-1``, ``C >= 2``.
-      pca_dim: number of principal components kept (``min(pca_dim, N, D)``; at least 2 must remain).
+      pca_dim: number of principal components kept (``min(pca_dim, r)`` with r the numerically non-zero
+        ones, see ``pca_reduce``; at least 2 must remain). Each kept component is standardised to unit
+        variance, so a numerically null one would turn round-off into a full-weight random axis.
 
     Returns:
       The Spearman correlation of the two RDMs' upper triangles, in ``[-1, 1]`` (not x100).

@@ -13,6 +13,7 @@ from scipy.spatial.distance import cdist
 from sklearn.linear_model import LogisticRegression
 
 from linfit.scores.registry import register
+from linfit.scores.spectrum import significant
 from linfit.scores.validation import check_features
 
 
@@ -50,7 +51,8 @@ def stratified_split(labels, *, holdout: float = 0.3, seed: int = 0) -> tuple[np
 def linear_probe(features, labels, *, holdout: float = 0.3, seed: int = 0, l2: float = 1e-3) -> float:
     """Held-out accuracy of an L2-regularised multinomial logistic regression on ``features [N, D]``.
 
-    The features are standardised with the fitting part's mean and standard deviation; the probe
+    The features are standardised with the fitting part's mean and standard deviation (columns whose
+    variance is numerically zero, :func:`linfit.scores.spectrum.significant`, are only centred); the probe
     minimises ``mean_i CE(W f_i + b, y_i) + (l2 / 2) ||W||^2`` (sklearn ``LogisticRegression``, lbfgs,
     ``C = 1 / (l2 * N_fit)``).
 
@@ -68,8 +70,9 @@ def linear_probe(features, labels, *, holdout: float = 0.3, seed: int = 0, l2: f
     f, y, _ = check_features(features, labels, min_per_class=2)
     train, test = stratified_split(y, holdout=holdout, seed=seed)
     x = np.asarray(f, dtype=np.float64)
-    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
-    x = (x - mean) / np.where(std > 0, std, 1.0)
+    mean, var = x[train].mean(axis=0), x[train].var(axis=0)
+    varying = significant(var, train.size, x.shape[1])  # numerically constant columns are not scaled up
+    x = (x - mean) / np.where(varying, np.sqrt(np.where(varying, var, 1.0)), 1.0)
     model = LogisticRegression(C=1.0 / (l2 * train.size), max_iter=2000)
     model.fit(x[train], y[train])
     return float(np.mean(model.predict(x[test]) == y[test]))

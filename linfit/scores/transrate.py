@@ -30,16 +30,23 @@ import scipy.linalg
 
 from linfit.errors import UnknownNameError
 from linfit.scores.registry import register
+from linfit.scores.spectrum import significant
 from linfit.scores.validation import check_features
 
 _WEIGHTINGS = ("size", "uniform")
 
 
 def coding_rate(z: np.ndarray, eps: float) -> float:
-    """``½ logdet(I_D + D / (n ε²) ZᵀZ)`` for ``z [n, D]``, via the eigenvalues of the smaller Gram."""
+    """``½ logdet(I_D + D / (n ε²) ZᵀZ)`` for ``z [n, D]``, via the eigenvalues of the smaller Gram.
+
+    Eigenvalues at or below ``eps64 · max(n, D) · λ_max`` (:func:`linfit.scores.spectrum.significant`) count
+    as 0: they are round-off of an exact rank deficiency (the centring when n ≤ D, duplicated columns), which
+    the factor ``D / (n ε²)`` (1e8·D/n at ε = 1e-4) would otherwise turn into nats of coding rate.
+    """
     n, d = z.shape
     gram = z.T @ z if n >= d else z @ z.T
-    eig = np.clip(scipy.linalg.eigh(gram, eigvals_only=True, check_finite=False, driver="evd"), 0.0, None)
+    eig = scipy.linalg.eigh(gram, eigvals_only=True, check_finite=False, driver="evd")
+    eig = np.where(significant(eig, n, d), eig, 0.0)
     return float(0.5 * np.sum(np.log1p(d / (n * eps**2) * eig)))
 
 

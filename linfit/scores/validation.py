@@ -5,16 +5,79 @@ Each check raises a specific ``linfit`` error whose message names the problem an
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from linfit.errors import LabelError, NonFiniteError, ShapeError
 
 
-def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tuple[np.ndarray, int]:
-    """Validate integer class labels.
+def _kind(value) -> str:
+    """The family a label value belongs to: numbers, strings, bytes, or its type's name."""
+    if isinstance(value, (numbers.Number, np.bool_)):
+        return "number"
+    return "str" if isinstance(value, str) else "bytes" if isinstance(value, bytes) else type(value).__name__
+
+
+def encode_labels(labels, name: str = "labels") -> np.ndarray:
+    """Map non-numeric labels (class names) to codes ``0..C-1`` in sorted order; pass numeric labels through.
+
+    Strings, bytes and other hashable values of one orderable type are encoded as sklearn's ``LabelEncoder``
+    does: the sorted distinct values get codes ``0..C-1`` (so ``["cat", "dog", "cat"]`` becomes ``[0, 1, 0]``
+    and a score of class names equals the score of their codes). Booleans become ``0/1``. Numeric labels
+    (including numbers in an object array) are returned as a numeric array, unchanged: they are class
+    indices and :func:`check_labels` holds them to the ``0..C-1`` contract.
 
     Args:
-      labels: ``[N]`` integers in ``0..C-1`` where every class in that range occurs.
+      labels: ``[N]`` array-like.
+      name: the argument's name, for messages.
+
+    Returns:
+      ``[N]`` numeric array (int64 codes for non-numeric input).
+
+    Raises:
+      LabelError: a missing value (``None`` or NaN among names), an unhashable value (e.g. a list), values of
+        mixed types (e.g. ``1`` and ``"1"``), or values that cannot be ordered.
+    """
+    y = np.asarray(labels)
+    if y.dtype == np.bool_:
+        return y.astype(np.int64)
+    if y.dtype.kind in "US":
+        return np.unique(y, return_inverse=True)[1].reshape(y.shape).astype(np.int64)
+    if y.dtype.kind != "O":
+        if not np.issubdtype(y.dtype, np.number):
+            raise LabelError(f"{name} must be integers 0..C-1 or class names; got dtype {y.dtype}")
+        return y
+    values = y.ravel().tolist()
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            raise LabelError(f"{name} contain a missing value ({v!r}) at position {i}; drop or fill it first")
+        try:
+            hash(v)
+        except TypeError:
+            raise LabelError(f"{name} must be hashable class names or integers; got a {type(v).__name__} "
+                             f"at position {i}") from None
+    kinds = sorted({_kind(v) for v in values})
+    if len(kinds) > 1:
+        raise LabelError(f"{name} mix value types {kinds}; use one type (all class names or all integers)")
+    if kinds == ["number"]:
+        return encode_labels(np.array(values).reshape(y.shape), name)
+    try:
+        classes = sorted(set(values))
+    except TypeError:
+        raise LabelError(f"{name} of type {kinds[0]} cannot be ordered, so they have no canonical codes; "
+                         "pass strings or integers") from None
+    code = {v: i for i, v in enumerate(classes)}
+    return np.array([code[v] for v in values], dtype=np.int64).reshape(y.shape)
+
+
+def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tuple[np.ndarray, int]:
+    """Validate class labels, mapping class names to codes ``0..C-1`` first (:func:`encode_labels`).
+
+    Args:
+      labels: ``[N]`` integers in ``0..C-1`` where every class in that range occurs, or ``[N]`` class names
+        (strings, bytes, booleans or other hashable values of one orderable type), which are encoded as the
+        sorted distinct names' positions, as sklearn's ``LabelEncoder`` does.
       n: the expected N (e.g. the number of feature rows), or ``None``.
       min_per_class: the fewest samples any class may have (e.g. 2 for scores that need a
         within-class variance).
@@ -24,8 +87,9 @@ def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tup
 
     Raises:
       ShapeError: not one-dimensional, or N differs from ``n``.
-      LabelError: non-integer values, values outside ``0..C-1``, a single class, a class absent or
-        with fewer than ``min_per_class`` samples, fewer samples than classes.
+      LabelError: non-integer or NaN values, values outside ``0..C-1``, a single class, a class absent or
+        with fewer than ``min_per_class`` samples, fewer samples than classes; class names that are
+        missing, unhashable, of mixed types or unorderable (:func:`encode_labels`).
     """
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -34,8 +98,11 @@ def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tup
         raise ShapeError(f"labels have N={y.shape[0]} entries but the inputs have N={n} rows")
     if y.size == 0:
         raise LabelError("labels are empty")
+    y = encode_labels(y)
     if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+        if not np.all(np.isfinite(y)):
+            raise LabelError(f"labels contain {int(np.sum(~np.isfinite(y)))} NaN or infinite values")
+        if not np.all(y == np.round(y)):
             raise LabelError(f"labels must be integers 0..C-1; got dtype {y.dtype} with non-integer values")
     y = y.astype(np.int64)
     lo, hi = int(y.min()), int(y.max())
