@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
+from linfit.checkpoints import check_finite
 from linfit.errors import CheckpointError
 
 __all__ = ["read_numpy_pickle", "read_torch_checkpoint"]
@@ -232,7 +233,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             struct.error, zipfile.BadZipFile, OSError, RecursionError) as err:
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {err} (only tensors inside "
                               "dicts, lists and tuples are read; save model.state_dict(), not the model)") from None
-    _check_finite(path, arrays)
+    check_finite(arrays, str(path))
     return arrays
 
 
@@ -269,7 +270,7 @@ def read_numpy_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: cannot be read as a pickle of numpy arrays: {err}") from None
     if not arrays:
         raise CheckpointError(f"{path}: the pickle holds no numpy arrays")
-    _check_finite(path, arrays)
+    check_finite(arrays, str(path))
     return arrays
 
 
@@ -433,13 +434,3 @@ def _flatten(tree: Any, leaf_fn: Callable[[Any], np.ndarray | None]) -> Iterator
                 yield name, array
             continue
         stack.extend((f"{name}.{k}" if name else k, v) for k, v in reversed(items))
-
-
-def _check_finite(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    # Local until linfit.checkpoints.check_finite lands (branch ckpt-integrity); then call that instead.
-    bad = [name for name, a in arrays.items()
-           if np.issubdtype(a.dtype, np.inexact) or a.dtype == ml_dtypes.bfloat16
-           if not np.isfinite(a).all()]
-    if bad:
-        raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {len(bad)} tensor(s): "
-                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
