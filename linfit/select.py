@@ -256,7 +256,8 @@ def format_table(selection: Selection, *, top: int = 3) -> str:
         lines.append("  inputs, computed once per model and shared by the scores in brackets: " + "; ".join(shared))
     own = [f"{n} {table[f'seconds_{n}'].sum():.1f} s" for n in names]
     lines.append("  the scores themselves, given their inputs: " + "; ".join(own))
-    rest = selection.wall_seconds - sum(selection.input_seconds.values()) - table[[f"seconds_{n}" for n in names]].sum().sum()
+    own_seconds = table[[f"seconds_{n}" for n in names]].to_numpy().sum()
+    rest = selection.wall_seconds - sum(selection.input_seconds.values()) - own_seconds
     lines.append(f"  the rest, {rest:.1f} s: loading the models and the task, compiling")
     return "\n".join(lines)
 

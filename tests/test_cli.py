@@ -169,7 +169,8 @@ def test_select_charges_shared_inputs_once(capsys):
 def test_plot_highlights_the_recommended_models_and_marks_tau(monkeypatch, tmp_path):
     figures = []
     save = matplotlib.figure.Figure.savefig
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: figures.append(self) or save(self, *a, **k))
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: figures.append(self) or save(self, *a, **k))
     plot_curves(_hand_made(), tmp_path / "c.png", top=2)
     ax = figures[0].axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
