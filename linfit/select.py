@@ -170,7 +170,7 @@ def _loss_curve(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def plot_curves(selection: Selection, path, *, top: int = 3) -> None:
     """Save the predicted linearized loss curves as an image: the ``top`` recommended models in colour and
-    labelled, the reference (generalist) dashed, every other model thin grey; a vertical line marks the τ at
+    labelled (drawn best on top), the other reference (generalist) models dashed, every other model thin grey; a vertical line marks the τ at
     which ``linearized_loss`` reads the curve.
 
     Raises:
@@ -199,10 +199,10 @@ def plot_curves(selection: Selection, path, *, top: int = 3) -> None:
                     label=f"{name} (reference)")
     colours = plt.get_cmap("tab10").colors
     for rank, name in enumerate(recommended, 1):
-        ax.plot(CURVE_TIMES, selection.curves[name], "--" if name in reference else "-", color=colours[rank - 1],
-                linewidth=2.2, zorder=3, label=f"#{rank} {name}" + (" (reference)" if name in reference else ""))
+        ax.plot(CURVE_TIMES, selection.curves[name], color=colours[rank - 1], linewidth=2.2, zorder=3 + 1 / rank,
+                label=f"#{rank} {name}" + (" (reference)" if name in reference else ""))
         at_tau = np.interp(np.log(CURVE_TAU), np.log(CURVE_TIMES), selection.curves[name])
-        ax.plot([CURVE_TAU], [at_tau], "o", color=colours[rank - 1], zorder=4)
+        ax.plot([CURVE_TAU], [at_tau], "o", color=colours[rank - 1], zorder=4 + 1 / rank)
     ax.axvline(CURVE_TAU, color="0.3", linestyle=":", linewidth=1)
     ax.annotate(f"τ = {CURVE_TAU:g}: linearized_loss reads −L_τ/L_0 here", (CURVE_TAU, 1.0),
                 xycoords=("data", "axes fraction"), xytext=(4, -12), textcoords="offset points", fontsize=8)
