@@ -19,14 +19,14 @@ from linfit.errors import (
     VmapAxesError,
 )
 
-from linfit.dynamics import (
-    CETrajectory,
-    LinearizedDynamics,
-    gradient_descent_mse,
-    linearized_ce_trajectory,
-    linearized_loss_curve,
-)
-from linfit.linearize import linearize
-from linfit.ntk import empirical_ntk_fn, ntk_vp_fn, per_layer_ntk_fn
+from linfit import _lazy
+
+# JAX-backed names are imported on first use (``linfit --help`` stays fast).
+_lazy.install(__name__, {
+    **dict.fromkeys(("CETrajectory", "LinearizedDynamics", "gradient_descent_mse", "linearized_ce_trajectory",
+                     "linearized_loss_curve"), "linfit.dynamics"),
+    "linearize": "linfit.linearize",
+    **dict.fromkeys(("empirical_ntk_fn", "ntk_vp_fn", "per_layer_ntk_fn"), "linfit.ntk"),
+})
 
 __version__ = "0.1.0"

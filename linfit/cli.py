@@ -1,50 +1,149 @@
 """linfit's command line: a thin layer that parses arguments and calls the library.
 
-    linfit select [--task T] [--scores S ...] [--json] [--plot FILE]   rank the zoo for a task (the main job)
-    linfit tasks                                                       the embedded tasks, one a line
-    linfit zoo list | build                                            the embedded model zoo
-    linfit bench --db FILE [--tasks ...] [--shard i/n]                 scores + fine-tuning ground truth to SQLite
-    linfit report --db FILE --out DIR                                  Markdown report and figures from the store
+    linfit select [--task T] [--scores S ...] [--models M ...] [--top K]   rank the zoo for a task (the main job)
+    linfit scores                                                          the registered scores
+    linfit tasks                                                           the embedded tasks
+    linfit zoo list | build                                                the embedded model zoo
+    linfit bench --db FILE [--tasks T ...] [--shard i/n]                   scores + fine-tuning ground truth
+    linfit report --db FILE --out DIR                                      Markdown report and figures
+
+Tasks are named as `linfit tasks` lists them, <dataset>:<regime> (e.g. font_digits:20shot), by every command.
+Errors are one line on stderr and exit status 2; `linfit --debug ...` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
+
+from linfit.defaults import DEFAULT_SCORES, DEFAULT_TASK
+from linfit.errors import ConfigError, LinfitError
+
+DEFAULT_PLOT = "linfit_loss_curves.png"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, ``linfit: error: ...``, exit status 2 (argparse's own status)."""
+
+    def error(self, message: str):
+        self.exit(2, f"linfit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer; got {text}")
+    return value
+
+
+_positive_int.__name__ = "positive integer"  # argparse names the type in "invalid <type> value"
+_non_negative_int.__name__ = "non-negative integer"
+
+
+def _check_names(*, scores: list[str], models: list[str] | None, tasks: list[str]) -> list:
+    """Check every score, model and task name before any work; returns the parsed task specs."""
+    from linfit import scores as registry
+    from linfit import zoo
+    from linfit.data import check_task
+    from linfit.errors import check_known
+
+    check_known("score", scores, registry.names(), "`linfit scores`")
+    if models is not None:
+        check_known("zoo model", models, zoo.names(), "`linfit zoo list`")
+    return [check_task(spec) for spec in tasks]
 
 
 def _select(args: argparse.Namespace) -> int:
-    from linfit.select import format_table, plot_curves, select
+    from linfit.select import curve_scores, format_table, plot_curves, select
 
-    result = select(args.task, args.scores, models=args.models or None, per_class=args.per_class, seed=args.seed,
+    _check_names(scores=args.scores, models=args.models, tasks=[args.task])
+    makes_curves = any(name in curve_scores() for name in args.scores)
+    if args.plot and not makes_curves:
+        raise ConfigError(f"--plot draws loss curves, which need a score that computes the fine-tuning NTK; "
+                          f"add one of {', '.join(curve_scores())} to --scores, or drop --plot")
+    result = select(args.task, args.scores, models=args.models, per_class=args.per_class, seed=args.seed,
                     head_samples=None if args.head_samples == 0 else args.head_samples, progress=not args.quiet)
+    plot = (DEFAULT_PLOT if args.plot is None else args.plot) if makes_curves else ""
+    if plot:
+        plot_curves(result, plot, top=args.top)
     if args.json:
-        print(json.dumps({"task": result.task, "num_samples": result.num_samples,
+        print(json.dumps({"task": result.task, "num_samples": result.num_samples, "ordered_by": result.scores[0],
+                          "recommended": result.recommended(args.top),
+                          "agreement_spearman": result.agreement().to_dict(),
+                          "input_seconds": result.input_seconds, "wall_seconds": result.wall_seconds,
                           "models": result.table.to_dict(orient="records")}, indent=1))
-    else:
-        print(format_table(result))
-    if args.plot and result.curves:
-        plot_curves(result, args.plot)
-        if not args.json:
-            print(f"predicted linearized loss curves: {args.plot}")
+        return 0
+    print(format_table(result, top=args.top))
+    if plot:
+        print(f"predicted linearized loss curves: {plot}")
+    elif args.plot is None:
+        print(f"no loss-curve plot: none of the scores computes the fine-tuning NTK ({', '.join(curve_scores())})")
     return 0
+
+
+def _scores(args: argparse.Namespace) -> int:
+    from linfit import scores
+    from linfit.scores.summaries import SUMMARY
+
+    rows = [(name, scores.get(name).cost, ", ".join(scores.get(name).needs), SUMMARY[name], scores.get(name).reference)
+            for name in scores.names()]
+    _print_rows(("score", "cost", "inputs", "what it measures (higher is better)", "reference"), rows)
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from linfit.data import catalog, embedded, parse_task, tasks
+
+    sizes = embedded.manifest()
+    rows = []
+    for spec in tasks():
+        parsed = parse_task(spec)
+        info = sizes[parsed.dataset]
+        train = info["train"] if parsed.shots is None else parsed.shots * info["num_classes"]
+        rows.append((spec, info["num_classes"], train, info["test"], catalog.DOMAINS[parsed.dataset].description))
+    _print_rows(("task", "classes", "train images", "test images", "what it is"), rows)
+    return 0
+
+
+def _print_rows(header: tuple, rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(f"{str(v):{w}s}" for v, w in zip(row, widths)) + "  " + str(row[-1]))
 
 
 def _bench(args: argparse.Namespace) -> int:
     from linfit.bench.grid import BenchConfig, run_bench
     from linfit.bench.store import ResultStore, parse_shard
 
-    config = BenchConfig(models=tuple(args.models) if args.models else None, tasks=tuple(args.tasks),
-                         regimes=tuple(args.regimes), seeds=tuple(args.seeds), scores=tuple(args.scores),
-                         per_class=args.per_class, epochs=args.epochs, max_train_per_class=args.max_train_per_class)
+    shard = parse_shard(args.shard)
+    specs = _check_names(scores=args.scores, models=args.models, tasks=args.tasks)
+    regimes = {}  # one grid per regime: exactly the (dataset, regime) pairs named
+    for spec in specs:
+        regimes.setdefault(spec.regime, []).append(spec.dataset)
+    done = 0
     with ResultStore(args.db) as store:
-        done = run_bench(config, store, shard=parse_shard(args.shard), progress=not args.quiet)
+        for regime, datasets in regimes.items():
+            config = BenchConfig(models=tuple(args.models) if args.models else None, tasks=tuple(datasets),
+                                 regimes=(regime,), seeds=tuple(args.seeds), scores=tuple(args.scores),
+                                 per_class=args.per_class, epochs=args.epochs,
+                                 max_train_per_class=args.max_train_per_class)
+            done += run_bench(config, store, shard=shard, progress=not args.quiet)
     print(f"{done} units computed into {args.db}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
+    if not pathlib.Path(args.db).is_file():
+        raise ConfigError(f"--db {args.db}: no such file; `linfit bench --db FILE` creates a benchmark store")
     from linfit.bench.report import write_report
     from linfit.bench.store import ResultStore
 
@@ -54,53 +153,54 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tasks(args: argparse.Namespace) -> int:
-    from linfit.data import tasks
-
-    print("\n".join(tasks()))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from linfit.select import DEFAULT_SCORES, DEFAULT_TASK
     from linfit.zoo.cli import add_commands as add_zoo_commands
 
-    parser = argparse.ArgumentParser(prog="linfit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="linfit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
+    task_help = "a task as `linfit tasks` lists it, <dataset>:<regime>"
 
     sel = commands.add_parser("select", help="rank the model zoo for a target task without fine-tuning")
-    sel.add_argument("--task", default=DEFAULT_TASK, help=f"an embedded task spec (default {DEFAULT_TASK})")
-    sel.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES), help="score names (linfit.scores.names())")
-    sel.add_argument("--models", nargs="*", help="zoo model names (default: the whole zoo)")
-    sel.add_argument("--per-class", type=int, default=25, help="scoring images per class (paper: 25)")
-    sel.add_argument("--head-samples", type=int, default=8,
+    sel.add_argument("--task", default=DEFAULT_TASK, help=f"{task_help} (default {DEFAULT_TASK})")
+    sel.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES),
+                     help="score names (`linfit scores`); the first orders the ranking "
+                          f"(default {' '.join(DEFAULT_SCORES)})")
+    sel.add_argument("--models", nargs="+", help="zoo model names (`linfit zoo list`; default: the whole zoo)")
+    sel.add_argument("--top", type=_positive_int, default=3, help="how many models to recommend (default 3)")
+    sel.add_argument("--per-class", type=_positive_int, default=25, help="scoring images per class (paper: 25)")
+    sel.add_argument("--head-samples", type=_non_negative_int, default=8,
                      help="random head rows for NTK scores; 0 = exact head average (slower)")
     sel.add_argument("--seed", type=int, default=0)
     sel.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    sel.add_argument("--plot", default="linfit_loss_curves.png", help="where to save the loss-curve plot ('' = none)")
+    sel.add_argument("--plot", default=None,
+                     help=f"where to save the loss-curve plot (default {DEFAULT_PLOT} when a score computes the "
+                          "fine-tuning NTK; '' = none)")
     sel.add_argument("--quiet", action="store_true", help="no progress bar")
     sel.set_defaults(run=_select)
 
-    tasks = commands.add_parser("tasks", help="list the embedded target tasks, one a line")
+    scores = commands.add_parser("scores", help="list the registered scores: what they measure, inputs, cost")
+    scores.set_defaults(run=_scores)
+
+    tasks = commands.add_parser("tasks", help="list the embedded target tasks with their sizes")
     tasks.set_defaults(run=_tasks)
 
     bench = commands.add_parser("bench", help="scores and fine-tuning ground truth on a grid, into SQLite")
     bench.add_argument("--db", required=True, help="SQLite result store (created if missing; reruns resume)")
-    bench.add_argument("--models", nargs="*", help="zoo model names (default: the whole zoo)")
-    bench.add_argument("--tasks", nargs="+", default=["font_digits"], help="embedded target datasets")
-    bench.add_argument("--regimes", nargs="+", default=["20shot"], help="5shot, 20shot, full, <k>shot")
+    bench.add_argument("--models", nargs="+", help="zoo model names (`linfit zoo list`; default: the whole zoo)")
+    bench.add_argument("--tasks", nargs="+", default=[DEFAULT_TASK], help=f"{task_help} (default {DEFAULT_TASK})")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
-    bench.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES))
-    bench.add_argument("--per-class", type=int, default=25)
-    bench.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (paper: 30)")
-    bench.add_argument("--max-train-per-class", type=int, default=None, help="cap the full regime (CPU budget)")
+    bench.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES), help="score names (`linfit scores`)")
+    bench.add_argument("--per-class", type=_positive_int, default=25)
+    bench.add_argument("--epochs", type=_positive_int, default=30, help="fine-tuning epochs (paper: 30)")
+    bench.add_argument("--max-train-per-class", type=_positive_int, default=None,
+                       help="cap the full regime (CPU budget)")
     bench.add_argument("--shard", default="0/1", help="i/n: this process's share of the grid")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=_bench)
 
     report = commands.add_parser("report", help="Markdown report and figures from a benchmark store")
-    report.add_argument("--db", required=True)
+    report.add_argument("--db", required=True, help="an existing store written by `linfit bench`")
     report.add_argument("--out", required=True, help="output folder")
     report.add_argument("--accuracy", default="accuracy", choices=["accuracy", "oracle_accuracy"],
                         help="ground truth: lr chosen on validation (default) or on test (the paper)")
@@ -111,8 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a :class:`~linfit.errors.LinfitError` is reported as one line and exit status 2."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except LinfitError as err:
+        if args.debug:
+            raise
+        print(f"linfit: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -54,3 +54,25 @@ class UnknownNameError(LinfitError, KeyError):
 
 class ConfigError(LinfitError, ValueError):
     """An option or configuration value is invalid (out of range, inconsistent with other options)."""
+
+
+def check_known(kind: str, given, known, listing: str) -> None:
+    """Raise :class:`UnknownNameError` naming every entry of ``given`` that is not in ``known``.
+
+    Args:
+      kind: what the names are, e.g. ``"zoo model"``.
+      given: the names asked for; known: the valid names.
+      listing: where the valid names are listed, e.g. ``"`linfit zoo list` (linfit.zoo.names())"``.
+    """
+    import difflib
+
+    known = list(known)
+    unknown = [name for name in given if name not in known]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise UnknownNameError(f"unknown {kind}{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                           f"{listing} lists the {len(known)} known ones")

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from collections.abc import Sequence
 
@@ -25,14 +26,24 @@ from tqdm.auto import tqdm
 from linfit import scores as score_registry
 from linfit import zoo
 from linfit.data import load_task
+from linfit.defaults import DEFAULT_SCORES, DEFAULT_TASK
 from linfit.dynamics import LinearizedDynamics
-from linfit.errors import ConfigError
+from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
+from linfit.scores.summaries import SUMMARY
 
-DEFAULT_TASK = "font_digits:20shot"
-DEFAULT_SCORES = ("lfc", "lgc", "linearized_loss", "logme", "leep")
+__all__ = ["CURVE_TIMES", "CURVE_TAU", "DEFAULT_SCORES", "DEFAULT_TASK", "Selection", "curve_scores",
+           "format_table", "plot_curves", "select"]
+
 #: Normalised times (units of the mean kernel eigenvalue, see ``linfit.scores.linearized``) of the loss curves.
 CURVE_TIMES = np.logspace(-2, 2, 41)
+#: The normalised time at which the ``linearized_loss`` score reads the curve (its default ``tau``).
+CURVE_TAU = float(inspect.signature(score_registry.linearized_loss).parameters["tau"].default)
+
+
+def curve_scores() -> list[str]:
+    """The registered scores that compute the fine-tuning NTK, so that :func:`select` returns loss curves."""
+    return [name for name in score_registry.names() if "ntk" in score_registry.get(name).needs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +53,31 @@ class Selection:
     Attributes:
       task: the task spec.
       table: one row per model, best first by the primary (first) score: ``model``, ``reference``, each score,
-        ``rank_<score>`` (1 = best) and ``seconds_<score>`` (the score plus the inputs it used, computed alone).
+        ``rank_<score>`` (1 = best) and ``seconds_<score>`` (seconds of the score itself, its inputs excluded).
       curves: ``{model: [T] predicted linearized training loss L_τ / L_0}`` at ``CURVE_TIMES``.
       num_samples: N, the size of the scoring subset.
+      scores: the score names, the first one orders ``table``.
+      input_seconds: ``{input: seconds}`` summed over models for each shared input (``features``, ``ntk``, ...;
+        ``linfit.scores.registry``), computed once per model whatever the number of scores reading it.
+      wall_seconds: wall time of the whole selection (loading models and data included).
     """
 
     task: str
     table: pd.DataFrame
     curves: dict[str, np.ndarray]
     num_samples: int
+    scores: tuple[str, ...] = ()
+    input_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    def recommended(self, k: int = 3) -> list[str]:
+        """The ``k`` best models by the primary score (fewer if the zoo is smaller)."""
+        return list(self.table.model[:k])
+
+    def agreement(self) -> pd.DataFrame:
+        """``[S, S]`` Spearman rank correlation between the rankings of the models by each pair of scores
+        (NaN where a score is constant over the models)."""
+        return self.table[list(self.scores)].corr(method="spearman")
 
 
 def select(
@@ -66,41 +93,62 @@ def select(
 ) -> Selection:
     """Score every model of the zoo on ``task`` and rank them.
 
+    Every name and option is checked before any model is scored.
+
     Args:
       task: an embedded task spec ``"<target>:<regime>"`` (``linfit.data.tasks()``).
       scores: registered score names (``linfit.scores.names()``); the first one orders the table.
-      models: zoo model names (default: the whole zoo, ``linfit.zoo.names()``).
-      per_class: at most this many training images per class are scored (the paper: 25).
+      models: zoo model names (default ``None``: the whole zoo, ``linfit.zoo.names()``).
+      per_class: at most this many training images per class are scored (the paper: 25), ``>= 1``.
       seed: seeds the k-shot sample, the scoring subset and the random heads.
       head_samples: random head rows for the NTK-based scores (``linfit.scores.lgc``): an unbiased estimate at
-        k backward passes per sample; ``None`` for the exact head average (D passes per sample).
+        k >= 1 backward passes per sample; ``None`` for the exact head average (D passes per sample).
       weights_dir: a zoo build other than the committed one.
       progress: show a progress bar over models.
 
     Returns:
       A :class:`Selection`.
+
+    Raises:
+      ConfigError: no score, an empty ``models``, ``per_class < 1`` or ``head_samples < 1``.
+      UnknownNameError: an unknown score, model or task dataset (all unknown names are listed).
+      DatasetError: a malformed task spec, or a regime asking for more images than a class has.
     """
+    start_wall = time.perf_counter()
     if not scores:
-        raise ConfigError("select needs at least one score")
+        raise ConfigError("select needs at least one score (linfit.scores.names())")
+    check_known("score", scores, score_registry.names(), "linfit.scores.names()")
+    known_models = zoo.names(weights_dir)
+    if models is not None:
+        models = list(models)
+        if not models:
+            raise ConfigError("no model to score: name at least one zoo model, or none at all for the whole zoo")
+        check_known("zoo model", models, known_models, "linfit.zoo.names()")
+    for option, value in (("per_class", per_class), ("head_samples", head_samples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ConfigError(f"{option} must be a positive integer; got {value!r}")
     registered = [score_registry.get(name) for name in scores]
     needs = set().union(*(s.needs for s in registered))
     target = load_task(task, seed=seed)
     subset = target.scoring_set(per_class=per_class, seed=seed)
     task_inputs = TaskInputs(subset.x, subset.y, seed=seed)
-    rows, curves = [], {}
-    for name in tqdm(list(models or zoo.names(weights_dir)), desc="models", disable=not progress):
+    rows, curves, input_seconds = [], {}, {}
+    for name in tqdm(models or known_models, desc="models", disable=not progress):
         candidate = zoo.load(name, weights_dir=weights_dir)
         source = None
         if needs & {"source_class_means", "source_class_counts"}:
             source = source_sample(candidate.source_domain, seed=seed)
-        inputs, input_seconds = extract_inputs(candidate.model, candidate.variables, subset.x, needs, task=task_inputs,
-                                               source_data=source, seed=seed, model_name=name, task_name=task,
-                                               head_samples=head_samples)
+        inputs, seconds = extract_inputs(candidate.model, candidate.variables, subset.x, needs, task=task_inputs,
+                                         source_data=source, seed=seed, model_name=name, task_name=task,
+                                         head_samples=head_samples)
+        seconds.pop("source_class_counts", None)  # computed together with the class means, timed once
+        for key, value in seconds.items():
+            input_seconds[key] = input_seconds.get(key, 0.0) + value
         row = {"model": name, "reference": candidate.is_reference}
         for score in registered:
             start = time.perf_counter()
             row[score.name] = score(subset.y, **inputs)
-            row[f"seconds_{score.name}"] = time.perf_counter() - start + sum(input_seconds[k] for k in score.needs)
+            row[f"seconds_{score.name}"] = time.perf_counter() - start
         rows.append(row)
         if "ntk" in inputs:
             curves[name] = _loss_curve(inputs["ntk"], subset.y)
@@ -108,7 +156,9 @@ def select(
     for score in registered:
         table[f"rank_{score.name}"] = table[score.name].rank(ascending=False, method="min").astype(int)
     table = table.sort_values(f"rank_{registered[0].name}", kind="stable").reset_index(drop=True)
-    return Selection(task=str(target.spec), table=table, curves=curves, num_samples=int(subset.y.size))
+    return Selection(task=str(target.spec), table=table, curves=curves, num_samples=int(subset.y.size),
+                     scores=tuple(scores), input_seconds=input_seconds,
+                     wall_seconds=time.perf_counter() - start_wall)
 
 
 def _loss_curve(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -118,40 +168,99 @@ def _loss_curve(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return LinearizedDynamics.from_kernel(kernel, targets).train_loss(CURVE_TIMES * scale) / (0.5 * labels.size)
 
 
-def plot_curves(selection: Selection, path) -> None:
-    """Save the predicted linearized loss curves (one line per model, reference dashed) as an image."""
+def plot_curves(selection: Selection, path, *, top: int = 3) -> None:
+    """Save the predicted linearized loss curves as an image: the ``top`` recommended models in colour and
+    labelled (drawn best on top), the other reference (generalist) models dashed, every other model thin grey; a vertical line marks the τ at
+    which ``linearized_loss`` reads the curve.
+
+    Raises:
+      ConfigError: the selection has no curves (none of its scores computes the fine-tuning NTK).
+    """
+    if not selection.curves:
+        raise ConfigError(f"no loss curves to plot: none of the scores {list(selection.scores)} computes the "
+                          f"fine-tuning NTK; add one of {', '.join(curve_scores())}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    recommended = [m for m in selection.recommended(top) if m in selection.curves]
     reference = set(selection.table.model[selection.table.reference])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for name, curve in selection.curves.items():
-        ax.plot(CURVE_TIMES, curve, "--" if name in reference else "-", linewidth=1.2 if name in reference else 0.8,
-                label=name if name in reference else None)
+        if name not in recommended and name not in reference:
+            ax.plot(CURVE_TIMES, curve, color="0.75", linewidth=0.6, zorder=1)
+    others = len(set(selection.curves) - set(recommended) - reference)
+    if others:
+        ax.plot([], [], color="0.75", linewidth=0.6, label=f"other models ({others})")
+    for name in sorted(reference - set(recommended)):
+        if name in selection.curves:
+            ax.plot(CURVE_TIMES, selection.curves[name], "--", color="black", linewidth=1.2, zorder=2,
+                    label=f"{name} (reference)")
+    colours = plt.get_cmap("tab10").colors
+    for rank, name in enumerate(recommended, 1):
+        ax.plot(CURVE_TIMES, selection.curves[name], color=colours[rank - 1], linewidth=2.2, zorder=3 + 1 / rank,
+                label=f"#{rank} {name}" + (" (reference)" if name in reference else ""))
+        at_tau = np.interp(np.log(CURVE_TAU), np.log(CURVE_TIMES), selection.curves[name])
+        ax.plot([CURVE_TAU], [at_tau], "o", color=colours[rank - 1], zorder=4 + 1 / rank)
+    ax.axvline(CURVE_TAU, color="0.3", linestyle=":", linewidth=1)
+    ax.annotate(f"τ = {CURVE_TAU:g}: linearized_loss reads −L_τ/L_0 here", (CURVE_TAU, 1.0),
+                xycoords=("data", "axes fraction"), xytext=(4, -12), textcoords="offset points", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("normalised time τ = η t tr(Θ)/N")
     ax.set_ylabel("predicted training loss L_τ / L_0")
-    ax.set_title(f"linearized fine-tuning on {selection.task} (N={selection.num_samples})")
-    if reference:
-        ax.legend()
+    ax.set_title(f"linearized fine-tuning on {selection.task} (N={selection.num_samples}); "
+                 f"top {len(recommended)} by {selection.scores[0]} in colour", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def format_table(selection: Selection) -> str:
-    """A plain-text ranking: model, each score with its rank, and the seconds each score took."""
-    table = selection.table
-    score_names = [c for c in table.columns if f"rank_{c}" in table.columns]
-    header = f"{'model':34s}" + "".join(f"{name:>22s}" for name in score_names)
-    lines = [f"task {selection.task}: {len(table)} models scored on N={selection.num_samples} training images", header]
+def _column_width(name: str) -> int:
+    return max(11, len(name) + 1)
+
+
+def format_table(selection: Selection, *, top: int = 3) -> str:
+    """A plain-text report: the recommendation, the ranking (each score with its rank), a legend of the
+    scores, how much their rankings agree (Spearman) and where the time went."""
+    table, names = selection.table, list(selection.scores)
+    primary = names[0]
+    best = selection.recommended(top)
+    model_width = max(34, *(len(m) + 3 for m in table.model))
+    lines = [f"task {selection.task}: {len(table)} models scored on N={selection.num_samples} training images, "
+             f"ordered by {primary} (higher is better for every score).",
+             f"Recommendation: fine-tune {_join(best)} first (the top {len(best)} by {primary}).", ""]
+    lines.append(f"{'model':{model_width}s}" + "".join(f"{n:>{_column_width(n)}s} rank" for n in names))
     for _, row in table.iterrows():
-        mark = " *" if row.reference else ""
-        cells = "".join(f"{row[name]:>14.4f} (#{row[f'rank_{name}']:<3d})" for name in score_names)
-        lines.append(f"{row.model + mark:34s}{cells}")
-    seconds = "".join(f"{table[f'seconds_{name}'].sum():>21.1f}s" for name in score_names)
-    lines.append(f"{'total seconds per score':34s}{seconds}")
-    lines.append("* the generalist (reference) model; higher scores predict better fine-tuning")
+        label = row.model + (" *" if row.reference else "")
+        cells = "".join(f"{row[n]:>{_column_width(n)}.4f} #{row[f'rank_{n}']:<3d}" for n in names)
+        lines.append(f"{label:{model_width}s}{cells}".rstrip())
+    lines += ["* the generalist (reference) model", "", "Scores:"]
+    name_width = max(len(n) for n in names)
+    for n in names:
+        score = score_registry.get(n)
+        lines.append(f"  {n:{name_width}s}  {SUMMARY[n]} [{score.reference}]")
+    if len(names) > 1:
+        agreement = selection.agreement()
+        lines += ["", f"Agreement of the score rankings (Spearman ρ over the {len(table)} models):",
+                  " " * (name_width + 2) + "".join(f"{n:>{_column_width(n)}s}" for n in names[1:])]
+        for i, a in enumerate(names[:-1]):
+            cells = "".join(" " * _column_width(b) if j <= i else f"{agreement.loc[a, b]:>{_column_width(b)}.2f}"
+                            for j, b in enumerate(names[1:], 1))
+            lines.append(f"  {a:{name_width}s}{cells}")
+    lines += ["", f"Time: {selection.wall_seconds:.1f} s in all."]
+    users = {key: [n for n in names if key in score_registry.get(n).needs] for key in selection.input_seconds}
+    shared = [f"{key} {sec:.1f} s ({', '.join(users[key])})" for key, sec in selection.input_seconds.items()]
+    if shared:
+        lines.append("  inputs, computed once per model and shared by the scores in brackets: " + "; ".join(shared))
+    own = [f"{n} {table[f'seconds_{n}'].sum():.1f} s" for n in names]
+    lines.append("  the scores themselves, given their inputs: " + "; ".join(own))
+    own_seconds = table[[f"seconds_{n}" for n in names]].to_numpy().sum()
+    rest = selection.wall_seconds - sum(selection.input_seconds.values()) - own_seconds
+    lines.append(f"  the rest, {rest:.1f} s: loading the models and the task, compiling")
     return "\n".join(lines)
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

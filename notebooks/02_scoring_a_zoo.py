@@ -58,9 +58,9 @@ SCORES = ("lfc", "lgc", "logme", "linearized_loss")
 #
 # For each model, `select` extracts only what the requested scores need, once (`linfit.extract`): penultimate
 # features for LFC and LogME, the NTK of the last convolution for LGC, the full fine-tuning NTK for the
-# predicted loss. Every score is "higher is better"; `rank_*` columns give each score's ranking and `seconds_*`
-# what it cost (the score plus the inputs it used). The scoring subset holds at most `PER_CLASS` training images
-# per class; the test split is never touched.
+# predicted loss. Every score is "higher is better"; `rank_*` columns give each score's ranking, `seconds_*`
+# the time of the score itself and `result.input_seconds` that of the shared inputs (once per model). The
+# scoring subset holds at most `PER_CLASS` training images per class; the test split is never touched.
 
 # %%
 result = select(task=TASK, scores=SCORES, models=MODELS, per_class=PER_CLASS, seed=0)

@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -16,3 +18,23 @@ def test_ci_runs_the_readme_test_command():
     test_command = re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S)[1].strip()
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci.splitlines(), (test_command, ci)
+
+
+def test_readme_python_example_runs_and_matches_the_closed_form(capsys):
+    import numpy as np
+
+    block = re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(block) == 1, block
+    namespace = {}
+    exec(compile(block[0], "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    ntk, y = namespace["ntk"], namespace["y"]
+    assert ntk.shape == (y.size, y.size) and np.allclose(ntk, ntk.T, rtol=1e-6, atol=1e-6 * np.abs(ntk).max())
+    # independent transcription: L_τ / L_0 = Σ_i e^{-2 λ_i t} ‖u_iᵀ Y‖² / ‖Y‖², t = τ N / tr Θ
+    lam, u = np.linalg.eigh((ntk.astype(np.float64) + ntk.T) / 2)
+    energy = np.sum((u.T @ np.eye(int(y.max()) + 1)[y]) ** 2, axis=1)
+    expected = [np.sum(np.exp(-2 * lam * tau * y.size / lam.sum()) * energy) / energy.sum() for tau in (0.1, 1, 10)]
+    printed = np.array(out.split("L_tau / L_0: [")[1].split("]")[0].split(), dtype=float)
+    np.testing.assert_allclose(printed, expected, rtol=1e-6)  # numpy prints 8 decimals of values >= 0.1
+    score = float(out.split("linearized_loss: ")[1].split()[0])
+    assert score == pytest.approx(-expected[1], rel=1e-6)

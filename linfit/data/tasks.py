@@ -105,6 +105,21 @@ def tasks() -> list[str]:
     return [f"{name}:{regime}" for name in catalog.names("target") for regime in REGIMES]
 
 
+def check_task(spec: str | TaskSpec) -> TaskSpec:
+    """Parse ``spec`` and check that it names an embedded dataset, without loading it.
+
+    Raises:
+      DatasetError: malformed spec. UnknownNameError: the dataset is not embedded.
+    """
+    spec = parse_task(spec)
+    if spec.dataset not in catalog.DOMAINS:
+        raise UnknownNameError(
+            f"unknown task dataset {spec.dataset!r}; embedded targets: {', '.join(catalog.names('target'))} "
+            f"(sources: {', '.join(catalog.names('source'))})"
+        )
+    return spec
+
+
 def load_task(spec: str | TaskSpec, *, seed: int = 0, dataset: Dataset | None = None) -> Task:
     """Load a task: the regime's training subset (drawn by ``seed``) and the full test split.
 
@@ -118,24 +133,25 @@ def load_task(spec: str | TaskSpec, *, seed: int = 0, dataset: Dataset | None = 
       UnknownNameError: the dataset is not embedded (and none was passed).
       DatasetError: malformed spec, or a class has fewer than ``k`` training images.
     """
-    spec = parse_task(spec)
     if dataset is None:
         from linfit.data import embedded
 
-        if spec.dataset not in catalog.DOMAINS:
-            raise UnknownNameError(
-                f"unknown task dataset {spec.dataset!r}; embedded targets: {', '.join(catalog.names('target'))} "
-                f"(sources: {', '.join(catalog.names('source'))})"
-            )
+        spec = check_task(spec)
         dataset = embedded.load(spec.dataset)
-    elif dataset.name != spec.dataset:
+    else:
+        spec = parse_task(spec)
+    if dataset.name != spec.dataset:
         raise DatasetError(f"task spec names {spec.dataset!r} but the dataset passed is {dataset.name!r}")
     if spec.shots is None:
         idx = np.arange(len(dataset.y_train), dtype=np.int64)
     else:
-        try:
-            idx = kshot_indices(dataset.y_train, spec.shots, seed=seed)
-        except DatasetError as e:
-            raise DatasetError(f"task {spec}: {e}") from e
+        classes, counts = np.unique(dataset.y_train, return_counts=True)
+        short = [f"{dataset.class_names[c]!r} ({n})" for c, n in zip(classes, counts) if n < spec.shots]
+        if short:
+            raise DatasetError(
+                f"task {spec} asks for {spec.shots} training images per class but {len(short)} classes have fewer: "
+                f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; use a smaller k "
+                f"(at most {counts.min()}) or '{spec.dataset}:full'")
+        idx = kshot_indices(dataset.y_train, spec.shots, seed=seed)
     return Task(spec=spec, train=Split(dataset.x_train[idx], dataset.y_train[idx]),
                 test=Split(dataset.x_test, dataset.y_test), train_indices=idx, class_names=dataset.class_names)

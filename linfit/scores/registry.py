@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from linfit.errors import ShapeError, UnknownNameError
+from linfit.errors import ShapeError, check_known
 
 INPUT_NAMES = (
     "features",
@@ -94,10 +94,9 @@ def register(name: str, *, needs: tuple[str, ...], reference: str, cost: str):
 
 def get(name: str) -> Score:
     """The registered score called ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown score {name!r}; known scores: {', '.join(names())}") from None
+    if name not in _REGISTRY:
+        check_known("score", [name], names(), "linfit.scores.names()")
+    return _REGISTRY[name]
 
 
 def names() -> list[str]:

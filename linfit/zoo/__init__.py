@@ -11,9 +11,14 @@ Example::
     >>> m.model.apply(m.variables, x).shape          # x [N, 28, 28, 1] -> logits [N, 10]
 """
 
-from linfit.zoo.builder import build
-from linfit.zoo.registry import WEIGHTS_DIR, ZooModel, load, manifest, names
-from linfit.zoo.spec import ARCHITECTURES, KINDS, Architecture, Entry, TrainConfig, entries
+from linfit import _lazy
+
+# Imported on first use: loading and building need JAX, the command line's parser does not.
+_lazy.install(__name__, {
+    "build": "linfit.zoo.builder",
+    **dict.fromkeys(("WEIGHTS_DIR", "ZooModel", "load", "manifest", "names"), "linfit.zoo.registry"),
+    **dict.fromkeys(("ARCHITECTURES", "KINDS", "Architecture", "Entry", "TrainConfig", "entries"), "linfit.zoo.spec"),
+})
 
 __all__ = [
     "ARCHITECTURES", "KINDS", "WEIGHTS_DIR", "Architecture", "Entry", "TrainConfig", "ZooModel",

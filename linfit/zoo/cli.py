@@ -7,9 +7,15 @@ import argparse
 
 
 def _list(args: argparse.Namespace) -> int:
-    from linfit.zoo import names
+    from linfit.zoo import manifest
 
-    print("\n".join(names(args.weights_dir)))
+    rows = [(m["name"], m["arch"], m["kind"], m["domain"], str(m["num_classes"]), f"{100 * m['source_accuracy']:.1f}%")
+            for m in manifest(args.weights_dir)["models"]]
+    header = ("model", "architecture", "kind", "source domain", "source classes", "source accuracy")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(f"{v:{w}s}" for v, w in zip(row, widths)).rstrip())
+    print("(the generalist is the reference model; source accuracy: top-1 on the source domain's test split)")
     return 0
 
 
@@ -34,7 +40,7 @@ def _import(args: argparse.Namespace) -> int:
 def add_commands(subparsers) -> None:
     """Add ``zoo list``, ``zoo build`` and ``zoo import`` to an ``argparse`` sub-parser collection."""
     zoo = subparsers.add_parser("zoo", help="the embedded model zoo").add_subparsers(dest="zoo_command", required=True)
-    lst = zoo.add_parser("list", help="print the zoo's model names, one a line")
+    lst = zoo.add_parser("list", help="the zoo's models: architecture, kind, source domain and accuracy")
     lst.add_argument("--weights-dir", default=None, help="a zoo build folder (default: the committed zoo)")
     lst.set_defaults(run=_list)
     bld = zoo.add_parser("build", help="train the zoo models missing from --out (resumable, seeded)")

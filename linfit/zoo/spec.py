@@ -22,7 +22,7 @@ import zlib
 from types import MappingProxyType
 
 from linfit.data import catalog
-from linfit.errors import UnknownNameError
+from linfit.errors import check_known
 
 KINDS = ("generalist", "scratch", "from-generalist", "multibn")
 MULTIBN_ARCH = "resnet8"
@@ -133,5 +133,4 @@ def entry(name: str) -> Entry:
     for e in entries():
         if e.name == name:
             return e
-    raise UnknownNameError(f"unknown zoo model {name!r}; e.g. {', '.join(e.name for e in entries()[:4])} "
-                           "(linfit.zoo.names() lists all)")
+    check_known("zoo model", [name], [e.name for e in entries()], "linfit.zoo.names()")

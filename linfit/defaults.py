@@ -1,0 +1,4 @@
+"""The main job's defaults (``linfit select``), importable without JAX so that the command line's parser is fast."""
+
+DEFAULT_TASK = "font_digits:20shot"
+DEFAULT_SCORES = ("lfc", "lgc", "linearized_loss", "logme", "leep")

@@ -1,0 +1,183 @@
+"""The command line as a user meets it: one-line errors before any work, descriptive listings, a fast --help,
+the ranking report and the loss-curve plot (built from hand-made selections, checked against numpy)."""
+
+import subprocess
+import sys
+
+import matplotlib.figure
+import numpy as np
+import pandas as pd
+import pytest
+
+import linfit.select as select_module
+from linfit import scores, zoo
+from linfit.cli import main
+from linfit.data import embedded
+from linfit.errors import UnknownNameError
+from linfit.select import CURVE_TAU, CURVE_TIMES, Selection, format_table, plot_curves
+from linfit.scores.summaries import SUMMARY
+
+TWO = ["resnet8/generalist", "resnet8/mnist/scratch"]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if any model is scored (validation must come first)."""
+    def work(*args, **kwargs):
+        raise AssertionError("a model was scored before the arguments were checked")
+    monkeypatch.setattr(select_module, "extract_inputs", work)
+
+
+def _error(argv, capsys) -> str:
+    """Run the CLI expecting a usage error: exit status 2, one stderr line 'linfit: error: ...', no traceback."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("linfit: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["select", "--models", *TWO, "nosuch"], "`linfit zoo list`"),
+    (["select", "--models", "resnet8/mnst/scratch"], "did you mean 'resnet8/mnist/scratch'"),
+    (["select", "--scores", "lfc", "nosuch"], "`linfit scores`"),
+    (["select", "--task", "nosuch:5shot"], "unknown task dataset 'nosuch'"),
+    (["select", "--task", "hebrew:500shot", "--models", *TWO], "use a smaller k"),
+    (["select", "--task", "hebrew:5shots"], "unknown regime"),
+    (["select", "--models", "--scores", "nosuch"], "--models: expected at least one argument"),
+    (["select", "--head-samples", "-1", "--models", "nosuch"], "--head-samples: must be 0 or a positive"),
+    (["select", "--per-class", "0", "--models", "nosuch"], "--per-class: must be a positive integer"),
+    (["select", "--scores", "lfc", "leep", "--plot", "x.png", "--models", *TWO], "--plot draws loss curves"),
+])
+def test_select_errors_are_one_line_in_cli_terms_before_any_work(argv, expected, capsys, no_work):
+    line = _error(argv, capsys)
+    assert expected in line
+    assert "linfit.zoo.names()" not in line and "allow_fewer" not in line and "linfit.scores.names()" not in line
+
+
+def test_debug_shows_the_traceback_and_unexpected_errors_are_not_swallowed(monkeypatch, capsys, no_work):
+    with pytest.raises(UnknownNameError):
+        main(["--debug", "select", "--scores", "nosuch"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(select_module, "select", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["select", "--models", *TWO, "--scores", "lfc", "--quiet"])
+
+
+def test_report_says_the_store_does_not_exist(tmp_path, capsys):
+    db = tmp_path / "typo.sqlite"
+    assert "no such file" in _error(["report", "--db", str(db), "--out", str(tmp_path / "out")], capsys)
+    assert not db.exists()
+
+
+def test_bench_names_tasks_like_select(monkeypatch, tmp_path, capsys):
+    import linfit.bench.grid as grid
+
+    configs = []
+    monkeypatch.setattr(grid, "run_bench", lambda config, store, **kw: configs.append(config) or 0)
+    db = str(tmp_path / "b.sqlite")
+    assert main(["bench", "--db", db, "--models", *TWO, "--tasks", "font_digits:5shot", "hebrew:20shot",
+                 "--scores", "lfc", "--quiet"]) == 0
+    assert sorted((t, c.regimes) for c in configs for t in c.tasks) == [("font_digits", ("5shot",)),
+                                                                         ("hebrew", ("20shot",))]
+    assert "unknown regime" in _error(["bench", "--db", db, "--tasks", "hebrew:5shots"], capsys)
+    assert "'<dataset>:<regime>'" in _error(["bench", "--db", db, "--tasks", "hebrew"], capsys)
+    assert "`linfit zoo list`" in _error(["bench", "--db", db, "--models", "nosuch"], capsys)
+    assert "`linfit scores`" in _error(["bench", "--db", db, "--scores", "nosuch"], capsys)
+    assert "--epochs" in _error(["bench", "--db", db, "--epochs", "0"], capsys)
+
+
+def test_help_does_not_import_jax():
+    code = "import sys, linfit.cli; linfit.cli.build_parser().format_help(); print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_listings_describe_their_entries(capsys):
+    assert main(["scores"]) == 0
+    out = capsys.readouterr().out
+    for name in scores.names():
+        line = next(l for l in out.splitlines() if l.split()[0] == name)
+        assert scores.get(name).cost in line and SUMMARY[name] in line and scores.get(name).reference in line
+    assert main(["tasks"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("hebrew:5shot "))
+    hebrew = embedded.load("hebrew")
+    assert line.split()[1:4] == [str(hebrew.num_classes), str(5 * hebrew.num_classes), str(len(hebrew.y_test))]
+    assert main(["zoo", "list"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(TWO[1] + " "))
+    model = zoo.load(TWO[1])
+    assert line.split()[1:5] == [model.architecture, model.kind, model.source_domain, str(model.num_classes)]
+    assert line.split()[5] == f"{100 * model.source_accuracy:.1f}%"
+
+
+def _hand_made(curves: bool = True) -> Selection:
+    """Five models, three scores with known values; curves e^{-aτ} with a per model."""
+    rng = np.random.default_rng(0)
+    names = ["m/a", "m/b", "m/c/long-name-here", "m/d", "m/e"]
+    values = {"lfc": [0.5, 0.4, 0.3, 0.2, 0.1], "linearized_loss": [-0.2, -0.5, -0.3, -0.9, -0.6],
+              "logme": rng.normal(size=5)}
+    table = pd.DataFrame({"model": names, "reference": [False, False, False, True, False], **values})
+    for s in values:
+        table[f"rank_{s}"] = table[s].rank(ascending=False, method="min").astype(int)
+        table[f"seconds_{s}"] = 0.5
+    curve = {n: np.exp(-a * CURVE_TIMES) for n, a in zip(names, [2.0, 1.0, 0.5, 0.3, 0.2])} if curves else {}
+    return Selection(task="font_digits:5shot", table=table, curves=curve, num_samples=50,
+                     scores=tuple(values), input_seconds={"features": 3.0, "ntk": 7.0}, wall_seconds=20.0)
+
+
+def _spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_ranking_report_recommends_explains_and_counts_shared_inputs_once():
+    sel = _hand_made()
+    text = format_table(sel, top=2)
+    assert "ordered by lfc" in text and "fine-tune m/a and m/b first" in text
+    lines = text.splitlines()
+    header = next(l for l in lines if l.startswith("model"))
+    rows = [l for l in lines if l.startswith("m/")]
+    for s in sel.scores:  # every header name ends where its values end, in every row
+        end = header.index(f" {s} ") + 1 + len(s)
+        for row, value in zip(rows, sel.table[s]):
+            assert row[:end].endswith(f"{value:.4f}"), (s, row)
+    for s in sel.scores:
+        assert SUMMARY[s] in text and scores.get(s).reference in text
+    agreement = sel.agreement()
+    for a in sel.scores:
+        for b in sel.scores:
+            assert agreement.loc[a, b] == pytest.approx(_spearman(sel.table[a], sel.table[b]), abs=1e-12)
+    rho = _spearman(sel.table.lfc, sel.table.linearized_loss)
+    assert f"{rho:.2f}" in next(l for l in lines if l.strip().startswith("lfc ") and "." in l and "[" not in l)
+    assert "features 3.0 s (lfc, logme)" in text and "ntk 7.0 s (linearized_loss)" in text
+    assert "the rest, 2.5 s" in text  # 20 s wall - 10 s inputs - 3 scores x 5 models x 0.5 s
+
+
+def test_select_charges_shared_inputs_once(capsys):
+    result = select_module.select("font_digits:5shot", ("lfc", "logme"), models=TWO, per_class=3)
+    assert set(result.input_seconds) == {"features"}
+    own = result.table[["seconds_lfc", "seconds_logme"]].to_numpy().sum()
+    assert own + result.input_seconds["features"] <= result.wall_seconds
+
+
+def test_plot_highlights_the_recommended_models_and_marks_tau(monkeypatch, tmp_path):
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: figures.append(self) or save(self, *a, **k))
+    plot_curves(_hand_made(), tmp_path / "c.png", top=2)
+    ax = figures[0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["other models (2)", "m/d (reference)", "#1 m/a", "#2 m/b"]
+    thick = {line.get_label() for line in ax.get_lines() if line.get_linewidth() > 2}
+    assert thick == {"#1 m/a", "#2 m/b"}
+    assert any(np.allclose(line.get_xdata(), CURVE_TAU) and len(line.get_xdata()) == 2 for line in ax.get_lines())
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(Exception, match="add one of"):
+        plot_curves(_hand_made(curves=False), tmp_path / "none.png")
