@@ -1,6 +1,7 @@
 """linfit's command line: a thin layer that parses arguments and calls the library.
 
     linfit select [--task T] [--scores S ...] [--models M ...] [--top K]   rank the zoo for a task (the main job)
+                  [--zoo embedded|imagenet|FILE.toml] [--data PATH --regime R]   ... any zoo, your own images
     linfit scores                                                          the registered scores
     linfit tasks                                                           the embedded tasks
     linfit zoo list | build                                                the embedded model zoo
@@ -18,7 +19,7 @@ import json
 import pathlib
 import sys
 
-from linfit.defaults import DEFAULT_SCORES, DEFAULT_TASK
+from linfit.defaults import DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
 from linfit.errors import ConfigError, LinfitError
 
 DEFAULT_PLOT = "linfit_loss_curves.png"
@@ -62,15 +63,38 @@ def _check_names(*, scores: list[str], models: list[str] | None, tasks: list[str
     return [check_task(spec) for spec in tasks]
 
 
+def _zoo_and_data(args: argparse.Namespace) -> list:
+    """Check --zoo, --models, --task / --data and --regime before any work; returns the zoo's entries."""
+    from linfit.data import parse_task
+    from linfit.data.detect import data_kind
+    from linfit.errors import check_known
+    from linfit.zoo.source import load_zoo
+
+    if args.data is not None and args.task is not None:
+        raise ConfigError("--task names an embedded task and --data your own images; give one of them")
+    if args.data is None and args.regime is not None:
+        raise ConfigError(f"--regime goes with --data; an embedded --task names its own regime (e.g. {DEFAULT_TASK})")
+    entries = load_zoo(args.zoo)
+    if args.models is not None:
+        listing = "`linfit zoo list`" if args.zoo == "embedded" else f"the zoo {args.zoo!r}"
+        check_known("zoo model", args.models, [e.name for e in entries], listing)
+    if args.data is not None:
+        parse_task(f"data:{args.regime or DEFAULT_REGIME}")
+        data_kind(args.data)
+    return entries
+
+
 def _select(args: argparse.Namespace) -> int:
     from linfit.select import curve_scores, format_table, plot_curves, select
 
-    _check_names(scores=args.scores, models=args.models, tasks=[args.task])
+    entries = _zoo_and_data(args)
+    _check_names(scores=args.scores, models=None, tasks=[] if args.data else [args.task or DEFAULT_TASK])
     makes_curves = any(name in curve_scores() for name in args.scores)
     if args.plot and not makes_curves:
         raise ConfigError(f"--plot draws loss curves, which need a score that computes the fine-tuning NTK; "
                           f"add one of {', '.join(curve_scores())} to --scores, or drop --plot")
-    result = select(args.task, args.scores, models=args.models, per_class=args.per_class, seed=args.seed,
+    result = select(args.task, args.scores, data=args.data, regime=args.regime, zoo=entries, models=args.models,
+                    per_class=args.per_class, seed=args.seed,
                     head_samples=None if args.head_samples == 0 else args.head_samples, progress=not args.quiet)
     plot = (DEFAULT_PLOT if args.plot is None else args.plot) if makes_curves else ""
     if plot:
@@ -162,11 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     task_help = "a task as `linfit tasks` lists it, <dataset>:<regime>"
 
     sel = commands.add_parser("select", help="rank the model zoo for a target task without fine-tuning")
-    sel.add_argument("--task", default=DEFAULT_TASK, help=f"{task_help} (default {DEFAULT_TASK})")
+    sel.add_argument("--task", default=None, help=f"{task_help} (default {DEFAULT_TASK})")
+    sel.add_argument("--data", default=None,
+                     help="your own labelled images instead of --task: a folder of class subfolders, an .npz "
+                          "(x_train, y_train, x_test, y_test, or x, y), a folder of MNIST-style IDX files or a "
+                          "prepared tfds data_dir (linfit.data.load_data)")
+    sel.add_argument("--regime", default=None,
+                     help=f"with --data: 5shot, 20shot or full (any <k>shot; default {DEFAULT_REGIME})")
+    sel.add_argument("--zoo", default="embedded",
+                     help="embedded (default), imagenet (checkpoints of installed packages) or a TOML file "
+                          "listing your checkpoints (linfit.zoo.source)")
     sel.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES),
                      help="score names (`linfit scores`); the first orders the ranking "
                           f"(default {' '.join(DEFAULT_SCORES)})")
-    sel.add_argument("--models", nargs="+", help="zoo model names (`linfit zoo list`; default: the whole zoo)")
+    sel.add_argument("--models", nargs="+", help="model names of the zoo (`linfit zoo list`; default: all)")
     sel.add_argument("--top", type=_positive_int, default=3, help="how many models to recommend (default 3)")
     sel.add_argument("--per-class", type=_positive_int, default=25, help="scoring images per class (paper: 25)")
     sel.add_argument("--head-samples", type=_non_negative_int, default=8,

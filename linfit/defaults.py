@@ -2,3 +2,5 @@
 
 DEFAULT_TASK = "font_digits:20shot"
 DEFAULT_SCORES = ("lfc", "lgc", "linearized_loss", "logme", "leep")
+DEFAULT_REGIME = "20shot"
+"""The regime of ``linfit select --data`` (your own images) when ``--regime`` is not given."""

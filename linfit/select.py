@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import time
 from collections.abc import Sequence
 
@@ -24,13 +25,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from linfit import scores as score_registry
-from linfit import zoo
-from linfit.data import load_task
-from linfit.defaults import DEFAULT_SCORES, DEFAULT_TASK
+from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_task
+from linfit.defaults import DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
 from linfit.dynamics import LinearizedDynamics
 from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.scores.summaries import SUMMARY
+from linfit.zoo.source import ZooEntry, load_zoo
 
 __all__ = ["CURVE_TIMES", "CURVE_TAU", "DEFAULT_SCORES", "DEFAULT_TASK", "Selection", "curve_scores",
            "format_table", "plot_curves", "select"]
@@ -81,9 +82,12 @@ class Selection:
 
 
 def select(
-    task: str = DEFAULT_TASK,
+    task: str | None = None,
     scores: Sequence[str] = DEFAULT_SCORES,
     *,
+    data=None,
+    regime: str | None = None,
+    zoo: str | os.PathLike | Sequence[ZooEntry] = "embedded",
     models: Sequence[str] | None = None,
     per_class: int = 25,
     seed: int = 0,
@@ -91,74 +95,118 @@ def select(
     weights_dir=None,
     progress: bool = False,
 ) -> Selection:
-    """Score every model of the zoo on ``task`` and rank them.
+    """Score every model of a zoo on a task and rank them.
 
-    Every name and option is checked before any model is scored.
+    Every name and option is checked, and the zoo file read, before any data is loaded or model scored. Each
+    model sees the scoring images at its own input size and normalisation (``ZooEntry.preprocessing``).
 
     Args:
-      task: an embedded task spec ``"<target>:<regime>"`` (``linfit.data.tasks()``).
+      task: an embedded task spec ``"<target>:<regime>"`` (``linfit.data.tasks()``; default ``DEFAULT_TASK``);
+        not with ``data``.
       scores: registered score names (``linfit.scores.names()``); the first one orders the table.
-      models: zoo model names (default ``None``: the whole zoo, ``linfit.zoo.names()``).
+      data: your own labelled images instead of an embedded task: a path (``linfit.data.load_data``: image
+        folder, ``.npz``, IDX folder, tfds ``data_dir``) or a ``linfit.data.Dataset``.
+      regime: with ``data``: ``"5shot"``, ``"20shot"`` (default, ``DEFAULT_REGIME``) or ``"full"`` (any
+        ``"<k>shot"``).
+      zoo: ``"embedded"`` (default), ``"imagenet"``, the path of a TOML zoo file (``linfit.zoo.source``), or a
+        list of ``ZooEntry``.
+      models: names of zoo models to score (default ``None``: the whole zoo).
       per_class: at most this many training images per class are scored (the paper: 25), ``>= 1``.
-      seed: seeds the k-shot sample, the scoring subset and the random heads.
+      seed: seeds the k-shot sample, the scoring subset, the random heads and a split of ``data`` without one.
       head_samples: random head rows for the NTK-based scores (``linfit.scores.lgc``): an unbiased estimate at
         k >= 1 backward passes per sample; ``None`` for the exact head average (D passes per sample).
-      weights_dir: a zoo build other than the committed one.
+      weights_dir: a build of the embedded zoo other than the committed one.
       progress: show a progress bar over models.
 
     Returns:
       A :class:`Selection`.
 
     Raises:
-      ConfigError: no score, an empty ``models``, ``per_class < 1`` or ``head_samples < 1``.
+      ConfigError: no score, an empty ``models`` or zoo, ``per_class < 1`` or ``head_samples < 1``, both
+        ``task`` and ``data``, ``regime`` without ``data``, a zoo file breaking its rules, or Domain Similarity
+        asked for models without an embedded source domain.
       UnknownNameError: an unknown score, model or task dataset (all unknown names are listed).
-      DatasetError: a malformed task spec, or a regime asking for more images than a class has.
+      DatasetError: a malformed task spec or regime, unreadable ``data``, or a regime asking for more images
+        than a class has.
+      CheckpointError: a weight file that is missing, altered (sha256), non-finite or does not fit its
+        architecture.
     """
     start_wall = time.perf_counter()
     if not scores:
         raise ConfigError("select needs at least one score (linfit.scores.names())")
     check_known("score", scores, score_registry.names(), "linfit.scores.names()")
-    known_models = zoo.names(weights_dir)
+    if data is not None and task is not None:
+        raise ConfigError("give either task (an embedded task) or data (your own images), not both")
+    if data is None and regime is not None:
+        raise ConfigError(f"regime goes with data; an embedded task names its own regime, e.g. '{DEFAULT_TASK}'")
+    entries = list(zoo) if not isinstance(zoo, (str, os.PathLike)) else load_zoo(zoo, weights_dir=weights_dir)
+    if not entries:
+        raise ConfigError("the zoo has no model to score")
+    by_name = {e.name: e for e in entries}
     if models is not None:
         models = list(models)
         if not models:
             raise ConfigError("no model to score: name at least one zoo model, or none at all for the whole zoo")
-        check_known("zoo model", models, known_models, "linfit.zoo.names()")
+        check_known("zoo model", models, by_name, "linfit.zoo.source.load_zoo(...)")
+        entries = [by_name[name] for name in models]
     for option, value in (("per_class", per_class), ("head_samples", head_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise ConfigError(f"{option} must be a positive integer; got {value!r}")
     registered = [score_registry.get(name) for name in scores]
     needs = set().union(*(s.needs for s in registered))
-    target = load_task(task, seed=seed)
+    if needs & {"source_class_means", "source_class_counts"}:
+        _check_source_domains(entries, [s.name for s in registered if s.needs & {"source_class_means"}])
+    if data is None:
+        target = load_task(task or DEFAULT_TASK, seed=seed)
+    else:
+        spec = TaskSpec("data", parse_task(f"data:{regime or DEFAULT_REGIME}").regime)
+        dataset = data if isinstance(data, Dataset) else load_data(data, seed=seed)
+        target = load_task(TaskSpec(dataset.name, spec.regime), seed=seed, dataset=dataset)
+    task_name = str(target.spec)
     subset = target.scoring_set(per_class=per_class, seed=seed)
     task_inputs = TaskInputs(subset.x, subset.y, seed=seed)
-    rows, curves, input_seconds = [], {}, {}
-    for name in tqdm(models or known_models, desc="models", disable=not progress):
-        candidate = zoo.load(name, weights_dir=weights_dir)
+    rows, curves, input_seconds, prepared = [], {}, {}, {}
+    for entry in tqdm(entries, desc="models", disable=not progress):
+        model, variables = entry.load()
+        if entry.preprocessing not in prepared:
+            prepared[entry.preprocessing] = entry.preprocessing.prepare(subset.x)
         source = None
         if needs & {"source_class_means", "source_class_counts"}:
-            source = source_sample(candidate.source_domain, seed=seed)
-        inputs, seconds = extract_inputs(candidate.model, candidate.variables, subset.x, needs, task=task_inputs,
-                                         source_data=source, seed=seed, model_name=name, task_name=task,
+            source_x, source_y = source_sample(entry.source_domain, seed=seed)
+            source = (entry.preprocessing.prepare(source_x), source_y)
+        inputs, seconds = extract_inputs(model, variables, prepared[entry.preprocessing], needs, task=task_inputs,
+                                         source_data=source, seed=seed, model_name=entry.name, task_name=task_name,
                                          head_samples=head_samples)
         seconds.pop("source_class_counts", None)  # computed together with the class means, timed once
         for key, value in seconds.items():
             input_seconds[key] = input_seconds.get(key, 0.0) + value
-        row = {"model": name, "reference": candidate.is_reference}
+        row = {"model": entry.name, "reference": entry.reference}
         for score in registered:
             start = time.perf_counter()
             row[score.name] = score(subset.y, **inputs)
             row[f"seconds_{score.name}"] = time.perf_counter() - start
         rows.append(row)
         if "ntk" in inputs:
-            curves[name] = _loss_curve(inputs["ntk"], subset.y)
+            curves[entry.name] = _loss_curve(inputs["ntk"], subset.y)
     table = pd.DataFrame(rows)
     for score in registered:
         table[f"rank_{score.name}"] = table[score.name].rank(ascending=False, method="min").astype(int)
     table = table.sort_values(f"rank_{registered[0].name}", kind="stable").reset_index(drop=True)
-    return Selection(task=str(target.spec), table=table, curves=curves, num_samples=int(subset.y.size),
+    return Selection(task=task_name, table=table, curves=curves, num_samples=int(subset.y.size),
                      scores=tuple(scores), input_seconds=input_seconds,
                      wall_seconds=time.perf_counter() - start_wall)
+
+
+def _check_source_domains(entries: Sequence[ZooEntry], users: list[str]) -> None:
+    """Domain Similarity reads each model's source images: only the embedded source domains have them here."""
+    from linfit.data import catalog
+
+    known = {"union", *catalog.names("source")}  # "union": the generalist's, all source domains
+    missing = [f"{e.name} ({e.source_domain or 'unknown'})" for e in entries if e.source_domain not in known]
+    if missing:
+        raise ConfigError(f"{', '.join(users)} compares the task with each model's source images, which linfit has "
+                          f"only for the embedded domains; not for {', '.join(missing[:5])}"
+                          f"{' ...' if len(missing) > 5 else ''}: drop the score or those models")
 
 
 def _loss_curve(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:

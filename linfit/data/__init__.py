@@ -5,10 +5,12 @@
 * Task specs ``"<dataset>:<regime>"`` (:func:`parse_task`, :func:`load_task`, :func:`tasks`),
   stratified deterministic sampling (:func:`kshot_indices`, :func:`scoring_subset`).
 * Local loaders that never download: :func:`load_idx`, :func:`load_idx_dataset`,
-  :func:`load_image_folder`, :func:`load_arrays`, :func:`load_tfds`.
+  :func:`load_image_folder`, :func:`load_arrays`, :func:`load_tfds`; :func:`load_data` detects which one a
+  path needs.
 """
 
 from linfit.data.dataset import Dataset, to_float, to_uint8, union
+from linfit.data.detect import load_data
 from linfit.data.idx import load_idx, load_idx_dataset
 from linfit.data.loaders import load_arrays, load_image_folder
 from linfit.data.sampling import kshot_indices, scoring_subset
@@ -33,6 +35,7 @@ __all__ = [
     "check_task",
     "kshot_indices",
     "load_arrays",
+    "load_data",
     "load_idx",
     "load_idx_dataset",
     "load_image_folder",

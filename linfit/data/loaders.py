@@ -17,25 +17,55 @@ from linfit.errors import DatasetError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
-def _read_class_folders(root: str, size: tuple[int, int], grayscale: bool):
-    """Read ``root/<class>/<image>`` -> (``[N, H, W, C]`` uint8, ``[N]`` labels, sorted class names)."""
-    from PIL import Image, UnidentifiedImageError
-
+def _class_files(root: str) -> tuple[list[str], list[list[str]]]:
+    """The sorted class names of ``root/<class>/<image>`` and each class's sorted image paths."""
     if not os.path.isdir(root):
         raise DatasetError(f"image folder {root!r} does not exist or is not a directory")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise DatasetError(f"{root!r} has no class subfolders (expected root/<class>/<image files>)")
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        files = sorted(f for f in os.listdir(os.path.join(root, cls)) if f.lower().endswith(IMAGE_SUFFIXES))
-        if not files:
+    files = []
+    for cls in classes:
+        names = sorted(f for f in os.listdir(os.path.join(root, cls)) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not names:
             raise DatasetError(f"class folder {os.path.join(root, cls)!r} has no image files {IMAGE_SUFFIXES}")
-        for fname in files:
-            path = os.path.join(root, cls, fname)
+        files.append([os.path.join(root, cls, f) for f in names])
+    return classes, files
+
+
+def _native_format(paths: list[str]) -> tuple[tuple[int, int], bool]:
+    """``(size (H, W) of the first image, whether every image is single-band)``, from the file headers."""
+    from PIL import Image, UnidentifiedImageError
+
+    grayscale, size = True, None
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                size = size or (im.height, im.width)
+                grayscale = grayscale and len(im.getbands()) == 1
+        except (OSError, UnidentifiedImageError) as e:
+            raise DatasetError(f"cannot decode image {path!r}: {e}") from e
+    return size, grayscale
+
+
+def _read_class_folders(root: str, size: tuple[int, int] | None, grayscale: bool | None):
+    """Read ``root/<class>/<image>`` -> (``[N, H, W, C]`` uint8, ``[N]`` labels, sorted class names); a size or
+    mode left ``None`` is the images' own (:func:`_native_format`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes, files = _class_files(root)
+    if size is None or grayscale is None:
+        native_size, native_gray = _native_format([p for paths in files for p in paths])
+        size = native_size if size is None else size
+        grayscale = native_gray if grayscale is None else grayscale
+    images, labels = [], []
+    for label, paths in enumerate(files):
+        for path in paths:
             try:
                 with Image.open(path) as im:
-                    im = im.convert("L" if grayscale else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+                    im = im.convert("L" if grayscale else "RGB")
+                    if im.size != (size[1], size[0]):
+                        im = im.resize((size[1], size[0]), Image.BILINEAR)
                     arr = np.asarray(im, np.uint8)
             except (OSError, UnidentifiedImageError) as e:
                 raise DatasetError(f"cannot decode image {path!r}: {e}") from e
@@ -44,11 +74,27 @@ def _read_class_folders(root: str, size: tuple[int, int], grayscale: bool):
     return np.stack(images), np.asarray(labels, np.int32), classes
 
 
+def _stratified_split(y: np.ndarray, test_fraction: float, seed: int, source: str) -> np.ndarray:
+    """``[N]`` bool mask of a per-class random test split: ``max(1, round(n_c * test_fraction))`` images of each
+    class (keeping at least one for training), drawn from ``np.random.SeedSequence([seed, c])``."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DatasetError(f"test_fraction must lie in (0, 1); got {test_fraction}")
+    counts = np.bincount(y)
+    if counts.min() < 2:
+        raise DatasetError(f"{source}: every class needs >= 2 images to split; class counts {counts.tolist()}")
+    test_mask = np.zeros(len(y), bool)
+    for c, n in enumerate(counts):
+        k = min(n - 1, max(1, round(float(n) * test_fraction)))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, c]))
+        test_mask[rng.permutation(np.flatnonzero(y == c))[:k]] = True
+    return test_mask
+
+
 def load_image_folder(
     root: str | os.PathLike,
     *,
-    size: tuple[int, int] = (28, 28),
-    grayscale: bool = True,
+    size: tuple[int, int] | None = (28, 28),
+    grayscale: bool | None = True,
     test_fraction: float = 0.2,
     seed: int = 0,
     name: str | None = None,
@@ -63,8 +109,8 @@ def load_image_folder(
       one image) in the test split — the paper's 80/20 rule for datasets without a split.
 
     Args:
-      size: output ``(H, W)``.
-      grayscale: ``C = 1`` if True, else RGB (``C = 3``).
+      size: output ``(H, W)``; ``None``: the first image's size (images of another size are resized to it).
+      grayscale: ``C = 1`` if True, else RGB (``C = 3``); ``None``: grayscale iff every image is single-band.
       seed: seed of the random split (only for the second layout).
 
     Returns:
@@ -81,28 +127,21 @@ def load_image_folder(
                 f"{root!r}: train and test have different class folders: {classes} vs {test_classes}"
             )
     else:
-        if not 0.0 < test_fraction < 1.0:
-            raise DatasetError(f"test_fraction must lie in (0, 1); got {test_fraction}")
         x, y, classes = _read_class_folders(root, size, grayscale)
-        counts = np.bincount(y)
-        if counts.min() < 2:
-            raise DatasetError(f"{root!r}: every class needs >= 2 images to split; class counts {counts.tolist()}")
-        test_mask = np.zeros(len(y), bool)
-        for c, n in enumerate(counts):  # per class: max(1, round(n * fraction)) test images
-            k = min(n - 1, max(1, round(float(n) * test_fraction)))
-            rng = np.random.default_rng(np.random.SeedSequence([seed, c]))
-            test_mask[rng.permutation(np.flatnonzero(y == c))[:k]] = True
+        test_mask = _stratified_split(y, test_fraction, seed, repr(root))
         x_train, y_train, x_test, y_test = x[~test_mask], y[~test_mask], x[test_mask], y[test_mask]
     return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                    class_names=tuple(classes), domain=f"image folder {root}")
 
 
-def load_arrays(source, *, name: str | None = None, class_names=None) -> Dataset:
+def load_arrays(source, *, name: str | None = None, class_names=None, test_fraction: float = 0.2,
+                seed: int = 0) -> Dataset:
     """Build a :class:`Dataset` from arrays: a path to an ``.npz`` file or a mapping of arrays.
 
     Required keys: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (images ``[N, H, W]`` or
-    ``[N, H, W, C]``, uint8 or float in ``[0, 1]``; labels ``[N]`` integers). Optional key:
-    ``class_names`` (default ``"0" .. str(max label)``).
+    ``[N, H, W, C]``, uint8 or float in ``[0, 1]``; labels ``[N]`` integers), or just ``x`` and ``y``, split
+    at random per class with ``test_fraction`` of each class in the test split (seeded by ``seed``; as
+    :func:`load_image_folder`). Optional key: ``class_names`` (default ``"0" .. str(max label)``).
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -116,9 +155,20 @@ def load_arrays(source, *, name: str | None = None, class_names=None) -> Dataset
         arrays = dict(source)
     else:
         raise DatasetError(f"load_arrays needs an .npz path or a mapping of arrays; got {type(source).__name__}")
+    if {"x", "y"} <= set(arrays) and not {"x_train", "y_train", "x_test", "y_test"} & set(arrays):
+        y = np.asarray(arrays["y"])
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+            raise DatasetError(f"y must be [N] non-negative integer labels; got shape {y.shape}, dtype {y.dtype}")
+        x = np.asarray(arrays.pop("x"))
+        if x.shape[:1] != y.shape:
+            raise DatasetError(f"x and y must have one row per image; got x {x.shape}, y {y.shape}")
+        test = _stratified_split(y, test_fraction, seed, name or "arrays")
+        y = arrays.pop("y")
+        arrays.update(x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test])
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
-        raise DatasetError(f"arrays lack the keys {missing}; found {sorted(arrays)}")
+        raise DatasetError(f"arrays lack the keys {missing} (or give x and y only, to be split); found "
+                           f"{sorted(arrays)}")
     if class_names is None:
         if "class_names" in arrays:
             class_names = [str(c) for c in np.asarray(arrays["class_names"]).tolist()]

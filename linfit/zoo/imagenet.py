@@ -50,25 +50,10 @@ import numpy as np
 
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.torch_pickle import read_numpy_pickle, read_torch_checkpoint
+from linfit.zoo.preprocessing import Preprocessing
 
 ZOO_DIR_ENV = "LINFIT_ZOO_DIR"
 FORMATS = ("torch", "numpy-pickle")
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How a model's input image is prepared: ``x[..., c] = (pixel[..., c] / 255 - mean[c]) / std[c]``.
-
-    Attributes:
-      input_size: side of the square input in pixels (``[N, input_size, input_size, 3]``).
-      mean, std: per channel, in the model's channel order, in units of pixel / 255.
-      channel_order: ``"RGB"`` or ``"BGR"`` (the order of the model's 3 input channels).
-    """
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    channel_order: str
 
 
 _TORCHVISION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
