@@ -155,7 +155,7 @@ def select(
     registered = [score_registry.get(name) for name in scores]
     needs = set().union(*(s.needs for s in registered))
     if needs & {"source_class_means", "source_class_counts"}:
-        _check_source_domains(entries, [s.name for s in registered if s.needs & {"source_class_means"}])
+        _check_source_domains(entries, [s.name for s in registered if "source_class_means" in s.needs])
     if data is None:
         target = load_task(task or DEFAULT_TASK, seed=seed)
     else:
