@@ -19,7 +19,7 @@ Configurations. Every unit has a *setting* (``linfit.bench.store.setting``: its 
 coordinates, e.g. the epochs of a fine-tuning, the scoring subset size of a score) with a short id. A report
 compares one fine-tuning setting with one scoring setting and says which (with the linfit versions that wrote
 them); a store holding several settings of a kind is refused with the list of them, and ``settings=[id, ...]``
-(``linfit report --setting ID``) chooses one per kind. The frames ``scores_frame`` and ``finetune_frame`` keep
+(``linfit report --setting ID``) chooses one for each kind that has several. The frames ``scores_frame`` and ``finetune_frame`` keep
 every setting, in their ``setting`` column.
 """
 
@@ -46,7 +46,8 @@ def scores_frame(store: ResultStore) -> pd.DataFrame:
     for unit in store.units("scores"):
         cfg, rec = unit["config"], unit["record"]
         for name, value in rec["scores"].items():
-            rows.append({**_ids(cfg), "score": name, "value": value, "seconds": rec["timings"].get(name, np.nan)})
+            rows.append({**_ids(cfg, "scores"), "score": name, "value": value,
+                         "seconds": rec["timings"].get(name, np.nan)})
     return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "score", "value", "seconds"])
 
 
@@ -57,7 +58,7 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
         cfg, rec = unit["config"], unit["record"]
         rows.append(
             {
-                **_ids(cfg),
+                **_ids(cfg, "finetune"),
                 "accuracy": rec["accuracy"],
                 "oracle_accuracy": rec.get("oracle_accuracy", rec["accuracy"]),
                 "seconds": rec["seconds"],
@@ -69,9 +70,9 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
 _ID_COLUMNS = ["model", "task", "regime", "seed", "reference", "setting"]
 
 
-def _ids(cfg: dict) -> dict:
+def _ids(cfg: dict, kind: str) -> dict:
     return {"model": cfg["model"], "task": cfg["task"], "regime": cfg["regime"], "seed": cfg.get("seed", 0),
-            "reference": bool(cfg.get("reference", False)), "setting": setting_id(cfg)}
+            "reference": bool(cfg.get("reference", False)), "setting": setting_id(kind, cfg)}
 
 
 def settings_frame(store: ResultStore) -> pd.DataFrame:
@@ -81,10 +82,10 @@ def settings_frame(store: ResultStore) -> pd.DataFrame:
     found: dict[tuple[str, str], dict] = {}
     for unit in store.units():
         if unit["kind"] in KINDS:
-            cfg = unit["config"]
-            entry = found.setdefault((unit["kind"], setting_id(cfg)), {
-                "kind": unit["kind"], "setting": setting_id(cfg), "config": json.dumps(setting(cfg), sort_keys=True),
-                "units": 0, "versions": set()})
+            kind, cfg = unit["kind"], unit["config"]
+            ident = setting_id(kind, cfg)
+            entry = found.setdefault((kind, ident), {"kind": kind, "setting": ident, "units": 0, "versions": set(),
+                                                     "config": json.dumps(setting(cfg), sort_keys=True)})
             entry["units"] += 1
             entry["versions"].add(unit["version"])
     rows = [{**entry, "versions": ", ".join(sorted(entry["versions"]))} for _, entry in sorted(found.items())]
@@ -93,9 +94,11 @@ def settings_frame(store: ResultStore) -> pd.DataFrame:
 
 def _one_setting(frame: pd.DataFrame, kind: str, known: pd.DataFrame,
                  settings: Collection[str] | None) -> pd.DataFrame:
-    """The rows of ``frame`` (units of ``kind``) in the chosen setting; ``LinfitError`` when several remain."""
-    if settings is not None:
-        frame = frame[frame.setting.isin(list(settings))]
+    """The rows of ``frame`` (units of ``kind``) in the chosen setting (all rows when ``settings`` names none of
+    this kind); ``LinfitError`` when several settings remain."""
+    chosen = frame.setting.isin(list(settings or ()))
+    if chosen.any():
+        frame = frame[chosen]
     found = sorted(frame.setting.unique())
     if len(found) <= 1:
         return frame
@@ -244,9 +247,9 @@ def _grams(store: ResultStore, chosen: set[str]) -> list[tuple[str, str, list[di
     groups: dict[tuple[str, str], list[dict]] = {}
     for unit in store.units("finetune"):
         cfg, rec = unit["config"], unit["record"]
-        if "gram" in rec and setting_id(cfg) in chosen:
-            groups.setdefault((cfg["task"], cfg["regime"]), []).append({**_ids(cfg), "accuracy": rec["accuracy"],
-                                                                        "gram": rec["gram"]})
+        if "gram" in rec and setting_id("finetune", cfg) in chosen:
+            groups.setdefault((cfg["task"], cfg["regime"]), []).append(
+                {**_ids(cfg, "finetune"), "accuracy": rec["accuracy"], "gram": rec["gram"]})
     selection = []
     for (task, regime), found in sorted(groups.items()):
         seed = min(u["seed"] for u in found)

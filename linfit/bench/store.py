@@ -73,15 +73,18 @@ def setting(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in GRID_FIELDS and k != "scores"}
 
 
-def setting_id(config: dict) -> str:
-    """12 hex digits of the SHA-256 of ``setting(config)`` as sorted JSON: equal settings have equal ids."""
-    return hashlib.sha256(json.dumps(setting(config), sort_keys=True).encode()).hexdigest()[:12]
+def setting_id(kind: str, config: dict) -> str:
+    """12 hex digits of the SHA-256 of ``{"kind": kind, "setting": setting(config)}`` as sorted JSON: units of one
+    kind with equal settings have equal ids, and units of different kinds never share one."""
+    text = json.dumps({"kind": kind, "setting": setting(config)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def unit_key(kind: str, config: dict) -> str:
     """``<kind>/<model>/<task>:<regime>/seed<n>/<setting id>``: the key of a benchmark unit whose ``config``
     holds the grid coordinates ``model``, ``task``, ``regime``, ``seed`` and its setting."""
-    return f"{kind}/{config['model']}/{config['task']}:{config['regime']}/seed{config['seed']}/{setting_id(config)}"
+    cell = f"{config['model']}/{config['task']}:{config['regime']}/seed{config['seed']}"
+    return f"{kind}/{cell}/{setting_id(kind, config)}"
 
 
 def part_key(key: str, part: str) -> str:
