@@ -292,21 +292,39 @@ def test_mobilenet_v2_features_of_real_photos():
     np.testing.assert_allclose(phi, want, atol=5e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("name", list(WEIGHTS))
-def test_structured_ntk_equals_jacobian_contraction(name):
-    """All parameters, a fresh 3-way head (so the Jacobian fits), N = 2 photos at 32 px (65 for SqueezeNet's
-    pools). Both are float32 sums over P ~ 5e6 parameters: agreement to 1e-4 of the kernel's scale."""
+def _ntk_parity(name: str, subset: str) -> float:
+    """``max |structured - jacobian| / max |jacobian|`` of the full ``[N, N, O, O]`` NTK w.r.t. the ``subset``
+    parameters, with a fresh 3-way head (so the Jacobian stays small), N = 2 photos at 32 px (65 for
+    SqueezeNet's pools)."""
     size = 65 if name == "squeezenet1_1" else 32
     model, variables = loaded(name)
     model, variables = models.replace_head(model, variables, 3, jax.random.PRNGKey(0), init="lecun_normal")
     apply_fn, params = models.logits_fn(model, variables)
+    params_filter = models.param_subsets(model, params)[subset]
     pre = models.preprocessing(name)
     x = jnp.asarray(pre.normalize(np.stack([photo(PHOTOS["chelsea"][0], size), photo(PHOTOS["coffee"][0], size)])))
-    kernels = {impl: np.asarray(empirical_ntk_fn(apply_fn, trace_axes=(), implementation=impl)(x, None, params))
-               for impl in ("jacobian", "structured")}
-    scale = np.abs(kernels["jacobian"]).max()
-    print(name, "structured vs jacobian:", np.abs(kernels["structured"] - kernels["jacobian"]).max() / scale)
-    np.testing.assert_allclose(kernels["structured"], kernels["jacobian"], atol=1e-4 * scale)
+    kernels = [np.asarray(empirical_ntk_fn(apply_fn, trace_axes=(), implementation=impl, params_filter=params_filter)(
+        x, None, params)) for impl in ("jacobian", "structured")]
+    error = float(np.abs(kernels[1] - kernels[0]).max() / np.abs(kernels[0]).max())
+    print(name, subset, "structured vs jacobian:", error)
+    return error
+
+
+# Both kernels are float32 sums over the selected parameters (up to ~5e6): agreement to 1e-5 of the kernel's
+# scale (sqrt(P) * 6e-8 ~ 1e-4 is the worst case; measured 1e-7..6e-7 with all parameters).
+
+
+@pytest.mark.parametrize("name", list(WEIGHTS))
+def test_structured_ntk_equals_jacobian_contraction_on_the_last_block(name):
+    """The last block (depthwise/grouped convs and BatchNorm go through the exact per-sample fallback, 1x1
+    convs and the head through the factorisation) and the head."""
+    assert _ntk_parity(name, "last_block") < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1"])
+def test_structured_ntk_equals_jacobian_contraction_on_all_parameters(name):
+    assert _ntk_parity(name, "all") < 1e-5
 
 
 def test_strict_mapping_names_missing_unexpected_and_misshaped_keys():
