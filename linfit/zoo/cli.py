@@ -1,5 +1,5 @@
-"""``linfit zoo list`` and ``linfit zoo build``: the zoo's sub-commands, added to linfit's parser by
-``add_commands(subparsers)`` (``linfit.cli`` calls it)."""
+"""``linfit zoo list``, ``linfit zoo build`` and ``linfit zoo import``: the zoo's sub-commands, added to linfit's
+parser by ``add_commands(subparsers)`` (``linfit.cli`` calls it)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,16 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from linfit.zoo.imagenet import import_checkpoint
+
+    entry = import_checkpoint(args.path, args.arch, name=args.name, user_dir=args.zoo_dir)
+    print(f"{entry.name}  {entry.arch}  {entry.format}  sha256 {entry.sha256}\n-> {entry.path}")
+    return 0
+
+
 def add_commands(subparsers) -> None:
-    """Add ``zoo list`` and ``zoo build`` to an ``argparse`` sub-parser collection."""
+    """Add ``zoo list``, ``zoo build`` and ``zoo import`` to an ``argparse`` sub-parser collection."""
     zoo = subparsers.add_parser("zoo", help="the embedded model zoo").add_subparsers(dest="zoo_command", required=True)
     lst = zoo.add_parser("list", help="print the zoo's model names, one a line")
     lst.add_argument("--weights-dir", default=None, help="a zoo build folder (default: the committed zoo)")
@@ -36,3 +44,10 @@ def add_commands(subparsers) -> None:
     bld.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
     bld.add_argument("--quiet", action="store_true", help="no progress bars")
     bld.set_defaults(run=_build)
+    imp = zoo.add_parser("import", help="copy a downloaded ImageNet checkpoint into the user zoo (with its sha256)")
+    imp.add_argument("path", help="a torch.save file (.pt/.pth) or a pickle of numpy arrays")
+    imp.add_argument("--arch", required=True, help="its architecture, a key of linfit.zoo.imagenet.PREPROCESSING")
+    imp.add_argument("--name", default=None, help="entry name user/<NAME> (default: the file name without suffix)")
+    imp.add_argument("--zoo-dir", default=None,
+                     help="user zoo folder (default: $LINFIT_ZOO_DIR or ~/.cache/linfit/zoo)")
+    imp.set_defaults(run=_import)
