@@ -56,15 +56,16 @@ from linfit.scores.validation import check_features, check_matrix
 def _tridiagonal_eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray, str], np.ndarray]]:
     """Eigenvalues ``[m]`` (ascending) and eigenvectors ``W [m, m]`` of the tridiagonal T of ``G = Q T Qᵀ``,
     and ``rotate(x, trans)``: ``Qᵀ x`` (``"T"``) or ``Q x`` (``"N"``) for ``x [m, K]``, so that G's
-    eigenvectors are ``V = Q W`` without forming them.
+    eigenvectors are ``V = Q W`` without forming them. ``gram [m, m]`` (symmetric, float64) is overwritten.
 
     LAPACK ``dsytrd`` (lower) stores Q = H_1 … H_{m−1} as Householder vectors in the columns of its output's
     strictly lower part, in the layout ``dormqr`` reads for the ``[m−1, m−1]`` block below the diagonal.
     """
     m = gram.shape[0]
     lwork = int(scipy.linalg.lapack.dsytrd_lwork(m, lower=1)[0])
+    # gram.T: the same symmetric matrix, in the column-major order LAPACK reads (no copy for a C-ordered gram)
     packed, diagonal, off_diagonal, tau, _ = scipy.linalg.lapack.dsytrd(  # info ≠ 0 only for bad arguments
-        np.asfortranarray(gram), lower=1, lwork=lwork, overwrite_a=1)
+        gram.T, lower=1, lwork=lwork, overwrite_a=1)
     off_diagonal = off_diagonal if m > 1 else np.zeros(1)  # the wrapper wants max(m - 1, 1) entries
     sigma, w, _ = scipy.linalg.lapack.dstevd(diagonal, off_diagonal, compute_v=1)  # ascending
     reflectors = np.asfortranarray(packed[1:, :-1])
