@@ -187,7 +187,7 @@ def main(argv=None) -> None:
     parser.add_argument("--logme-sizes", nargs="+", metavar="NxDxC", help="LogME comparison cells")
     parser.add_argument("--blas-threads", type=int, help="limit the BLAS/OpenMP thread pools (threadpoolctl)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="score table: time the score and its dominant call this many times each, keep the fastest")
+                        help="score table: time each score and its dominant call R times, keep the fastest")
     args = parser.parse_args(argv)
     if args.blas_threads is not None:
         with threadpoolctl.threadpool_limits(limits=args.blas_threads):

@@ -26,9 +26,9 @@ Only one eigendecomposition is done, of the smaller Gram matrix (FᵀF when N �
 and all target columns are solved together. Its eigenvectors are never formed: the Gram matrix is
 reduced to tridiagonal form G = Q T Qᵀ (LAPACK ``sytrd``), T = W Λ Wᵀ is solved by divide and conquer
 (``stevd``, the solver inside ``syevd``), and the few target columns are rotated by Qᵀ instead of
-rotating W back by Q, the D × D × D product that makes up about a third of a full ``syevd`` (measured
-on one core: 4.6 s instead of 6.8 s for D = 2048). Everything is float64 numpy/scipy, also when the inputs are float32 JAX
-arrays.
+rotating W back by Q, the D × D × D product that makes up about a third of a full ``syevd``
+(measured on one core: 4.6 s instead of 6.8 s for D = 2048). Everything is float64 numpy/scipy, also
+when the inputs are float32 JAX arrays.
 
 Example::
 
@@ -86,9 +86,9 @@ def spectral_projection(features: np.ndarray, targets: np.ndarray) -> tuple[np.n
     energy off F's column span.
 
     F = U diag(√σ) Vᵀ; the function returns σ ``[k]`` (eigenvalues above ``σ_max · max(N, D) · eps``,
-    :func:`linfit.scores.spectrum.significant`, k ≤ min(N, D)), ``Uᵀ Y`` ``[k, K]`` and ``‖(I − UUᵀ) Y‖²`` ``[K]``, from one
-    eigendecomposition of the smaller of FᵀF and FFᵀ (tridiagonal, see the module docstring; when N ≥ D,
-    ``UᵀY = diag(σ^-½) Vᵀ (FᵀY)`` so U is never formed).
+    :func:`linfit.scores.spectrum.significant`, k ≤ min(N, D)), ``Uᵀ Y`` ``[k, K]`` and
+    ``‖(I − UUᵀ) Y‖²`` ``[K]``, from one eigendecomposition of the smaller of FᵀF and FFᵀ (tridiagonal, see
+    the module docstring; when N ≥ D, ``UᵀY = diag(σ^-½) Vᵀ (FᵀY)`` so U is never formed).
 
     The off-span energy is computed from the residual vectors themselves (``Qᵀ Y − W Wᵀ Qᵀ Y``, of the
     same norm as ``Y − UUᵀY``, or ``Y − F V σ⁻¹ Vᵀ FᵀY`` when N ≥ D), and is exactly zero when k = N (F
