@@ -1,5 +1,4 @@
-"""Time ``finetune_grid``'s strategies: the (lr × seed) runs in one vmapped program, in one program with
-``lax.map`` over the runs, and one after another from Python.
+"""Time ``finetune_grid`` with the (lr × seed) runs in one vmapped program against the same runs one after another.
 
 Usage::
 
@@ -30,7 +29,7 @@ from linfit import zoo
 from linfit.data import load_task
 from linfit.finetune import FinetuneConfig, GridProtocol, finetune_grid
 
-STRATEGIES = ("vmap", "map", "sequential")
+STRATEGIES = ("vmap", "sequential")
 
 
 def main(argv=None) -> None:
@@ -74,7 +73,8 @@ def main(argv=None) -> None:
           f"steps of batch {args.batch_size}; window {args.window}; jax {jax.__version__} on "
           f"{jax.default_backend()}; load average (1/5/15 min) at start "
           + " ".join(f"{v:.2f}" for v in load_start) + ", at end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
-    print(f"| strategy | wall (s, median of {args.repeats}) | ms per run-step | sequential / this | compile (s, est.) |")
+    print(f"| strategy | wall (s, median of {args.repeats}) | ms per run-step | sequential / this "
+          "| compile (s, est.) |")
     print("|---|---|---|---|---|")
     for s in STRATEGIES:
         compile_s = warm[s] - share * median[s]

@@ -20,18 +20,19 @@ finite, and otherwise stops at ``max_steps``. A stopped run keeps its parameters
 
 **Data order.** Seed s trains from the head ``fold_in(PRNGKey(s), 0)`` (when ``config.head_init`` is set) on
 minibatches of B = min(batch_size, N) samples: step k takes the ``(k mod E)``-th block of B indices of
-``permutation(fold_in(fold_in(PRNGKey(s), 1), k // E), N)`` with E = ⌊N / B⌋ (each epoch reshuffles; the N − E·B
-samples left over by an epoch's permutation wait for the next one, as ``DataLoader(drop_last=True)``).
+``permutation(fold_in(fold_in(PRNGKey(s), 1), k // E), N)`` with E = ⌊N / B⌋ (each epoch reshuffles; the last N − E·B
+indices of an epoch's permutation are skipped in that epoch, as ``DataLoader(shuffle=True, drop_last=True)``).
 
 **One program.** With ``strategy="vmap"`` the R = (#η × #seeds) runs of a round are one ``jax.vmap`` of the step
 over stacked parameters, optimiser and BatchNorm states (each run normalises by its own minibatch and keeps its
-own running statistics), with the K steps of a window in a ``jax.lax.scan``: one jit compilation per architecture
-and R, one device call per window. ``strategy="map"`` is the same program with ``jax.lax.map`` over the runs
-instead of ``jax.vmap`` (the runs one after another inside it): vmapping a convolution whose inputs and kernel
-both differ per run gives one grouped convolution (``feature_group_count = R``), which XLA's CPU backend runs
-several times slower than R plain ones (5× for R = 8 3×3 convolutions of 16 channels on 32 × 28 × 28 inputs), so
-on CPU ``"map"`` is the faster (``benchmarks/finetune_vmap.py``). ``strategy="sequential"`` trains the runs one after another with the
-compiled step of ``loop.py`` called from Python: the reference that both programs reproduce to round-off.
+own running statistics), with the K steps of a window in a ``jax.lax.scan``: one jit compilation per architecture,
+input shapes and R, one device call per window. ``strategy="sequential"`` trains the runs one after another with
+the compiled step of ``loop.py`` called from Python: the reference that the vmapped program reproduces to
+round-off, and the faster on CPU, where XLA runs both parts of the program slowly: a convolution vmapped over
+per-run inputs and kernels becomes one grouped convolution (``feature_group_count = R``, 5× slower than R plain
+ones for R = 8), and a convolutional step inside ``lax.scan`` ran 4–5× slower than the same compiled step called
+from Python (``benchmarks/RESULTS.md``). The default picks ``"sequential"`` on the CPU backend, ``"vmap"`` on
+accelerators.
 
 Example::
 
@@ -61,7 +62,7 @@ from linfit.finetune.config import FinetuneConfig
 from linfit.finetune.loop import COMPILE_CACHE_SIZE, _check_data, _make_trainer, _num_outputs, prepare
 from linfit.finetune.protocol import stratified_split
 
-STRATEGIES = ("vmap", "map", "sequential")
+STRATEGIES = ("vmap", "sequential")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,13 +193,8 @@ def _take(tree, r: int) -> Any:
     return jax.tree.map(lambda leaf: leaf[r], tree)
 
 
-def _over_runs(fn: Callable, run_args: tuple, vectorize: bool):
-    """``fn`` applied to every run's slice of ``run_args`` (leading axis R): ``jax.vmap`` or ``jax.lax.map``."""
-    return jax.vmap(fn)(*run_args) if vectorize else jax.lax.map(lambda args: fn(*args), run_args)
-
-
 @functools.lru_cache(maxsize=COMPILE_CACHE_SIZE)
-def _window_program(step: Callable, batch_size: int, window: int, vectorize: bool) -> Callable:
+def _vmapped_window(step: Callable, batch_size: int, window: int) -> Callable:
     """``(state, anchor, lrs [R], keys [R, 2], x [N, ...], y [N], k0, active [R]) -> (state, losses [R, K])``:
     K steps of every run, in one jit; runs with ``active`` False keep their state."""
 
@@ -210,7 +206,8 @@ def _window_program(step: Callable, batch_size: int, window: int, vectorize: boo
         return jax.lax.scan(body, state, k0 + jnp.arange(window))
 
     def run_window(state, anchor, lrs, keys, x, y, k0, active):
-        new_state, losses = _over_runs(lambda *run: one_run(*run, x, y, k0), (state, anchor, lrs, keys), vectorize)
+        every_run = jax.vmap(one_run, in_axes=(0, 0, 0, 0, None, None, None))
+        new_state, losses = every_run(state, anchor, lrs, keys, x, y, k0)
 
         def keep(new, old):
             return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
@@ -221,10 +218,9 @@ def _window_program(step: Callable, batch_size: int, window: int, vectorize: boo
 
 
 @functools.lru_cache(maxsize=COMPILE_CACHE_SIZE)
-def _logits_program(logits: Callable, vectorize: bool) -> Callable:
+def _vmapped_logits(logits: Callable) -> Callable:
     """``(theta, anchor, batch_stats, x [B, ...]) -> [R, B, C]`` for R stacked runs, in one jit."""
-    return jax.jit(lambda theta, anchor, stats, x: _over_runs(lambda *run: logits(*run, x), (theta, anchor, stats),
-                                                              vectorize))
+    return jax.jit(jax.vmap(logits, in_axes=(0, 0, 0, None)))
 
 
 _batch_indices_jit = jax.jit(batch_indices, static_argnums=(2, 3))
@@ -255,8 +251,8 @@ def _train(run_window: Callable, num_runs: int, protocol: GridProtocol) -> dict[
 def _fit(trainer, runs: _Runs, x, y, batch_size: int, protocol: GridProtocol, strategy: str):
     """Train ``runs`` on ``(x [N, ...], y [N])``; returns (final stacked states, ``_train``'s record)."""
     num_runs = len(runs.lrs)
-    if strategy != "sequential":
-        run_window = _window_program(trainer.step, batch_size, protocol.window, strategy == "vmap")
+    if strategy == "vmap":
+        run_window = _vmapped_window(trainer.step, batch_size, protocol.window)
         state = runs.state
         lrs = jnp.asarray(runs.lrs, jnp.float32)
 
@@ -302,9 +298,8 @@ def _evaluate(trainer, runs: _Runs, state, x, y: np.ndarray, eval_batch_size: in
     """Per-image correctness ``[R, M]`` bool and mean loss ``[R]`` of R trained runs (evaluation mode); a run with
     a non-finite logit counts every image wrong and has NaN loss."""
     theta, batch_stats, _ = state
-    if strategy != "sequential":
-        logits_fn = functools.partial(_logits_program(trainer.logits, strategy == "vmap"), theta, runs.anchor,
-                                      batch_stats)
+    if strategy == "vmap":
+        logits_fn = functools.partial(_vmapped_logits(trainer.logits), theta, runs.anchor, batch_stats)
     else:
         def logits_fn(xb):
             return jnp.stack([trainer.logits(_take(theta, r), _take(runs.anchor, r), _take(batch_stats, r), xb)
@@ -346,7 +341,7 @@ def finetune_grid(
     seeds: Sequence[int],
     protocol: GridProtocol = GridProtocol(),
     num_classes: int | None = None,
-    strategy: str = "vmap",
+    strategy: str | None = None,
 ) -> GridResult:
     """Fine-tune every (η, seed) of a grid to convergence, choose η on validation, refit, and score every test image.
 
@@ -364,8 +359,8 @@ def finetune_grid(
       seeds: the S seeds; each gives one run per η (its own new head and data order).
       protocol: convergence, bracketing and validation settings.
       num_classes: C of the new head when ``config.head_init`` is set (default ``max(y_train) + 1``).
-      strategy: ``"vmap"`` (every run of a round in one compiled, vmapped program; for accelerators), ``"map"``
-        (one compiled program, runs in turn; for CPU) or ``"sequential"`` (runs in turn from Python; the reference).
+      strategy: ``"vmap"`` (every run of a round in one compiled, vmapped program) or ``"sequential"`` (one run
+        after another); ``None``: ``"sequential"`` on the CPU backend, else ``"vmap"`` (see the module docstring).
 
     Returns:
       A ``GridResult``.
@@ -376,6 +371,8 @@ def finetune_grid(
       ShapeError, LabelError, DatasetError: as ``finetune`` and ``stratified_split``.
     """
     start = time.perf_counter()
+    if strategy is None:
+        strategy = "sequential" if jax.default_backend() == "cpu" else "vmap"
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {list(STRATEGIES)}; got {strategy!r}")
     if config.milestones:
