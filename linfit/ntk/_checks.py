@@ -55,17 +55,15 @@ def check_finite(**named: Any) -> None:
     """
     if not is_concrete(named):
         return
-    floats = {
-        name: {
-            path_str(path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-        }
+    named_leaves = [
+        (name, path_str(path), leaf)
         for name, tree in named.items()
         if tree is not None
-    }
-    flags = jax.device_get(_finite_flags(floats))
-    flat = [(name, path) for name, leaves in floats.items() for path in leaves]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    flags = jax.device_get(_finite_flags([leaf for _, _, leaf in named_leaves]))
+    flat = [(name, path) for name, path, _ in named_leaves]
     for (name, path), ok in zip(flat, flags, strict=True):
         if not ok:
             what = f"{name} leaf {path!r}" if path else name
