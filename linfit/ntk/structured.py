@@ -11,9 +11,13 @@ neural-tangents' "structured derivatives" (Novak et al. 2022). Here it is implem
 one forward pass per sample records every layer's input and ``O`` backward passes produce the cotangents
 with respect to the layer *outputs* only; each layer then picks, by a FLOP/memory estimate, between the
 patch-Gram product and the per-sample layer gradient ``P_iᵀ G_{i,o}`` (see
-:mod:`linfit.ntk.structured_contract`). Parameters of any other kind (BatchNorm/LayerNorm scale and bias,
-embeddings, ``DenseGeneral``, grouped convolutions, parameters of a non-Flax function) go through an
-exact per-sample Jacobian contraction over just those leaves.
+:mod:`linfit.ntk.structured_contract`). Every other leaf goes through an exact per-sample Jacobian
+contraction over just those leaves: parameters of other kinds (BatchNorm/LayerNorm/GroupNorm scale and
+bias, embeddings, ``DenseGeneral`` and attention projections, grouped/depthwise convolutions, parameters of
+a non-Flax function), layers called inside lifted transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``), and a
+Dense/Conv leaf that ``f`` also reads outside the layer's calls (tied weights), which the factorisation
+would miss (:mod:`linfit.ntk.structured_layers`). So the kernel is exact whatever ``f`` does with its
+parameters; only the speed depends on how much is factorised.
 
 Output conventions follow neural-tangents' ``empirical_ntk_fn``: ``f(params, x) -> [N, O]``;
 ``ntk_fn(x1, x2, params)`` returns ``[N1, N2, O, O]`` (``trace_axes=()``), ``[N1, N2]`` traced over the
