@@ -19,7 +19,10 @@ square of the subset, 38 classes × 25 images made one scores unit about 7× dea
 (``experiments/reproduce_full/``) took 63 min of wall time on 2 CPU cores that it shared with a scaling benchmark
 (units: fine-tuning 34 min, scores 29 min). The fine-tuning step is compiled once per architecture and input
 shape (``linfit.finetune.loop.compiled_functions``) and reused by every model and learning rate.
-On more cores run shards in parallel (``--shard 0/2`` and ``--shard 1/2`` on the same ``--db``).
+On more cores run shards in parallel, each into its own store (``--shard 0/2 --db shard0.sqlite`` and
+``--shard 1/2 --db shard1.sqlite``; SQLite's locking needs a local disk, one file per host), and report them
+together with ``linfit report --db 'shard*.sqlite' --out DIR``. A rerun with other scores computes only the added
+scores; other epochs or subset sizes are new units, and the report refuses to mix them (``--setting``).
 
 Presets only choose the grid; the protocol is the paper's (§5.5) with the epochs scaled down for CPU (see
 ``--epochs``; each preset has its own default) and the learning rate chosen on a validation split (the paper's
@@ -34,7 +37,7 @@ import pathlib
 from linfit import zoo
 from linfit.bench.grid import BenchConfig, run_bench
 from linfit.bench.report import write_report
-from linfit.bench.store import ResultStore, parse_shard
+from linfit.bench.store import ResultStore, parse_shard, read_stores
 from linfit.data import embedded
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -94,10 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     db = pathlib.Path(args.db or HERE / f"reproduce_{args.preset}.sqlite")
     out = pathlib.Path(args.out or HERE / f"reproduce_{args.preset}")
-    with ResultStore(db) as store:
-        if not args.report_only:
+    if not args.report_only:
+        with ResultStore(db) as store:
             done = run_bench(preset(args.preset, args.epochs), store, shard=parse_shard(args.shard), progress=True)
-            print(f"{done} units computed into {db}")
+        print(f"{done} units computed into {db}")
+    with read_stores(db) as store:  # read only: an older committed store is migrated in memory, not rewritten
         print(f"report: {write_report(store, out, accuracy=args.accuracy)}")
 
 

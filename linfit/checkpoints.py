@@ -15,6 +15,9 @@ Three formats:
 * in-memory torch state dicts (:func:`load_torch_state_dict`), the same names and layouts as a flat
   ``{name: np.ndarray}`` (e.g. from :func:`linfit.torch_pickle.read_torch_checkpoint`), optionally without a
   classifier (``head=False``);
+* Keras-style layer lists (:func:`load_keras_layers`): ``{layer: [kernel, bias]}`` flattened to
+  ``"fire2/squeeze1x1.0"`` / ``".1"`` (e.g. from :func:`linfit.torch_pickle.read_numpy_pickle`), kernels
+  already HWIO; a 1x1-conv classifier ``[1, 1, I, O]`` becomes the Dense head ``[I, O]``.
 * big_vision-style ``.npz`` (:func:`load_big_vision_npz`): one array per leaf, keyed by the leaf's
   '/'-joined linfit path *including the collection*, e.g. ``params/layer1/block0/conv1/kernel`` and
   ``batch_stats/bn1/mean``, arrays already in Flax layout (HWIO kernels).
@@ -382,6 +385,44 @@ def load_torchvision(path: str | os.PathLike, model: Any, variables: Mapping[str
         than ``*.num_batches_tracked``); shapes that differ after the layout conversion.
     """
     return load_torch_state_dict(_read_arrays(path), model, variables, source=str(path))
+
+
+_KERAS_INDEX = {"kernel": 0, "bias": 1}
+
+
+def _keras_key(model: Any, path: str) -> str:
+    collection, *modules, leaf = path.split("/")
+    if collection != "params" or leaf not in _KERAS_INDEX:
+        raise CheckpointError(f"no Keras layer-list name for the variable {path!r} (only kernel/bias params)")
+    return f"{model.keras_layer_name('/'.join(modules))}.{_KERAS_INDEX[leaf]}"
+
+
+def _from_keras_layout(arr: np.ndarray, path: str) -> np.ndarray:
+    """A 1x1 conv classifier ``[1, 1, I, O]`` -> Dense head ``[I, O]``; everything else is already Flax's."""
+    if path == "params/head/kernel" and arr.ndim == 4 and arr.shape[:2] == (1, 1):
+        return arr.reshape(arr.shape[2:])
+    return arr
+
+
+def load_keras_layers(
+    arrays: Mapping[str, np.ndarray], model: Any, variables: Mapping[str, Any], *, source: str = "layer lists"
+) -> dict:
+    """Load Keras-style ``{layer: [kernel, bias]}`` weights, flattened to ``"layer.0"`` (kernel, HWIO) and
+    ``"layer.1"`` (bias), into a linfit backbone; layer names from the model's ``keras_layer_name``.
+
+    Strict like :func:`load_torch_state_dict` (one ``CheckpointError`` listing missing, unexpected and
+    mis-shaped keys).
+    """
+    if not hasattr(model, "keras_layer_name"):
+        raise CheckpointError(f"{type(model).__name__} has no Keras layer naming (keras_layer_name)")
+    return _fill(
+        variables,
+        arrays,
+        key_of=lambda p: _keras_key(model, p),
+        convert=_from_keras_layout,
+        ignored=lambda k: False,
+        source=source,
+    )
 
 
 def load_big_vision_npz(path: str | os.PathLike, variables: Mapping[str, Any]) -> dict:

@@ -5,8 +5,8 @@
     linfit scores                                                          the registered scores
     linfit tasks                                                           the embedded tasks
     linfit zoo list | build                                                the embedded model zoo
-    linfit bench --db FILE [--tasks T ...] [--shard i/n]                   scores + fine-tuning ground truth
-    linfit report --db FILE --out DIR                                      Markdown report and figures
+    linfit bench --db FILE [--tasks T ...] [--shard i/n]                   scores + fine-tuning ground truth to SQLite
+    linfit report --db FILE|GLOB ... --out DIR [--setting ID]              Markdown report and figures from the stores
 
 Tasks are named as `linfit tasks` lists them, <dataset>:<regime> (e.g. font_digits:20shot), by every command.
 Errors are one line on stderr and exit status 2; `linfit --debug ...` shows the traceback.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 
 from linfit.defaults import DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
@@ -166,13 +165,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    if not pathlib.Path(args.db).is_file():
-        raise ConfigError(f"--db {args.db}: no such file; `linfit bench --db FILE` creates a benchmark store")
     from linfit.bench.report import write_report
-    from linfit.bench.store import ResultStore
+    from linfit.bench.store import read_stores
 
-    with ResultStore(args.db) as store:
-        path = write_report(store, args.out, accuracy=args.accuracy)
+    with read_stores(args.db) as store:
+        path = write_report(store, args.out, accuracy=args.accuracy, settings=args.setting)
     print(f"report written to {path}")
     return 0
 
@@ -219,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.set_defaults(run=_tasks)
 
     bench = commands.add_parser("bench", help="scores and fine-tuning ground truth on a grid, into SQLite")
-    bench.add_argument("--db", required=True, help="SQLite result store (created if missing; reruns resume)")
+    bench.add_argument("--db", required=True,
+                       help="SQLite result store (created if missing; reruns resume). One file per host or shard, "
+                            "on a local disk (SQLite locking fails on network file systems): e.g. --shard 1/4 "
+                            "--db results/shard1.sqlite, then linfit report --db 'results/*.sqlite'")
     bench.add_argument("--models", nargs="+", help="zoo model names (`linfit zoo list`; default: the whole zoo)")
     bench.add_argument("--tasks", nargs="+", default=[DEFAULT_TASK], help=f"{task_help} (default {DEFAULT_TASK})")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -228,15 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=_positive_int, default=30, help="fine-tuning epochs (paper: 30)")
     bench.add_argument("--max-train-per-class", type=_positive_int, default=None,
                        help="cap the full regime (CPU budget)")
-    bench.add_argument("--shard", default="0/1", help="i/n: this process's share of the grid")
+    bench.add_argument("--shard", default="0/1", help="i/n: this process's share of the grid (own --db each)")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=_bench)
 
     report = commands.add_parser("report", help="Markdown report and figures from a benchmark store")
-    report.add_argument("--db", required=True, help="an existing store written by `linfit bench`")
+    report.add_argument("--db", required=True, nargs="+",
+                        help="result stores, merged: existing files or quoted globs ('results/*.sqlite')")
     report.add_argument("--out", required=True, help="output folder")
     report.add_argument("--accuracy", default="accuracy", choices=["accuracy", "oracle_accuracy"],
                         help="ground truth: lr chosen on validation (default) or on test (the paper)")
+    report.add_argument("--setting", action="append", default=None,
+                        help="report this setting id (repeat: one per kind) when a store holds several")
     report.set_defaults(run=_report)
 
     add_zoo_commands(commands)

@@ -1,8 +1,11 @@
 """Reports are recomputed from a small store built here with known scores and accuracies."""
 
+import hashlib
+
+import pandas as pd
 import pytest
 
-from linfit.bench.report import cost_frame, ranking_frame, summary_frame, write_report
+from linfit.bench.report import cost_frame, gram_selection, ranking_frame, summary_frame, write_report
 from linfit.bench.store import ResultStore
 from linfit.errors import LinfitError
 
@@ -62,3 +65,32 @@ def test_write_report(store, tmp_path):
 def test_empty_store_is_a_clear_error(tmp_path):
     with pytest.raises(LinfitError, match="no complete"):
         write_report(ResultStore(tmp_path / "empty.sqlite"), tmp_path / "r")
+
+
+def test_report_names_its_settings_and_refuses_to_average_across_them(store, tmp_path):
+    # setting ids written out by hand: SHA-256 of the kind and setting as sorted JSON, 12 hex digits
+    empty, two, scoring = (hashlib.sha256(text).hexdigest()[:12] for text in (
+        b'{"kind": "finetune", "setting": {}}', b'{"kind": "finetune", "setting": {"epochs": 2}}',
+        b'{"kind": "scores", "setting": {}}'))
+    alone = ranking_frame(store)
+    text = write_report(store, tmp_path / "one").read_text()
+    assert f"| fine-tuning | {empty} | {{}} | 8 |" in text and f"| scoring | {scoring} | {{}} | 8 |" in text
+    for task, models in ACC.items():  # the same grid fine-tuned with another setting: other accuracies
+        for model in models:
+            cfg = {"model": model, "task": task, "regime": "20shot", "seed": 0, "reference": model == "gen",
+                   "epochs": 2}
+            store.put(f"finetune/{model}/{task}/2", "finetune", {"accuracy": 100.0 - ACC[task][model],
+                                                                 "seconds": 20.0}, config=cfg)
+    for call in (lambda: ranking_frame(store), lambda: cost_frame(store), lambda: gram_selection(store),
+                 lambda: write_report(store, tmp_path / "mixed")):
+        with pytest.raises(LinfitError, match="2 fine-tuning configurations, differing in epochs: .*--setting") as err:
+            call()
+        assert f"{empty} (epochs=None, 8 units)" in str(err.value) and f"{two} (epochs=2, 8 units)" in str(err.value)
+    assert not (tmp_path / "mixed").exists()
+    pd.testing.assert_frame_equal(ranking_frame(store, settings=[empty]), alone)
+    flipped = ranking_frame(store, settings=[two]).set_index(["task", "score"])
+    assert flipped.loc[("t1", "inverse"), "spearman"] == pytest.approx(1.0)  # accuracies reversed: 100 - acc
+    text = write_report(store, tmp_path / "two", settings=[two, scoring]).read_text()
+    assert f'| fine-tuning | {two} | {{"epochs": 2}} | 8 |' in text and f"| fine-tuning | {empty} |" not in text
+    with pytest.raises(LinfitError, match="no unit of the store has setting 0123"):
+        ranking_frame(store, settings=["0123"])

@@ -72,7 +72,7 @@ def test_debug_shows_the_traceback_and_unexpected_errors_are_not_swallowed(monke
 
 def test_report_says_the_store_does_not_exist(tmp_path, capsys):
     db = tmp_path / "typo.sqlite"
-    assert "no such file" in _error(["report", "--db", str(db), "--out", str(tmp_path / "out")], capsys)
+    assert "no benchmark store at" in _error(["report", "--db", str(db), "--out", str(tmp_path / "out")], capsys)
     assert not db.exists()
 
 

@@ -2,12 +2,14 @@ import functools
 import sys
 import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from linfit.errors import (
+    NonFiniteError,
     ParamsFilterError,
     ShapeError,
     TreeMismatchError,
@@ -210,3 +212,96 @@ def test_errors():
         empirical_ntk_fn(f, implementation="fast")
     with pytest.raises(VmapAxesError):
         empirical_ntk_fn(f, vmap_axes=1)
+
+
+class DenseBNTrain(nn.Module):
+    """Dense -> BatchNorm in train mode -> Dense: samples interact through the batch statistics."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(6)(x)
+        x = nn.BatchNorm(use_running_average=False)(x)
+        return nn.Dense(2)(x)
+
+
+def _bn_train_with_duplicates():
+    module = DenseBNTrain()
+    x = jax.random.normal(jax.random.PRNGKey(7), (5, 3))
+    x = x.at[1].set(x[0])  # the first two samples coincide
+    variables = module.init(jax.random.PRNGKey(8), x)
+
+    def f(p, x):
+        return module.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
+                            mutable=["batch_stats"])[0]
+
+    return f, variables["params"], x
+
+
+@pytest.mark.parametrize("impl", ["jacobian", "products", "structured", "auto"])
+def test_vmap_axes_error_does_not_depend_on_distinct_first_samples(impl):
+    f, params, x = _bn_train_with_duplicates()
+    with pytest.raises(VmapAxesError, match="vmap_axes=None"):
+        empirical_ntk_fn(f, implementation=impl)(x, None, params)
+    # every sample equal: batched and single values coincide, the derivative w.r.t. the others does not
+    same = jnp.broadcast_to(x[:1], x.shape)
+    with pytest.raises(VmapAxesError):
+        empirical_ntk_fn(f, implementation=impl)(same, None, params)
+    got = empirical_ntk_fn(f, trace_axes=(), vmap_axes=None)(x, None, params)
+    assert_kernel_close(got, brute_full_ntk(f, params, x, x))
+
+
+def test_vmap_axes_error_integer_inputs_with_duplicates():
+    """Token inputs (no input derivative): the probe searches distinct samples beyond the first two."""
+
+    class CenteredEmbed(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            e = nn.Embed(5, 4)(tokens).mean(axis=1)
+            return nn.Dense(2)(e - e.mean(axis=0))  # batch centring: samples interact
+
+    module = CenteredEmbed()
+    tokens = jnp.array([[1, 2], [1, 2], [1, 2], [3, 4], [0, 2]])
+    params = module.init(jax.random.PRNGKey(0), tokens)["params"]
+    f = lambda p, x: module.apply({"params": p}, x)
+    with pytest.raises(VmapAxesError):
+        empirical_ntk_fn(f)(tokens, None, params)
+
+
+def test_independent_model_passes_with_duplicates():
+    f, params, x1, _ = make("mlp")
+    x = x1.at[1].set(x1[0])
+    got = empirical_ntk_fn(f, trace_axes=())(x, None, params)
+    assert_kernel_close(got, brute_full_ntk(f, params, x, x))
+
+
+@pytest.mark.parametrize("impl", ["jacobian", "products", "structured"])
+def test_non_finite_inputs_are_named(impl):
+    f, params, x1, x2 = make("mlp")
+    ntk_fn = empirical_ntk_fn(f, implementation=impl)
+    with pytest.raises(NonFiniteError, match="^x1 "):
+        ntk_fn(x1.at[2, 1].set(jnp.nan), x2, params)
+    with pytest.raises(NonFiniteError, match="^x2 "):
+        ntk_fn(x1, x2.at[0, 0].set(jnp.inf), params)
+    bad = {**params, "Dense_1": {**params["Dense_1"], "bias": params["Dense_1"]["bias"].at[0].set(jnp.nan)}}
+    with pytest.raises(NonFiniteError, match="params leaf 'Dense_1/bias'"):
+        ntk_fn(x1, x2, bad)
+    # traced use is unchanged: no check on tracers, the NaN propagates
+    traced = jax.jit(lambda a, p: ntk_fn(a, None, p))(x1.at[0, 0].set(jnp.nan), params)
+    assert np.isnan(np.asarray(traced)[0]).all()
+    assert_kernel_close(jax.jit(lambda a, p: ntk_fn(a, None, p))(x1, params),
+                        np.trace(brute_full_ntk(f, params, x1, x1), axis1=2, axis2=3) / 3)
+
+
+@pytest.mark.parametrize("impl", ["jacobian", "structured"])
+def test_extra_and_missing_leaves(impl):
+    f, params, x1, x2 = make("mlp")
+    ntk_fn = empirical_ntk_fn(f, implementation=impl)
+    extra = {**params, "Dense_2": {"kernel": jnp.ones((3, 3))}}
+    with pytest.raises(TreeMismatchError, match="Dense_2/kernel"):
+        ntk_fn(x1, x2, extra)
+    # an unread leaf outside the selection is no error (e.g. a head the feature map does not use)
+    got = empirical_ntk_fn(f, trace_axes=(), implementation=impl, params_filter="^Dense_[01]/")(x1, x2, extra)
+    assert_kernel_close(got, brute_full_ntk(f, params, x1, x2))
+    missing = {"Dense_0": params["Dense_0"], "Dense_1": {"kernel": params["Dense_1"]["kernel"]}}
+    with pytest.raises(TreeMismatchError, match="does not match"):
+        ntk_fn(x1, x2, missing)

@@ -185,3 +185,23 @@ def test_off_span_energy_is_computed_not_subtracted():
     q = np.linalg.qr(f)[0]
     direct = np.sum((onehot - q @ (q.T @ onehot)) ** 2, axis=0)
     np.testing.assert_allclose(spectral_projection(f, onehot)[2], direct, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n,d", [(90, 40), (40, 90), (50, 50), (1, 4), (7, 1)])
+def test_spectral_projection_matches_the_svd_of_the_features(n, d):
+    """σ and the squared coordinates (UᵀY)² against numpy's SVD of F. The Gram route squares F's condition
+    number: eigenvalues carry an absolute error of about eps · σ_max, so they are compared relative to σ_max,
+    and the coordinates (whose signs are arbitrary) as squares relative to ‖Y‖²."""
+    from linfit.scores.logme import spectral_projection
+
+    rng = np.random.default_rng(n * 100 + d)
+    f = rng.normal(size=(n, d)) * np.geomspace(1.0, 1e-2, d)
+    targets = rng.normal(size=(n, 6))
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    sigma, coords, off_span = spectral_projection(f, targets)
+    order = np.argsort(s**2)  # ascending, as the eigensolver returns them
+    np.testing.assert_allclose(sigma, s[order] ** 2, rtol=0, atol=1e-12 * s[0] ** 2)
+    scale = np.sum(targets**2)
+    np.testing.assert_allclose(coords**2, (u[:, order].T @ targets) ** 2, rtol=0, atol=1e-10 * scale)
+    direct = np.sum((targets - u @ (u.T @ targets)) ** 2, axis=0)
+    np.testing.assert_allclose(off_span, direct, rtol=0, atol=1e-12 * scale)

@@ -416,6 +416,33 @@ def test_imagenet_zoo_lists_the_installed_checkpoints_with_their_preprocessing()
     assert [e.name for e in entries] == [c.name for c in imagenet.checkpoints()]
     by_name = {e.name: e for e in entries}
     lite0 = by_name["imagenet/efficientnet_lite0"]
-    assert lite0.preprocessing == imagenet.PREPROCESSING["efficientnet_lite0"] and lite0.format == "pth"
-    assert lite0.sha256 and lite0.path.is_file() and lite0.head and lite0.source_domain == "imagenet"
-    assert by_name["imagenet/mobilenet_v2"].head is False
+    assert lite0.preprocessing == Preprocessing(224, (127 / 255,) * 3, (128 / 255,) * 3, "RGB")  # (x - 127) / 128
+    assert lite0.format == "pth" and lite0.sha256 and lite0.path.is_file() and lite0.head
+    assert lite0.source_domain == "imagenet" and by_name["imagenet/mobilenet_v2"].head is False
+    squeeze = by_name["imagenet/squeezenet1_1"]
+    assert squeeze.format == "keras-pickle" and squeeze.preprocessing.channel_order == "BGR"
+
+
+@pytest.mark.slow
+def test_select_imagenet_zoo_on_own_images(png_folder, monkeypatch, capsys):
+    import linfit.select as select_module
+
+    seen = {}
+    real = select_module.extract_inputs
+
+    def recording(model, variables, x, *args, model_name, **kwargs):
+        seen[model_name] = (np.asarray(x), model.num_classes)
+        return real(model, variables, x, *args, model_name=model_name, **kwargs)
+
+    monkeypatch.setattr(select_module, "extract_inputs", recording)
+    assert main(["select", "--zoo", "imagenet", "--data", str(png_folder), "--regime", "5shot", "--scores", "lfc",
+                 "leep", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    entries = load_zoo("imagenet")
+    assert f"task blobs:5shot: {len(entries)} models scored on N=15" in out
+    subset = load_task("blobs:5shot", dataset=load_data(png_folder), seed=0).scoring_set(per_class=25, seed=0)
+    for entry in entries:
+        x, classes = seen[entry.name]
+        assert classes == 1000, entry.name  # ImageNet-1k heads (MobileNetV2's file has none: zeros)
+        np.testing.assert_allclose(x, _pil_prepare(subset.x, entry.preprocessing), rtol=0,
+                                   atol=1e-5 / min(entry.preprocessing.std), err_msg=entry.name)

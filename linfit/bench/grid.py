@@ -2,8 +2,10 @@
 
 Deshpande et al. 2021, §4 (App. B): every candidate model is scored on the task's scoring subset and really
 fine-tuned with the paper's protocol; reports compare the two (``linfit.bench.report``). Each (kind, model,
-task, regime, seed) is one unit of ``linfit.bench.runner``: stored when it finishes, skipped on rerun, dealt to
-shards by a stable hash.
+task, regime, seed, setting) is one unit of ``linfit.bench.runner``, keyed by ``linfit.bench.store.unit_key``:
+stored when it finishes, skipped on rerun, dealt to shards by a stable hash. The scores of a unit are its parts:
+stored one by one, so asking for another score computes only that one for the stored units, and a changed
+setting (epochs, scoring subset size, ...) makes new units.
 
 Example::
 
@@ -25,7 +27,7 @@ import numpy as np
 from linfit import scores as score_registry
 from linfit import zoo
 from linfit.bench.runner import Unit, run_units
-from linfit.bench.store import ResultStore
+from linfit.bench.store import ResultStore, unit_key
 from linfit.data import load_task
 from linfit.data.sampling import kshot_indices
 from linfit.errors import ConfigError
@@ -147,7 +149,8 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
 
 
 def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
-    """Every unit of the grid: one ``"scores"`` and one ``"finetune"`` unit per (model, task, regime, seed)."""
+    """Every unit of the grid: one ``"scores"`` unit (the scores its parts) and one ``"finetune"`` unit per
+    (model, task, regime, seed); their configs hold the grid coordinates and the settings they depend on."""
     for name in config.scores:
         score_registry.get(name)  # fail early on unknown names
     models = config.models or tuple(zoo.names(weights_dir))
@@ -159,13 +162,12 @@ def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
                 for model in models:
                     ident = {"model": model, "task": task, "regime": regime, "seed": seed,
                              "reference": model in references}
-                    grid.append(Unit(f"scores/{model}/{task}:{regime}/seed{seed}", "scores",
-                                     {**ident, "scores": list(config.scores), "per_class": config.per_class,
-                                      "head_samples": config.head_samples}))
-                    grid.append(Unit(f"finetune/{model}/{task}:{regime}/seed{seed}", "finetune",
-                                     {**ident, "epochs": config.epochs, "batch_size": config.batch_size,
-                                      "learning_rates": list(config.learning_rates),
-                                      "max_train_per_class": config.max_train_per_class}))
+                    scoring = {**ident, "per_class": config.per_class, "head_samples": config.head_samples}
+                    grid.append(Unit(unit_key("scores", scoring), "scores", scoring, parts=tuple(config.scores)))
+                    tuning = {**ident, "epochs": config.epochs, "batch_size": config.batch_size,
+                              "learning_rates": list(config.learning_rates),
+                              "max_train_per_class": config.max_train_per_class}
+                    grid.append(Unit(unit_key("finetune", tuning), "finetune", tuning))
     return grid
 
 
@@ -187,10 +189,11 @@ def _task_inputs(task: str, regime: str, seed: int, per_class: int) -> TaskInput
 
 
 def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
+    """``{score: {"scores": {score: value}, "timings": {score: seconds}}}`` for the scores ``unit.parts``."""
     cfg = unit.config
     task_inputs = _task_inputs(cfg["task"], cfg["regime"], cfg["seed"], config.per_class)
     candidate = zoo.load(cfg["model"], weights_dir=weights_dir)
-    registered = [score_registry.get(name) for name in config.scores]
+    registered = [score_registry.get(name) for name in unit.parts]
     needs = set().union(*(s.needs for s in registered))
     source = None
     if needs & {"source_class_means", "source_class_counts"}:
@@ -199,12 +202,13 @@ def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
                                            task=task_inputs, source_data=source, seed=cfg["seed"],
                                            model_name=cfg["model"], task_name=f"{cfg['task']}:{cfg['regime']}",
                                            head_samples=config.head_samples)
-    values, timings = {}, {}
+    records = {}
     for score in registered:
         start = time.perf_counter()
-        values[score.name] = score(task_inputs.labels, **inputs)
-        timings[score.name] = time.perf_counter() - start + sum(input_seconds[k] for k in score.needs)
-    return {"scores": values, "timings": timings}
+        value = score(task_inputs.labels, **inputs)
+        seconds = time.perf_counter() - start + sum(input_seconds[k] for k in score.needs)
+        records[score.name] = {"scores": {score.name: value}, "timings": {score.name: seconds}}
+    return records
 
 
 def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
@@ -218,7 +222,8 @@ def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
 
 def run_bench(config: BenchConfig, store: ResultStore, *, shard: tuple[int, int] = (0, 1), weights_dir=None,
               progress: bool = False) -> int:
-    """Compute and store every unit of ``config`` that ``store`` lacks (this shard's share). Returns how many."""
+    """Compute and store every unit (and every score) of ``config`` that ``store`` lacks, this shard's share.
+    Returns how many units were computed (a scores unit that only lacked some scores counts once)."""
     if not config.tasks or not config.regimes or not config.seeds:
         raise ConfigError("the benchmark grid is empty: give at least one task, regime and seed")
 

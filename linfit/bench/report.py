@@ -14,40 +14,51 @@ generalist model the gains are measured against, the paper's ImageNet expert):
 Every number in a report is recomputed from the store, so a report can be regenerated at any time, including
 while a benchmark is still running (tasks with missing units are reported as incomplete and left out of the
 averages).
+
+Configurations. Every unit has a *setting* (``linfit.bench.store.setting``: its config without the grid
+coordinates, e.g. the epochs of a fine-tuning, the scoring subset size of a score) with a short id. A report
+compares one fine-tuning setting with one scoring setting and says which (with the linfit versions that wrote
+them); a store holding several settings of a kind is refused with the list of them, and ``settings=[id, ...]``
+(``linfit report --setting ID``) chooses one for each kind that has several. The frames ``scores_frame`` and ``finetune_frame`` keep
+every setting, in their ``setting`` column.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
+from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
 
 from linfit.bench.metrics import ranking_metrics
-from linfit.bench.store import ResultStore
+from linfit.bench.store import ResultStore, setting, setting_id
 from linfit.errors import LinfitError
 
 GROUP = ["task", "regime", "seed"]
+KINDS = {"finetune": "fine-tuning", "scores": "scoring"}
 
 
 def scores_frame(store: ResultStore) -> pd.DataFrame:
-    """Long table: one row per (model, task, regime, seed, score) with ``value`` and ``seconds``."""
+    """Long table: one row per (model, task, regime, seed, setting, score) with ``value`` and ``seconds``."""
     rows = []
     for unit in store.units("scores"):
         cfg, rec = unit["config"], unit["record"]
         for name, value in rec["scores"].items():
-            rows.append({**_ids(cfg), "score": name, "value": value, "seconds": rec["timings"].get(name, np.nan)})
+            rows.append({**_ids(cfg, "scores"), "score": name, "value": value,
+                         "seconds": rec["timings"].get(name, np.nan)})
     return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "score", "value", "seconds"])
 
 
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
-    """One row per fine-tuned (model, task, regime, seed): accuracy, oracle accuracy, seconds."""
+    """One row per fine-tuned (model, task, regime, seed, setting): accuracy, oracle accuracy, seconds."""
     rows = []
     for unit in store.units("finetune"):
         cfg, rec = unit["config"], unit["record"]
         rows.append(
             {
-                **_ids(cfg),
+                **_ids(cfg, "finetune"),
                 "accuracy": rec["accuracy"],
                 "oracle_accuracy": rec.get("oracle_accuracy", rec["accuracy"]),
                 "seconds": rec["seconds"],
@@ -56,23 +67,80 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "accuracy", "oracle_accuracy", "seconds"])
 
 
-_ID_COLUMNS = ["model", "task", "regime", "seed", "reference"]
+_ID_COLUMNS = ["model", "task", "regime", "seed", "reference", "setting"]
 
 
-def _ids(cfg: dict) -> dict:
+def _ids(cfg: dict, kind: str) -> dict:
     return {"model": cfg["model"], "task": cfg["task"], "regime": cfg["regime"], "seed": cfg.get("seed", 0),
-            "reference": bool(cfg.get("reference", False))}
+            "reference": bool(cfg.get("reference", False)), "setting": setting_id(kind, cfg)}
 
 
-def ranking_frame(store: ResultStore, *, accuracy: str = "accuracy") -> pd.DataFrame:
-    """Ranking metrics of every score on every complete (task, regime, seed) group.
+def settings_frame(store: ResultStore) -> pd.DataFrame:
+    """One row per (kind, setting) of the store's ``"scores"`` and ``"finetune"`` units: ``kind``, ``setting``
+    (the id), ``config`` (the setting as sorted JSON), ``units`` (stored rows) and ``versions`` (the linfit
+    versions that wrote them, comma-separated)."""
+    found: dict[tuple[str, str], dict] = {}
+    for unit in store.units():
+        if unit["kind"] in KINDS:
+            kind, cfg = unit["kind"], unit["config"]
+            ident = setting_id(kind, cfg)
+            entry = found.setdefault((kind, ident), {"kind": kind, "setting": ident, "units": 0, "versions": set(),
+                                                     "config": json.dumps(setting(cfg), sort_keys=True)})
+            entry["units"] += 1
+            entry["versions"].add(unit["version"])
+    rows = [{**entry, "versions": ", ".join(sorted(entry["versions"]))} for _, entry in sorted(found.items())]
+    return pd.DataFrame(rows, columns=["kind", "setting", "config", "units", "versions"])
+
+
+def _one_setting(frame: pd.DataFrame, kind: str, known: pd.DataFrame,
+                 settings: Collection[str] | None) -> pd.DataFrame:
+    """The rows of ``frame`` (units of ``kind``) in the chosen setting (all rows when ``settings`` names none of
+    this kind); ``LinfitError`` when several settings remain."""
+    chosen = frame.setting.isin(list(settings or ()))
+    if chosen.any():
+        frame = frame[chosen]
+    found = sorted(frame.setting.unique())
+    if len(found) <= 1:
+        return frame
+    table = known[(known.kind == kind) & known.setting.isin(found)]
+    configs = {row.setting: json.loads(row.config) for row in table.itertuples()}
+    fields = sorted({k for c in configs.values() for k in c})
+    differ = [k for k in fields if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+    listed = "; ".join(f"{row.setting} ({', '.join(f'{k}={configs[row.setting].get(k)}' for k in differ)}, "
+                       f"{row.units} units)" for row in table.itertuples())
+    raise LinfitError(f"the store holds {len(found)} {KINDS[kind]} configurations, differing in "
+                      f"{', '.join(differ)}: {listed}. A report never averages across configurations: choose one "
+                      f"with `linfit report --setting ID` (write_report(..., settings=[ID]))")
+
+
+def _frames(store: ResultStore, settings: Collection[str] | None,
+            known: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(scores_frame, finetune_frame)`` reduced to one setting each (see the module docstring); ``known``:
+    the store's ``settings_frame`` if already computed."""
+    known = settings_frame(store) if known is None else known
+    unknown = sorted(set(settings or ()) - set(known.setting))
+    if unknown:
+        raise LinfitError(f"no unit of the store has setting {', '.join(unknown)}; its settings: "
+                          + "; ".join(f"{r.kind} {r.setting} {r.config}" for r in known.itertuples()))
+    return (_one_setting(scores_frame(store), "scores", known, settings),
+            _one_setting(finetune_frame(store), "finetune", known, settings))
+
+
+def ranking_frame(store: ResultStore, *, accuracy: str = "accuracy",
+                  settings: Collection[str] | None = None) -> pd.DataFrame:
+    """Ranking metrics of every score on every complete (task, regime, seed) group, for one fine-tuning and one
+    scoring setting (``settings``: ids choosing them; ``LinfitError`` when a kind has several, see the module
+    docstring).
 
     A group is complete when every fine-tuned model of the group has every score of the group and exactly one
     reference model is among them. ``accuracy`` picks the ground truth column (``"accuracy"``: lr chosen on
     validation; ``"oracle_accuracy"``: the paper's lr chosen on test).
     Oracle rows ``best`` and ``worst`` carry the best/worst gain in ``top1_gain``/``top3_gain``.
     """
-    scores, finetune = scores_frame(store), finetune_frame(store)
+    return _ranking(*_frames(store, settings), accuracy)
+
+
+def _ranking(scores: pd.DataFrame, finetune: pd.DataFrame, accuracy: str) -> pd.DataFrame:
     rows = []
     for key, ft in finetune.groupby(GROUP):
         refs = ft[ft.reference]
@@ -101,10 +169,14 @@ def summary_frame(ranking: pd.DataFrame) -> pd.DataFrame:
     return ranking.groupby(["regime", "score"])[metrics].mean().reset_index()
 
 
-def cost_frame(store: ResultStore) -> pd.DataFrame:
+def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None) -> pd.DataFrame:
     """Selection cost of each score over the whole zoo, relative to fine-tuning the reference model once
-    (the paper's Table 3), per regime; plus the brute-force cost of fine-tuning every model."""
-    scores, finetune = scores_frame(store), finetune_frame(store)
+    (the paper's Table 3), per regime; plus the brute-force cost of fine-tuning every model. One setting per
+    kind, as ``ranking_frame``."""
+    return _costs(*_frames(store, settings))
+
+
+def _costs(scores: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for regime, ft in finetune.groupby("regime"):
         unit = ft[ft.reference].seconds.mean()
@@ -161,17 +233,23 @@ def _plot_summary(summary: pd.DataFrame, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def gram_selection(store: ResultStore) -> list[tuple[str, str, list[dict]]]:
+def gram_selection(store: ResultStore, *,
+                   settings: Collection[str] | None = None) -> list[tuple[str, str, list[dict]]]:
     """The Fig. 8 panels: per (task, regime), the fine-tuned units of the lowest seed that hold a ``"gram"``,
     reduced to the reference model and the model with the best fine-tuned accuracy (one unit when they coincide
     or no reference has a Gram). Returns ``[(task, regime, [{"model", "accuracy", "gram"}, ...])]`` sorted by
-    (task, regime); units without ``"gram"`` (older stores) are ignored."""
+    (task, regime); units without ``"gram"`` (older stores) are ignored. One fine-tuning setting, as
+    ``ranking_frame``."""
+    return _grams(store, set(_frames(store, settings)[1].setting))
+
+
+def _grams(store: ResultStore, chosen: set[str]) -> list[tuple[str, str, list[dict]]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for unit in store.units("finetune"):
         cfg, rec = unit["config"], unit["record"]
-        if "gram" in rec:
-            groups.setdefault((cfg["task"], cfg["regime"]), []).append({**_ids(cfg), "accuracy": rec["accuracy"],
-                                                                        "gram": rec["gram"]})
+        if "gram" in rec and setting_id("finetune", cfg) in chosen:
+            groups.setdefault((cfg["task"], cfg["regime"]), []).append(
+                {**_ids(cfg, "finetune"), "accuracy": rec["accuracy"], "gram": rec["gram"]})
     selection = []
     for (task, regime), found in sorted(groups.items()):
         seed = min(u["seed"] for u in found)
@@ -214,9 +292,9 @@ def _plot_grams(panels: list[dict], title: str, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def _gram_section(store: ResultStore, out: pathlib.Path) -> list[str]:
-    """The report's Fig. 8 section (empty when no unit holds a Gram)."""
-    selection = gram_selection(store)
+def _gram_section(store: ResultStore, out: pathlib.Path, chosen: set[str]) -> list[str]:
+    """The report's Fig. 8 section for the fine-tuning settings ``chosen`` (empty when no unit holds a Gram)."""
+    selection = _grams(store, chosen)
     if not selection:
         return []
     lines = ["## Feature Gram matrices before and after fine-tuning (the paper's Fig. 8)", "",
@@ -235,18 +313,27 @@ def _gram_section(store: ResultStore, out: pathlib.Path) -> list[str]:
     return lines + [_markdown(pd.DataFrame(rows), index=False), ""]
 
 
-def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: str = "accuracy") -> pathlib.Path:
+def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: str = "accuracy",
+                 settings: Collection[str] | None = None) -> pathlib.Path:
     """Write ``report.md`` plus the figures (Fig. 4-style top-3 gains per regime, Fig. 6-style summary, Fig. 8-style
-    feature Grams when the store holds them) into ``out_dir``, all computed from ``store``. Returns the report's
-    path."""
+    feature Grams when the store holds them) into ``out_dir``, all computed from ``store``, for one fine-tuning
+    and one scoring setting (``settings``, see the module docstring), which the report names. Returns the
+    report's path. Raises ``LinfitError`` (before creating ``out_dir``) when the store has no complete task group
+    or several settings of a kind."""
+    known = settings_frame(store)
+    scores, finetune = _frames(store, settings, known)
+    ranking = _ranking(scores, finetune, accuracy)
+    summary = summary_frame(ranking)
+    costs = _costs(scores, finetune)
+    configs = known[known.setting.isin({*scores.setting, *finetune.setting})].replace({"kind": KINDS})
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ranking = ranking_frame(store, accuracy=accuracy)
-    summary = summary_frame(ranking)
-    costs = cost_frame(store)
     lines = ["# linfit benchmark report", "",
              f"Ground truth: `{accuracy}` ({'lr chosen on validation' if accuracy == 'accuracy' else 'lr chosen on test, as the paper'}).",
-             f"Store: `{pathlib.Path(store.path).name}`; {ranking.groupby(['task', 'regime', 'seed']).ngroups} complete task groups.", ""]
+             f"Store: `{'`, `'.join(pathlib.Path(s).name for s in store.sources)}`; {ranking.groupby(['task', 'regime', 'seed']).ngroups} complete task groups.", "",
+             "Every number below comes from the units of these settings (the id is part of each unit's key; the "
+             "linfit version is recorded with each unit, not part of its identity):", "",
+             _markdown(configs, index=False), ""]
     for regime, table in summary.groupby("regime"):
         lines += [f"## Regime `{regime}`: averages over tasks", "",
                   _markdown(table.drop(columns="regime").round(3), index=False), ""]
@@ -260,7 +347,7 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     lines += ["## Trials-to-best and Spearman", "", "![trials and spearman](trials_spearman.png)", ""]
     lines += ["## Selection cost relative to one fine-tuning of the reference model", "",
               _markdown(costs.pivot_table(index="score", columns="regime", values="relative_cost").round(3)), ""]
-    lines += _gram_section(store, out)
+    lines += _gram_section(store, out, set(finetune.setting))
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

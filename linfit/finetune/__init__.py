@@ -3,7 +3,8 @@
 One training loop (``loop.py``) serves full fine-tuning, the linear probe, fine-tuning of any parameter
 subset and SGD on the linearised model; ``config.py`` holds the configuration and the paper's preset
 (Deshpande et al. 2021, §5.5), ``protocol.py`` the learning-rate search (validation choice and the paper's
-oracle choice on test).
+oracle choice on test), ``sweep.py`` the benchmark's ground truth: a learning-rate grid × seeds trained to
+convergence in one vmapped program, η chosen on validation and refit, per-image test correctness.
 
 Example::
 
@@ -18,16 +19,20 @@ from linfit.finetune.config import FinetuneConfig, learning_rate_schedule, sgd_d
 from linfit.finetune.loop import HEAD_FILTER, FinetuneResult, evaluate, finetune, prepare
 from linfit.finetune.losses import cross_entropy, mse
 from linfit.finetune.protocol import PAPER_LEARNING_RATES, LrSearchResult, select_learning_rate, stratified_split
+from linfit.finetune.sweep import GridProtocol, GridResult, finetune_grid
 
 __all__ = [
     "HEAD_FILTER",
     "PAPER_LEARNING_RATES",
     "FinetuneConfig",
     "FinetuneResult",
+    "GridProtocol",
+    "GridResult",
     "LrSearchResult",
     "cross_entropy",
     "evaluate",
     "finetune",
+    "finetune_grid",
     "learning_rate_schedule",
     "mse",
     "prepare",

@@ -9,20 +9,27 @@ functions and parameter subsets the rest of linfit works with. Weights load with
 from linfit.models.base import Backbone
 from linfit.models.densenet import DenseNet
 from linfit.models.functional import features_fn, init, logits_fn, param_subsets, replace_head
-from linfit.models.registry import create, names
+from linfit.models.mobilenets import EfficientNetLite, MobileNetV2
+from linfit.models.registry import Preprocessing, create, names, preprocessing
 from linfit.models.resnet import ResNet
 from linfit.models.small_cnn import SmallCNN
+from linfit.models.squeezenet import SqueezeNet
 
 __all__ = [
     "Backbone",
     "DenseNet",
+    "EfficientNetLite",
+    "MobileNetV2",
+    "Preprocessing",
     "ResNet",
     "SmallCNN",
+    "SqueezeNet",
     "create",
     "features_fn",
     "init",
     "logits_fn",
     "names",
     "param_subsets",
+    "preprocessing",
     "replace_head",
 ]

@@ -4,8 +4,10 @@
   ``kernel // 2`` as in PyTorch (Flax's ``"SAME"`` pads asymmetrically at stride 2, which would change
   the numbers when torchvision weights are loaded), and Kaiming-normal (He) initialisation in
   ``fan_out`` mode, torchvision's ResNet/DenseNet choice.
-* BatchNorm uses eps 1e-5 and Flax momentum 0.9 (= PyTorch momentum 0.1); the caller picks
-  ``use_running_average=not train`` at call time.
+* BatchNorm uses eps 1e-5 (TensorFlow-trained models such as EfficientNet-Lite pass 1e-3) and Flax
+  momentum 0.9 (= PyTorch momentum 0.1); the caller picks ``use_running_average=not train`` at call time.
+* ``padding="same"`` gives TensorFlow's SAME padding (``lax``'s ``"SAME"``: total ``max((ceil(H/s) - 1) s + k
+  - H, 0)``, the odd pixel at the bottom/right), which models trained in TensorFlow need.
 """
 
 from __future__ import annotations
@@ -14,28 +16,48 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from linfit.errors import ShapeError
+from linfit.errors import ShapeError, UnknownNameError
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv(features: int, kernel: int, stride: int = 1, *, use_bias: bool = False, name: str | None = None) -> nn.Conv:
-    """A ``kernel x kernel`` NHWC convolution with PyTorch-style padding ``kernel // 2``."""
+PADDINGS = ("torch", "same", "valid")
+
+
+def conv(
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    use_bias: bool = False,
+    groups: int = 1,
+    padding: str = "torch",
+    name: str | None = None,
+) -> nn.Conv:
+    """A ``kernel x kernel`` NHWC convolution.
+
+    Args:
+      groups: ``feature_group_count`` (``groups == features == input channels`` is a depthwise conv).
+      padding: ``"torch"`` (symmetric ``kernel // 2``), ``"same"`` (TensorFlow SAME) or ``"valid"`` (none).
+    """
+    if padding not in PADDINGS:
+        raise UnknownNameError(f"unknown padding {padding!r}; known: {list(PADDINGS)}")
     pad = kernel // 2
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
+        padding={"torch": ((pad, pad), (pad, pad)), "same": "SAME", "valid": "VALID"}[padding],
         use_bias=use_bias,
+        feature_group_count=groups,
         kernel_init=conv_init,
         name=name,
     )
 
 
-def batch_norm(name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm over the channel axis with torchvision's eps (1e-5) and momentum (0.1 = Flax 0.9)."""
-    return nn.BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
+def batch_norm(name: str | None = None, epsilon: float = 1e-5) -> nn.BatchNorm:
+    """BatchNorm over the channel axis with torchvision's momentum (0.1 = Flax 0.9), eps 1e-5 by default."""
+    return nn.BatchNorm(momentum=0.9, epsilon=epsilon, name=name)
 
 
 def max_pool_3x3(x: jax.Array) -> jax.Array:

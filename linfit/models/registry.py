@@ -10,7 +10,15 @@ name                   module
 ``resnet50/101/152``   :class:`ResNet`, Bottleneck, ``(3,4,6,3)`` / ``(3,4,23,3)`` / ``(3,8,36,3)``
 ``densenet121/169``    :class:`DenseNet`, ``(6,12,24,16)`` / ``(6,12,32,32)``, growth 32, init 64
 ``small_densenet``     :class:`DenseNet`, ``(2,2,2)``, growth 12, init 24, CIFAR stem
+``efficientnet_lite0``  :class:`EfficientNetLite`, ``width, depth = 1.0, 1.0`` (224 px)
+``efficientnet_lite1``  :class:`EfficientNetLite`, ``1.0, 1.1`` (240 px)
+``efficientnet_lite2``  :class:`EfficientNetLite`, ``1.1, 1.2`` (260 px)
+``mobilenet_v2``       :class:`MobileNetV2`, width 1.0 (224 px)
+``squeezenet1_1``      :class:`SqueezeNet` 1.1 (227 px, Caffe's crop)
 =====================  ==========================================================================
+
+The ImageNet-trained architectures also declare how their weights expect images
+(:func:`preprocessing`): input size, channel order, mean and std.
 
 Keyword arguments override the module's attributes, e.g. ``create("resnet18", 10, width=16,
 stem="cifar")``.
@@ -18,16 +26,20 @@ stem="cifar")``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from types import MappingProxyType
 
 import flax.linen as nn
+import numpy as np
 
 from linfit.errors import ShapeError, UnknownNameError
 from linfit.models.densenet import DenseNet
+from linfit.models.mobilenets import EfficientNetLite, MobileNetV2
 from linfit.models.resnet import ResNet
 from linfit.models.small_cnn import SmallCNN
+from linfit.models.squeezenet import SqueezeNet
 
 _p = functools.partial
 _MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType(
@@ -43,8 +55,73 @@ _MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType(
         "densenet121": _p(DenseNet, block_config=(6, 12, 24, 16)),
         "densenet169": _p(DenseNet, block_config=(6, 12, 32, 32)),
         "small_densenet": _p(DenseNet, growth_rate=12, block_config=(2, 2, 2), num_init_features=24, stem="cifar"),
+        "efficientnet_lite0": _p(EfficientNetLite, width=1.0, depth=1.0),
+        "efficientnet_lite1": _p(EfficientNetLite, width=1.0, depth=1.1),
+        "efficientnet_lite2": _p(EfficientNetLite, width=1.1, depth=1.2),
+        "mobilenet_v2": MobileNetV2,
+        "squeezenet1_1": SqueezeNet,
     }
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a model's pre-trained weights expect their input: ``x = (rgb[..., order] - mean) / std``.
+
+    Attributes:
+      input_size: side in pixels of the square images the weights were trained/evaluated at.
+      mean, std: per channel *in the model's channel order*, in pixel units (0..255).
+      channel_order: ``"RGB"`` or ``"BGR"`` (Caffe-trained weights).
+      source: where the convention comes from.
+    """
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str
+    source: str
+
+    def normalize(self, images) -> np.ndarray:
+        """RGB images ``[N, H, W, 3]`` in 0..255 (uint8 or float, already ``input_size`` square) ->
+        float32 model inputs ``[N, H, W, 3]`` in the model's channel order.
+
+        Raises:
+          ShapeError: ``images`` is not ``[N, H, W, 3]``.
+        """
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ShapeError(f"expected RGB images [N, H, W, 3] in 0..255; got shape {images.shape}")
+        x = images.astype(np.float32)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        return (x - np.float32(self.mean)) / np.float32(self.std)
+
+
+_IMAGENET_MEAN_STD = ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255))
+_TF_LITE = ((127.0,) * 3, (128.0,) * 3)
+_PREPROCESSING = MappingProxyType(
+    {
+        **{
+            f"efficientnet_lite{k}": Preprocessing(size, *_TF_LITE, "RGB", "TensorFlow efficientnet/lite: (x - 127) / 128")
+            for k, size in enumerate((224, 240, 260))
+        },
+        "mobilenet_v2": Preprocessing(224, *_IMAGENET_MEAN_STD, "RGB", "torchvision ImageNet mean/std"),
+        "squeezenet1_1": Preprocessing(
+            227, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "BGR", "Caffe: BGR, ImageNet mean subtracted"
+        ),
+    }
+)
+
+
+def preprocessing(name: str) -> Preprocessing:
+    """The input convention of the registered model ``name``'s ImageNet weights.
+
+    Raises:
+      UnknownNameError: ``name`` declares none (the message lists those that do).
+    """
+    if name not in _PREPROCESSING:
+        raise UnknownNameError(f"model {name!r} declares no preprocessing; models that do: {', '.join(sorted(_PREPROCESSING))}")
+    return _PREPROCESSING[name]
 
 
 def names() -> list[str]:

@@ -26,17 +26,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from linfit.errors import (
-    LinfitError,
-    ShapeError,
-    TreeMismatchError,
-    UnknownNameError,
-    VmapAxesError,
-)
+from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
+from linfit.ntk._checks import check_finite, check_independent, check_tree, signature
 from linfit.ntk._contract import normalize_axes, transpose_kernel
 from linfit.ntk.jacobian import jacobian_ntk
 from linfit.ntk.products import products_ntk
-from linfit.tree import ParamsFilter, as_predicate, path_str, split_params
+from linfit.tree import ParamsFilter, as_predicate, split_params
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -99,10 +94,12 @@ def empirical_ntk_fn(
 class NtkFn:
     """The callable returned by :func:`empirical_ntk_fn`.
 
-    ``ntk_fn(x1, x2, params)`` validates its inputs (once per input/parameter signature: params that ``f``
-    rejects raise ``TreeMismatchError``; ``vmap_axes=0`` on interacting samples raises ``VmapAxesError``,
-    checked by comparing ``f`` on the first two samples batched vs one at a time), then runs a jitted
-    kernel. :meth:`transpose`, :meth:`outputs_per_sample` and :meth:`num_params` serve
+    ``ntk_fn(x1, x2, params)`` validates its inputs, then runs a jitted kernel. On every call with concrete
+    inputs, NaN/inf in ``x1``, ``x2`` or ``params`` raise ``NonFiniteError`` naming the argument. Once per
+    input/parameter signature: params that ``f`` fails on, or selected leaves that ``f`` never reads, raise
+    ``TreeMismatchError``; ``vmap_axes=0`` on interacting samples raises ``VmapAxesError`` (``f``'s values and
+    random directional derivatives on a few distinct samples, batched vs one at a time; see
+    :func:`linfit.ntk._checks.check_independent`). :meth:`transpose`, :meth:`outputs_per_sample` and :meth:`num_params` serve
     :func:`linfit.ntk.tiling.ntk_tiled`.
     """
 
@@ -127,6 +124,7 @@ class NtkFn:
             raise ShapeError(
                 f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}"
             )
+        check_finite(x1=x1, x2=x2, params=params)
         self._check(x1, x2, params)
         implementation = self.implementation
         if implementation == "auto":
@@ -195,64 +193,13 @@ class NtkFn:
         return kernel
 
     def _check(self, x1, x2, params) -> None:
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        key = (
-            treedef,
-            tuple((jnp.shape(l), jnp.result_type(l)) for l in leaves),
-            x1.shape[1:],
-            x1.dtype,
-        )
+        key = signature(x1, params)
         if key in self._checked:
             return
-        try:
-            out = jax.eval_shape(self.f, params, x1[:1])
-        except LinfitError:
-            raise
-        except (
-            Exception
-        ) as err:  # flax/JAX raise many types for a wrong tree or leaf shape
-            raise TreeMismatchError(
-                f"f(params, x) failed for params with paths/shapes {_describe(params)} and x of feature "
-                f"shape {x1.shape[1:]}: the params tree (or the input) does not match what f expects. "
-                f"Original error: {type(err).__name__}: {err}"
-            ) from err
+        out = check_tree(self.f, params, x1, self.params_filter)
         if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1:
             raise ShapeError(f"f must return one array [N, ...]; got {out}")
         normalize_axes(self.trace_axes, self.diagonal_axes, out.ndim)
-        split_params(params, self.params_filter)
-        if self.vmap_axes == 0 and not self._samples_independent(x1, x2, params):
-            return  # inputs are tracers (ntk_fn called under a transformation): check again later
+        if self.vmap_axes == 0 and not check_independent(self.f, params, x1, x2):
+            return  # tracers, or too few distinct samples: check again on the next call
         self._checked.add(key)
-
-    def _samples_independent(self, x1, x2, params) -> bool:
-        """False when the check cannot run on tracers; raises VmapAxesError when samples interact."""
-        xs = (
-            x1[:2]
-            if x1.shape[0] >= 2 or x2 is None
-            else jnp.concatenate([x1[:1], x2[:1]])
-        )
-        if xs.shape[0] < 2:
-            return False
-        f = jax.jit(self.f)
-        batched = f(params, xs)
-        single = jnp.concatenate([f(params, xs[i : i + 1]) for i in range(2)])
-        scale = jnp.max(jnp.abs(batched))
-        try:
-            close = bool(
-                jnp.allclose(batched, single, rtol=1e-4, atol=1e-5 * (1 + scale))
-            )
-        except jax.errors.ConcretizationTypeError:
-            return False
-        if not close:
-            raise VmapAxesError(
-                "vmap_axes=0 declares samples independent, but f on the first two samples as one batch "
-                "differs from f on each alone (e.g. BatchNorm in train mode); pass vmap_axes=None or "
-                "evaluate the model in eval mode"
-            )
-        return True
-
-
-def _describe(params: Any) -> str:
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    items = [f"{path_str(p)}{tuple(jnp.shape(l))}" for p, l in flat[:8]]
-    return "[" + ", ".join(items) + (", ...]" if len(flat) > 8 else "]")

@@ -11,9 +11,13 @@ neural-tangents' "structured derivatives" (Novak et al. 2022). Here it is implem
 one forward pass per sample records every layer's input and ``O`` backward passes produce the cotangents
 with respect to the layer *outputs* only; each layer then picks, by a FLOP/memory estimate, between the
 patch-Gram product and the per-sample layer gradient ``P_iᵀ G_{i,o}`` (see
-:mod:`linfit.ntk.structured_contract`). Parameters of any other kind (BatchNorm/LayerNorm scale and bias,
-embeddings, ``DenseGeneral``, grouped convolutions, parameters of a non-Flax function) go through an
-exact per-sample Jacobian contraction over just those leaves.
+:mod:`linfit.ntk.structured_contract`). Every other leaf goes through an exact per-sample Jacobian
+contraction over just those leaves: parameters of other kinds (BatchNorm/LayerNorm/GroupNorm scale and
+bias, embeddings, ``DenseGeneral`` and attention projections, grouped/depthwise convolutions, parameters of
+a non-Flax function), layers called inside lifted transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``), and a
+Dense/Conv leaf that ``f`` also reads outside the layer's calls (tied weights), which the factorisation
+would miss (:mod:`linfit.ntk.structured_layers`). So the kernel is exact whatever ``f`` does with its
+parameters; only the speed depends on how much is factorised.
 
 Output conventions follow neural-tangents' ``empirical_ntk_fn``: ``f(params, x) -> [N, O]``;
 ``ntk_fn(x1, x2, params)`` returns ``[N1, N2, O, O]`` (``trace_axes=()``), ``[N1, N2]`` traced over the
@@ -44,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
+from linfit.ntk._checks import check_finite, check_independent, check_tree, signature
 from linfit.ntk.structured_contract import (
     Mode,
     Route,
@@ -145,7 +150,7 @@ def _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route) -> 
     layers, kernel_route, bias_keys = {}, {}, set()
     if vmap_axes == 0:
         for key, layer in found.items():
-            if layer.kernel_path in chosen:
+            if layer.kernel_path in chosen and layer.kernel_exact:
                 kernel_route[key] = (
                     choose_route(
                         n1,
@@ -159,7 +164,7 @@ def _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route) -> 
                     if route == "auto"
                     else route
                 )
-            if layer.has_bias and layer.bias_path in chosen:
+            if layer.has_bias and layer.bias_exact and layer.bias_path in chosen:
                 bias_keys.add(key)
             if key in kernel_route or key in bias_keys:
                 layers[key] = layer
@@ -298,7 +303,28 @@ def _build(
             }
         return _kernel(grads1, grams1, grads2, grams2, plan.keys, plan, x2 is None)
 
-    return jax.jit(kernels)
+    return _checked(jax.jit(kernels), f, vmap_axes, params_filter)
+
+
+def _checked(kernels: Callable, f: ApplyFn, vmap_axes: int | None, params_filter: ParamsFilter) -> Callable:
+    """``kernels`` behind the input checks of :mod:`linfit.ntk._checks` (tree and independence once per
+    signature, finiteness on every concrete call)."""
+    checked: set = set()
+
+    def fn(x1, x2, params):
+        _batch_size(x1, "x1")
+        if x2 is not None:
+            _check_pair(x1, x2)
+            _batch_size(x2, "x2")
+        check_finite(x1=x1, x2=x2, params=params)
+        key = signature(x1, params)
+        if key not in checked:
+            check_tree(f, params, x1, params_filter)
+            if vmap_axes is None or check_independent(f, params, x1, x2):
+                checked.add(key)
+        return kernels(x1, x2, params)
+
+    return fn
 
 
 def structured_ntk_fn(
@@ -328,8 +354,11 @@ def structured_ntk_fn(
 
     Raises:
       ShapeError: axes other than the logit axis, ``f`` not returning ``[N, O]``, mismatched ``x1``/``x2``.
-      VmapAxesError: ``vmap_axes`` other than ``0`` or ``None``.
+      VmapAxesError: ``vmap_axes`` other than ``0`` or ``None``; ``vmap_axes=0`` on a model whose samples
+        interact (at the first call).
       ParamsFilterError: the filter selects nothing.
+      TreeMismatchError: ``f`` fails on ``params``, or selected leaves are never read by ``f``.
+      NonFiniteError: NaN/inf in ``x1``, ``x2`` or ``params`` (concrete calls only).
     """
     return _build(
         f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=False

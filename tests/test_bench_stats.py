@@ -1,0 +1,289 @@
+"""Bootstrap intervals, paired differences, Random's expectations and baseline scores (linfit.bench.stats),
+against scipy / linfit.bench.metrics, brute-force enumeration of orderings and simulations with known truth."""
+
+import functools
+import itertools
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from linfit.bench import stats as st
+from linfit.bench.metrics import ranking_metrics, trials_to_best
+from linfit.errors import ConfigError, LinfitError, ShapeError, UnknownNameError
+
+KS = (1, 3)
+
+
+def _task(rng, name, m=6, images=40, seeds=1, n_scores=3, reference=0, tie_scores=False):
+    """Random per-image correctness with shared image difficulty (paired), scores loosely tied to accuracy."""
+    p = rng.uniform(0.3, 0.8, m)
+    shared = rng.random((1, seeds, images))
+    z = np.where(rng.random((m, seeds, images)) < 0.6, shared, rng.random((m, seeds, images)))
+    correct = z < p[:, None, None]
+    scores = p[None, :] + rng.normal(scale=0.15, size=(n_scores, m))
+    if tie_scores:
+        scores = np.round(scores * 4)
+    return st.TaskData(name, scores, reference, correct=correct)
+
+
+@functools.lru_cache
+def _brute_force_random(accuracies: tuple, reference: float):
+    """Spearman, weighted τ and trials-to-best averaged over all M! orderings (scipy and
+    linfit.bench.metrics.trials_to_best), and the top-k gains for k = 1..M (the first k of each ordering)."""
+    a = np.asarray(accuracies, dtype=float)
+    rho, tau, trials, gains = [], [], [], []
+    for perm in itertools.permutations(range(a.size)):
+        score = -np.argsort(perm).astype(float)  # the model at place j of the ordering scores -j
+        rho.append(sps.spearmanr(score, a)[0] if np.ptp(a) else 0.0)
+        tau.append(sps.weightedtau(score, a)[0] if np.ptp(a) else 0.0)
+        trials.append(trials_to_best(score, a))
+        gains.append(np.maximum.accumulate(a[list(perm)]) - reference)
+    return np.mean(rho), np.mean(tau), np.mean(trials), np.mean(gains, axis=0)
+
+
+# ----------------------------------------------------------------------------------- point estimates
+
+
+@pytest.mark.parametrize("tie_scores", [False, True])
+def test_estimate_is_the_mean_of_scipy_metrics_over_tasks(tie_scores):
+    rng = np.random.default_rng(0)
+    tasks = [_task(rng, f"t{i}", m=5 + i, images=30, tie_scores=tie_scores, reference=i % 3) for i in range(4)]
+    result = st.bootstrap(tasks, ["a", "b", "c"], replicates=10, rng=0, ks=KS, random_baseline=False)
+    for s, name in enumerate(result.scores):
+        per_task = []
+        for task in tasks:
+            acc = 100.0 * task.correct.mean(axis=(1, 2))  # ties: accuracies are multiples of 100/30
+            r = ranking_metrics(task.scores[s], acc, acc[task.reference])
+            per_task.append([r.spearman, r.weighted_tau, r.trials_to_best, r.top1_gain, r.top3_gain])
+        np.testing.assert_allclose(result.estimate[s], np.mean(per_task, axis=0), rtol=1e-12, atol=1e-12)
+    assert result.metrics == ("spearman", "weighted_tau", "trials_to_best", "top1_gain", "top3_gain")
+
+
+def test_vectorised_metrics_match_scipy_on_many_tied_rankings():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        m = int(rng.integers(2, 9))
+        scores = rng.integers(0, 4, (3, m)).astype(float)
+        acc = rng.integers(0, 4, (4, m)).astype(float)
+        got = st._metrics(scores, acc, 0, (1,))
+        for n, s in itertools.product(range(4), range(3)):
+            r = ranking_metrics(scores[s], acc[n], acc[n, 0])
+            expected = [r.spearman, r.weighted_tau, r.trials_to_best, r.top1_gain]
+            np.testing.assert_allclose(got[n, s], expected, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- Random's expectation
+
+
+@pytest.mark.parametrize("accuracies", [(50, 60, 70, 80, 90), (3, 1, 1, 1, 1, 1, 1), (1, 1, 1, 2, 2, 3, 4),
+                                        (5, 5, 5, 5, 5, 2), (2, 7, 7, 4, 9, 9), (1, 2), (4, 4, 4)])
+def test_expectations_match_enumeration_of_all_orderings(accuracies):
+    a = np.asarray(accuracies, dtype=float)
+    spearman, tau, trials, gains = _brute_force_random(accuracies, a[0])
+    for k in range(1, a.size + 1):
+        assert st.expected_top_k_gain(a, a[0], k) == pytest.approx(gains[k - 1], rel=1e-12, abs=1e-12)
+    assert st.expected_spearman(a) == pytest.approx(spearman, abs=1e-12)
+    assert st.expected_trials_to_best(a) == pytest.approx(trials, rel=1e-12)
+    value, stderr = st.expected_weighted_tau(a)
+    assert value == pytest.approx(tau, abs=1e-12) and stderr == 0
+
+
+def test_weighted_tau_of_random_orderings_is_zero_without_ties_only():
+    assert abs(_brute_force_random((50, 60, 70, 80, 90), 50.0)[1]) < 1e-12
+    assert abs(_brute_force_random((3, 1, 1, 1, 1, 1, 1), 3.0)[1]) > 0.01  # so Random's τ is not reported as 0
+
+
+def test_weighted_tau_monte_carlo_agrees_with_enumeration():
+    a = np.array([9.0, 9, 9, 4, 4, 2, 1, 0])
+    exact, exact_stderr = st.expected_weighted_tau(a)  # 8! orderings
+    estimate, stderr = st.expected_weighted_tau(a, exhaustive_limit=0, samples=20_000, rng=3)
+    assert exact_stderr == 0 and 0 < stderr < 0.005
+    assert abs(estimate - exact) < 4 * stderr
+
+
+def test_random_row_of_the_bootstrap_is_the_expectation_on_each_task():
+    rng = np.random.default_rng(2)
+    tasks = [_task(rng, f"t{i}", m=6, images=25, reference=1) for i in range(3)]
+    result = st.bootstrap(tasks, ["a", "b", "c"], replicates=10, rng=0, ks=KS)
+    per_task = []
+    for task in tasks:
+        acc = 100.0 * task.correct.mean(axis=(1, 2))
+        rho, tau, trials, gains = _brute_force_random(tuple(acc), acc[1])
+        per_task.append([rho, tau, trials, *(gains[k - 1] for k in KS)])
+    expected = np.mean(per_task, axis=0)
+    assert result.scores[-1] == st.RANDOM
+    np.testing.assert_allclose(result.estimate[-1], expected, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- the bootstrap
+
+
+def _coverage_dataset(rng, n_tasks, mu=5.0, spread=4.0, m=4, images=100):
+    """Tasks whose top-1 pick (model 1) beats the reference (model 0) by a gain drawn around mu (points).
+    Correctness z < p with z uniform (shared across models on 70 % of images), so E[accuracy] = p exactly."""
+    tasks, truth = [], []
+    for t in range(n_tasks):
+        p = rng.uniform(0.4, 0.7, m)
+        p[1] = p[0] + (mu + spread * rng.normal()) / 100
+        shared = rng.random(images)
+        z = np.where(rng.random((m, images)) < 0.7, shared, rng.random((m, images)))
+        tasks.append(st.TaskData(str(t), np.array([[0.0, 1.0, 0.5, 0.2]]), 0, correct=(z < p[:, None])[:, None]))
+        truth.append(100 * (p[1] - p[0]))
+    return tasks, float(np.mean(truth))
+
+
+@pytest.mark.parametrize("resample_tasks", [False, True])
+def test_interval_coverage_on_simulated_benchmarks(resample_tasks):
+    """200 simulated benchmarks of 10 tasks: the 95 % interval of the mean top-1 gain (linear in the accuracies,
+    so its truth is known) covers the truth in 190 ± 3σ (σ = √(200·0.95·0.05) ≈ 3.1) of them. Holding the tasks
+    fixed the target is the mean of the drawn tasks' true gains; resampling tasks it is the population mean mu,
+    and the scheme is conservative (test-set noise counted twice), so only the lower bound is asserted."""
+    rng = np.random.default_rng(0)
+    covered = 0
+    for d in range(200):
+        tasks, fixed_truth = _coverage_dataset(rng, 10)
+        result = st.bootstrap(tasks, ["s"], replicates=500, rng=d, ks=(1,), random_baseline=False,
+                              resample_tasks=resample_tasks)
+        k = result.metrics.index("top1_gain")
+        truth = 5.0 if resample_tasks else fixed_truth
+        covered += result.low[0, k] <= truth <= result.high[0, k]
+    assert covered >= 181
+    if not resample_tasks:
+        assert covered <= 199
+
+
+def test_tasks_only_fallback_matches_the_plug_in_standard_error():
+    """Accuracies without per-image data: only tasks move, and the bootstrap standard error of a mean over T
+    tasks is the plug-in σ/√T (σ with ddof=0); 4000 replicates estimate it to ~1.1 %."""
+    rng = np.random.default_rng(4)
+    tasks = [st.TaskData(f"t{i}", rng.normal(size=(2, 7)), 0, accuracies=rng.uniform(20, 80, 7)) for i in range(9)]
+    result = st.bootstrap(tasks, ["a", "b"], replicates=4000, rng=0, ks=KS, random_baseline=False)
+    per_task = np.array([[ranking_metrics(t.scores[s], t.accuracies, t.accuracies[0]).spearman for s in range(2)]
+                         for t in tasks])
+    np.testing.assert_allclose(result.stderr[:, 0], per_task.std(axis=0) / np.sqrt(len(tasks)), rtol=0.05)
+    assert "no per-image data for t0" in result.scheme
+    fixed = st.bootstrap(tasks, ["a", "b"], replicates=50, rng=0, resample_tasks=False, random_baseline=False)
+    np.testing.assert_array_equal(fixed.replicates, np.broadcast_to(fixed.estimate, fixed.replicates.shape))
+
+
+def test_image_resample_is_paired_across_models():
+    rng = np.random.default_rng(5)
+    a = rng.random((1, 2, 60)) < 0.6
+    correct = np.concatenate([a, ~a, a], axis=0)  # model 1 is wrong exactly where model 0 is right
+    acc = st._resampled_accuracies(correct, 300, rng)
+    np.testing.assert_allclose(acc[:, 0] + acc[:, 1], 100.0, rtol=1e-12)
+    np.testing.assert_array_equal(acc[:, 0], acc[:, 2])  # exactly equal: ties survive the resample
+    assert acc[:, 0].std() > 1  # it does resample
+    assert abs(acc[:, 0].mean() - 100 * a.mean()) < 4 * acc[:, 0].std() / np.sqrt(300)
+
+
+def test_paired_difference_is_narrower_than_unpaired_for_correlated_scores():
+    rng = np.random.default_rng(6)
+    tasks = []
+    for i in range(8):
+        task = _task(rng, f"t{i}", m=10, images=80, n_scores=1)
+        base = task.scores[0]
+        scores = np.stack([base, base + rng.normal(scale=0.02, size=10)])  # two nearly identical scores
+        tasks.append(st.TaskData(task.name, scores, 0, correct=task.correct))
+    one = st.bootstrap(tasks, ["a", "b"], replicates=1000, rng=1, random_baseline=False)
+    two = st.bootstrap(tasks, ["a", "b"], replicates=1000, rng=2, random_baseline=False)
+    k = one.metrics.index("spearman")
+    paired = st.difference(one, "a", "b", "spearman")
+    unpaired = np.quantile(one.replicates[:, 0, k] - two.replicates[:, 1, k], [0.025, 0.975])
+    assert paired.estimate == pytest.approx(one.estimate[0, k] - one.estimate[1, k])
+    assert (paired.high - paired.low) < 0.5 * (unpaired[1] - unpaired[0])
+    np.testing.assert_allclose([paired.low, paired.high],
+                               np.quantile(one.replicates[:, 0, k] - one.replicates[:, 1, k], [0.025, 0.975]))
+
+
+def test_separated_pairs_lists_only_intervals_excluding_zero():
+    rng = np.random.default_rng(7)
+    tasks = []
+    for i in range(8):
+        task = _task(rng, f"t{i}", m=8, images=200, n_scores=1)
+        acc = task.correct.mean(axis=(1, 2))
+        scores = np.stack([acc, acc, -acc])  # good, the same good, reversed
+        tasks.append(st.TaskData(task.name, scores, 0, correct=task.correct))
+    result = st.bootstrap(tasks, ["good", "twin", "reversed"], replicates=500, rng=0)
+    pairs = st.separated_pairs(result, "spearman")
+    found = {(d.first, d.second) for d in pairs}
+    assert found == {("good", "reversed"), ("twin", "reversed"), ("good", st.RANDOM), ("twin", st.RANDOM),
+                     (st.RANDOM, "reversed")}
+    assert all(d.estimate > 0 and d.excludes_zero for d in pairs)
+    assert not st.difference(result, "good", "twin", "spearman").excludes_zero  # identical: [0, 0]
+
+
+def test_determinism_given_the_seed():
+    rng = np.random.default_rng(8)
+    tasks = [_task(rng, f"t{i}", m=9, images=30) for i in range(3)]  # M=9: Random's weighted τ by Monte Carlo
+    a = st.bootstrap(tasks, ["a", "b", "c"], replicates=50, rng=11)
+    b = st.bootstrap(tasks, ["a", "b", "c"], replicates=50, rng=np.random.default_rng(11))
+    c = st.bootstrap(tasks, ["a", "b", "c"], replicates=50, rng=12)
+    np.testing.assert_array_equal(a.replicates, b.replicates)
+    np.testing.assert_array_equal(a.estimate, b.estimate)
+    assert a.seed == 11 and b.seed is None
+    assert not np.array_equal(a.replicates, c.replicates)
+    frame = a.frame()
+    assert len(frame) == 4 * 5 and set(frame.columns) == {"score", "metric", "estimate", "low", "high", "stderr"}
+
+
+def test_bad_inputs_raise_linfit_errors():
+    scores = np.zeros((1, 3))
+    with pytest.raises(ShapeError, match="exactly one"):
+        st.TaskData("t", scores, 0)
+    with pytest.raises(ShapeError, match="correct must be"):
+        st.TaskData("t", scores, 0, correct=np.ones((2, 1, 5), bool))
+    with pytest.raises(ConfigError, match="0/1"):
+        st.TaskData("t", scores, 0, correct=np.full((3, 1, 5), 2))
+    with pytest.raises(ShapeError, match="reference"):
+        st.TaskData("t", scores, 3, accuracies=np.ones(3))
+    task = st.TaskData("t", scores, 0, accuracies=np.array([1.0, 2, 3]))
+    with pytest.raises(ShapeError, match="score names"):
+        st.bootstrap([task], ["a", "b"])
+    with pytest.raises(ShapeError, match="every k"):
+        st.bootstrap([task], ["a"], ks=(4,))
+    with pytest.raises(ConfigError, match="confidence"):
+        st.bootstrap([task], ["a"], confidence=95)
+    result = st.bootstrap([task], ["a"], replicates=5)
+    with pytest.raises(ShapeError, match="unknown score 'b'"):
+        st.difference(result, "a", "b", "spearman")
+    with pytest.raises(ShapeError, match="k must lie"):
+        st.expected_top_k_gain([1.0, 2.0], 0.0, 3)
+
+
+# ------------------------------------------------------------------------------------------- baselines
+
+
+def test_baseline_scores_from_metadata():
+    models = [
+        {"kind": "generalist", "reference": True, "source_images": 800, "source_accuracy": 0.7},
+        {"kind": "scratch", "reference": False, "source_images": 100, "source_accuracy": 0.9},
+        {"kind": "from-generalist", "reference": False, "source_images": 100, "source_accuracy": 0.95},
+    ]
+    scores = st.baseline_scores(models)
+    np.testing.assert_array_equal(scores["from_generalist"], [1, 0, 1])
+    np.testing.assert_array_equal(scores["source_images"], [800, 100, 100])
+    np.testing.assert_array_equal(scores["source_accuracy"], [0.7, 0.9, 0.95])
+    np.testing.assert_array_equal(scores["reference_first"], [1, 0, 0])
+    with pytest.raises(ShapeError, match="source_accuracy"):
+        st.baseline_scores([{k: v for k, v in m.items() if k != "source_accuracy"} for m in models])
+
+
+def test_zoo_baseline_metadata_from_the_committed_manifest():
+    from linfit.zoo.registry import WEIGHTS_DIR
+
+    manifest = json.loads((WEIGHTS_DIR / "manifest.json").read_text())
+    per_domain = manifest["train_config"]["per_domain"]
+    names = ["resnet8/generalist", "resnet8/mnist/scratch", "resnet8/mnist/from-generalist"]
+    meta = st.zoo_baseline_metadata(manifest, names)
+    by_name = {m["name"]: m for m in manifest["models"]}
+    assert [m["source_images"] for m in meta] == [8 * per_domain, per_domain, per_domain]
+    assert [m["reference"] for m in meta] == [True, False, False]
+    assert [m["source_accuracy"] for m in meta] == [by_name[n]["source_accuracy"] for n in names]
+    np.testing.assert_array_equal(st.baseline_scores(meta)["from_generalist"], [1, 0, 1])
+    with pytest.raises(UnknownNameError):
+        st.zoo_baseline_metadata(manifest, ["resnet8/nope"])
+    with pytest.raises(LinfitError, match="per_domain"):
+        st.zoo_baseline_metadata({**manifest, "train_config": {"per_domain": None}}, names)
