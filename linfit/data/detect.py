@@ -121,8 +121,8 @@ def _idx_files(path: Path) -> list[Path]:
         files = found.get(key, [])
         if len(files) != 1:
             what = "no file" if not files else f"{len(files)} files ({', '.join(f.name for f in files)})"
-            raise DatasetError(f"data path {path}: IDX folder has {what} for the {key[0]} {key[1]}; expected exactly one "
-                               f"such as {'train' if key[0] == 'train' else 't10k'}-{key[1]}-"
+            raise DatasetError(f"data path {path}: IDX folder has {what} for the {key[0]} {key[1]}; expected "
+                               f"exactly one such as {'train' if key[0] == 'train' else 't10k'}-{key[1]}-"
                                f"idx{3 if key[1] == 'images' else 1}-ubyte[.gz]")
         out.append(files[0])
     return out
