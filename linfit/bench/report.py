@@ -66,7 +66,9 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
     for unit in store.units("finetune"):
         cfg, rec = unit["config"], unit["record"]
         correct = unpack_bools(rec["test_correct"]) if "test_correct" in rec else None
-        if correct is not None and not math.isclose(100.0 * correct.mean(), rec["accuracy"], abs_tol=1e-6):
+        # the accuracy was averaged in float32; one image more or less moves it by 100 / I percent
+        if correct is not None and not math.isclose(100.0 * correct.mean(), rec["accuracy"],
+                                                    abs_tol=50.0 / max(correct.size, 1)):
             raise LinfitError(f"unit {unit['key']!r}: its per-image test correctness gives "
                               f"{100 * correct.mean():.4f} % but its accuracy is {rec['accuracy']:.4f} %; the "
                               "record is inconsistent: delete the unit and recompute it")
