@@ -165,11 +165,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from linfit import zoo
     from linfit.bench.report import write_report
     from linfit.bench.store import read_stores
 
-    with read_stores(args.db) as store:
-        path = write_report(store, args.out, accuracy=args.accuracy, settings=args.setting)
+    with read_stores(args.db) as store:  # the committed zoo's manifest adds baselines and clusters for its models
+        path = write_report(store, args.out, accuracy=args.accuracy, settings=args.setting, manifest=zoo.manifest())
     print(f"report written to {path}")
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 from linfit import models
 from linfit.bench.grid import finetune_record, gram_record, gram_sample, paper_finetune_config
 from linfit.bench.report import gram_selection, write_report
-from linfit.bench.store import ResultStore
+from linfit.bench.store import ResultStore, unpack_bools
 
 
 def _pearson_lfc(gram, labels):
@@ -76,6 +76,9 @@ def test_finetune_record_holds_the_gram_of_the_chosen_run(backbone):
     assert not np.allclose(gram["after"], gram["before"], rtol=1e-2)  # the fine-tuned backbone moved
     assert gram["lfc_after"] == pytest.approx(_pearson_lfc(gram["after"], gram["labels"]), abs=1e-3)
     assert len(json.dumps(record)) < 50_000
+    correct = unpack_bools(record["test_correct"])  # per-image correctness of the chosen run, for the bootstrap
+    # the loop averages in float32 (relative error ~1e-7); one image more or less would move it by 100/21
+    assert correct.shape == (21,) and 100 * correct.mean() == pytest.approx(record["accuracy"], abs=1e-4)
 
 
 ACC = {"gen": 60.0, "a": 80.0, "b": 50.0}

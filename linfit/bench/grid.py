@@ -27,7 +27,7 @@ import numpy as np
 from linfit import scores as score_registry
 from linfit import zoo
 from linfit.bench.runner import Unit, run_units
-from linfit.bench.store import ResultStore, unit_key
+from linfit.bench.store import ResultStore, pack_bools, unit_key
 from linfit.data import load_task
 from linfit.data.sampling import kshot_indices
 from linfit.errors import ConfigError
@@ -127,7 +127,9 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
     """Fine-tune once per learning rate (lr chosen on validation) and return a ``"finetune"`` unit's record.
 
     The record also holds ``"gram"`` (``gram_record`` on ``gram_sample(y_test, seed=config.seed)`` with the
-    pre-trained and the chosen run's fine-tuned variables) unless the chosen run diverged.
+    pre-trained and the chosen run's fine-tuned variables) and ``"test_correct"`` (``linfit.bench.store.pack_bools``
+    of ``[N_test]`` bool: whether the chosen run's final model classifies each test image correctly, argmax of its
+    logits; its mean is ``accuracy / 100``; what ``linfit.bench.stats`` resamples) unless the chosen run diverged.
     """
     start = time.perf_counter()
     search = select_learning_rate(model, variables, x_train, y_train, config=config, x_test=x_test, y_test=y_test,
@@ -142,6 +144,8 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
     }
     chosen = search.runs[search.lrs.index(search.chosen_lr)]
     if not chosen.diverged:
+        predicted = np.asarray(chosen.predict(x_test)).argmax(-1)
+        record["test_correct"] = pack_bools(predicted == np.asarray(y_test))
         idx = gram_sample(y_test, seed=config.seed)
         record["gram"] = gram_record(model, variables, chosen.variables, x_test[idx], np.asarray(y_test)[idx])
     record["seconds"] = time.perf_counter() - start

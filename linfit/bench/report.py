@@ -9,7 +9,12 @@ generalist model the gains are measured against, the paper's ImageNet expert):
   ``record["oracle_accuracy"]`` (the paper's choice: the best test accuracy over learning rates), and
   ``record["seconds"]`` (wall time of the whole learning-rate sweep), and, in stores written since the Fig. 8
   section exists, ``record["gram"]`` (``linfit.bench.grid.gram_record``: the feature Grams before and after
-  fine-tuning of a small class-sorted test sample, with their LFC).
+  fine-tuning of a small class-sorted test sample, with their LFC), and in stores written since the report has
+  intervals, ``record["test_correct"]`` (the chosen lr's per-image test correctness, ``store.pack_bools``).
+
+Each regime's headline table gives the mean of every ranking metric over tasks with bootstrap intervals, Random
+as its exact expectation, trivial baselines and per-cluster results (``linfit.bench.uncertainty``); the paired
+differences that the noise cannot explain follow it.
 
 Every number in a report is recomputed from the store, so a report can be regenerated at any time, including
 while a benchmark is still running (tasks with missing units are reported as incomplete and left out of the
@@ -26,14 +31,15 @@ every setting, in their ``setting`` column.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from linfit.bench.metrics import ranking_metrics
-from linfit.bench.store import ResultStore, setting, setting_id
+from linfit.bench.store import ResultStore, setting, setting_id, unpack_bools
 from linfit.errors import LinfitError
 
 GROUP = ["task", "regime", "seed"]
@@ -52,19 +58,30 @@ def scores_frame(store: ResultStore) -> pd.DataFrame:
 
 
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
-    """One row per fine-tuned (model, task, regime, seed, setting): accuracy, oracle accuracy, seconds."""
+    """One row per fine-tuned (model, task, regime, seed, setting): accuracy, oracle accuracy, seconds, and
+    ``test_correct`` (``[I]`` bool per test image at the chosen lr, or ``None`` in older stores).
+
+    Raises ``LinfitError`` when a unit's per-image correctness does not average to its accuracy."""
     rows = []
     for unit in store.units("finetune"):
         cfg, rec = unit["config"], unit["record"]
+        correct = unpack_bools(rec["test_correct"]) if "test_correct" in rec else None
+        # the accuracy was averaged in float32; one image more or less moves it by 100 / I percent
+        if correct is not None and not math.isclose(100.0 * correct.mean(), rec["accuracy"],
+                                                    abs_tol=50.0 / max(correct.size, 1)):
+            raise LinfitError(f"unit {unit['key']!r}: its per-image test correctness gives "
+                              f"{100 * correct.mean():.4f} % but its accuracy is {rec['accuracy']:.4f} %; the "
+                              "record is inconsistent: delete the unit and recompute it")
         rows.append(
             {
                 **_ids(cfg, "finetune"),
                 "accuracy": rec["accuracy"],
                 "oracle_accuracy": rec.get("oracle_accuracy", rec["accuracy"]),
                 "seconds": rec["seconds"],
+                "test_correct": correct,
             }
         )
-    return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "accuracy", "oracle_accuracy", "seconds"])
+    return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "accuracy", "oracle_accuracy", "seconds", "test_correct"])
 
 
 _ID_COLUMNS = ["model", "task", "regime", "seed", "reference", "setting"]
@@ -314,16 +331,23 @@ def _gram_section(store: ResultStore, out: pathlib.Path, chosen: set[str]) -> li
 
 
 def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: str = "accuracy",
-                 settings: Collection[str] | None = None) -> pathlib.Path:
+                 settings: Collection[str] | None = None, manifest: Mapping | None = None,
+                 notes: Sequence[str] = ()) -> pathlib.Path:
     """Write ``report.md`` plus the figures (Fig. 4-style top-3 gains per regime, Fig. 6-style summary, Fig. 8-style
     feature Grams when the store holds them) into ``out_dir``, all computed from ``store``, for one fine-tuning
-    and one scoring setting (``settings``, see the module docstring), which the report names. Returns the
-    report's path. Raises ``LinfitError`` (before creating ``out_dir``) when the store has no complete task group
-    or several settings of a kind."""
+    and one scoring setting (``settings``, see the module docstring), which the report names. Each regime starts
+    with the bootstrap intervals and paired differences of ``linfit.bench.uncertainty``; with a zoo
+    ``manifest`` (``linfit.zoo.manifest()``) holding every model of the store, also the trivial baselines and the
+    per-cluster results. ``notes``: Markdown paragraphs placed under the header (e.g. what the run left out).
+    Returns the report's path. Raises ``LinfitError`` (before creating ``out_dir``) when the store has no complete
+    task group or several settings of a kind."""
+    from linfit.bench import uncertainty
+
     known = settings_frame(store)
     scores, finetune = _frames(store, settings, known)
     ranking = _ranking(scores, finetune, accuracy)
     summary = summary_frame(ranking)
+    models, no_models = uncertainty.model_metadata(manifest, sorted(set(finetune.model)))
     costs = _costs(scores, finetune)
     configs = known[known.setting.isin({*scores.setting, *finetune.setting})].replace({"kind": KINDS})
     out = pathlib.Path(out_dir)
@@ -334,9 +358,17 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
              "Every number below comes from the units of these settings (the id is part of each unit's key; the "
              "linfit version is recorded with each unit, not part of its identity):", "",
              _markdown(configs, index=False), ""]
+    lines += [line for note in notes for line in (note, "")]
+    if no_models:
+        lines += [f"No trivial baselines or per-cluster results: {no_models}.", ""]
     for regime, table in summary.groupby("regime"):
-        lines += [f"## Regime `{regime}`: averages over tasks", "",
-                  _markdown(table.drop(columns="regime").round(3), index=False), ""]
+        table = table.drop(columns="regime").replace({"score": {"random": "random (one draw)"}})
+        lines += [f"## Regime `{regime}`: averages over tasks", ""]
+        lines += uncertainty.regime_section(scores, finetune, regime, accuracy, models)
+        lines += [f"### Other metrics (`{regime}`, point estimates)", "",
+                  "Kendall τ, Pearson r and regret are not bootstrapped; `random (one draw)` is the stored single "
+                  "draw of the `random` score, `best`/`worst` the oracle picks.", "",
+                  _markdown(table.round(3), index=False), ""]
         figure = out / f"top3_gain_{regime}.png"
         _plot_bars(ranking[ranking.regime == regime], "top3_gain", f"top-3 gain over the reference ({regime})",
                    figure)

@@ -32,6 +32,8 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import glob
 import hashlib
 import json
@@ -40,6 +42,8 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from linfit.errors import LinfitError
 
@@ -78,6 +82,29 @@ def setting_id(kind: str, config: dict) -> str:
     kind with equal settings have equal ids, and units of different kinds never share one."""
     text = json.dumps({"kind": kind, "setting": setting(config)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def pack_bools(values) -> dict:
+    """A compact JSON form of a boolean vector ``[N]`` (e.g. which test images a fine-tuned model classifies
+    correctly): ``{"n": N, "bits": base64 of numpy.packbits(values)}``, about 1.3 characters per 8 entries.
+    Inverse: ``unpack_bools``."""
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise LinfitError(f"pack_bools needs a one-dimensional vector [N]; got shape {values.shape}")
+    return {"n": int(values.size), "bits": base64.b64encode(np.packbits(values.astype(bool))).decode("ascii")}
+
+
+def unpack_bools(packed: dict) -> np.ndarray:
+    """``[N]`` bool: the vector ``pack_bools`` encoded. Raises ``LinfitError`` on a malformed entry (a store
+    written by something else, or edited by hand)."""
+    try:
+        n = int(packed["n"])
+        bits = np.frombuffer(base64.b64decode(packed["bits"], validate=True), dtype=np.uint8)
+    except (KeyError, TypeError, ValueError, binascii.Error) as err:
+        raise LinfitError(f"not a packed boolean vector (want {{'n': N, 'bits': base64}}): {err}") from None
+    if not 0 <= n <= 8 * bits.size or bits.size != -(-n // 8):
+        raise LinfitError(f"a packed boolean vector says n={n} but holds {bits.size} bytes")
+    return np.unpackbits(bits, count=n).astype(bool)
 
 
 def unit_key(kind: str, config: dict) -> str:

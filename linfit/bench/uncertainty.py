@@ -1,0 +1,218 @@
+"""The report's statistics: bootstrap intervals of the task-averaged ranking metrics, paired differences between
+scores, Random's exact expectation, trivial baselines and per-cluster results, all from a benchmark store.
+
+``linfit.bench.stats`` does the statistics; this module turns the store's frames (``linfit.bench.report``) into its
+``TaskData`` and the results into Markdown. Per regime, each complete (task, seed) group is one task of the
+bootstrap: its models in name order, the scores every group has (a score missing or non-finite in some group is
+left out and named), and its ground truth, the per-image test correctness of the chosen learning rate
+(``"test_correct"`` of a fine-tuning record, ``linfit.bench.grid.finetune_record``) when every model of the group has
+it and the report's ground truth is ``"accuracy"``, else the stored accuracies (only task resampling then moves
+the group; the section says so).
+
+Model metadata (``linfit.bench.stats.zoo_baseline_metadata`` of a zoo manifest) adds the trivial baselines
+(``linfit.bench.stats.baseline_scores``, rows ``baseline: <name>``) and the results within each zoo cluster:
+the generalist with the experts initialised from it, and the experts trained from scratch. Within a cluster the
+reference model is not always present, so the cluster tables give Spearman, weighted τ and trials-to-best only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from linfit.bench import stats
+from linfit.bench.report import _markdown as markdown
+
+REPLICATES = 2000
+"""Bootstrap replicates of every report (percentile bounds stable to ~1 % of the interval width at 95 %)."""
+
+SEED = 0
+"""Seed of the report's bootstrap: a report is a deterministic function of its store."""
+
+CONFIDENCE = 0.95
+
+KS = (1, 3)
+"""The k of the top-k gains (each used when every group has at least k models)."""
+
+BASELINE_PREFIX = "baseline: "
+
+DRAWN_RANDOM = "random"
+"""The stored score holding one draw of the Random baseline: replaced by ``stats.RANDOM`` in the intervals."""
+
+CLUSTERS = {"the generalist and the experts initialised from it": ("generalist", "from-generalist"),
+            "the experts trained from scratch": ("scratch",)}
+"""Zoo clusters: the model kinds (``linfit.zoo.spec.KINDS``) each holds."""
+
+NO_IMAGES = ("no per-image test correctness in the store (units written before it was recorded, or a ground "
+             "truth other than the chosen learning rate's accuracy): the intervals resample tasks only, so they "
+             "leave out the noise of the finite test sets")
+"""Said in the report when no group has per-image data (the fall-back to resampling tasks only)."""
+
+LABELS = {"spearman": "Spearman", "weighted_tau": "weighted τ", "trials_to_best": "trials-to-best",
+          "top1_gain": "top-1 gain", "top3_gain": "top-3 gain"}
+
+
+def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accuracy: str,
+                 models: Mapping[str, Mapping] | None = None,
+                 kinds: Sequence[str] | None = None) -> tuple[list[stats.TaskData], tuple[str, ...], list[str]]:
+    """The bootstrap tasks of one regime (see the module docstring).
+
+    Args:
+      scores, finetune: ``report.scores_frame`` / ``report.finetune_frame`` rows of one setting each.
+      regime: e.g. ``"20shot"``.
+      accuracy: the ground-truth column (``"accuracy"`` or ``"oracle_accuracy"``).
+      models: ``{model name: baseline metadata}`` (``stats.BASELINE_KEYS``) to add the baseline rows; every
+        model of the regime must be in it.
+      kinds: keep only the models of these kinds (a zoo cluster; needs ``models``); the reference index of a
+        group without its reference is then 0 and its gains are meaningless (use no top-k).
+
+    The stored score ``DRAWN_RANDOM`` (one random draw) is not among the score names: Random enters the
+    bootstrap as its exact expectation.
+
+    Returns:
+      ``(tasks, score names, notes)``: ``notes`` are sentences on what was left out.
+    """
+    ft = finetune[(finetune.regime == regime) & finetune[accuracy].notna()]
+    sc = scores[(scores.regime == regime) & (scores.score != DRAWN_RANDOM)]
+    groups = []
+    for (task, seed), group in ft.groupby(["task", "seed"]):
+        group = group.sort_values("model")
+        if kinds is not None:
+            group = group[[models[m]["kind"] in kinds for m in group.model]]
+        if group.reference.sum() > 1 or len(group) < 2 or (kinds is None and group.reference.sum() != 1):
+            continue
+        values = (sc[(sc.task == task) & (sc.seed == seed)]
+                  .pivot(index="score", columns="model", values="value").reindex(columns=group.model))
+        complete = values.index[values.notna().all(axis=1)]
+        if len(complete):
+            groups.append((task, seed, group, values.loc[complete]))
+    notes = []
+    if not groups:
+        return [], (), notes
+    every = set.intersection(*(set(values.index) for *_, values in groups))
+    finite = {s for s in every if all(np.isfinite(values.loc[s]).all() for *_, values in groups)}
+    names = tuple(sorted(finite))
+    left_out = sorted(set().union(*(set(values.index) for *_, values in groups)) - finite)
+    if left_out:
+        notes.append(f"left out of the intervals (missing or not finite in some task group): {', '.join(left_out)}")
+    several_seeds = len({seed for _, seed, *_ in groups}) > 1
+    tasks, baselines = [], ()
+    for task, seed, group, values in groups:
+        rows = values.loc[list(names)].to_numpy(dtype=np.float64)
+        if models is not None:
+            base = stats.baseline_scores([models[m] for m in group.model])
+            baselines = tuple(sorted(base))
+            rows = np.vstack([rows, *(base[name][None, :] for name in baselines)])
+        correct = list(group.test_correct) if accuracy == "accuracy" else [None]
+        if any(c is None for c in correct) or len({c.size for c in correct}) != 1:
+            truth = {"accuracies": group[accuracy].to_numpy(dtype=np.float64)}
+        else:
+            truth = {"correct": np.stack(correct)[:, None, :]}
+        reference = int(np.flatnonzero(group.reference.to_numpy())[0]) if group.reference.any() else 0
+        tasks.append(stats.TaskData(f"{task}/seed{seed}" if several_seeds else str(task), rows, reference, **truth))
+    names += tuple(BASELINE_PREFIX + name for name in baselines)
+    if several_seeds:
+        notes.append("each (task, seed) group is resampled as one task, as if the seeds' groups were independent")
+    return tasks, names, notes
+
+
+def _cell(estimate: float, low: float, high: float, digits: int) -> str:
+    return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _digits(metric: str) -> int:
+    return 2 if metric in ("spearman", "weighted_tau") else 1
+
+
+def interval_table(result: stats.BootstrapResult) -> pd.DataFrame:
+    """One row per score (sorted by decreasing mean Spearman), one column per metric: ``"mean [low, high]"``."""
+    low, high = result.low, result.high
+    rows = []
+    for i, score in enumerate(result.scores):
+        row = {"score": score}
+        for j, metric in enumerate(result.metrics):
+            row[LABELS.get(metric, metric)] = _cell(result.estimate[i, j], low[i, j], high[i, j], _digits(metric))
+        rows.append((-result.estimate[i, 0], score, row))
+    return pd.DataFrame([row for *_, row in sorted(rows, key=lambda r: r[:2])])
+
+
+def difference_lines(result: stats.BootstrapResult) -> list[str]:
+    """Markdown: per metric, the pairs of rows whose paired difference excludes zero, one table row per better
+    row listing the rows it beats with the gap and its interval (for trials-to-best: the extra trials of the
+    worse)."""
+    pairs = math.comb(len(result.scores), 2)
+    order = {score: -result.estimate[i, 0] for i, score in enumerate(result.scores)}
+    lines = []
+    for metric in result.metrics:
+        found = stats.separated_pairs(result, metric)
+        label = LABELS.get(metric, metric)
+        lines += [f"**{label}**: {len(found)} of {pairs} pairs differ (interval excludes 0); the other "
+                  f"{pairs - len(found)} pairs are not distinguishable at {result.confidence:.0%}.", ""]
+        beats: dict[str, list[str]] = {}
+        for d in found:  # oriented with estimate > 0: for trials-to-best the first is the worse one
+            better, worse = (d.second, d.first) if metric == "trials_to_best" else (d.first, d.second)
+            beats.setdefault(better, []).append(f"{worse} {_cell(d.estimate, d.low, d.high, _digits(metric))}")
+        if beats:
+            rows = [{"better": b, f"than (gap [{result.confidence:.0%} interval])": "; ".join(beats[b])}
+                    for b in sorted(beats, key=lambda b: (order[b], b))]
+            lines += [_markdown(pd.DataFrame(rows)), ""]
+    return lines
+
+
+def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accuracy: str,
+                   models: Mapping[str, Mapping] | None) -> list[str]:
+    """The Markdown of one regime's statistics: intervals across the zoo, per cluster, paired differences."""
+    tasks, names, notes = regime_tasks(scores, finetune, regime, accuracy, models)
+    if not tasks:
+        return ["No complete task group: no intervals.", ""]
+    ks = tuple(k for k in KS if all(k <= t.scores.shape[1] for t in tasks))
+    result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks)
+    lines = [f"Mean over {len(tasks)} tasks with {CONFIDENCE:.0%} bootstrap intervals. Resampling: "
+             f"{result.scheme}.", ""]
+    if all(t.correct is None for t in tasks):
+        lines += [f"Per-image data: {NO_IMAGES}.", ""]
+    lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
+    lines += [f"`{stats.RANDOM}` is the exact expectation of a uniformly random ordering (weighted τ: exact without "
+              "tied accuracies); `baseline: …` rows rank the models by metadata only (`linfit.bench.stats."
+              "baseline_scores`).", "", _markdown(interval_table(result)), ""]
+    if models is not None:
+        lines += _cluster_lines(scores, finetune, regime, accuracy, models)
+    lines += [f"### Paired differences (`{regime}`)", "",
+              "Each difference is computed on the same bootstrap replicates for both rows. With this many pairs, "
+              f"about {1 - CONFIDENCE:.0%} of the pairs without a real difference are listed by chance.", ""]
+    return lines + difference_lines(result)
+
+
+def _cluster_lines(scores, finetune, regime, accuracy, models) -> list[str]:
+    lines = [f"### Within each zoo cluster (`{regime}`)", "",
+             "Rankings of the models of one cluster only (top-k gains: see the table across the zoo, the reference "
+             "model is not in every cluster).", ""]
+    for index, (label, kinds) in enumerate(CLUSTERS.items()):
+        tasks, names, _ = regime_tasks(scores, finetune, regime, accuracy, models, kinds=kinds)
+        if not tasks:
+            lines += [f"Models {label}: fewer than 2 in every task group.", ""]
+            continue
+        result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED + 1 + index, confidence=CONFIDENCE,
+                                 ks=())
+        lines += [f"Models {label} ({tasks[0].scores.shape[1]} per task):", "", _markdown(interval_table(result)),
+                  ""]
+    return lines
+
+
+def model_metadata(manifest: Mapping | None, names: Sequence[str]) -> tuple[dict[str, dict] | None, str | None]:
+    """``({name: baseline metadata}, None)`` for the models ``names`` from a zoo ``manifest``, or ``(None, why)``
+    when there is no manifest or it lacks one of them."""
+    if manifest is None:
+        return None, "no zoo manifest given"
+    known = {entry["name"] for entry in manifest["models"]}
+    missing = sorted(set(names) - known)
+    if missing:
+        return None, f"models not in the zoo manifest: {', '.join(missing[:4])}"
+    return {m["name"]: m for m in stats.zoo_baseline_metadata(manifest, sorted(set(names)))}, None
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return markdown(table, index=False)

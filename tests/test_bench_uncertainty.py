@@ -1,0 +1,183 @@
+"""The report's statistics section (``linfit.bench.uncertainty``) on a small store built here: intervals against
+``linfit.bench.stats.bootstrap`` called directly, point estimates against a hand computation, per-image test
+correctness through the store, and the fall-back to resampling tasks only."""
+
+import re
+
+import numpy as np
+import pytest
+
+from linfit.bench import stats, uncertainty
+from linfit.bench.report import finetune_frame, write_report
+from linfit.bench.store import ResultStore, pack_bools, unpack_bools
+from linfit.errors import LinfitError
+
+MODELS = ("fa", "fb", "gen", "sa", "sb")  # name order = the report's model order
+KIND = {"gen": "generalist", "fa": "from-generalist", "fb": "from-generalist", "sa": "scratch", "sb": "scratch"}
+IMAGES = 20
+CORRECT_COUNTS = {"t1": (16, 12, 8, 18, 4), "t2": (4, 18, 12, 8, 16), "t3": (12, 4, 16, 18, 8)}  # of 20, per model
+
+
+def _correct(task):
+    """``[M, I]`` bool with the given number of correct images per model, at seeded random places."""
+    rng = np.random.default_rng(sum(map(ord, task)))
+    return np.stack([rng.permutation(np.arange(IMAGES) < k) for k in CORRECT_COUNTS[task]])
+
+
+def _accuracy(task):
+    return 100.0 * np.array(CORRECT_COUNTS[task]) / IMAGES
+
+
+def _scores(task):
+    acc = _accuracy(task)
+    return {"oracle": acc, "inverse": -acc, **({} if task == "t2" else {"partial": acc})}  # partial: not in t2
+
+
+def _store(path, per_image: bool):
+    store = ResultStore(path)
+    for task in CORRECT_COUNTS:
+        correct, acc, scores = _correct(task), _accuracy(task), _scores(task)
+        for m, model in enumerate(MODELS):
+            cfg = {"model": model, "task": task, "regime": "20shot", "seed": 0, "reference": model == "gen"}
+            record = {"accuracy": acc[m], "seconds": 1.0}
+            if per_image:
+                record["test_correct"] = pack_bools(correct[m])
+            store.put(f"finetune/{model}/{task}", "finetune", record, config=cfg)
+            for name, values in {**scores, "random": acc[::-1]}.items():
+                store.put(f"scores/{model}/{task}/{name}", "scores",
+                          {"scores": {name: float(values[m])}, "timings": {name: 0.1}}, config=cfg)
+    return store
+
+
+MANIFEST = {"train_config": {"per_domain": 100},
+            "models": [{"name": m, "kind": KIND[m], "reference": m == "gen", "source_accuracy": 90.0 - i}
+                       for i, m in enumerate(MODELS)]}
+
+
+def _table(text, heading):
+    """``{row name: [(estimate, low, high), ...]}`` of the first interval table after ``heading``."""
+    rows = {}
+    for line in text[text.index(heading):].splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and "[" in line:
+            rows[cells[0]] = [tuple(map(float, re.match(r"(\S+) \[(\S+), (\S+)\]", c).groups())) for c in cells[1:]]
+    return rows
+
+
+def _direct(ks=(1, 3)):
+    """``stats.bootstrap`` on TaskData written out here: the scores a report must use (random's draw and the
+    score missing in t2 left out), models in name order, per-image correctness [M, 1, I]."""
+    tasks = [stats.TaskData(task, np.stack([_scores(task)[s] for s in ("inverse", "oracle")]), MODELS.index("gen"),
+                            correct=_correct(task)[:, None, :]) for task in CORRECT_COUNTS]
+    return stats.bootstrap(tasks, ("inverse", "oracle"), replicates=uncertainty.REPLICATES, rng=uncertainty.SEED,
+                           confidence=uncertainty.CONFIDENCE, ks=ks)
+
+
+def _hand():
+    """Point estimates by hand: oracle ranks exactly by accuracy, inverse exactly reversed, Random's expectation
+    from order statistics (no ties: Spearman and weighted τ 0, trials (M + 1) / 2)."""
+    means = {"oracle": [], "inverse": [], stats.RANDOM: []}
+    for task in CORRECT_COUNTS:
+        acc = _accuracy(task)
+        ref = acc[MODELS.index("gen")]
+        a = np.sort(acc)
+        means["oracle"].append([1, 1, 1, a[-1] - ref, a[-1] - ref])
+        means["inverse"].append([-1, -1, 5, a[0] - ref, a[2] - ref])
+        top3 = (a[2] + 3 * a[3] + 6 * a[4]) / 10  # C(i-1, 2) / C(5, 3) for the 3rd, 4th, 5th smallest
+        means[stats.RANDOM].append([0, 0, 3, a.mean() - ref, top3 - ref])
+    return {name: np.mean(rows, axis=0) for name, rows in means.items()}
+
+
+def test_interval_table_matches_direct_bootstrap_and_hand(tmp_path):
+    with _store(tmp_path / "b.sqlite", per_image=True) as store:
+        text = write_report(store, tmp_path / "r").read_text()
+    table = _table(text, "## Regime `20shot`")
+    direct, hand = _direct(), _hand()
+    assert set(table) == {"oracle", "inverse", stats.RANDOM}
+    for name, cells in table.items():
+        i = direct.scores.index(name)
+        for j, (estimate, low, high) in enumerate(cells):
+            half_unit = 0.005 if j < 2 else 0.05  # the table's rounding: 2 decimals for ρ and τ, else 1
+            assert estimate == pytest.approx(hand[name][j], abs=half_unit)
+            assert low == pytest.approx(direct.low[i, j], abs=half_unit)
+            assert high == pytest.approx(direct.high[i, j], abs=half_unit)
+    assert direct.low[1, 3] < direct.high[1, 3]  # images resampled: the oracle's gains have a real spread
+    assert "test images and fine-tuning seeds resampled with replacement" in text
+    assert uncertainty.NO_IMAGES not in text
+    assert "left out of the intervals (missing or not finite in some task group): partial" in text
+    assert "| random (one draw) |" in text  # the stored draw is kept, labelled, outside the intervals
+
+
+def test_paired_differences_listed_when_interval_excludes_zero(tmp_path):
+    with _store(tmp_path / "b.sqlite", per_image=True) as store:
+        text = write_report(store, tmp_path / "r").read_text()
+    direct = _direct()
+    d = stats.difference(direct, "oracle", "inverse", "spearman")
+    assert d.excludes_zero
+    assert f"| oracle | inverse {d.estimate:.2f} [{d.low:.2f}, {d.high:.2f}]; " in text
+    section = text[text.index("**trials-to-best**"):]
+    t = stats.difference(direct, "inverse", "oracle", "trials_to_best")  # positive: extra trials of the worse
+    assert section.startswith("**trials-to-best**: ") and f"| oracle | inverse {t.estimate:.1f} [" in section
+
+
+def test_fallback_to_tasks_only_without_per_image_data(tmp_path):
+    with _store(tmp_path / "b.sqlite", per_image=False) as store:
+        text = write_report(store, tmp_path / "r").read_text()
+        oracle_text = write_report(store, tmp_path / "o", accuracy="oracle_accuracy").read_text()
+    assert f"Per-image data: {uncertainty.NO_IMAGES}." in text and f"{uncertainty.NO_IMAGES}." in oracle_text
+    assert "no per-image data for t1, t2, t3: their accuracies held fixed" in text
+    tasks = [stats.TaskData(task, np.stack([_scores(task)[s] for s in ("inverse", "oracle")]), MODELS.index("gen"),
+                            accuracies=_accuracy(task)) for task in CORRECT_COUNTS]
+    direct = stats.bootstrap(tasks, ("inverse", "oracle"), replicates=uncertainty.REPLICATES, rng=uncertainty.SEED)
+    low, high = _table(text, "## Regime `20shot`")["oracle"][4][1:]
+    assert (low, high) == (pytest.approx(direct.low[1, 4], abs=0.05), pytest.approx(direct.high[1, 4], abs=0.05))
+
+
+def test_baselines_and_clusters_from_manifest(tmp_path):
+    with _store(tmp_path / "b.sqlite", per_image=True) as store:
+        text = write_report(store, tmp_path / "r", manifest=MANIFEST).read_text()
+        bare = write_report(store, tmp_path / "bare").read_text()
+    assert "No trivial baselines or per-cluster results: no zoo manifest given." in bare
+    table = _table(text, "## Regime `20shot`")
+    # reference_first: the generalist alone on top, others tied; trials-to-best by hand per task
+    trials = []
+    for task in CORRECT_COUNTS:
+        acc = _accuracy(task)
+        best = int(np.argmax(acc))
+        trials.append(1.0 if MODELS[best] == "gen" else 1 + (4 + 1) / (1 + 1))  # gen first, then 4 tied, 1 best
+    assert table["baseline: reference_first"][2][0] == pytest.approx(np.mean(trials), abs=0.05)
+    assert {"baseline: from_generalist", "baseline: source_images", "baseline: source_accuracy"} <= set(table)
+    scratch = _table(text, "Models the experts trained from scratch (2 per task)")
+    assert scratch["oracle"] == [(1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
+    assert scratch["inverse"][0] == (-1.0, -1.0, -1.0) and scratch["inverse"][2] == (2.0, 2.0, 2.0)
+    assert "Models the generalist and the experts initialised from it (3 per task)" in text
+
+
+def test_per_image_correctness_round_trips_through_the_store(tmp_path):
+    correct = np.random.default_rng(0).random(37) < 0.6  # not a multiple of 8
+    packed = pack_bools(correct)
+    assert packed["n"] == 37 and len(packed["bits"]) == 4 * -(-5 // 3)  # base64 of ceil(37 / 8) = 5 bytes
+    with ResultStore(tmp_path / "b.sqlite") as store:
+        cfg = {"model": "m", "task": "t", "regime": "5shot", "seed": 0, "reference": True}
+        store.put("finetune/m/t", "finetune", {"accuracy": 100 * correct.mean(), "seconds": 1.0,
+                                               "test_correct": packed}, config=cfg)
+        stored = finetune_frame(store).test_correct.iloc[0]
+    np.testing.assert_array_equal(stored, correct)
+    assert stored.dtype == bool
+
+
+def test_malformed_or_inconsistent_correctness_is_a_clear_error(tmp_path):
+    with pytest.raises(LinfitError, match="says n=20 but holds 1 bytes"):
+        unpack_bools({"n": 20, "bits": "AA=="})
+    with pytest.raises(LinfitError, match="not a packed boolean vector"):
+        unpack_bools({"n": 3, "bits": "not base64!"})
+    with pytest.raises(LinfitError, match="one-dimensional"):
+        pack_bools(np.zeros((2, 2), bool))
+    with ResultStore(tmp_path / "b.sqlite") as store:
+        cfg = {"model": "m", "task": "t", "regime": "5shot", "seed": 0, "reference": True}
+        store.put("finetune/m/t", "finetune", {"accuracy": 50.0, "seconds": 1.0,
+                                               "test_correct": pack_bools(np.ones(4, bool))}, config=cfg)
+        with pytest.raises(LinfitError, match="gives 100.0000 % but its accuracy is 50.0000 %"):
+            finetune_frame(store)
