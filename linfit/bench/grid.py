@@ -33,6 +33,7 @@ from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.finetune import FinetuneConfig, select_learning_rate
 from linfit.models import features_fn
 from linfit.select import DEFAULT_SCORES
+from linfit.timing import Stopwatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,7 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
     The record also holds ``"gram"`` (``gram_record`` on ``gram_sample(y_test, seed=config.seed)`` with the
     pre-trained and the chosen run's fine-tuned variables) unless the chosen run diverged.
     """
-    start = time.perf_counter()
+    watch = Stopwatch().start()
     search = select_learning_rate(model, variables, x_train, y_train, config=config, x_test=x_test, y_test=y_test,
                                   lrs=tuple(learning_rates), num_classes=num_classes, progress=progress)
     record = {
@@ -142,7 +143,8 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
     if not chosen.diverged:
         idx = gram_sample(y_test, seed=config.seed)
         record["gram"] = gram_record(model, variables, chosen.variables, x_test[idx], np.asarray(y_test)[idx])
-    record["seconds"] = time.perf_counter() - start
+    watch.stop()
+    record["seconds"], record["compile_seconds"] = watch.run_seconds, watch.compile_seconds
     return record
 
 
@@ -195,6 +197,7 @@ def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
     source = None
     if needs & {"source_class_means", "source_class_counts"}:
         source = source_sample(candidate.source_domain, seed=cfg["seed"])
+    watch = Stopwatch().start()
     inputs, input_seconds = extract_inputs(candidate.model, candidate.variables, task_inputs.x, needs,
                                            task=task_inputs, source_data=source, seed=cfg["seed"],
                                            model_name=cfg["model"], task_name=f"{cfg['task']}:{cfg['regime']}",
@@ -204,7 +207,7 @@ def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
         start = time.perf_counter()
         values[score.name] = score(task_inputs.labels, **inputs)
         timings[score.name] = time.perf_counter() - start + sum(input_seconds[k] for k in score.needs)
-    return {"scores": values, "timings": timings}
+    return {"scores": values, "timings": timings, "compile_seconds": watch.stop().compile_seconds}
 
 
 def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
