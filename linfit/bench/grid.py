@@ -125,6 +125,9 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
                     learning_rates, num_classes: int, progress: bool = False) -> dict:
     """Fine-tune once per learning rate (lr chosen on validation) and return a ``"finetune"`` unit's record.
 
+    ``"seconds"`` excludes JAX tracing and XLA compilation, kept apart in ``"compile_seconds"`` (as the scores
+    units' ``"timings"``/``"compile_seconds"``): only the first unit of an architecture and input shape in a
+    process compiles, so the one-off cost is reported on its own, not charged to whichever unit came first.
     The record also holds ``"gram"`` (``gram_record`` on ``gram_sample(y_test, seed=config.seed)`` with the
     pre-trained and the chosen run's fine-tuned variables) unless the chosen run diverged.
     """

@@ -14,10 +14,6 @@ generalist model the gains are measured against, the paper's ImageNet expert):
 Every number in a report is recomputed from the store, so a report can be regenerated at any time, including
 while a benchmark is still running (tasks with missing units are reported as incomplete and left out of the
 averages).
-
-Timings in stores written since ``linfit.timing`` exists exclude JAX tracing and XLA compilation (a one-off cost
-per architecture and input shape, paid by whichever unit comes first in a process); each record keeps it apart
-as ``record["compile_seconds"]``. Older stores charged it to the units, whichever came first.
 """
 
 from __future__ import annotations
