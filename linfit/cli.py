@@ -84,7 +84,7 @@ def _zoo_and_data(args: argparse.Namespace) -> list:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from linfit.select import curve_scores, format_table, plot_curves, select
+    from linfit.select import curve_scores, format_profile, format_table, plot_curves, select
 
     entries = _zoo_and_data(args)
     _check_names(scores=args.scores, models=None, tasks=[] if args.data else [args.task or DEFAULT_TASK])
@@ -103,9 +103,13 @@ def _select(args: argparse.Namespace) -> int:
                           "recommended": result.recommended(args.top),
                           "agreement_spearman": result.agreement().to_dict(),
                           "input_seconds": result.input_seconds, "wall_seconds": result.wall_seconds,
+                          "compile_seconds": result.compile_seconds, "load_seconds": result.load_seconds,
+                          "cpu_seconds": result.cpu_seconds,
                           "models": result.table.to_dict(orient="records")}, indent=1))
         return 0
     print(format_table(result, top=args.top))
+    if args.profile:
+        print("\n" + format_profile(result))
     if plot:
         print(f"predicted linearized loss curves: {plot}")
     elif args.plot is None:
@@ -208,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"where to save the loss-curve plot (default {DEFAULT_PLOT} when a score computes the "
                           "fine-tuning NTK; '' = none)")
     sel.add_argument("--quiet", action="store_true", help="no progress bar")
+    sel.add_argument("--profile", action="store_true",
+                     help="after the ranking, print where the time went: loading, compiling (once per architecture), "
+                          "each shared input, each score")
     sel.set_defaults(run=_select)
 
     scores = commands.add_parser("scores", help="list the registered scores: what they measure, inputs, cost")

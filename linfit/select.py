@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,9 +31,10 @@ from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.scores.summaries import SUMMARY
 from linfit.zoo.source import ZooEntry, load_zoo
+from linfit.timing import Stopwatch
 
 __all__ = ["CURVE_TIMES", "CURVE_TAU", "DEFAULT_SCORES", "DEFAULT_TASK", "Selection", "curve_scores",
-           "format_table", "plot_curves", "select"]
+           "format_profile", "format_table", "plot_curves", "select"]
 
 #: Normalised times (units of the mean kernel eigenvalue, see ``linfit.scores.linearized``) of the loss curves.
 CURVE_TIMES = np.logspace(-2, 2, 41)
@@ -59,8 +59,14 @@ class Selection:
       num_samples: N, the size of the scoring subset.
       scores: the score names, the first one orders ``table``.
       input_seconds: ``{input: seconds}`` summed over models for each shared input (``features``, ``ntk``, ...;
-        ``linfit.scores.registry``), computed once per model whatever the number of scores reading it.
+        ``linfit.scores.registry``), computed once per model whatever the number of scores reading it; JAX
+        compilation excluded (``compile_seconds``).
       wall_seconds: wall time of the whole selection (loading models and data included).
+      compile_seconds: wall time of JAX tracing and XLA compilation (``linfit.timing``): once per architecture
+        and input shape, not per model.
+      compilations: the number of XLA compilations.
+      load_seconds: loading the task, the models and any source data (compilation excluded).
+      cpu_seconds: CPU time of the process during the selection, user + system, all threads.
     """
 
     task: str
@@ -70,6 +76,10 @@ class Selection:
     scores: tuple[str, ...] = ()
     input_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     wall_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    compilations: int = 0
+    load_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def recommended(self, k: int = 3) -> list[str]:
         """The ``k`` best models by the primary score (fewer if the zoo is smaller)."""
@@ -131,7 +141,7 @@ def select(
       CheckpointError: a weight file that is missing, altered (sha256), non-finite or does not fit its
         architecture.
     """
-    start_wall = time.perf_counter()
+    clock = Stopwatch().start()
     if not scores:
         raise ConfigError("select needs at least one score (linfit.scores.names())")
     check_known("score", scores, score_registry.names(), "linfit.scores.names()")
@@ -156,24 +166,28 @@ def select(
     needs = set().union(*(s.needs for s in registered))
     if needs & {"source_class_means", "source_class_counts"}:
         _check_source_domains(entries, [s.name for s in registered if "source_class_means" in s.needs])
-    if data is None:
-        target = load_task(task or DEFAULT_TASK, seed=seed)
-    else:
-        spec = TaskSpec("data", parse_task(f"data:{regime or DEFAULT_REGIME}").regime)
-        dataset = data if isinstance(data, Dataset) else load_data(data, seed=seed)
-        target = load_task(TaskSpec(dataset.name, spec.regime), seed=seed, dataset=dataset)
+    with Stopwatch() as loading:
+        if data is None:
+            target = load_task(task or DEFAULT_TASK, seed=seed)
+        else:
+            spec = TaskSpec("data", parse_task(f"data:{regime or DEFAULT_REGIME}").regime)
+            dataset = data if isinstance(data, Dataset) else load_data(data, seed=seed)
+            target = load_task(TaskSpec(dataset.name, spec.regime), seed=seed, dataset=dataset)
+        subset = target.scoring_set(per_class=per_class, seed=seed)
+    load_seconds = loading.run_seconds
     task_name = str(target.spec)
-    subset = target.scoring_set(per_class=per_class, seed=seed)
     task_inputs = TaskInputs(subset.x, subset.y, seed=seed)
     rows, curves, input_seconds, prepared = [], {}, {}, {}
     for entry in tqdm(entries, desc="models", disable=not progress):
-        model, variables = entry.load()
-        if entry.preprocessing not in prepared:
-            prepared[entry.preprocessing] = entry.preprocessing.prepare(subset.x)
-        source = None
-        if needs & {"source_class_means", "source_class_counts"}:
-            source_x, source_y = source_sample(entry.source_domain, seed=seed)
-            source = (entry.preprocessing.prepare(source_x), source_y)
+        with Stopwatch() as loading:
+            model, variables = entry.load()
+            if entry.preprocessing not in prepared:
+                prepared[entry.preprocessing] = entry.preprocessing.prepare(subset.x)
+            source = None
+            if needs & {"source_class_means", "source_class_counts"}:
+                source_x, source_y = source_sample(entry.source_domain, seed=seed)
+                source = (entry.preprocessing.prepare(source_x), source_y)
+        load_seconds += loading.run_seconds
         inputs, seconds = extract_inputs(model, variables, prepared[entry.preprocessing], needs, task=task_inputs,
                                          source_data=source, seed=seed, model_name=entry.name, task_name=task_name,
                                          head_samples=head_samples)
@@ -182,9 +196,9 @@ def select(
             input_seconds[key] = input_seconds.get(key, 0.0) + value
         row = {"model": entry.name, "reference": entry.reference}
         for score in registered:
-            start = time.perf_counter()
-            row[score.name] = score(subset.y, **inputs)
-            row[f"seconds_{score.name}"] = time.perf_counter() - start
+            with Stopwatch() as scoring:
+                row[score.name] = score(subset.y, **inputs)
+            row[f"seconds_{score.name}"] = scoring.run_seconds
         rows.append(row)
         if "ntk" in inputs:
             curves[entry.name] = _loss_curve(inputs["ntk"], subset.y)
@@ -192,9 +206,11 @@ def select(
     for score in registered:
         table[f"rank_{score.name}"] = table[score.name].rank(ascending=False, method="min").astype(int)
     table = table.sort_values(f"rank_{registered[0].name}", kind="stable").reset_index(drop=True)
+    clock.stop()
     return Selection(task=task_name, table=table, curves=curves, num_samples=int(subset.y.size),
-                     scores=tuple(scores), input_seconds=input_seconds,
-                     wall_seconds=time.perf_counter() - start_wall)
+                     scores=tuple(scores), input_seconds=input_seconds, wall_seconds=clock.wall_seconds,
+                     compile_seconds=clock.compile_seconds, compilations=clock.compilations,
+                     load_seconds=load_seconds, cpu_seconds=clock.cpu_seconds)
 
 
 def _check_source_domains(entries: Sequence[ZooEntry], users: list[str]) -> None:
@@ -304,9 +320,35 @@ def format_table(selection: Selection, *, top: int = 3) -> str:
         lines.append("  inputs, computed once per model and shared by the scores in brackets: " + "; ".join(shared))
     own = [f"{n} {table[f'seconds_{n}'].sum():.1f} s" for n in names]
     lines.append("  the scores themselves, given their inputs: " + "; ".join(own))
-    own_seconds = table[[f"seconds_{n}" for n in names]].to_numpy().sum()
-    rest = selection.wall_seconds - sum(selection.input_seconds.values()) - own_seconds
-    lines.append(f"  the rest, {rest:.1f} s: loading the models and the task, compiling")
+    lines.append(f"  compiling (once per architecture and input shape) {selection.compile_seconds:.1f} s; loading the "
+                 f"models and the task {selection.load_seconds:.1f} s; the rest, {_rest_seconds(selection):.1f} s")
+    return "\n".join(lines)
+
+
+def _rest_seconds(selection: Selection) -> float:
+    own = selection.table[[f"seconds_{n}" for n in selection.scores]].to_numpy().sum()
+    return (selection.wall_seconds - selection.compile_seconds - selection.load_seconds
+            - sum(selection.input_seconds.values()) - own)
+
+
+def format_profile(selection: Selection) -> str:
+    """Where the wall time of ``selection`` went, phase by phase (``linfit select --profile``): loading,
+    compiling (JAX tracing + XLA, once per architecture and input shape), each shared input, each score, the
+    rest (loss curves, bookkeeping); and the process's CPU time over the same span (on a machine shared with
+    other work the CPU time, divided by the cores the work can use, estimates the wall time on an idle one)."""
+    table, wall = selection.table, selection.wall_seconds
+    phases = [("load", selection.load_seconds, "task, models and source data"),
+              ("compile", selection.compile_seconds, f"{selection.compilations} XLA compilations")]
+    phases += [(key, sec, "shared input") for key, sec in selection.input_seconds.items()]
+    phases += [(f"score {n}", table[f"seconds_{n}"].sum(), "given its inputs") for n in selection.scores]
+    phases.append(("rest", _rest_seconds(selection), "loss curves, ranking, bookkeeping"))
+    width = max(len(name) for name, _, _ in phases)
+    cores = selection.cpu_seconds / wall if wall > 0 else 0.0
+    lines = [f"Profile of {len(table)} models (wall seconds; {selection.cpu_seconds:.1f} s of CPU, user + system, "
+             f"in {wall:.1f} s of wall time: {cores:.2f} cores busy on average):"]
+    lines += [f"  {name:{width}s} {sec:8.2f} s {100 * sec / wall if wall > 0 else 0.0:5.1f} %  {what}"
+              for name, sec, what in phases]
+    lines.append(f"  {'total':{width}s} {wall:8.2f} s")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """The command line as a user meets it: one-line errors before any work, descriptive listings, a fast --help,
 the ranking report and the loss-curve plot (built from hand-made selections, checked against numpy)."""
 
+import dataclasses
+import re
 import subprocess
 import sys
 
@@ -14,7 +16,7 @@ from linfit import scores, zoo
 from linfit.cli import main
 from linfit.data import embedded
 from linfit.errors import UnknownNameError
-from linfit.select import CURVE_TAU, CURVE_TIMES, Selection, format_table, plot_curves
+from linfit.select import CURVE_TAU, CURVE_TIMES, Selection, format_profile, format_table, plot_curves
 from linfit.scores.summaries import SUMMARY
 
 TWO = ["resnet8/generalist", "resnet8/mnist/scratch"]
@@ -157,6 +159,20 @@ def test_ranking_report_recommends_explains_and_counts_shared_inputs_once():
     assert f"{rho:.2f}" in next(l for l in lines if l.strip().startswith("lfc ") and "." in l and "[" not in l)
     assert "features 3.0 s (lfc, logme)" in text and "ntk 7.0 s (linearized_loss)" in text
     assert "the rest, 2.5 s" in text  # 20 s wall - 10 s inputs - 3 scores x 5 models x 0.5 s
+
+
+def test_profile_lists_every_phase_and_they_add_up_to_the_wall_time():
+    sel = dataclasses.replace(_hand_made(), wall_seconds=30.0, compile_seconds=4.0, compilations=7, load_seconds=1.5,
+                              cpu_seconds=45.0)
+    lines = format_profile(sel).splitlines()
+    assert "45.0 s of CPU" in lines[0] and "1.50 cores" in lines[0]
+    seconds = {m[1]: float(m[2]) for m in (re.match(r"\s+(\S+(?: \S+)?)\s+(-?[\d.]+) s\b", line) for line in lines[1:])}
+    expected = {"load": 1.5, "compile": 4.0, "features": 3.0, "ntk": 7.0, "score lfc": 2.5,
+                "score linearized_loss": 2.5, "score logme": 2.5, "rest": 30.0 - 1.5 - 4.0 - 10.0 - 7.5, "total": 30.0}
+    assert seconds == pytest.approx(expected)
+    assert sum(v for k, v in seconds.items() if k != "total") == pytest.approx(30.0)
+    assert "7 XLA compilations" in format_profile(sel)
+    assert "compiling (once per architecture and input shape) 4.0 s" in format_table(sel)
 
 
 def test_select_charges_shared_inputs_once(capsys):

@@ -30,14 +30,14 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 import numpy as np
 
-from linfit.errors import ConfigError
+from linfit.errors import ConfigError, ShapeError
+from linfit.models.compiled import headless, penultimate_features
 from linfit.ntk.empirical import empirical_ntk_fn
 from linfit.ntk.tiling import ntk_tiled
 from linfit.scores.correlation import kernel_label_correlation
@@ -51,13 +51,6 @@ def _batched(fn, x, batch_size: int) -> np.ndarray:
     return np.concatenate([np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
-def _headless(model, variables) -> tuple[Any, dict]:
-    """The backbone without its head, as one model object per architecture, so that every zoo model of an
-    architecture shares one compiled feature map and one compiled kernel whatever its source classes."""
-    params = {name: leaf for name, leaf in variables["params"].items() if name != "head"}
-    return model.clone(num_classes=1), {**variables, "params": params}
-
-
 @functools.lru_cache(maxsize=64)
 def _feature_map(model) -> Callable:
     """``f(p, x)``: penultimate features of ``p["variables"]``, projected on ``p["heads"] [D, k]`` if present."""
@@ -67,11 +60,6 @@ def _feature_map(model) -> Callable:
         return phi @ p["heads"] if "heads" in p else phi
 
     return f
-
-
-@functools.lru_cache(maxsize=64)
-def _jitted_feature_map(model) -> Callable:
-    return jax.jit(_feature_map(model))
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,6 +80,7 @@ def lgc_kernel(
     implementation: str = "structured",
     memory_budget_bytes: int = 2**30,
     batch_size: int = 256,
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
     """The fine-tuning NTK at w0, averaged over the new head's initialisation (module docstring).
 
@@ -105,6 +94,12 @@ def lgc_kernel(
       key: PRNG key for ``head_samples`` / ``projection_dim``.
       implementation: NTK implementation (``"structured"`` never forms per-sample gradients).
       memory_budget_bytes: memory for one NTK tile (``linfit.ntk.ntk_tiled``).
+      batch_size: forward-pass batch size of the features.
+      features: ``[N, D]`` the backbone's penultimate features of ``x``
+        (``linfit.models.compiled.penultimate_features``) when already computed; computed here if ``None``.
+
+    Every model of one architecture (and input shape) reuses the same compiled feature map and kernel: the
+    weights are arguments of the jitted functions (``linfit.models.compiled``).
 
     Returns:
       ``[N, N]`` float64 kernel.
@@ -112,10 +107,14 @@ def lgc_kernel(
     if (head_samples is not None or projection_dim is not None) and key is None:
         raise ConfigError("head_samples and projection_dim need a PRNG key")
     selected = leaf_paths(split_params(variables["params"], params_filter)[0])
-    body, headless = _headless(model, variables)
-    tree = {"variables": headless}
+    body, body_variables = headless(model, variables)
+    tree = {"variables": body_variables}
     x = jnp.asarray(x)
-    phi = _batched(lambda xb: _jitted_feature_map(body)(tree, xb), x, batch_size).astype(np.float64)
+    if features is None:
+        features = penultimate_features(model, variables, x, batch_size)
+    phi = np.asarray(features, dtype=np.float64)
+    if phi.ndim != 2 or phi.shape[0] != x.shape[0]:
+        raise ShapeError(f"features must be [N, D] with N = {x.shape[0]} (the samples of x); got {phi.shape}")
     kernel = np.zeros((x.shape[0], x.shape[0]))
     body_filter = tuple(f"^variables/params/{re.escape(path)}$" for path in selected if not path.startswith("head/"))
     if body_filter:

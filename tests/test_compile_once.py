@@ -1,0 +1,74 @@
+"""Compile once per architecture: a second model of the same architecture (other weights, other source classes)
+reuses every compiled forward pass and kernel, and its inputs equal those of a direct, uncached computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from linfit import models
+from linfit.extract import extract_inputs
+from linfit.models.compiled import head_logits, penultimate_features
+from linfit.ntk.empirical import empirical_ntk_fn
+from linfit.scores.lgc import lgc_kernel
+from linfit.timing import Stopwatch
+
+NEEDS = {"features", "ntk", "ntk_last_conv"}
+
+
+@pytest.fixture(scope="module")
+def two_models():
+    """Two small CNNs of one architecture with different weights and head sizes (like two zoo sources)."""
+    x = jax.random.uniform(jax.random.PRNGKey(1), (12, 8, 8, 1))
+    pairs = []
+    for seed, classes in ((0, 4), (1, 6)):
+        model = models.create("small_cnn", num_classes=classes, width=4, depth=2)
+        pairs.append((model, models.init(model, jax.random.PRNGKey(seed), x)))
+    return pairs, x
+
+
+def test_timing_splits_compilation_from_the_work():
+    f = jax.jit(lambda a: jnp.sin(a) @ a.T)
+    x = jnp.ones((5, 3))
+    with Stopwatch() as first:
+        f(x).block_until_ready()
+    with Stopwatch() as second:
+        f(x).block_until_ready()
+    assert first.compilations >= 1 and 0 < first.compile_seconds <= first.wall_seconds
+    assert second.compilations == 0 and second.compile_seconds == 0.0
+    assert second.run_seconds == second.wall_seconds and first.cpu_seconds >= 0
+
+
+def test_second_model_of_an_architecture_compiles_nothing(two_models):
+    ((model_a, vars_a), (model_b, vars_b)), x = two_models
+    extract_inputs(model_a, vars_a, x, NEEDS, head_samples=2)
+    with Stopwatch() as watch:
+        inputs_b, _ = extract_inputs(model_b, vars_b, x, NEEDS, head_samples=2)
+    assert watch.compilations == 0, f"{watch.compilations} compilations for a second model of one architecture"
+    assert inputs_b["ntk"].shape == (12, 12)
+
+
+def test_cached_inputs_equal_a_direct_uncached_computation(two_models):
+    """Each model's features, logits and fine-tuning NTK from the shared executables equal a fresh jit of that
+    model alone (its weights closed over), so the cache never serves one model's numbers for another."""
+    pairs, x = two_models
+    for model, variables in pairs:
+        direct_phi = jax.jit(lambda z: model.apply(variables, z, method="features"))(x)
+        direct_logits = jax.jit(lambda z: model.apply(variables, z))(x)
+        phi = penultimate_features(model, variables, x)
+        scale = float(jnp.max(jnp.abs(direct_phi)))
+        # float32 round-off: the direct program folds the weights as constants, the cached one takes arguments
+        np.testing.assert_allclose(phi, direct_phi, rtol=1e-5, atol=1e-6 * scale)
+        np.testing.assert_allclose(head_logits(model, variables, phi), direct_logits, rtol=1e-5,
+                                   atol=1e-6 * float(jnp.max(jnp.abs(direct_logits))))
+        # exact head average (head_samples=None): feature NTK traced over D outputs + head term phi phi^T + 1
+        f = lambda p, z: model.apply({**variables, "params": p}, z, method="features")
+        body = {k: v for k, v in variables["params"].items() if k != "head"}
+        params = {**body, "head": variables["params"]["head"]}
+        theta_phi = empirical_ntk_fn(f, implementation="jacobian", params_filter="^(?!head/)")(x, None, params)
+        expected = np.asarray(theta_phi, np.float64) + np.asarray(direct_phi, np.float64) @ np.asarray(
+            direct_phi, np.float64).T + 1.0
+        kernel = lgc_kernel(model, variables, x)
+        np.testing.assert_allclose(kernel, expected, rtol=2e-5, atol=2e-5 * np.abs(expected).max())
+        np.testing.assert_array_equal(lgc_kernel(model, variables, x, features=phi), kernel)
+    assert not np.allclose(penultimate_features(*pairs[0], x), penultimate_features(*pairs[1], x))
