@@ -20,7 +20,8 @@ its own subprocess so memory peaks do not mix:
 Per phase: wall time, CPU time (all threads of the subprocess), compile time (the durations JAX reports through
 ``jax.monitoring`` for tracing, lowering and XLA compilation, inside the wall time), peak resident set of the
 subprocess, and the load average before and after. The Markdown table gives each phase's wall time minus
-compile time divided by the fine-tuning epoch's, and, for the scores, that of the score plus its inputs.
+compile time divided by the fine-tuning epoch's (and the same for CPU time, compilation included: on a shared
+machine CPU time is the steadier measure), and, for the scores, that of the score plus its inputs.
 
     python benchmarks/real_backbones.py --models efficientnet_lite0 squeezenet1_1 --n 100
     python benchmarks/real_backbones.py --quick        # squeezenet1_1 at 65 px, N = 20: a smoke test
@@ -263,26 +264,28 @@ def main(argv=None) -> None:
     print(f"# real backbones: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
           f"{os.cpu_count()} CPUs, load at start {os.getloadavg()}", file=sys.stderr, flush=True)
     rows = ["| model | params | px | N | phase | implementation / subset | wall (s) | CPU (s) | compile (s) | "
-            "peak RSS (MiB) | load | (wall - compile) / fine-tune epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "peak RSS (MiB) | load | (wall - compile) / fine-tune | CPU / fine-tune |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     score_rows = ["| model | N | score | value | score (s) | + inputs (s) | / fine-tune epoch |", "|---|---|---|---|---|---|---|"]
     for model in args.models:
         for n in args.n:
             run_args = argparse.Namespace(**{**vars(args), "n": [n]})
             with tempfile.TemporaryDirectory() as workdir:
-                results, base = {}, None
+                results, base, base_cpu = {}, None, None
                 for phase, impl, subset in _phases(model, args):
                     r = run_phase(model, phase, impl, subset, run_args, workdir)
                     results[(phase, impl, subset)] = r
                     label = f"{impl} / {subset}" if impl else ""
                     if "error" in r:
-                        rows.append(f"| {model} | | | {n} | {phase} | {label} | {r['error']} | | | | | |")
+                        rows.append(f"| {model} | | | {n} | {phase} | {label} | {r['error']} | | | | | | |")
                     else:
                         run_s = r["wall_s"] - r["compile_s"]
-                        base = run_s if phase == "finetune" else base
+                        if phase == "finetune":
+                            base, base_cpu = run_s, r["cpu_s"]
                         ratio = f"{run_s / base:.2f}" if base else ""
+                        cpu_ratio = f"{r['cpu_s'] / base_cpu:.2f}" if base_cpu else ""
                         rows.append(f"| {model} | {r['params']:,} | {r['size']} | {n} | {phase} | {label} | "
                                     f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['compile_s']:.1f} | "
-                                    f"{r['peak_mib']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | {ratio} |")
+                                    f"{r['peak_mib']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | {ratio} | {cpu_ratio} |")
                     print(rows[-1], file=sys.stderr, flush=True)
                 score_rows += _score_rows(model, n, results, base)
     print("\n".join(rows))
