@@ -210,6 +210,8 @@ def kernel(
       NonFiniteError: NaN/inf in ``x1``, ``x2`` or ``params``.
       CheckpointError: a file path holding another run's kernel (:mod:`linfit.ntk.resumable`).
     """
+    if strategy not in STRATEGIES:
+        raise UnknownNameError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
     mesh = sample_mesh() if mesh is None else mesh
     if len(mesh.axis_names) != 1:
         raise ShapeError(f"the NTK needs a one-axis mesh; got axes {mesh.axis_names}")

@@ -282,13 +282,13 @@ def _make_sink(out, mesh, shape, pair_shape, dtype, rows_padded, cols_padded, tr
     if isinstance(out, str):
         if out == "device":
             return _DeviceSink(mesh, shape, pair_shape, dtype, rows_padded, cols_padded, transpose)
-        if out != "host":
-            raise ShapeError(f"out must be 'host', 'device', an array or a callable; got {out!r}")
         out = np.zeros((*shape, *pair_shape), dtype=dtype)  # multi-host: rows of other processes stay 0
     if callable(out):
         return _HostSink(shape, transpose, consume=out)
+    if not hasattr(out, "shape"):
+        raise ShapeError(f"output must be 'host', 'device', a file path, an array or a callable; got {out!r}")
     if tuple(out.shape) != (*shape, *pair_shape):
-        raise ShapeError(f"out must have shape {(*shape, *pair_shape)}; got {tuple(out.shape)}")
+        raise ShapeError(f"output must have shape {(*shape, *pair_shape)}; got {tuple(out.shape)}")
     return _HostSink(shape, transpose, array=out)
 
 
