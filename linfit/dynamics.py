@@ -112,7 +112,7 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
     down to ``-√ε · max|λ|`` are accepted as round-off and clipped to 0, with ``ε`` the machine epsilon of the
     coarser of the kernel's dtype and float32 (so ``√ε ≈ 3.5e-4`` for float32 and float64 kernels alike):
     linfit's kernels are float32 device computations even when they arrive as float64 (``lgc_kernel``,
-    ``ntk_tiled``), and their round-off negatives are far smaller (measured: ``-1.5e-8 · λ_max`` for float32
+    ``linfit.ntk.kernel``), and their round-off negatives are far smaller (measured: ``-1.5e-8 · λ_max`` for float32
     Grams ``J Jᵀ`` of 50 to 1000 samples), so the margin is four orders of magnitude. A kernel with a more
     negative eigenvalue (e.g. ``-Θ``, or a test-train block passed as the train kernel) is not an NTK, and
     clipping its spectrum would silently return a wrong, typically constant, loss curve.

@@ -1,6 +1,7 @@
-"""Jacobian-panel NTK: each sample's Jacobian is computed a few times, not once per tile.
+"""The panels strategy of :func:`linfit.ntk.kernel`: each sample's Jacobian is computed a few times, not once
+per tile.
 
-A tiled kernel (:func:`linfit.ntk.sharding.sharded_ntk`) recomputes both tiles' Jacobians for every tile, so
+The tiles strategy (:mod:`linfit.ntk.sharding`) recomputes both tiles' Jacobians for every tile, so
 with ``t x t`` tiles each sample's Jacobian is computed about ``N / t`` times and, for a small network with
 many samples, Jacobians dominate the run. Here the samples are cut into blocks of ``C`` (a multiple of the
 device count ``D``) and the row blocks grouped into *panels* of ``k`` blocks whose Jacobian rows
@@ -19,7 +20,7 @@ panels a symmetric kernel computes about ``N (K + 1) / 2`` sample Jacobians inst
 
 Over a mesh: every block is sharded by rows (each device computes the Jacobians of its ``C / D`` samples); a
 column block is all-gathered before its products, so each output tile ``[C, C, ...]`` is row-sharded like
-the tiles of :func:`linfit.ntk.sharding.sharded_ntk`, and written through the same sinks (``"host"``,
+the tiles of the tiles strategy, and written by the same tile loop through the same sinks (``"host"``,
 ``"device"``, an array or memmap, or a consumer). No divisibility constraint on ``N``: the last block is
 padded by repeating the last sample and the padding is never written.
 

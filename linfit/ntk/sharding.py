@@ -1,13 +1,14 @@
-"""The empirical NTK over a device mesh: samples sharded, parameters replicated, tile by tile.
+"""The tiles strategy of :func:`linfit.ntk.kernel`: samples sharded, parameters replicated, tile by tile.
 
 One code path from one CPU to a TPU pod slice. The mesh is one-dimensional over all devices
 (:func:`sample_mesh`); a *tile* is ``row_tile = D * t`` rows (``t`` per device, ``D`` devices) by
 ``col_tile`` columns. Each tile runs as one ``jax.shard_map`` program: device ``d`` gets its ``t`` rows of
 ``x1`` and the whole column block of ``x2`` (replicated) and computes ``ntk_fn`` on them, so the output tile
 ``[row_tile, col_tile, ...]`` is a ``jax.Array`` sharded by rows, ``NamedSharding(mesh, P(axis))``.
-``t`` comes from a per-device memory budget with :func:`linfit.ntk.tiling.tile_size_for_budget` (both
-blocks' Jacobians plus the kernel tile must fit one device); ``col_tile = m * t`` with ``m`` the largest
-divisor of ``D`` that keeps ``col_tile`` within the budget's tile size.
+``t`` comes from a per-device memory budget by :func:`plan_tiles`, which measures the compiled tile program
+(XLA ``memory_analysis()``); ``col_tile = m * t`` with ``m`` the largest divisor of ``D`` that keeps
+``col_tile`` within the budget's tile side (:func:`tile_geometry`). This module also holds the pieces every
+strategy shares: the tile grid (:func:`sharded_tile_grid`) and the sinks the tiles are written through.
 
 No divisibility constraint on ``N``: ``x1``/``x2`` are padded by repeating their last sample up to whole tiles
 and the padding is never written out (host sinks) or zeroed (device output).
@@ -17,7 +18,7 @@ Symmetric kernels (``x2=None``, ``ntk_fn.transpose`` available): a tile lying en
 is also written transposed at ``(cols, rows)``; since ``col_tile`` divides ``row_tile`` the two sets match
 exactly, so every entry is written once (about half the work of the full grid).
 
-Where the result goes (``out``):
+Where the result goes (``output`` of :func:`linfit.ntk.kernel`):
 
 * ``"host"`` (default) or a caller array ``[N1, N2, ...]`` such as a ``np.memmap`` (kernels beyond memory):
   each process writes the rows its devices own and their mirrored columns (everything on one host);
@@ -30,7 +31,7 @@ Where the result goes (``out``):
 Example::
 
     >>> mesh = sample_mesh()                          # all devices, axis "samples"
-    >>> k = sharded_ntk(empirical_ntk_fn(f), x, None, params, mesh=mesh, out="device")
+    >>> k = kernel(empirical_ntk_fn(f), x, None, params, mesh=mesh, strategy="tiles", output="device")
     >>> k.sharding.spec
     PartitionSpec('samples',)
 """
