@@ -222,9 +222,13 @@ def program_peak_bytes(compiled: Any) -> int | None:
 def tile_program(ntk_fn: Callable, mesh: Mesh, geometry: TileGeometry, x: np.ndarray, params: Any) -> Any:
     """The compiled tile program for inputs like ``x [N, ...]`` and ``params`` (cached per shapes)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    signature = tuple((np.shape(leaf), str(host_array(leaf).dtype)) for leaf in leaves)
-    return _compiled_tile(ntk_fn, mesh, tuple(geometry), tuple(np.shape(x)[1:]), str(host_array(x[:1]).dtype),
-                          treedef, signature)
+    signature = tuple((np.shape(leaf), _dtype(leaf)) for leaf in leaves)
+    return _compiled_tile(ntk_fn, mesh, tuple(geometry), tuple(np.shape(x)[1:]), _dtype(x), treedef, signature)
+
+
+def _dtype(x: Any) -> str:
+    """The dtype JAX gives ``x`` (read off ``x.dtype`` when it has one: no copy of device arrays)."""
+    return str(jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x)))
 
 
 @functools.lru_cache(maxsize=32)
