@@ -48,7 +48,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from linfit.errors import ShapeError
 from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES, budget_tile_size
