@@ -53,7 +53,6 @@ from linfit.errors import ShapeError
 from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES, budget_tile_size
 
 SAMPLE_AXIS = "samples"
-Consumer = Callable[[slice, slice, np.ndarray, bool], None]
 
 
 def sample_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = SAMPLE_AXIS) -> Mesh:
