@@ -11,7 +11,7 @@ its own subprocess so memory peaks do not mix:
 * ``ntk``: the fine-tuning NTK ``[N, N]`` of :func:`linfit.scores.lgc.lgc_kernel` (traced over ``--head-samples``
   random head rows, as ``linfit select``) per implementation (``jacobian``, ``products``, ``structured``) and
   per parameter subset of LGC (``last_conv``: the paper's ``lgc``; ``all``: ``lgc_all`` and the linearized
-  scores), tiled by ``--memory-budget`` (``linfit.ntk.ntk_tiled``);
+  scores), tiled by ``--memory-budget`` (``linfit.ntk.kernel``);
 * ``scores``: each default score of ``linfit select`` plus ``lgc_all`` and ``linearized_cv_accuracy``, from the
   inputs the phases above saved; a score's cost is its own time plus that of the inputs it reads;
 * ``finetune``: one epoch of full fine-tuning (``linfit.finetune``, the paper's protocol: SGD with Nesterov
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
     parser.add_argument("--subsets", nargs="+", default=list(SUBSETS), choices=SUBSETS)
     parser.add_argument("--size", type=int, default=None, help="input side in px (default: the model's own)")
     parser.add_argument("--head-samples", type=int, default=8, help="random head rows (linfit select's default)")
-    parser.add_argument("--memory-budget", type=float, default=1.0, help="GiB per NTK tile (ntk_tiled)")
+    parser.add_argument("--memory-budget", type=float, default=1.0, help="GiB per device for the NTK (linfit.ntk.kernel)")
     parser.add_argument("--batch-size", type=int, default=256, help="forward-pass batch")
     parser.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch (paper: 32)")
     parser.add_argument("--scores", nargs="+", default=None, help="default: linfit select's, lgc_all, "

@@ -1,9 +1,9 @@
 """Scaling of the tiled, sharded NTK: time and peak memory vs N, vs device count, FLOP/s, and a 10k run.
 
 The small CNN (``linfit.models.create("small_cnn", 10)``, 32x32x3 inputs), traced NTK (``[N, N]``), computed
-by :func:`linfit.ntk.resumable.ntk_to_memmap` into a ``.npy`` memory map (``--method panels``, the default:
-Jacobian panels, :mod:`linfit.ntk.panels`; ``tiles``: per-tile Jacobians; geometry from ``--budget-mib`` per
-device). Every configuration runs in its own subprocess; its peak memory is that process's maximum resident
+by :func:`linfit.ntk.kernel` into a ``.npy`` memory map (``--method panels``, the default: Jacobian panels,
+:mod:`linfit.ntk.panels`; ``tiles``: per-tile Jacobians; ``auto``: the planner's choice; geometry from
+``--budget-mib`` per device). Every configuration runs in its own subprocess; its peak memory is that process's maximum resident
 set (``os.wait4`` rusage), so peaks never mix. Modes:
 
 * default: time and peak RSS vs N (1k .. 10k; ``--quick``: 64 .. 256), a least-squares fit of
@@ -58,8 +58,8 @@ def worker_ntk(args) -> dict:
     import jax
     import numpy as np
 
-    from linfit.ntk import empirical_ntk_fn
-    from linfit.ntk.resumable import ntk_to_memmap, sidecar_path
+    from linfit.ntk import empirical_ntk_fn, kernel as ntk_kernel
+    from linfit.ntk.resumable import sidecar_path
 
     apply_fn, params, x = _setup(args.n)
     x = np.asarray(x)
@@ -67,8 +67,8 @@ def worker_ntk(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.npy")
         start = time.perf_counter()
-        kernel = ntk_to_memmap(ntk_fn, x, None, params, path, memory_budget_bytes=args.budget_mib * 2**20,
-                               method=args.method)
+        kernel = ntk_kernel(ntk_fn, x, None, params, output=path, memory_budget_bytes=args.budget_mib * 2**20,
+                            strategy=args.method)
         seconds = time.perf_counter() - start
         geometry = json.loads(sidecar_path(path).read_text())["geometry"]
         checksum = float(np.trace(kernel))
@@ -129,7 +129,7 @@ def worker_loss(args) -> dict:
     from linfit.ntk import empirical_ntk_fn
     from linfit.ntk.jacobian_store import jacobian_to_memmap
     from linfit.ntk.large_n import batched_apply, matrix_free_loss_curve, traced_ntk_vp_fn
-    from linfit.ntk.resumable import ntk_to_memmap
+    from linfit.ntk import kernel as ntk_kernel
 
     apply_fn, params, x = _setup(args.n)
     x = np.asarray(x)
@@ -141,8 +141,8 @@ def worker_loss(args) -> dict:
     out["peaks"]["setup (imports, inputs)"] = _phase_peak()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         start = time.perf_counter()
-        kernel = ntk_to_memmap(ntk_fn, x, None, params, os.path.join(tmp, "k.npy"), method=args.method,
-                               memory_budget_bytes=args.budget_mib * 2**20, progress=args.progress)
+        kernel = ntk_kernel(ntk_fn, x, None, params, output=os.path.join(tmp, "k.npy"), strategy=args.method,
+                            memory_budget_bytes=args.budget_mib * 2**20, progress=args.progress)
         out["ntk_seconds"] = time.perf_counter() - start
         out["peaks"]["ntk"] = _phase_peak()
         f0 = batched_apply(apply_fn, params, x, args.batch_size)[:, :cols].astype(np.float64)
@@ -326,8 +326,8 @@ def parse(argv=None):
     p.add_argument("--gpu", action="store_true", help="achieved FLOP/s of one tile vs --peak-tflops")
     p.add_argument("--n", type=int, default=None, help="the large-N mode: NTK + dense vs matrix-free loss")
     p.add_argument("--budget-mib", type=int, default=512,
-                   help="per-device tile budget for tile_size_for_budget (its estimate counts Jacobians and the "
-                        "kernel tile only; the measured peak of the small CNN is several times larger)")
+                   help="per-device memory budget of linfit.ntk.kernel (tiles: XLA's measured memory of the "
+                        "compiled tile program; panels: Jacobian blocks and the measured work space)")
     p.add_argument("--max-rss-gib", type=float, default=8.0, help="peak-memory budget of one configuration")
     p.add_argument("--peak-tflops", type=float, default=67.0, help="device peak (H100 SXM float32: 67)")
     p.add_argument("--tile", type=int, default=None, help="samples per tile side for --gpu")
@@ -336,8 +336,8 @@ def parse(argv=None):
     p.add_argument("--lanczos-iters", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=256, help="samples per chunk of the matrix-free product")
     p.add_argument("--workdir", default=None, help="directory for the memmaps (default: system temp)")
-    p.add_argument("--method", default="panels", choices=["panels", "tiles"],
-                   help="ntk_to_memmap's method: Jacobian panels (default) or per-tile Jacobians")
+    p.add_argument("--method", default="panels", choices=["panels", "tiles", "auto"],
+                   help="linfit.ntk.kernel's strategy: Jacobian panels (default), per-tile Jacobians, or auto")
     p.add_argument("--compare-methods", action="store_true",
                    help="time --method tiles and panels side by side at each --sizes N")
     p.add_argument("--vjp-product", action="store_true",

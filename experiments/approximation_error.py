@@ -190,8 +190,9 @@ def ce_prediction(k_tt, k_st, y_train, f0_train, f0_test, y_test, lr: float, ste
     Same arguments and output alignment as :func:`closed_form`; ``loss`` is the mean cross-entropy.
     """
     n, n_out = f0_train.shape
-    traj = linearized_ce_trajectory(k_tt, k_st, np.eye(n_out)[y_train], f0_train, f0_test, learning_rate=lr / n,
-                                    steps=steps)
+    untraced = lambda k: k.reshape(-1, n_out, n, n_out).transpose(0, 2, 1, 3)  # [R·O, N·O] -> [R, N, O, O]
+    traj = linearized_ce_trajectory(untraced(k_tt), untraced(k_st), np.eye(n_out)[y_train], f0_train, f0_test,
+                                    learning_rate=lr / n, steps=steps, trace_axes=())
     acc = np.mean(np.argmax(traj.test_logits[1:], axis=-1) == y_test, axis=-1)
     return {"loss": traj.train_loss[:-1] / n, "test_acc": acc}
 

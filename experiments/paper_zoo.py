@@ -128,8 +128,9 @@ def build_model(candidate: Candidate, weights_dir: Path, image_size: int, model_
 def ntk_tiles(arch: str, image_size: int, model_kwargs: dict, head_samples: int | None,
               budget_bytes: int) -> dict[str, tuple[int, int]]:
     """``{input: (P, t)}`` for the NTK inputs ``"ntk_last_conv"`` (LGC) and ``"ntk"`` (every parameter): the
-    trained parameter count P and the tile side t that ``linfit.ntk.ntk_tiled`` picks from ``budget_bytes``
-    (float32, traced kernel, ``head_samples`` or D outputs per sample). A unit computes about ``(N / t)² / 2``
+    trained parameter count P and the analytic tile side t for ``budget_bytes`` (``linfit.ntk.tile_size_for_budget``,
+    float32, traced kernel, ``head_samples`` or D outputs per sample; ``linfit.ntk.kernel`` starts from it and
+    then measures the compiled tile program). A unit computes about ``(N / t)² / 2``
     tiles. Only shapes are traced; nothing is initialised."""
     import jax
     import jax.numpy as jnp

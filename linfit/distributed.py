@@ -6,7 +6,7 @@ and Open MPI, or takes an explicit coordinator (``coordinator_address``/``num_pr
 arguments, or the ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID`` environment
 variables). See ``docs/scaling.md`` for launch recipes.
 
-Row ownership follows :func:`linfit.ntk.sharding.sharded_ntk`: the mesh lists ``jax.devices()`` (ordered by
+Row ownership follows :func:`linfit.ntk.kernel`: the mesh lists ``jax.devices()`` (ordered by
 process), a tile's ``row_tile = D t`` rows are split into ``D`` equal shards in mesh order, so the rows of one
 process are the shards of its local devices. :func:`process_rows` returns them for a given tile geometry;
 :func:`process_local_slice` splits ``N`` samples into one contiguous, near-equal block per process for
@@ -68,7 +68,7 @@ def process_local_slice(n: int, process_index: int | None = None, process_count:
 
 
 def process_rows(n: int, row_tile: int, mesh: Mesh, process_index: int | None = None) -> np.ndarray:
-    """Sorted global kernel rows ``< n`` that devices of ``process_index`` compute in ``sharded_ntk``.
+    """Sorted global kernel rows ``< n`` that devices of ``process_index`` compute in ``linfit.ntk.kernel``.
 
     Args:
       n: ``N1``, the number of kernel rows.

@@ -112,7 +112,7 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
     down to ``-√ε · max|λ|`` are accepted as round-off and clipped to 0, with ``ε`` the machine epsilon of the
     coarser of the kernel's dtype and float32 (so ``√ε ≈ 3.5e-4`` for float32 and float64 kernels alike):
     linfit's kernels are float32 device computations even when they arrive as float64 (``lgc_kernel``,
-    ``ntk_tiled``), and their round-off negatives are far smaller (measured: ``-1.5e-8 · λ_max`` for float32
+    ``linfit.ntk.kernel``), and their round-off negatives are far smaller (measured: ``-1.5e-8 · λ_max`` for float32
     Grams ``J Jᵀ`` of 50 to 1000 samples), so the margin is four orders of magnitude. A kernel with a more
     negative eigenvalue (e.g. ``-Θ``, or a test-train block passed as the train kernel) is not an NTK, and
     clipping its spectrum would silently return a wrong, typically constant, loss curve.
@@ -416,21 +416,17 @@ class CETrajectory(NamedTuple):
     train_loss: np.ndarray
 
 
-def _kernel_operator(k: np.ndarray, n: int, n_out: int, name: str, rows: int | None = None):
-    """``a [..., N, O] -> Θ a [..., R, O]`` for a traced ``[R, N]`` or a flattened untraced ``[R·O, N·O]`` kernel
-    (row ``i·O + c`` is sample i, output c; the number of columns tells the layouts apart). ``rows``: the
-    expected R (``None``: any)."""
-    if k.shape[1] == n and rows in (None, k.shape[0]):
+def _kernel_operator(k: np.ndarray, traced: bool, n_out: int) -> Callable:
+    """``a [..., N, O] -> Θ a [..., R, O]`` for a kernel from :func:`_flatten_kernel` (traced ``[R, N]``, or
+    untraced flattened ``[R·O, N·O]``)."""
+    if traced:
         return lambda a: np.einsum("rn,...no->...ro", k, a)
-    if k.shape[1] == n * n_out and k.shape[0] % n_out == 0 and rows in (None, k.shape[0] // n_out):
-        return lambda a: (a.reshape(a.shape[:-2] + (n * n_out,)) @ k.T).reshape(a.shape[:-2] + (-1, n_out))
-    r = "M" if rows is None else str(rows)
-    raise ShapeError(f"{name} must be traced [{r}, {n}] or flattened untraced [{r}·{n_out}, {n * n_out}]; "
-                     f"got {k.shape}")
+    return lambda a: (a.reshape(a.shape[:-2] + (-1,)) @ k.T).reshape(a.shape[:-2] + (-1, n_out))
 
 
 def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0, f0_test=0.0, *,
-                             learning_rate: float, steps: int, weight_decay: float = 0.0) -> CETrajectory:
+                             learning_rate: float, steps: int, weight_decay: float = 0.0,
+                             trace_axes=(-1,)) -> CETrajectory:
     """``steps`` gradient-descent steps on the linearized model under softmax cross-entropy, in function space.
 
     Cross-entropy has no closed form, but gradient descent on ``f_lin(w) = f0 + J (w − w0)`` keeps
@@ -442,18 +438,25 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
 
     With μ = 0 this is ``f_{k+1} = f_k − η Θ (softmax(f_k) − Y)`` (Deshpande et al. 2021 linearize fine-tuning;
     Lee et al. 2019 the function-space view). For the MEAN cross-entropy with step η use ``learning_rate = η / N``.
-    Float64 numpy on the host; one ``[N·O, N·O]`` mat-vec per step.
+    Float64 numpy on the host; one ``[N·O, N·O]`` mat-vec per step. Kernels in the layout of
+    :func:`gradient_descent_mse` (neural-tangents' ``empirical_ntk_fn`` outputs).
 
     Args:
-      k_train_train: ``Θ``: traced ``[N, N]`` (the kernel ``Θ ⊗ I_O``) or untraced flattened ``[N·O, N·O]``
-        (row ``i·O + c`` is sample i, logit c).
-      k_test_train: ``Θ*`` in the same layout, ``[M, N]`` or ``[M·O, N·O]``; ``None`` for no test predictions.
+      k_train_train: ``Θ``: ``[N, N]`` with ``trace_axes=(-1,)`` (the kernel ``Θ ⊗ I_O``) or ``[N, N, O, O]``
+        with ``trace_axes=()``.
+      k_test_train: ``Θ*`` in the same layout, ``[M, N]`` or ``[M, N, O, O]``; ``None`` for no test predictions.
       y_onehot: ``[N, O]`` target distributions (one-hot rows, or any rows that are non-negative and sum to 1).
       f0_train: ``[N, O]`` (or scalar) initial logits; f0_test: ``[M, O]`` (or scalar).
       learning_rate: η >= 0; steps: T >= 0; weight_decay: μ >= 0.
+      trace_axes: ``(-1,)`` or ``()``, as in :func:`gradient_descent_mse`.
 
     Returns:
       :class:`CETrajectory` with the logits and the loss at steps ``0..T``.
+
+    Raises:
+      LabelError: ``y_onehot`` rows are not probability vectors; ShapeError: a kernel does not match
+        ``trace_axes`` and ``y_onehot [N, O]``; LinfitError: a negative or non-finite ``learning_rate`` or
+        ``weight_decay``, a non-integer ``steps``, or ``trace_axes`` other than ``(-1,)``/``()``.
     """
     y = _finite_array(y_onehot, "y_onehot", ndim=2)
     n, n_out = y.shape
@@ -464,7 +467,9 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
             raise LinfitError(f"{name} must be finite and >= 0; got {value}")
     if int(steps) != steps or steps < 0:
         raise LinfitError(f"steps must be an integer >= 0; got {steps}")
-    theta = _kernel_operator(_finite_array(k_train_train, "k_train_train", ndim=2), n, n_out, "k_train_train", n)
+    traced = _canonical_traced(trace_axes)
+    theta = _kernel_operator(_flatten_kernel(k_train_train, n, n_out, traced, "k_train_train", rows=n),
+                             traced, n_out)
     f0 = _rows(f0_train, "f0_train", y.shape)
     a = np.zeros((int(steps) + 1, n, n_out))
     logits = np.empty_like(a)
@@ -475,8 +480,8 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
     loss = np.sum(logsumexp(logits, axis=2) - np.sum(y * logits, axis=2), axis=1)
     test = None
     if k_test_train is not None:
-        k_test = _finite_array(k_test_train, "k_test_train", ndim=2)
-        theta_test = _kernel_operator(k_test, n, n_out, "k_test_train")
+        theta_test = _kernel_operator(_flatten_kernel(k_test_train, n, n_out, traced, "k_test_train"), traced,
+                                      n_out)
         test = theta_test(a)
         test = test + _rows(f0_test, "f0_test", test.shape[1:])
     return CETrajectory(logits, test, loss)

@@ -145,7 +145,7 @@ def extract_inputs(
       head_samples: ``None`` for the exact head-averaged NTKs (D backward passes per sample), or k random head
         rows (k backward passes; an unbiased estimate, see ``linfit.scores.lgc``).
       batch_size: forward-pass batch size.
-      memory_budget_bytes: per-tile memory of the NTK (``linfit.ntk.ntk_tiled``).
+      memory_budget_bytes: memory per device for the NTK (``linfit.ntk.kernel``).
 
     Returns:
       ``(inputs, seconds)``: arrays by input name, and the wall seconds spent on each, JAX tracing and XLA

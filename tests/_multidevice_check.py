@@ -7,6 +7,7 @@ process. Prints one JSON object ``{check_name: "ok" | traceback}`` on the last l
 import json
 import os
 import sys
+import tempfile
 import traceback
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -23,8 +24,10 @@ from linfit.dynamics import linearized_loss_curve
 from linfit.ntk import empirical_ntk_fn
 from linfit.ntk.large_n import matrix_free_loss_curve, streamed_kernel_label_correlation
 from linfit.ntk import panels
-from linfit.ntk.panels import PanelGeometry, panel_ntk
-from linfit.ntk.sharding import sample_mesh, sharded_ntk
+from linfit.ntk import KernelPlan, kernel, plan_kernel
+from linfit.ntk.panels import PanelGeometry
+from linfit.ntk.resumable import missing_tiles
+from linfit.ntk.sharding import sample_mesh
 from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
 
 N, N2, O = 21, 10, 3  # 21 and 10 are not multiples of 8
@@ -34,6 +37,10 @@ FULL12 = brute_full_ntk(F, PARAMS, X1, X2)
 TRACED = np.trace(FULL, axis1=2, axis2=3) / O
 MESH = sample_mesh()
 CHECKS = {}
+
+
+def panels_plan(geometry):
+    return KernelPlan("panels", geometry, None)
 
 
 def check(fn):
@@ -51,20 +58,20 @@ def host_traced_and_untraced():
     for trace_axes, want in (((-1,), TRACED), ((), FULL)):
         ntk_fn = empirical_ntk_fn(F, trace_axes=trace_axes)
         for tile_size in (1, 2, None):  # 8 x 1, 16 x 2 (mirrored, ragged) and one 24 x 24 tile
-            assert_kernel_close(sharded_ntk(ntk_fn, X1, None, PARAMS, mesh=MESH, tile_size=tile_size), want)
+            assert_kernel_close(kernel(ntk_fn, X1, None, PARAMS, mesh=MESH, tile_size=tile_size), want)
 
 
 @check
 def host_rectangular():
-    got = sharded_ntk(empirical_ntk_fn(F, trace_axes=()), X1, X2, PARAMS, mesh=MESH, tile_size=2)
+    got = kernel(empirical_ntk_fn(F, trace_axes=()), X1, X2, PARAMS, mesh=MESH, tile_size=2)
     assert_kernel_close(got, FULL12)
 
 
 @check
 def device_output_sharding():
     for trace_axes, want in (((-1,), TRACED), ((), FULL)):
-        k = sharded_ntk(empirical_ntk_fn(F, trace_axes=trace_axes), X1, None, PARAMS, mesh=MESH, tile_size=2,
-                        out="device")
+        k = kernel(empirical_ntk_fn(F, trace_axes=trace_axes), X1, None, PARAMS, mesh=MESH, tile_size=2,
+                   output="device")
         assert isinstance(k, jax.Array) and k.shape == (24, N, *want.shape[2:]), k.shape
         assert isinstance(k.sharding, NamedSharding) and k.sharding.spec == P("samples"), k.sharding
         assert sorted(s.data.shape[0] for s in k.addressable_shards) == [3] * 8  # 3 rows per device
@@ -79,19 +86,68 @@ def panels_match_single_device():
     for trace_axes, want in (((-1,), TRACED), ((), FULL)):
         ntk_fn = empirical_ntk_fn(F, trace_axes=trace_axes)
         for geometry in (PanelGeometry(8, 2), PanelGeometry(16, 1)):  # 21 rows: ragged last block
-            assert_kernel_close(panel_ntk(ntk_fn, X1, None, PARAMS, mesh=MESH, geometry=geometry), want)
-    got = panel_ntk(empirical_ntk_fn(F, trace_axes=()), X1, X2, PARAMS, mesh=MESH, geometry=PanelGeometry(8, 2))
+            assert_kernel_close(kernel(ntk_fn, X1, None, PARAMS, mesh=MESH, plan=panels_plan(geometry)), want)
+    got = kernel(empirical_ntk_fn(F, trace_axes=()), X1, X2, PARAMS, mesh=MESH, plan=panels_plan(PanelGeometry(8, 2)))
     assert_kernel_close(got, FULL12)
-    k = panel_ntk(empirical_ntk_fn(F), X1, None, PARAMS, mesh=MESH, geometry=PanelGeometry(8, 1), out="device")
+    k = kernel(empirical_ntk_fn(F), X1, None, PARAMS, mesh=MESH, plan=panels_plan(PanelGeometry(8, 1)), output="device")
     assert isinstance(k.sharding, NamedSharding) and k.sharding.spec == P("samples"), k.sharding
     assert_kernel_close(np.asarray(k)[:N], TRACED)
     chunk, panels.JACOBIAN_CHUNK = panels.JACOBIAN_CHUNK, 1  # blocks of 2 per device from 2 calls each
     try:
-        got = panel_ntk(empirical_ntk_fn(F, trace_axes=()), X1, None, PARAMS, mesh=MESH,
-                        geometry=PanelGeometry(16, 2))
+        got = kernel(empirical_ntk_fn(F, trace_axes=()), X1, None, PARAMS, mesh=MESH,
+                        plan=panels_plan(PanelGeometry(16, 2)))
     finally:
         panels.JACOBIAN_CHUNK = chunk
     assert_kernel_close(got, FULL)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@check
+def entry_strategies():
+    """Every strategy the entry point can choose, planned from budgets on the 8-device mesh."""
+    ntk_fn = empirical_ntk_fn(F)
+    whole = plan_kernel(ntk_fn, X1, None, PARAMS, mesh=MESH)
+    assert whole.strategy == "whole" and whole.geometry.row_tile == 24, whole
+    tiles = plan_kernel(ntk_fn, X1, None, PARAMS, mesh=MESH, strategy="tiles", memory_budget_bytes=8_000)
+    assert tiles.strategy == "tiles" and tiles.estimated_bytes <= 8_000, tiles
+    for strategy, budget in (("auto", None), ("whole", None), ("tiles", 8_000), ("panels", 60_000)):
+        got = kernel(ntk_fn, X1, None, PARAMS, mesh=MESH, strategy=strategy, memory_budget_bytes=budget)
+        assert_kernel_close(got, TRACED)
+        got = kernel(empirical_ntk_fn(F, trace_axes=()), X1, X2, PARAMS, mesh=MESH, strategy=strategy,
+                     memory_budget_bytes=budget)
+        assert_kernel_close(got, FULL12)
+    k = kernel(ntk_fn, X1, None, PARAMS, mesh=MESH, strategy="tiles", memory_budget_bytes=8_000, output="device")
+    assert k.sharding.spec == P("samples") and k.shape == (24, N)
+    assert_kernel_close(np.asarray(k)[:N], TRACED)
+
+
+@check
+def entry_resumes_file():
+    """A file run interrupted mid-way on 8 devices finishes on rerun with only the missing tiles."""
+    ntk_fn = empirical_ntk_fn(F, trace_axes=())
+    for strategy in ("tiles", "panels"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "k.npy")
+            first, second = [], []
+
+            def stop(rows, cols):
+                first.append((rows.start, cols.start))
+                if len(first) == 2:
+                    raise Interrupt
+
+            try:
+                kernel(ntk_fn, X1, None, PARAMS, mesh=MESH, output=path, strategy=strategy, tile_size=1, on_tile=stop)
+                raise AssertionError("the interruption did not happen")
+            except Interrupt:
+                pass
+            left = missing_tiles(path)
+            got = kernel(ntk_fn, X1, None, PARAMS, mesh=MESH, output=path,
+                         on_tile=lambda r, c: second.append((r.start, c.start)))
+            assert left > 0 and len(second) == left and not set(first) & set(second), (left, first, second)
+            assert_kernel_close(np.asarray(got), FULL)
 
 
 @check

@@ -55,12 +55,12 @@ def weight_space_gd(model, w0, x, x_test, labels, lr, steps, mu, mean):
     return np.stack(train), np.stack(test)
 
 
-def flat_kernels(model, w0, x, x_test):
-    """Untraced NTKs flattened to ``[N·O, N·O]`` / ``[M·O, N·O]`` (row i·O + c) from a brute-force ``jacrev``."""
+def untraced_kernels(model, w0, x, x_test):
+    """Untraced NTKs ``[N, N, O, O]`` / ``[M, N, O, O]`` from a brute-force ``jacrev``."""
     flat0, unravel = ravel_pytree(w0)
     jac = jax.jacrev(lambda v, xb: model.apply({"params": unravel(v)}, xb))
-    j, j_test = (np.asarray(jac(flat0, xb), np.float64).reshape(-1, flat0.size) for xb in (x, x_test))
-    return j @ j.T, j_test @ j.T
+    j, j_test = (np.asarray(jac(flat0, xb), np.float64).reshape(xb.shape[0], O, flat0.size) for xb in (x, x_test))
+    return np.einsum("iap,jbp->ijab", j, j), np.einsum("iap,jbp->ijab", j_test, j)
 
 
 @pytest.mark.parametrize("mu, mean", [(0.0, True), (0.3, False)])
@@ -68,9 +68,9 @@ def test_matches_weight_space_gd_on_linearized_mlp(problem, mu, mean):
     model, w0, x, x_test, labels = problem
     lr, steps = 0.4, 12
     train, test = weight_space_gd(model, w0, x, x_test, labels, lr, steps, mu, mean)
-    k, k_test = flat_kernels(model, w0, x, x_test)
+    k, k_test = untraced_kernels(model, w0, x, x_test)
     out = linearized_ce_trajectory(k, k_test, np.eye(O)[labels], train[0], test[0],
-                                   learning_rate=lr / N if mean else lr, steps=steps, weight_decay=mu)
+                                   learning_rate=lr / N if mean else lr, steps=steps, weight_decay=mu, trace_axes=())
     assert out.train_logits.shape == (steps + 1, N, O) and out.test_logits.shape == (steps + 1, M, O)
     scale = np.max(np.abs(train))
     np.testing.assert_allclose(out.train_logits, train, rtol=1e-5, atol=1e-5 * scale)
@@ -82,15 +82,17 @@ def test_matches_weight_space_gd_on_linearized_mlp(problem, mu, mean):
 
 
 def test_traced_kernel_equals_kron_with_identity():
-    """A traced ``[N, N]`` kernel Θ gives the same run as the flattened untraced Θ ⊗ I_O."""
+    """A traced ``[N, N]`` kernel Θ gives the same run as the untraced ``Θ[i, j] I_O`` (``trace_axes=()``)."""
     rng = np.random.default_rng(0)
     phi, phi_test = rng.normal(size=(N, D)), rng.normal(size=(M, D))
     y = rng.dirichlet(np.ones(O), size=N)  # soft targets are allowed
     f0, f0_test = rng.normal(size=(N, O)), rng.normal(size=(M, O))
     kw = {"learning_rate": 0.05, "steps": 9, "weight_decay": 0.1}
     traced = linearized_ce_trajectory(phi @ phi.T, phi_test @ phi.T, y, f0, f0_test, **kw)
-    flat = linearized_ce_trajectory(np.kron(phi @ phi.T, np.eye(O)), np.kron(phi_test @ phi.T, np.eye(O)), y, f0,
-                                    f0_test, **kw)
+    eye = np.eye(O)
+    flat = linearized_ce_trajectory(np.einsum("ij,ab->ijab", phi @ phi.T, eye),
+                                    np.einsum("ij,ab->ijab", phi_test @ phi.T, eye), y, f0, f0_test,
+                                    trace_axes=(), **kw)
     np.testing.assert_allclose(traced.train_logits, flat.train_logits, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(traced.test_logits, flat.test_logits, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(traced.train_loss, flat.train_loss, rtol=1e-12)
@@ -113,3 +115,7 @@ def test_validation():
         linearized_ce_trajectory(k, None, y, learning_rate=-1.0, steps=2)
     with pytest.raises(LinfitError):
         linearized_ce_trajectory(k, None, y, learning_rate=0.1, steps=1.5)
+    with pytest.raises(ShapeError, match=r"trace_axes=\(\)"):  # a traced kernel declared untraced
+        linearized_ce_trajectory(k, None, y, learning_rate=0.1, steps=2, trace_axes=())
+    with pytest.raises(LinfitError, match="trace_axes"):
+        linearized_ce_trajectory(k, None, y, learning_rate=0.1, steps=2, trace_axes=(0,))

@@ -1,4 +1,4 @@
-"""Jacobian-panel NTK: every output mode against a brute-force whole-batch Jacobian; geometry; resuming."""
+"""Jacobian-panel NTK (``linfit.ntk.kernel(..., strategy="panels")``): every output mode against a brute-force whole-batch Jacobian; geometry; resuming."""
 
 import json
 
@@ -7,15 +7,21 @@ import pytest
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk import empirical_ntk_fn
-from linfit.ntk import panels
-from linfit.ntk.panels import PanelGeometry, jacobian_workspace_per_sample, panel_ntk, plan_panels
+from linfit.ntk import panels as panels_module
+from linfit.ntk import KernelPlan, kernel as ntk_kernel
+from linfit.ntk.panels import PanelGeometry, jacobian_workspace_per_sample, plan_panels
 from linfit.ntk.sharding import sample_mesh
 from linfit.ntk.structured import JACOBIAN_CHUNK
-from linfit.ntk.resumable import missing_tiles, ntk_to_memmap, sidecar_path
+from linfit.ntk.resumable import missing_tiles, sidecar_path
 from linfit.ntk.structured import per_sample_jacobian_fn
 from tests._ntk_models import assert_kernel_close, bn_train_fn, brute_full_ntk, brute_jacobians, make
 
 O = 3  # outputs of the test models
+
+
+def panels(geometry):
+    """An explicit plan of the panels strategy."""
+    return KernelPlan("panels", geometry, None)
 
 
 @pytest.fixture(scope="module", params=["mlp", "cnn", "resbn"])
@@ -28,23 +34,23 @@ def test_symmetric_traced_and_untraced(model):
     f, params, x1, _, full, _ = model
     traced = np.trace(full, axis1=2, axis2=3) / O  # neural-tangents averages a traced axis
     geometry = PanelGeometry(4, 2)  # 13 samples: 4 blocks (the last padded), 2 panels
-    assert_kernel_close(panel_ntk(empirical_ntk_fn(f), x1, None, params, geometry=geometry), traced)
-    assert_kernel_close(panel_ntk(empirical_ntk_fn(f, trace_axes=()), x1, None, params, geometry=geometry), full)
+    assert_kernel_close(ntk_kernel(empirical_ntk_fn(f), x1, None, params, plan=panels(geometry)), traced)
+    assert_kernel_close(ntk_kernel(empirical_ntk_fn(f, trace_axes=()), x1, None, params, plan=panels(geometry)), full)
 
 
 @pytest.mark.parametrize("geometry", [PanelGeometry(5, 1), PanelGeometry(16, 1), PanelGeometry(2, 7)])
 def test_other_geometries(geometry):
     f, params, x1, _ = make("mlp", n1=13)
     want = np.trace(brute_full_ntk(f, params, x1, x1), axis1=2, axis2=3) / O
-    assert_kernel_close(panel_ntk(empirical_ntk_fn(f), x1, None, params, geometry=geometry), want)
+    assert_kernel_close(ntk_kernel(empirical_ntk_fn(f), x1, None, params, plan=panels(geometry)), want)
 
 
 def test_rectangular_and_diagonal(model):
     f, params, x1, x2, _, full12 = model
-    got = panel_ntk(empirical_ntk_fn(f, trace_axes=()), x1, x2, params, geometry=PanelGeometry(4, 2))
+    got = ntk_kernel(empirical_ntk_fn(f, trace_axes=()), x1, x2, params, plan=panels(PanelGeometry(4, 2)))
     assert_kernel_close(got, full12)
     diag_fn = empirical_ntk_fn(f, trace_axes=(), diagonal_axes=(-1,))
-    got = panel_ntk(diag_fn, x1, x2, params, geometry=PanelGeometry(4, 3))
+    got = ntk_kernel(diag_fn, x1, x2, params, plan=panels(PanelGeometry(4, 3)))
     assert_kernel_close(got, np.diagonal(full12, axis1=2, axis2=3))
 
 
@@ -63,7 +69,7 @@ def test_params_filter_and_consumer():
         if mirrored:
             got[cols_, rows] = tile.T
 
-    assert panel_ntk(ntk_fn, x1, None, params, geometry=PanelGeometry(2, 2), out=consume) is None
+    assert ntk_kernel(ntk_fn, x1, None, params, plan=panels(PanelGeometry(2, 2)), output=consume) is None
     assert_kernel_close(got, want)
 
 
@@ -102,10 +108,10 @@ def test_plan_panels_fits_the_budget():
 
 def test_jacobian_in_chunks_matches_brute_force(monkeypatch):
     """Blocks larger than JACOBIAN_CHUNK per device are assembled from several Jacobian calls."""
-    monkeypatch.setattr(panels, "JACOBIAN_CHUNK", 2)
+    monkeypatch.setattr(panels_module, "JACOBIAN_CHUNK", 2)
     f, params, x1, _ = make("cnn", n1=13)
     want = brute_full_ntk(f, params, x1, x1)
-    got = panel_ntk(empirical_ntk_fn(f, trace_axes=()), x1, None, params, geometry=PanelGeometry(6, 1))
+    got = ntk_kernel(empirical_ntk_fn(f, trace_axes=()), x1, None, params, plan=panels(PanelGeometry(6, 1)))
     assert_kernel_close(got, want)
 
 
@@ -117,12 +123,12 @@ def test_workspace_is_measured_from_the_compiled_program():
 def test_errors():
     f, params, x, _ = make("mlp", n1=4)
     with pytest.raises(ShapeError, match="feature shapes"):
-        panel_ntk(empirical_ntk_fn(f), x, np.ones((2, 5)), params)
+        ntk_kernel(empirical_ntk_fn(f), x, np.ones((2, 5)), params, strategy="panels")
     with pytest.raises(VmapAxesError, match="vmap_axes=0"):
         g, p, xb = bn_train_fn()
-        panel_ntk(empirical_ntk_fn(g, vmap_axes=None), xb, None, p)
-    with pytest.raises(UnknownNameError, match="method"):
-        ntk_to_memmap(empirical_ntk_fn(f), x, None, params, "k.npy", method="rows")
+        ntk_kernel(empirical_ntk_fn(g, vmap_axes=None), xb, None, p, strategy="panels")
+    with pytest.raises(UnknownNameError, match="strategy"):
+        ntk_kernel(empirical_ntk_fn(f), x, None, params, output="k.npy", strategy="rows")
 
 
 class Interrupt(Exception):
@@ -142,14 +148,14 @@ def test_resumable_panels_complete_without_recomputing(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        ntk_to_memmap(ntk_fn, x, None, params, path, tile_size=3, memory_budget_bytes=10**6, method="panels",
+        ntk_kernel(ntk_fn, x, None, params, output=path, tile_size=3, memory_budget_bytes=10**6, strategy="panels",
                       on_tile=stop_after_four)
     record = json.loads(sidecar_path(path).read_text())
     assert record["method"] == "panels" and record["geometry"] == [3, 3] and len(record["done"]) == 4
     total = 4 * 5 // 2  # 4 x 4 blocks of 3 (11 padded to 12), upper triangle
     assert missing_tiles(path) == total - 4
     second = []
-    kernel = ntk_to_memmap(ntk_fn, x, None, params, path, method="panels",
+    kernel = ntk_kernel(ntk_fn, x, None, params, output=path, strategy="panels",
                            on_tile=lambda rows, cols: second.append((rows.start, cols.start)))
     assert not set(first) & set(second) and len(first) + len(second) == total
     assert missing_tiles(path) == 0

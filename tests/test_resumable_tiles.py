@@ -1,4 +1,4 @@
-"""Resumable tiled NTK: interrupt after k tiles, rerun, only the missing tiles are computed."""
+"""Resumable NTK files (``linfit.ntk.kernel(..., output=path)``): interrupt after k tiles, rerun, only the missing tiles are computed."""
 
 import json
 
@@ -8,7 +8,8 @@ import pytest
 
 from linfit.errors import CheckpointError
 from linfit.ntk import empirical_ntk_fn
-from linfit.ntk.resumable import missing_tiles, ntk_to_memmap, sidecar_path
+from linfit.ntk import kernel as ntk_kernel
+from linfit.ntk.resumable import missing_tiles, sidecar_path
 from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
 
 
@@ -58,14 +59,14 @@ def test_interrupted_run_resumes_missing_tiles_only(cnn, tmp_path, trace_axes):
     ntk_fn = CountingNtk(empirical_ntk_fn(f, trace_axes=trace_axes))
     on_tile, first = stop_after(4)
     with pytest.raises(Interrupt):
-        ntk_to_memmap(ntk_fn, x, None, params, path, tile_size=3, on_tile=on_tile)
+        ntk_kernel(ntk_fn, x, None, params, output=path, tile_size=3, on_tile=on_tile)
     # 10 = 3 + 3 + 3 + 1 -> 4 x 4 grid, upper triangle: 10 tiles; 4 done when interrupted
     assert ntk_fn.runs == 4 and missing_tiles(path) == 6
     assert sorted(map(tuple, json.loads(sidecar_path(path).read_text())["done"])) == sorted(first)
 
     rerun = CountingNtk(empirical_ntk_fn(f, trace_axes=trace_axes))
     second = []
-    kernel = ntk_to_memmap(rerun, x, None, params, path, tile_size=5,  # ignored: geometry is on record
+    kernel = ntk_kernel(rerun, x, None, params, output=path, tile_size=5,  # ignored: geometry is on record
                            on_tile=lambda r, c: second.append((r.start, c.start)))
     assert rerun.runs == 6 and not set(first) & set(second) and len(set(first) | set(second)) == 10
     assert missing_tiles(path) == 0
@@ -73,7 +74,7 @@ def test_interrupted_run_resumes_missing_tiles_only(cnn, tmp_path, trace_axes):
     assert_kernel_close(np.load(path), want)
 
     done = CountingNtk(empirical_ntk_fn(f, trace_axes=trace_axes))
-    assert_kernel_close(ntk_to_memmap(done, x, None, params, path), want)
+    assert_kernel_close(ntk_kernel(done, x, None, params, output=path), want)
     assert done.runs == 0  # complete: nothing recomputed
 
 
@@ -84,9 +85,9 @@ def test_rectangular_resume(cnn, tmp_path):
     path = tmp_path / "rect.npy"
     on_tile, _ = stop_after(2)
     with pytest.raises(Interrupt):
-        ntk_to_memmap(empirical_ntk_fn(f), x, x2, params, path, tile_size=4, on_tile=on_tile)
+        ntk_kernel(empirical_ntk_fn(f), x, x2, params, output=path, tile_size=4, on_tile=on_tile)
     assert missing_tiles(path) == 1  # 3 row tiles x 1 column tile
-    assert_kernel_close(ntk_to_memmap(empirical_ntk_fn(f), x, x2, params, path), want)
+    assert_kernel_close(ntk_kernel(empirical_ntk_fn(f), x, x2, params, output=path), want)
 
 
 def test_other_inputs_or_missing_record_are_refused(cnn, tmp_path):
@@ -94,14 +95,14 @@ def test_other_inputs_or_missing_record_are_refused(cnn, tmp_path):
     path = tmp_path / "k.npy"
     on_tile, _ = stop_after(1)
     with pytest.raises(Interrupt):
-        ntk_to_memmap(empirical_ntk_fn(f), x, None, params, path, tile_size=3, on_tile=on_tile)
+        ntk_kernel(empirical_ntk_fn(f), x, None, params, output=path, tile_size=3, on_tile=on_tile)
     with pytest.raises(CheckpointError, match="other inputs"):
-        ntk_to_memmap(empirical_ntk_fn(f), x + 1.0, None, params, path)
+        ntk_kernel(empirical_ntk_fn(f), x + 1.0, None, params, output=path)
     other = jax.tree_util.tree_map(lambda p: p * 2.0, params)
     with pytest.raises(CheckpointError, match="other inputs"):
-        ntk_to_memmap(empirical_ntk_fn(f), x, None, other, path)
+        ntk_kernel(empirical_ntk_fn(f), x, None, other, output=path)
     with pytest.raises(CheckpointError, match="other inputs"):
-        ntk_to_memmap(empirical_ntk_fn(f, trace_axes=()), x, None, params, path)
+        ntk_kernel(empirical_ntk_fn(f, trace_axes=()), x, None, params, output=path)
     sidecar_path(path).unlink()
     with pytest.raises(CheckpointError, match="no progress record"):
-        ntk_to_memmap(empirical_ntk_fn(f), x, None, params, path)
+        ntk_kernel(empirical_ntk_fn(f), x, None, params, output=path)

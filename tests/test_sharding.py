@@ -11,14 +11,8 @@ import pytest
 
 from linfit.distributed import in_cluster, initialize, process_local_slice, process_rows
 from linfit.errors import ShapeError
-from linfit.ntk import empirical_ntk_fn
-from linfit.ntk.sharding import (
-    TileGeometry,
-    plan_tiles,
-    sample_mesh,
-    sharded_ntk,
-    sharded_tile_grid,
-)
+from linfit.ntk import KernelPlan, empirical_ntk_fn, kernel
+from linfit.ntk.sharding import TileGeometry, sample_mesh, sharded_tile_grid, tile_geometry
 from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
 
 SCRIPT = Path(__file__).with_name("_multidevice_check.py")
@@ -28,6 +22,8 @@ MULTIDEVICE_CHECKS = [
     "host_rectangular",
     "device_output_sharding",
     "panels_match_single_device",
+    "entry_strategies",
+    "entry_resumes_file",
     "streamed_correlation",
     "krylov_loss_matches_eigh",
     "process_rows_cover_all",
@@ -68,15 +64,14 @@ def test_rectangular_grid_covers_every_entry_once():
     assert (counts == 1).all() and not any(t.mirror for t in tiles)
 
 
-def test_plan_tiles_rows_divisible_by_devices():
-    f, params, x, _ = make("mlp", n1=21)
-    ntk_fn = empirical_ntk_fn(f)
-    assert plan_tiles(ntk_fn, x, None, params, 8, tile_size=2) == TileGeometry(16, 2)
-    assert plan_tiles(ntk_fn, x, None, params, 8, tile_size=100) == TileGeometry(24, 24)  # capped at N/D
-    assert plan_tiles(ntk_fn, x, x[:5], params, 8, tile_size=100) == TileGeometry(24, 5)
-    # a tiny budget gives a one-sample tile; a large one the whole (padded) kernel
-    assert plan_tiles(ntk_fn, x, None, params, 1, memory_budget_bytes=1) == TileGeometry(1, 1)
-    assert plan_tiles(ntk_fn, x, None, params, 1, memory_budget_bytes=2**30) == TileGeometry(21, 21)
+def test_tile_geometry_rows_divisible_by_devices():
+    assert tile_geometry(21, 21, True, 8, 2) == TileGeometry(16, 2)
+    assert tile_geometry(21, 21, True, 8, 100) == TileGeometry(24, 24)  # capped at N/D
+    assert tile_geometry(21, 5, False, 8, 100) == TileGeometry(24, 5)
+    assert tile_geometry(21, 21, True, 8, 7) == TileGeometry(24, 6)  # 3 rows per device, 2 of 8 devices' columns
+    assert tile_geometry(21, 21, True, 1, 21) == TileGeometry(21, 21)
+    with pytest.raises(ShapeError, match="tile_size"):
+        tile_geometry(21, 21, True, 1, 0)
 
 
 def test_single_device_memmap_and_consumer(tmp_path):
@@ -85,14 +80,14 @@ def test_single_device_memmap_and_consumer(tmp_path):
     ntk_fn = empirical_ntk_fn(f, trace_axes=())
     out = np.lib.format.open_memmap(tmp_path / "k.npy", mode="w+", dtype=np.float32, shape=full.shape)
     seen = []
-    got = sharded_ntk(ntk_fn, x1, None, params, mesh=sample_mesh(), tile_size=3, out=out,
-                      on_tile=lambda r, c: seen.append((r.start, c.start)))
+    got = kernel(ntk_fn, x1, None, params, mesh=sample_mesh(), tile_size=3, output=out,
+                 on_tile=lambda r, c: seen.append((r.start, c.start)))
     assert got is out
     assert_kernel_close(np.load(tmp_path / "k.npy"), full)
     assert seen == [(0, 0), (0, 3), (0, 6), (3, 3), (3, 6), (6, 6)]  # upper triangle, 7 = 3 + 3 + 1
     pieces = []
-    assert sharded_ntk(ntk_fn, x1, None, params, tile_size=3,
-                       out=lambda r, c, t, m: pieces.append((r, c, t.shape, m))) is None
+    assert kernel(ntk_fn, x1, None, params, tile_size=3,
+                  output=lambda r, c, t, m: pieces.append((r, c, t.shape, m))) is None
     assert [p[2] for p in pieces] == [(3, 3, 3, 3), (3, 3, 3, 3), (3, 1, 3, 3), (3, 3, 3, 3), (3, 1, 3, 3),
                                       (1, 1, 3, 3)]
 
@@ -101,13 +96,13 @@ def test_errors():
     f, params, x, _ = make("mlp", n1=6)
     ntk_fn = empirical_ntk_fn(f)
     with pytest.raises(ShapeError, match="shape"):
-        sharded_ntk(ntk_fn, x, None, params, out=np.zeros((5, 6), np.float32))
-    with pytest.raises(ShapeError, match="out must be"):
-        sharded_ntk(ntk_fn, x, None, params, out="disk")
+        kernel(ntk_fn, x, None, params, output=np.zeros((5, 6), np.float32))
+    with pytest.raises(ShapeError, match="output must be"):
+        kernel(ntk_fn, x, None, params, output=3)
     with pytest.raises(ShapeError, match="col_tile"):
-        sharded_ntk(ntk_fn, x, None, params, geometry=TileGeometry(4, 3))
+        kernel(ntk_fn, x, None, params, plan=KernelPlan("tiles", TileGeometry(4, 3), None))
     with pytest.raises(ShapeError, match="feature shapes"):
-        sharded_ntk(ntk_fn, x, x[:, :2], params)
+        kernel(ntk_fn, x, x[:, :2], params)
 
 
 def test_in_cluster_reads_the_environment():

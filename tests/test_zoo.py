@@ -13,7 +13,7 @@ import pytest
 from flax import serialization
 
 from linfit import checkpoints, zoo
-from linfit.data import embedded
+from linfit.data import Dataset, embedded
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.tree import leaf_paths
 from linfit.zoo import builder as build_module
@@ -83,12 +83,13 @@ def test_domain_data_is_a_seeded_batch_multiple_subset():
     a = zoo.data.domain_data("greek", per_domain=50, batch_size=16, seed=3)
     b = zoo.data.domain_data("greek", per_domain=50, batch_size=16, seed=3)
     c = zoo.data.domain_data("greek", per_domain=50, batch_size=16, seed=4)
-    assert a.x_train.shape == (48, 28, 28, 1)
+    assert isinstance(a, Dataset) and a.x_train.shape == (48, 28, 28, 1) and a.name == "greek"
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert not np.array_equal(a.x_train, c.x_train)
     full = embedded.load("greek")
     rows = {full.x_train[i].tobytes(): full.y_train[i] for i in range(len(full.y_train))}
     assert all(rows[x.tobytes()] == y for x, y in zip(a.x_train, a.y_train, strict=True))
+    np.testing.assert_array_equal(a.x_test, full.x_test)  # the test split is kept whole
 
 
 def test_only_pulls_in_the_generalist_of_a_from_generalist_expert():

@@ -4,37 +4,39 @@
   implementations (Jacobian contraction, NTK-vector products, structured derivatives) plus ``"auto"``;
 * :func:`per_layer_ntk_fn` -- the per-layer kernels Θ_l with Θ = Σ_l Θ_l (paper, Appendix A);
 * :func:`ntk_vp_fn` / :func:`traced_ntk_vp_fn` -- matrix-free kernel-vector products for large N;
-* :func:`ntk_tiled` -- the kernel in sample tiles, to host memory or a memory-mapped file;
-* :func:`sharded_ntk` -- tiles sharded over a ``jax.sharding.Mesh`` (samples sharded, parameters replicated);
-* :func:`ntk_to_memmap` -- a resumable tiled run into a ``.npy`` memmap;
+* :func:`kernel` -- the kernel for any N: planned from a memory budget (whole, tiles or Jacobian panels),
+  over a ``jax.sharding.Mesh``, to host, device, a consumer or a resumable ``.npy`` memmap
+  (:func:`plan_kernel` shows the plan); ``ntk_tiled``, ``sharded_ntk``, ``ntk_to_memmap`` are deprecated aliases;
 * :func:`matrix_free_loss_curve`, :func:`streamed_kernel_label_correlation` -- large-N dynamics and LGC/LFC
   without an N×N array.
 """
 
 from linfit.ntk.empirical import IMPLEMENTATIONS, NtkFn, empirical_ntk_fn
+from linfit.ntk.entry import KernelPlan, kernel, plan_kernel
 from linfit.ntk.large_n import matrix_free_loss_curve, streamed_kernel_label_correlation, traced_ntk_vp_fn
 from linfit.ntk.products import ntk_vp_fn
 from linfit.ntk.resumable import missing_tiles, ntk_to_memmap
 from linfit.ntk.sharding import sample_mesh, sharded_ntk
 from linfit.ntk.structured import per_layer_ntk_fn, structured_ntk_fn
-from linfit.ntk.tiling import budget_tile_size, ntk_tiled, tile_grid, tile_size_for_budget
+from linfit.ntk.tiling import ntk_tiled, tile_size_for_budget
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "KernelPlan",
     "NtkFn",
-    "budget_tile_size",
     "empirical_ntk_fn",
+    "kernel",
     "matrix_free_loss_curve",
     "missing_tiles",
     "ntk_tiled",
     "ntk_to_memmap",
     "ntk_vp_fn",
     "per_layer_ntk_fn",
+    "plan_kernel",
     "sample_mesh",
     "sharded_ntk",
     "streamed_kernel_label_correlation",
     "structured_ntk_fn",
-    "tile_grid",
     "tile_size_for_budget",
     "traced_ntk_vp_fn",
 ]

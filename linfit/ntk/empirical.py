@@ -100,7 +100,7 @@ class NtkFn:
     ``TreeMismatchError``; ``vmap_axes=0`` on interacting samples raises ``VmapAxesError`` (``f``'s values and
     random directional derivatives on a few distinct samples, batched vs one at a time; see
     :func:`linfit.ntk._checks.check_independent`). :meth:`transpose`, :meth:`outputs_per_sample` and :meth:`num_params` serve
-    :func:`linfit.ntk.tiling.ntk_tiled`.
+    :func:`linfit.ntk.kernel`.
     """
 
     def __init__(

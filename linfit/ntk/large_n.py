@@ -22,7 +22,7 @@ convention of :mod:`linfit.dynamics` (loss ``½ Σ_i ‖f_t(x_i) − y_i‖²``,
 so it equals ``linfit.dynamics.linearized_loss_curve(Θ_tr, Y, f0, t, η)`` up to the Lanczos error.
 
 Streamed score. :func:`streamed_kernel_label_correlation` computes the LGC/LFC kernel-label correlation
-(Deshpande et al. 2021, eq. 8) from kernel tiles as they come off :func:`linfit.ntk.sharding.sharded_ntk`,
+(Deshpande et al. 2021, eq. 8) from kernel tiles as they come off :func:`linfit.ntk.kernel`,
 never holding the kernel.
 """
 
@@ -40,7 +40,7 @@ from jax.sharding import Mesh
 from linfit import krylov
 from linfit.errors import ShapeError
 from linfit.ntk.jacobian_store import stored_traced_vp_fn
-from linfit.ntk.sharding import sharded_ntk
+from linfit.ntk.entry import kernel
 from linfit.scores.correlation_stream import StreamedKernelLabelCorrelation
 from linfit.tree import ParamsFilter, split_params
 
@@ -189,7 +189,7 @@ def streamed_kernel_label_correlation(
     Args:
       ntk_fn: a traced kernel function (``[n1, n2]`` tiles), e.g. ``empirical_ntk_fn(f)``.
       x: ``[N, ...]``; labels: ``[N]`` integer classes; params: the kernel's parameters.
-      mesh, tile_size, memory_budget_bytes, progress: as in :func:`linfit.ntk.sharding.sharded_ntk`.
+      mesh, tile_size, memory_budget_bytes, progress: as in :func:`linfit.ntk.kernel`.
     """
     acc = StreamedKernelLabelCorrelation(labels)
     x = np.asarray(x)
@@ -202,6 +202,6 @@ def streamed_kernel_label_correlation(
     def consume(rows: slice, cols: slice, tile: np.ndarray, mirrored: bool) -> None:
         acc.add(np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop), tile, mirror=mirrored)
 
-    sharded_ntk(ntk_fn, x, None, params, mesh=mesh, tile_size=tile_size, memory_budget_bytes=memory_budget_bytes,
-                out=consume, progress=progress)
+    kernel(ntk_fn, x, None, params, mesh=mesh, tile_size=tile_size, memory_budget_bytes=memory_budget_bytes,
+           output=consume, progress=progress)
     return acc.result()

@@ -1,6 +1,7 @@
-"""Jacobian-panel NTK: each sample's Jacobian is computed a few times, not once per tile.
+"""The panels strategy of :func:`linfit.ntk.kernel`: each sample's Jacobian is computed a few times, not once
+per tile.
 
-A tiled kernel (:func:`linfit.ntk.sharding.sharded_ntk`) recomputes both tiles' Jacobians for every tile, so
+The tiles strategy (:mod:`linfit.ntk.sharding`) recomputes both tiles' Jacobians for every tile, so
 with ``t x t`` tiles each sample's Jacobian is computed about ``N / t`` times and, for a small network with
 many samples, Jacobians dominate the run. Here the samples are cut into blocks of ``C`` (a multiple of the
 device count ``D``) and the row blocks grouped into *panels* of ``k`` blocks whose Jacobian rows
@@ -19,7 +20,7 @@ panels a symmetric kernel computes about ``N (K + 1) / 2`` sample Jacobians inst
 
 Over a mesh: every block is sharded by rows (each device computes the Jacobians of its ``C / D`` samples); a
 column block is all-gathered before its products, so each output tile ``[C, C, ...]`` is row-sharded like
-the tiles of :func:`linfit.ntk.sharding.sharded_ntk`, and written through the same sinks (``"host"``,
+the tiles of the tiles strategy, and written by the same tile loop through the same sinks (``"host"``,
 ``"device"``, an array or memmap, or a consumer). No divisibility constraint on ``N``: the last block is
 padded by repeating the last sample and the padding is never written.
 
@@ -46,11 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
-from linfit.errors import ShapeError, VmapAxesError
+from linfit.errors import ShapeError
 from linfit.ntk.empirical import NtkFn
-from linfit.ntk.sharding import Tile, _global, _make_sink, _pad, sample_mesh, sharded_tile_grid, TileGeometry
+from linfit.ntk.sharding import Tile, _global
 from linfit.ntk.structured import JACOBIAN_CHUNK, _mode, per_sample_jacobian_fn
 from linfit.ntk.structured_contract import contract_gradients
 from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES
@@ -144,106 +144,74 @@ def plan_for(ntk_fn: NtkFn, x1: np.ndarray, x2: np.ndarray | None, params: Any, 
                        workspace_per_sample=FALLBACK_WORKSPACE_PER_ROW * row_bytes if measured is None else measured)
 
 
-def panel_ntk(
-    ntk_fn: NtkFn,
-    x1: Any,
-    x2: Any | None,
-    params: Any,
-    *,
-    mesh: Mesh | None = None,
-    geometry: PanelGeometry | None = None,
-    memory_budget_bytes: int | None = None,
-    out: str | np.ndarray | Callable = "host",
-    progress: bool = False,
-    on_tile: Callable[[slice, slice], None] | None = None,
-    skip: Callable[[slice, slice], bool] | None = None,
-) -> np.ndarray | jax.Array | None:
-    """``ntk_fn(x1, x2, params)`` by Jacobian panels over ``mesh`` (module docstring).
+class PanelSource:
+    """Tile values of the panel strategy for the shared tile loop (:func:`linfit.ntk.kernel`).
 
-    Args:
-      ntk_fn: an :class:`linfit.ntk.NtkFn` with ``vmap_axes=0`` whose ``f`` returns logits ``[N, O]``; its
-        ``trace_axes``, ``diagonal_axes`` and ``params_filter`` define the kernel (any implementation).
-      x1: ``[N1, ...]`` host inputs, the same on every process; x2: ``[N2, ...]`` or ``None`` (``x1``,
-        symmetric: upper-triangle tiles computed and mirrored).
-      params: parameters, replicated on every device.
-      mesh: one-axis mesh (default :func:`linfit.ntk.sample_mesh`, all devices).
-      geometry, memory_budget_bytes: an explicit :class:`PanelGeometry`, or one from a per-device byte
-        budget (:func:`plan_panels`).
-      out, progress, on_tile, skip: as in :func:`linfit.ntk.sharded_ntk`; tiles are ``block x block``.
-
-    Returns:
-      As :func:`linfit.ntk.sharded_ntk`: the host array, the row-sharded device array, or ``None``.
-
-    Raises:
-      VmapAxesError: ``ntk_fn`` declares interacting samples (``vmap_axes=None``).
-      ShapeError: mismatched inputs, a multi-axis mesh or a block not divisible by the device count.
+    :meth:`order` puts the tiles panel by panel, column block by column block; calling the source on a tile in
+    that order keeps the Jacobian rows of the current panel's row blocks (computed on first use, dropped when
+    the panel changes) and the current column block's gathered Jacobian, so every block's Jacobian is computed
+    once per panel (module docstring).
     """
-    if getattr(ntk_fn, "vmap_axes", None) != 0:
-        raise VmapAxesError("panel_ntk needs independent samples: an NtkFn with vmap_axes=0")
-    mesh = sample_mesh() if mesh is None else mesh
-    if len(mesh.axis_names) != 1:
-        raise ShapeError(f"panel_ntk needs a one-axis mesh; got axes {mesh.axis_names}")
-    x1 = np.asarray(x1)
-    symmetric = x2 is None
-    x2 = x1 if symmetric else np.asarray(x2)
-    if x1.shape[1:] != x2.shape[1:]:
-        raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
-    ntk_fn(x1[:2], None, params)  # validates params, f and sample independence once
-    n1, n2 = x1.shape[0], x2.shape[0]
-    pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(x2[:1]), params)
-    pair_shape, dtype = pair.shape[2:], pair.dtype
-    if geometry is None:
-        geometry = plan_for(ntk_fn, x1, None if symmetric else x2, params, mesh, memory_budget_bytes)
-    c = geometry.block
-    if c % mesh.size:
-        raise ShapeError(f"block={c} must be a multiple of the {mesh.size} devices")
-    per_device = c // mesh.size
-    # samples per device in one Jacobian call: JACOBIAN_CHUNK when it divides the block, else the whole block
-    chunk = JACOBIAN_CHUNK if per_device % JACOBIAN_CHUNK == 0 else per_device
 
-    programs = _programs(ntk_fn, mesh)
-    axis = mesh.axis_names[0]
-    row_sharding, replicated = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
-    params_global = jax.tree_util.tree_map(lambda leaf: _global(np.asarray(leaf), replicated), params)
-    rows_padded = _pad(x1, -(-n1 // c) * c)
-    cols_padded = rows_padded if symmetric else _pad(x2, -(-n2 // c) * c)
-    sink = _make_sink(out, mesh, (n1, n2), pair_shape, dtype, rows_padded.shape[0], cols_padded.shape[0],
-                      ntk_fn.transpose)
+    def __init__(self, ntk_fn: NtkFn, mesh: Mesh, geometry: PanelGeometry, rows_padded: np.ndarray,
+                 cols_padded: np.ndarray, params_global: Any, symmetric: bool):
+        c = geometry.block
+        if c % mesh.size:
+            raise ShapeError(f"block={c} must be a multiple of the {mesh.size} devices")
+        self.block, self.span, self.symmetric = c, c * geometry.panel_blocks, symmetric
+        self.per_device = c // mesh.size
+        # samples per device in one Jacobian call: JACOBIAN_CHUNK when it divides the block, else the whole block
+        self.chunk = JACOBIAN_CHUNK if self.per_device % JACOBIAN_CHUNK == 0 else self.per_device
+        self.programs, self.mesh = _programs(ntk_fn, mesh), mesh
+        self.row_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+        self.rows_padded, self.cols_padded, self.params = rows_padded, cols_padded, params_global
+        self._panel, self._held, self._col, self._gathered = None, {}, None, None
 
-    def jacobian(x_padded: np.ndarray, start: int) -> jax.Array:
-        """J of samples ``start .. start + c``, row-sharded: ``chunk`` samples per device per call, each
+    def order(self, tiles: list[Tile]) -> list[Tile]:
+        return sorted(tiles, key=lambda t: (t.rows.start // self.span, t.cols.start, t.rows.start))
+
+    def __call__(self, tile: Tile) -> jax.Array:
+        panel = tile.rows.start // self.span
+        if panel != self._panel:
+            self._panel, self._held, self._col, self._gathered = panel, {}, None, None
+        col = tile.cols.start
+        if col != self._col:
+            self._gathered = None  # freed before the next block is computed
+            in_panel = self.symmetric and panel * self.span <= col < (panel + 1) * self.span
+            rows = self._rows(col) if in_panel else self._jacobian(self.cols_padded, col)
+            self._col, self._gathered = col, self.programs.gather(rows)
+        return self.programs.contract(self._rows(tile.rows.start), self._gathered)
+
+    def _rows(self, start: int) -> jax.Array:
+        if start not in self._held:
+            self._held[start] = self._jacobian(self.rows_padded, start)
+        return self._held[start]
+
+    def _jacobian(self, x_padded: np.ndarray, start: int) -> jax.Array:
+        """J of samples ``start .. start + C``, row-sharded: ``chunk`` samples per device per call, each
         device's rows placed into its shard of the block at offset ``j · chunk``."""
-        block = x_padded[start : start + c]
-        if chunk == per_device:
-            return programs.jacobian(_global(block, row_sharding), params_global)
+        block, programs, d = x_padded[start : start + self.block], self.programs, self.mesh.size
+        if self.chunk == self.per_device:
+            return programs.jacobian(_global(block, self.row_sharding), self.params)
         rows = None
-        for offset in range(0, per_device, chunk):
-            take = (np.arange(mesh.size)[:, None] * per_device + offset + np.arange(chunk)).reshape(-1)
-            part = programs.jacobian(_global(block[take], row_sharding), params_global)
+        for offset in range(0, self.per_device, self.chunk):
+            take = (np.arange(d)[:, None] * self.per_device + offset + np.arange(self.chunk)).reshape(-1)
+            part = programs.jacobian(_global(block[take], self.row_sharding), self.params)
             if rows is None:
-                rows = programs.allocate(part, per_device)
+                rows = programs.allocate(part, self.per_device)
             rows = programs.place(rows, part, offset)
         return rows
 
-    tiles = sharded_tile_grid(n1, n2, TileGeometry(c, c), symmetric)
-    todo = [t for t in tiles if skip is None or not skip(t.rows, t.cols)]
-    bar = tqdm(total=len(todo), disable=not progress, desc="NTK tiles (panels)")
-    span = c * geometry.panel_blocks
-    for panel_start in range(0, n1, span):
-        in_panel = [t for t in todo if panel_start <= t.rows.start < panel_start + span]
-        held = {r: jacobian(rows_padded, r) for r in sorted({t.rows.start for t in in_panel})}
-        for col_start in sorted({t.cols.start for t in in_panel}):
-            if symmetric and col_start in held:
-                gathered = programs.gather(held[col_start])
-            else:
-                gathered = programs.gather(jacobian(cols_padded, col_start))
-            for tile in (t for t in in_panel if t.cols.start == col_start):
-                sink.write(tile, programs.contract(held[tile.rows.start], gathered))
-                if on_tile is not None:
-                    on_tile(tile.rows, tile.cols)
-                bar.update()
-    bar.close()
-    return sink.result()
+
+def panel_ntk(ntk_fn, x1, x2, params, *, mesh=None, geometry=None, memory_budget_bytes=None, out="host",
+              progress=False, on_tile=None, skip=None):
+    """Deprecated: use :func:`linfit.ntk.kernel` (``strategy="panels"``); same arguments, same result."""
+    from linfit.ntk.entry import KernelPlan, deprecated, kernel
+
+    deprecated("linfit.ntk.panels.panel_ntk", 'linfit.ntk.kernel(..., strategy="panels")')
+    plan = None if geometry is None else KernelPlan("panels", geometry, None)
+    return kernel(ntk_fn, x1, x2, params, mesh=mesh, memory_budget_bytes=memory_budget_bytes, strategy="panels",
+                  plan=plan, output=out, progress=progress, on_tile=on_tile, _skip=skip)
 
 
 class _Programs(NamedTuple):

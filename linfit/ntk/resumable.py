@@ -1,16 +1,15 @@
-"""Resumable tiled NTK into a ``.npy`` memory map: an interrupted run recomputes only the missing tiles.
+"""Resumable NTK into a ``.npy`` memory map: an interrupted run recomputes only the missing tiles.
 
-``ntk_to_memmap(ntk_fn, x1, x2, params, "k.npy")`` writes the kernel with :func:`linfit.ntk.sharding.sharded_ntk`
-into ``k.npy`` (``np.lib.format.open_memmap``, so the file is an ordinary ``.npy``) and keeps a sidecar
-``k.npy.tiles.json``:
+``linfit.ntk.kernel(ntk_fn, x1, x2, params, output="k.npy")`` writes the kernel into ``k.npy``
+(``np.lib.format.open_memmap``, so the file is an ordinary ``.npy``) through :func:`open_kernel_file`, which
+keeps a sidecar ``k.npy.tiles.json``:
 
     {"version": 1, "shape": [...], "dtype": "float32", "geometry": [row_tile, col_tile],
      "symmetric": true, "fingerprint": "<sha256 of inputs, params and kernel options>",
      "method": "tiles", "done": [[row_start, col_start], ...]}
 
-``method="tiles"`` computes each tile with :func:`linfit.ntk.sharding.sharded_ntk`; ``method="panels"`` uses
-:func:`linfit.ntk.panels.panel_ntk` (Jacobian rows held a panel at a time, tiles ``block x block``, the same
-record with ``"panel_blocks"`` added), much faster when the Jacobians, not the products, dominate.
+``"method"`` is the planned strategy (``"whole"``, ``"tiles"`` or ``"panels"``; panels add ``"panel_blocks"``
+and have ``block x block`` tiles).
 
 After each tile the memmap is flushed, then the sidecar is rewritten atomically (temporary file +
 ``os.replace``), so a tile is marked done only once its values are on disk; a crash in between costs that
@@ -30,21 +29,15 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from linfit.errors import CheckpointError, UnknownNameError
-from linfit.ntk.panels import PanelGeometry, panel_ntk, plan_for
-from linfit.ntk.sharding import (
-    TileGeometry,
-    plan_tiles,
-    sample_mesh,
-    sharded_ntk,
-    sharded_tile_grid,
-)
+from linfit.ntk.panels import PanelGeometry
+from linfit.ntk.sharding import TileGeometry, sharded_tile_grid
 
 SIDECAR_SUFFIX = ".tiles.json"
 METHODS = ("tiles", "panels")
@@ -57,87 +50,78 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-def ntk_to_memmap(
-    ntk_fn: Callable[[Any, Any, Any], jax.Array],
-    x1: Any,
-    x2: Any | None,
-    params: Any,
-    path: str | os.PathLike,
-    *,
-    mesh: Mesh | None = None,
-    tile_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    progress: bool = False,
-    on_tile: Callable[[slice, slice], None] | None = None,
-    method: str = "tiles",
-) -> np.memmap:
-    """Compute (or finish computing) ``ntk_fn(x1, x2, params)`` into the ``.npy`` file ``path``.
+class KernelFile(NamedTuple):
+    """An opened kernel file: the memmap, the plan on record, ``done(rows, cols)`` and ``record(rows, cols)``."""
 
-    Args:
-      ntk_fn, x1, x2, params, mesh, tile_size, memory_budget_bytes, progress: as in
-        :func:`linfit.ntk.sharding.sharded_ntk` (tile options only matter for a fresh run; with
-        ``method="panels"`` ``tile_size`` is the samples per device in one block).
-      path: the ``.npy`` file; created with its sidecar if neither exists.
-      on_tile: called as ``on_tile(rows, cols)`` after each newly computed tile is recorded.
-      method: ``"tiles"`` or ``"panels"`` (module docstring; a resumed run keeps the recorded method).
+    kernel: np.memmap
+    plan: Any
+    done: Callable[[slice, slice], bool]
+    record: Callable[[slice, slice], None]
 
-    Returns:
-      The kernel ``[N1, N2, ...]`` as a read/write ``np.memmap``.
+
+def open_kernel_file(path: Path, ntk_fn: Callable, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: Mesh,
+                     resume: bool, make_plan: Callable[[], Any]) -> KernelFile:
+    """Open (``resume``) or create the ``.npy`` kernel file ``path`` and its progress record.
+
+    A fresh record stores ``make_plan()``'s strategy and geometry; a resumed run keeps the recorded ones.
+    ``resume=False`` deletes an existing file and record first.
 
     Raises:
-      CheckpointError: the file exists without a sidecar, or the sidecar belongs to other inputs, another
-        shape or a device count that does not divide its ``row_tile``.
+      CheckpointError: the file exists without a record, or the record belongs to other inputs, another shape
+        or a device count that does not divide its ``row_tile``.
     """
-    if method not in METHODS:
-        raise UnknownNameError(f"method must be one of {METHODS}; got {method!r}")
-    path, record_path = Path(path), sidecar_path(path)
-    mesh = sample_mesh() if mesh is None else mesh
-    x1 = np.asarray(x1)
-    x2 = None if x2 is None else np.asarray(x2)
+    from linfit.ntk.entry import KernelPlan
+
+    record_path = sidecar_path(path)
+    if not resume:
+        for stale in (path, record_path):
+            stale.unlink(missing_ok=True)
     xs = x1 if x2 is None else x2
     pair = jax.eval_shape(ntk_fn, x1[:1], xs[:1], params)
     shape = (x1.shape[0], xs.shape[0], *pair.shape[2:])
     fingerprint = _fingerprint(ntk_fn, x1, x2, params)
-
     if record_path.exists():
         record = _read_record(record_path)
         _check_record(record, shape, pair.dtype, fingerprint, mesh.size, path)
         kernel = np.lib.format.open_memmap(path, mode="r+")
     elif path.exists():
-        raise CheckpointError(f"{path} exists but has no progress record {record_path}; delete it or pick "
-                              "another path")
+        raise CheckpointError(f"{path} exists but has no progress record {record_path}; delete it, pick another "
+                              "path or pass resume=False")
     else:
+        plan = make_plan()
         record = {"version": _VERSION, "shape": list(shape), "dtype": str(np.dtype(pair.dtype)),
-                  "symmetric": x2 is None, "fingerprint": fingerprint, "method": method, "done": []}
-        if method == "panels":
-            panels = plan_for(ntk_fn, x1, x2, params, mesh, memory_budget_bytes,
-                              block=None if tile_size is None else tile_size * mesh.size)
-            record.update(geometry=[panels.block, panels.block], panel_blocks=panels.panel_blocks)
+                  "symmetric": x2 is None, "fingerprint": fingerprint, "method": plan.strategy, "done": []}
+        if plan.strategy == "panels":
+            record.update(geometry=[plan.geometry.block] * 2, panel_blocks=plan.geometry.panel_blocks)
         else:
-            record["geometry"] = list(plan_tiles(ntk_fn, x1, x2, params, mesh.size, tile_size=tile_size,
-                                                 memory_budget_bytes=memory_budget_bytes))
+            record["geometry"] = list(plan.geometry)
         kernel = np.lib.format.open_memmap(path, mode="w+", dtype=pair.dtype, shape=shape)
         _write_record(record_path, record)
-
-    done = {tuple(d) for d in record["done"]}
+    if record.get("method") == "panels":
+        plan = KernelPlan("panels", PanelGeometry(record["geometry"][0], record["panel_blocks"]), None)
+    else:
+        plan = KernelPlan(record.get("method", "tiles"), TileGeometry(*record["geometry"]), None)
+    finished = {tuple(d) for d in record["done"]}
 
     def record_tile(rows: slice, cols: slice) -> None:
         kernel.flush()
-        done.add((rows.start, cols.start))
-        record["done"] = sorted(done)
+        finished.add((rows.start, cols.start))
+        record["done"] = sorted(finished)
         _write_record(record_path, record)
-        if on_tile is not None:
-            on_tile(rows, cols)
 
-    skip = lambda rows, cols: (rows.start, cols.start) in done
-    if record.get("method", "tiles") == "panels":
-        geometry = PanelGeometry(record["geometry"][0], record["panel_blocks"])
-        panel_ntk(ntk_fn, x1, x2, params, mesh=mesh, geometry=geometry, out=kernel, progress=progress,
-                  on_tile=record_tile, skip=skip)
-    else:
-        sharded_ntk(ntk_fn, x1, x2, params, mesh=mesh, geometry=TileGeometry(*record["geometry"]), out=kernel,
-                    progress=progress, on_tile=record_tile, skip=skip)
-    return kernel
+    return KernelFile(kernel, plan, lambda rows, cols: (rows.start, cols.start) in finished, record_tile)
+
+
+def ntk_to_memmap(ntk_fn, x1, x2, params, path, *, mesh=None, tile_size=None, memory_budget_bytes=None,
+                  progress=False, on_tile=None, method="tiles") -> np.memmap:
+    """Deprecated: use :func:`linfit.ntk.kernel` with ``output=path`` (``strategy=method``); same result."""
+    from linfit.ntk.entry import deprecated, kernel
+
+    deprecated("linfit.ntk.ntk_to_memmap", "linfit.ntk.kernel(..., output=path)")
+    if method not in METHODS:
+        raise UnknownNameError(f"method must be one of {METHODS}; got {method!r}")
+    return kernel(ntk_fn, x1, x2, params, output=os.fspath(path), mesh=mesh, tile_size=tile_size,
+                  memory_budget_bytes=memory_budget_bytes, strategy=method, progress=progress, on_tile=on_tile)
 
 
 def missing_tiles(path: str | os.PathLike) -> int:

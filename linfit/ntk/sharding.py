@@ -1,13 +1,14 @@
-"""The empirical NTK over a device mesh: samples sharded, parameters replicated, tile by tile.
+"""The tiles strategy of :func:`linfit.ntk.kernel`: samples sharded, parameters replicated, tile by tile.
 
 One code path from one CPU to a TPU pod slice. The mesh is one-dimensional over all devices
 (:func:`sample_mesh`); a *tile* is ``row_tile = D * t`` rows (``t`` per device, ``D`` devices) by
 ``col_tile`` columns. Each tile runs as one ``jax.shard_map`` program: device ``d`` gets its ``t`` rows of
 ``x1`` and the whole column block of ``x2`` (replicated) and computes ``ntk_fn`` on them, so the output tile
 ``[row_tile, col_tile, ...]`` is a ``jax.Array`` sharded by rows, ``NamedSharding(mesh, P(axis))``.
-``t`` comes from a per-device memory budget with :func:`linfit.ntk.tiling.tile_size_for_budget` (both
-blocks' Jacobians plus the kernel tile must fit one device); ``col_tile = m * t`` with ``m`` the largest
-divisor of ``D`` that keeps ``col_tile`` within the budget's tile size.
+``t`` comes from a per-device memory budget by :func:`plan_tiles`, which measures the compiled tile program
+(XLA ``memory_analysis()``); ``col_tile = m * t`` with ``m`` the largest divisor of ``D`` that keeps
+``col_tile`` within the budget's tile side (:func:`tile_geometry`). This module also holds the pieces every
+strategy shares: the tile grid (:func:`sharded_tile_grid`) and the sinks the tiles are written through.
 
 No divisibility constraint on ``N``: ``x1``/``x2`` are padded by repeating their last sample up to whole tiles
 and the padding is never written out (host sinks) or zeroed (device output).
@@ -17,7 +18,7 @@ Symmetric kernels (``x2=None``, ``ntk_fn.transpose`` available): a tile lying en
 is also written transposed at ``(cols, rows)``; since ``col_tile`` divides ``row_tile`` the two sets match
 exactly, so every entry is written once (about half the work of the full grid).
 
-Where the result goes (``out``):
+Where the result goes (``output`` of :func:`linfit.ntk.kernel`):
 
 * ``"host"`` (default) or a caller array ``[N1, N2, ...]`` such as a ``np.memmap`` (kernels beyond memory):
   each process writes the rows its devices own and their mirrored columns (everything on one host);
@@ -30,7 +31,7 @@ Where the result goes (``out``):
 Example::
 
     >>> mesh = sample_mesh()                          # all devices, axis "samples"
-    >>> k = sharded_ntk(empirical_ntk_fn(f), x, None, params, mesh=mesh, out="device")
+    >>> k = kernel(empirical_ntk_fn(f), x, None, params, mesh=mesh, strategy="tiles", output="device")
     >>> k.sharding.spec
     PartitionSpec('samples',)
 """
@@ -47,13 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from linfit.errors import ShapeError
 from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES, budget_tile_size
 
 SAMPLE_AXIS = "samples"
-Consumer = Callable[[slice, slice, np.ndarray, bool], None]
 
 
 def sample_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = SAMPLE_AXIS) -> Mesh:
@@ -97,109 +96,172 @@ def sharded_tile_grid(n1: int, n2: int, geometry: TileGeometry, symmetric: bool)
     return tiles
 
 
+class TilePlan(NamedTuple):
+    """A tile geometry and the per-device peak bytes of its compiled tile program (``None``: no analysis)."""
+
+    geometry: TileGeometry
+    peak_bytes: int | None
+
+
+def tile_geometry(n1: int, n2: int, symmetric: bool, num_devices: int, side: int) -> TileGeometry:
+    """The geometry whose per-device program fits in a ``side x side`` one: ``t = min(side, ceil(N1 / D))``
+    rows per device, ``col_tile = m t`` for the largest divisor ``m`` of ``D`` with ``m t <= side`` (capped at
+    ``N2`` when ``x2`` is given; symmetric grids keep ``m t`` so that ``col_tile`` divides ``row_tile``)."""
+    if side < 1:
+        raise ShapeError(f"tile_size must be >= 1; got {side}")
+    t = min(side, -(-n1 // num_devices))
+    m = max(k for k in range(1, num_devices + 1) if num_devices % k == 0 and k * t <= side)
+    return TileGeometry(num_devices * t, m * t if symmetric else min(m * t, n2))
+
+
 def plan_tiles(
-    ntk_fn: Callable, x1: Any, x2: Any | None, params: Any, num_devices: int, *,
+    ntk_fn: Callable, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: Mesh, *,
     tile_size: int | None = None, memory_budget_bytes: int | None = None,
-) -> TileGeometry:
-    """Tile geometry for ``num_devices`` devices.
+) -> TilePlan:
+    """The tile geometry for ``mesh`` and its measured per-device memory.
 
-    ``t`` (rows per device) is ``tile_size`` or the budget's tile size for one device (``memory_budget_bytes``
-    per device, default 1 GiB), capped at ``ceil(N1 / D)``; ``col_tile = m t`` for the largest divisor ``m``
-    of ``D`` with ``m t <= tile_size`` (capped at ``N2`` when ``x2`` is given).
+    With ``tile_size`` the square side is given. Otherwise it is the largest side ``s`` whose one-device
+    ``s x s`` tile program fits ``memory_budget_bytes`` (default 1 GiB) by XLA's ``memory_analysis()`` of the
+    compiled program (arguments + output + temporaries): a few compilations, starting from the analytic
+    estimate of :func:`linfit.ntk.tiling.tile_size_for_budget` (which counts only the two Jacobians and the
+    tile, and is several times low: ``benchmarks/RESULTS.md`` section 3) and refined by fitting
+    ``a + b s + c s²`` to the measured points. The geometry is :func:`tile_geometry` of that side; its program
+    on ``mesh`` is compiled and measured again (and the side shrunk if it is over the budget), so
+    ``peak_bytes`` is the measured memory of the very program the tile loop runs.
+
+    Raises:
+      ShapeError: the budget cannot hold a one-sample tile.
     """
-    x2_ = x1 if x2 is None else x2
-    n1, n2 = int(np.shape(x1)[0]), int(np.shape(x2_)[0])
-    if tile_size is None:
-        pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(x2_[:1]), params)
-        tile_size = budget_tile_size(ntk_fn, jnp.asarray(x1[:1]), params, max(n1, n2), math.prod(pair.shape[2:]),
-                                 pair.dtype.itemsize, memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES)
-    if tile_size < 1:
-        raise ShapeError(f"tile_size must be >= 1; got {tile_size}")
-    t = min(tile_size, -(-n1 // num_devices))
-    m = max(k for k in range(1, num_devices + 1) if num_devices % k == 0 and k * t <= tile_size)
-    col = m * t if x2 is None else min(m * t, n2)  # symmetric grids need col | row: keep m t uncapped
-    return TileGeometry(num_devices * t, col)
-
-
-def sharded_ntk(
-    ntk_fn: Callable[[Any, Any, Any], jax.Array],
-    x1: Any,
-    x2: Any | None,
-    params: Any,
-    *,
-    mesh: Mesh | None = None,
-    tile_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    geometry: TileGeometry | None = None,
-    out: str | np.ndarray | Consumer = "host",
-    progress: bool = False,
-    on_tile: Callable[[slice, slice], None] | None = None,
-    skip: Callable[[slice, slice], bool] | None = None,
-) -> np.ndarray | jax.Array | None:
-    """Compute ``ntk_fn(x1, x2, params)`` over ``mesh`` tile by tile.
-
-    Args:
-      ntk_fn: ``(x1 [n1, ...], x2 [n2, ...] | None, params) -> [n1, n2, ...]`` for independent samples
-        (e.g. :func:`linfit.ntk.empirical_ntk_fn` with ``vmap_axes=0``); it runs inside ``shard_map`` on
-        each device's rows.
-      x1: ``[N1, ...]`` host (or replicated) inputs, the same on every process; x2: ``[N2, ...]`` or
-        ``None`` for ``x1`` (symmetric: mirrored tiles when ``ntk_fn`` has ``transpose``).
-      params: parameters, replicated on every device.
-      mesh: a one-axis mesh (default :func:`sample_mesh`).
-      tile_size, memory_budget_bytes, geometry: per-device rows ``t`` or a per-device byte budget
-        (see :func:`plan_tiles`), or an explicit :class:`TileGeometry` (``row_tile`` divisible by ``D``).
-      out: ``"host"``, ``"device"``, an array ``[N1, N2, ...]`` (e.g. ``np.memmap``) or a consumer
-        callable; see the module docstring.
-      progress: tqdm bar over tiles.
-      on_tile: called as ``on_tile(rows, cols)`` after each tile is written.
-      skip: ``skip(rows, cols) -> True`` leaves that tile out (already computed by an earlier run).
-
-    Returns:
-      The host array (``"host"`` or the given array), the row-sharded ``jax.Array`` (``"device"``), or
-      ``None`` for a consumer.
-    """
-    mesh = sample_mesh() if mesh is None else mesh
-    if len(mesh.axis_names) != 1:
-        raise ShapeError(f"sharded_ntk needs a one-axis mesh; got axes {mesh.axis_names}")
-    axis, n_dev = mesh.axis_names[0], mesh.size
-    x1 = np.asarray(x1)
     symmetric = x2 is None
-    x2 = x1 if symmetric else np.asarray(x2)
-    if x1.shape[1:] != x2.shape[1:]:
-        raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
-    n1, n2 = x1.shape[0], x2.shape[0]
-    if geometry is None:
-        geometry = plan_tiles(ntk_fn, x1, None if symmetric else x2, params, n_dev, tile_size=tile_size,
-                              memory_budget_bytes=memory_budget_bytes)
-    if geometry.row_tile % n_dev or (symmetric and geometry.row_tile % geometry.col_tile):
-        raise ShapeError(f"{geometry} needs row_tile divisible by the {n_dev} devices (and by col_tile when "
-                         "x2 is None)")
-    pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(x2[:1]), params)
-    pair_shape, dtype = pair.shape[2:], pair.dtype
-    transpose = getattr(ntk_fn, "transpose", None)
-    tiles = sharded_tile_grid(n1, n2, geometry, symmetric and transpose is not None)
-    rt, ct = geometry
-    rows_padded = _pad(x1, -(-n1 // rt) * rt)
-    cols_padded = rows_padded if symmetric else _pad(x2, -(-n2 // ct) * ct)  # ct | rt: same length
+    xs = x1 if symmetric else x2
+    n1, n2, d = x1.shape[0], xs.shape[0], mesh.size
+    budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
+    if tile_size is not None:
+        geometry = tile_geometry(n1, n2, symmetric, d, tile_size)
+        return TilePlan(geometry, program_peak_bytes(tile_program(ntk_fn, mesh, geometry, x1, params)))
+    local = Mesh(np.asarray([_local_device(mesh)]), mesh.axis_names)
+    measure = lambda s: program_peak_bytes(tile_program(ntk_fn, local, TileGeometry(s, s), x1, params))
+    cap = d * -(-n1 // d) if symmetric else max(-(-n1 // d), n2)
+    pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(xs[:1]), params)
+    guess = budget_tile_size(ntk_fn, jnp.asarray(x1[:1]), params, cap, math.prod(pair.shape[2:]),
+                             pair.dtype.itemsize, budget)
+    side = fit_side(measure, cap, guess, budget)
+    for _ in range(4):
+        geometry = tile_geometry(n1, n2, symmetric, d, side)
+        peak = program_peak_bytes(tile_program(ntk_fn, mesh, geometry, x1, params))
+        if peak is None or peak <= budget or side == 1:
+            break
+        side = max(1, int(side * budget / peak))
+    if peak is not None and peak > budget:
+        raise ShapeError(f"a memory budget of {budget} bytes per device cannot hold a one-sample NTK tile "
+                         f"({peak} bytes measured); raise memory_budget_bytes")
+    return TilePlan(geometry, peak)
 
-    sink = _make_sink(out, mesh, (n1, n2), pair_shape, dtype, rows_padded.shape[0], cols_padded.shape[0],
-                      transpose)
-    row_sharding, replicated = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
-    params_global = jax.tree_util.tree_map(lambda leaf: _global(np.asarray(leaf), replicated), params)
-    for tile in tqdm(tiles, disable=not progress, desc="NTK tiles"):
-        if skip is not None and skip(tile.rows, tile.cols):
-            continue
-        xr = _global(rows_padded[tile.rows.start : tile.rows.start + rt], row_sharding)
-        xc = _global(cols_padded[tile.cols.start : tile.cols.start + ct], replicated)
-        sink.write(tile, _tile_program(ntk_fn, mesh, xr, xc, params_global))
-        if on_tile is not None:
-            on_tile(tile.rows, tile.cols)
-    return sink.result()
+
+def fit_side(measure: Callable[[int], int | None], cap: int, guess: int, budget: int, probes: int = 6) -> int:
+    """The largest side ``s <= cap`` with ``measure(s) <= budget``, from at most ``probes`` measurements.
+
+    ``measure`` is assumed increasing. Each probe moves to the root of ``a + b s + c s² = budget`` fitted to the
+    points so far (a line with two points, a proportion with one), kept strictly between the largest fitting
+    and the smallest failing side; it stops when they are within 5 % of each other. ``measure`` returning
+    ``None`` (no memory analysis on this backend) accepts ``guess``.
+
+    Raises:
+      ShapeError: not even a one-sample side fits.
+    """
+    points: dict[int, int] = {}
+    fits, fails = 0, cap + 1
+    side = max(1, min(cap, guess))
+    for _ in range(probes):
+        peak = measure(side)
+        if peak is None:
+            return side
+        points[side] = peak
+        if peak <= budget:
+            fits = max(fits, side)
+        else:
+            fails = min(fails, side)
+        if fits == cap or fails - fits <= max(1, fits // 20):
+            break
+        side = min(max(_root(points, budget), fits + 1), fails - 1)
+        if side in points:
+            break
+    if fits == 0:
+        if 1 not in points:
+            points[1] = measure(1)
+        if points[1] > budget:
+            raise ShapeError(f"a memory budget of {budget} bytes per device cannot hold a one-sample NTK tile "
+                             f"({points[1]} bytes measured); raise memory_budget_bytes")
+        fits = 1
+    return fits
+
+
+def _root(points: dict[int, int], budget: int) -> int:
+    """Where the polynomial through the measured ``(side, bytes)`` points reaches ``budget``."""
+    sides = np.asarray(sorted(points), float)
+    peaks = np.asarray([points[s] for s in sorted(points)], float)
+    if len(sides) == 1:
+        return int(sides[0] * budget / peaks[0])
+    degree = min(2, len(sides) - 1)
+    coef = np.polyfit(sides, peaks, degree)
+    coef[-1] -= budget
+    roots = [r.real for r in np.roots(coef) if abs(r.imag) < 1e-9 and r.real > 0]
+    return int(max(roots)) if roots else int(sides[-1] * budget / peaks[-1])
+
+
+def program_peak_bytes(compiled: Any) -> int | None:
+    """Per-device bytes of a compiled program by XLA: arguments + output + temporaries (``None``: no analysis)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
+
+
+def tile_program(ntk_fn: Callable, mesh: Mesh, geometry: TileGeometry, x: np.ndarray, params: Any) -> Any:
+    """The compiled tile program for inputs like ``x [N, ...]`` and ``params`` (cached per shapes)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    signature = tuple((np.shape(leaf), _dtype(leaf)) for leaf in leaves)
+    return _compiled_tile(ntk_fn, mesh, tuple(geometry), tuple(np.shape(x)[1:]), _dtype(x), treedef, signature)
+
+
+def _dtype(x: Any) -> str:
+    """The dtype JAX gives ``x`` (read off ``x.dtype`` when it has one: no copy of device arrays)."""
+    return str(jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x)))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_tile(ntk_fn, mesh, geometry, feature_shape, dtype, treedef, signature):
+    rows, cols = NamedSharding(mesh, P(mesh.axis_names[0])), NamedSharding(mesh, P())
+    x_rows = jax.ShapeDtypeStruct((geometry[0], *feature_shape), dtype, sharding=rows)
+    x_cols = jax.ShapeDtypeStruct((geometry[1], *feature_shape), dtype, sharding=cols)
+    params = jax.tree_util.tree_unflatten(
+        treedef, [jax.ShapeDtypeStruct(shape, leaf_dtype, sharding=cols) for shape, leaf_dtype in signature])
+    return _tile_program.lower(ntk_fn, mesh, x_rows, x_cols, params).compile()
+
+
+def _local_device(mesh: Mesh) -> jax.Device:
+    return next(dev for dev in mesh.devices.flat if dev.process_index == jax.process_index())
+
+
+def sharded_ntk(ntk_fn, x1, x2, params, *, mesh=None, tile_size=None, memory_budget_bytes=None, geometry=None,
+                out="host", progress=False, on_tile=None, skip=None):
+    """Deprecated: use :func:`linfit.ntk.kernel` (``strategy="tiles"``); same arguments, same result."""
+    from linfit.ntk.entry import KernelPlan, deprecated, kernel
+
+    deprecated("linfit.ntk.sharding.sharded_ntk", 'linfit.ntk.kernel(..., strategy="tiles")')
+    plan = None if geometry is None else KernelPlan("tiles", geometry, None)
+    return kernel(ntk_fn, x1, x2, params, mesh=mesh, tile_size=tile_size, memory_budget_bytes=memory_budget_bytes,
+                  strategy="tiles", plan=plan, output=out, progress=progress, on_tile=on_tile, _skip=skip)
 
 
 def _pad(x: np.ndarray, n: int) -> np.ndarray:
     """``x [N, ...]`` padded to ``n`` rows by repeating its last row."""
     return x[np.minimum(np.arange(n), x.shape[0] - 1)]
+
+
+def host_array(x: Any) -> np.ndarray:
+    """``x`` as a host array of the dtype JAX would give it (float64 -> float32 unless x64 is enabled)."""
+    return np.asarray(x, dtype=jax.dtypes.canonicalize_dtype(np.result_type(x)))
 
 
 def _global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -223,13 +285,13 @@ def _make_sink(out, mesh, shape, pair_shape, dtype, rows_padded, cols_padded, tr
     if isinstance(out, str):
         if out == "device":
             return _DeviceSink(mesh, shape, pair_shape, dtype, rows_padded, cols_padded, transpose)
-        if out != "host":
-            raise ShapeError(f"out must be 'host', 'device', an array or a callable; got {out!r}")
         out = np.zeros((*shape, *pair_shape), dtype=dtype)  # multi-host: rows of other processes stay 0
     if callable(out):
         return _HostSink(shape, transpose, consume=out)
+    if not hasattr(out, "shape"):
+        raise ShapeError(f"output must be 'host', 'device', a file path, an array or a callable; got {out!r}")
     if tuple(out.shape) != (*shape, *pair_shape):
-        raise ShapeError(f"out must have shape {(*shape, *pair_shape)}; got {tuple(out.shape)}")
+        raise ShapeError(f"output must have shape {(*shape, *pair_shape)}; got {tuple(out.shape)}")
     return _HostSink(shape, transpose, array=out)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from linfit.errors import ConfigError, ShapeError
 from linfit.models.compiled import headless, penultimate_features
 from linfit.ntk.empirical import empirical_ntk_fn
-from linfit.ntk.tiling import ntk_tiled
+from linfit.ntk.entry import kernel as ntk_kernel
 from linfit.scores.correlation import kernel_label_correlation
 from linfit.scores.registry import register
 from linfit.tree import ParamsFilter, leaf_paths, split_params
@@ -93,7 +93,7 @@ def lgc_kernel(
       projection_dim: project per-sample gradients to this many dimensions (paper: 10,000); needs ``key``.
       key: PRNG key for ``head_samples`` / ``projection_dim``.
       implementation: NTK implementation (``"structured"`` never forms per-sample gradients).
-      memory_budget_bytes: memory for one NTK tile (``linfit.ntk.ntk_tiled``).
+      memory_budget_bytes: memory per device for the NTK (``linfit.ntk.kernel``).
       batch_size: forward-pass batch size of the features.
       features: ``[N, D]`` the backbone's penultimate features of ``x``
         (``linfit.models.compiled.penultimate_features``) when already computed; computed here if ``None``.
@@ -125,7 +125,7 @@ def lgc_kernel(
             kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key)
         else:
             ntk_fn = _feature_ntk(body, body_filter, implementation)
-            kernel += np.asarray(ntk_tiled(ntk_fn, x, None, tree, memory_budget_bytes=memory_budget_bytes),
+            kernel += np.asarray(ntk_kernel(ntk_fn, x, None, tree, memory_budget_bytes=memory_budget_bytes),
                                  dtype=np.float64)
     if "head/kernel" in selected:
         kernel += phi @ phi.T + 1.0

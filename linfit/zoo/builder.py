@@ -20,7 +20,8 @@ from linfit import checkpoints
 from linfit.errors import UnknownNameError
 from linfit.finetune import evaluate
 from linfit.zoo import spec
-from linfit.zoo.data import DomainData, domain_data, union_data
+from linfit.data import Dataset, union
+from linfit.zoo.data import domain_data
 from linfit.zoo.multibn import candidate_variables, train_multibn
 from linfit.zoo.registry import MANIFEST, load
 from linfit.zoo.train import Trained, train_from_init, train_from_scratch
@@ -52,7 +53,7 @@ def _metadata(entry: spec.Entry, seed: int, class_names, accuracy: float, second
             "source_accuracy": accuracy, "train_seconds": seconds, **extra}
 
 
-def _per_domain_accuracy(trained: Trained, domains: list[DomainData]) -> dict[str, float]:
+def _per_domain_accuracy(trained: Trained, domains: list[Dataset]) -> dict[str, float]:
     """The generalist's top-1 accuracy (argmax over all union classes) on each source domain's test split."""
     out, offset = {}, 0
     for d in domains:
@@ -80,12 +81,12 @@ def build(out_dir, *, seed: int = 0, progress: bool = True, only: Iterable[str] 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     selected = _select(only)
-    cache: dict[str, DomainData] = {}
+    cache: dict[str, Dataset] = {}
 
-    def data(name: str) -> DomainData:
+    def data(name: str) -> Dataset:
         if name not in cache:
             if name == "union":
-                cache[name] = union_data([data(d) for d in spec.source_domains()])
+                cache[name] = union([data(d) for d in spec.source_domains()])
             else:
                 cache[name] = domain_data(name, per_domain=config.per_domain, batch_size=config.batch_size, seed=seed)
         return cache[name]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from linfit.finetune import FinetuneConfig, cross_entropy, learning_rate_schedule, sgd_direction
 from linfit.models import init
 from linfit.tree import leaf_paths, split_params
-from linfit.zoo.data import DomainData
+from linfit.data import Dataset
 from linfit.zoo.spec import Architecture, TrainConfig
 
 _MASKED = -1e9
@@ -61,7 +61,7 @@ def _domain_order(key, n: int, length: int) -> np.ndarray:
                            for r in range(rounds)])[:length]
 
 
-def train_multibn(arch: Architecture, domains: list[DomainData], cfg: TrainConfig, seed: int, *,
+def train_multibn(arch: Architecture, domains: list[Dataset], cfg: TrainConfig, seed: int, *,
                   progress: bool = False) -> tuple[object, dict, dict, dict]:
     """Train the multi-BN expert on ``domains`` round-robin.
 

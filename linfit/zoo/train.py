@@ -17,7 +17,7 @@ import jax
 
 from linfit.finetune import FinetuneConfig, finetune
 from linfit.models import init
-from linfit.zoo.data import DomainData
+from linfit.data import Dataset
 from linfit.zoo.spec import Architecture, TrainConfig
 
 
@@ -39,7 +39,7 @@ def finetune_config(cfg: TrainConfig, seed: int, *, new_head: bool) -> FinetuneC
     )
 
 
-def train_from_scratch(arch: Architecture, data: DomainData, cfg: TrainConfig, seed: int, *,
+def train_from_scratch(arch: Architecture, data: Dataset, cfg: TrainConfig, seed: int, *,
                        progress: bool = False) -> Trained:
     """Train ``arch`` with a ``data.num_classes``-way head from a random initialisation (key ``PRNGKey(seed)``)."""
     model = arch.create(data.num_classes)
@@ -47,13 +47,13 @@ def train_from_scratch(arch: Architecture, data: DomainData, cfg: TrainConfig, s
     return _fit(model, variables, data, finetune_config(cfg, seed, new_head=False), progress)
 
 
-def train_from_init(model, variables: dict, data: DomainData, cfg: TrainConfig, seed: int, *,
+def train_from_init(model, variables: dict, data: Dataset, cfg: TrainConfig, seed: int, *,
                     progress: bool = False) -> Trained:
     """Train every parameter of ``(model, variables)`` on ``data`` after replacing the head by a new one."""
     return _fit(model, variables, data, finetune_config(cfg, seed, new_head=True), progress)
 
 
-def _fit(model, variables, data: DomainData, config: FinetuneConfig, progress: bool) -> Trained:
+def _fit(model, variables, data: Dataset, config: FinetuneConfig, progress: bool) -> Trained:
     result = finetune(model, variables, data.x_train, data.y_train, config=config, x_test=data.x_test,
                       y_test=data.y_test, num_classes=data.num_classes, progress=progress)
     return Trained(model.clone(num_classes=data.num_classes), result.variables, float(result.test_accuracy[-1]))
