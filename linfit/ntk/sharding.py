@@ -261,7 +261,8 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
 
 def host_array(x: Any) -> np.ndarray:
     """``x`` as a host array of the dtype JAX would give it (float64 -> float32 unless x64 is enabled)."""
-    return np.asarray(x, dtype=jax.dtypes.canonicalize_dtype(np.result_type(x)))
+    x = np.asarray(x)
+    return x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
 
 
 def _global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
