@@ -3,7 +3,7 @@
     linfit select [--task T] [--scores S ...] [--models M ...] [--top K]   rank the zoo for a task (the main job)
                   [--zoo embedded|imagenet|FILE.toml] [--data PATH --regime R]   ... any zoo, your own images
     linfit scores                                                          the registered scores
-    linfit tasks                                                           the embedded tasks
+    linfit tasks                                                           the embedded and packaged tasks
     linfit zoo list | build                                                the embedded model zoo
     linfit bench --db FILE [--tasks T ...] [--shard i/n]                   scores + fine-tuning ground truth to SQLite
     linfit report --db FILE|GLOB ... --out DIR [--setting ID]              Markdown report and figures from the stores
@@ -124,7 +124,8 @@ def _scores(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from linfit.data import catalog, embedded, parse_task, tasks
+    from linfit.data import catalog, embedded, packaged, packaged_tasks, parse_task, tasks
+    from linfit.errors import DatasetError
 
     sizes = embedded.manifest()
     rows = []
@@ -133,6 +134,16 @@ def _tasks(args: argparse.Namespace) -> int:
         info = sizes[parsed.dataset]
         train = info["train"] if parsed.shots is None else parsed.shots * info["num_classes"]
         rows.append((spec, info["num_classes"], train, info["test"], catalog.DOMAINS[parsed.dataset].description))
+    for spec in packaged_tasks():
+        parsed = parse_task(spec)
+        info = catalog.PACKAGED[parsed.dataset]
+        train = info.train if parsed.shots is None else parsed.shots * info.num_classes
+        try:
+            packaged.check_installed(parsed.dataset)
+            note = ""
+        except DatasetError:
+            note = f" (not installed: {info.install})"
+        rows.append((spec, info.num_classes, train, info.test, info.description + note))
     _print_rows(("task", "classes", "train images", "test images", "what it is"), rows)
     return 0
 
