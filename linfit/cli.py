@@ -160,6 +160,13 @@ def _bench(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard)
     specs = _check_names(scores=args.scores, models=args.models, tasks=args.tasks)
+    from linfit.data import catalog
+
+    packaged = [str(s) for s in specs if s.dataset in catalog.PACKAGED]
+    if packaged:
+        raise ConfigError(f"linfit bench runs the embedded zoo on embedded tasks; {', '.join(packaged)} come from "
+                          f"installed packages: rank a zoo on them with `linfit select --zoo imagenet --task "
+                          f"{packaged[0]}`")
     regimes = {}  # one grid per regime: exactly the (dataset, regime) pairs named
     for spec in specs:
         regimes.setdefault(spec.regime, []).append(spec.dataset)
@@ -223,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     scores = commands.add_parser("scores", help="list the registered scores: what they measure, inputs, cost")
     scores.set_defaults(run=_scores)
 
-    tasks = commands.add_parser("tasks", help="list the embedded target tasks with their sizes")
+    tasks = commands.add_parser("tasks", help="list the target tasks (embedded, and from installed packages) with their sizes")
     tasks.set_defaults(run=_tasks)
 
     bench = commands.add_parser("bench", help="scores and fine-tuning ground truth on a grid, into SQLite")

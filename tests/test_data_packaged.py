@@ -104,6 +104,14 @@ def test_unknown_task_dataset_lists_the_packaged_ones():
         check_task("faces:20shot")
 
 
+def test_bench_refuses_packaged_tasks_before_work(tmp_path, capsys):
+    db = tmp_path / "bench.sqlite"
+    assert main(["bench", "--db", str(db), "--tasks", "lfw_faces:5shot", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "embedded tasks; lfw_faces:5shot come from installed packages" in err and "linfit select" in err
+    assert not db.exists()
+
+
 def test_tasks_command_lists_the_packaged_tasks(monkeypatch, capsys):
     _missing(monkeypatch, "elpv")
     assert main(["tasks"]) == 0
