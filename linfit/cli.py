@@ -157,11 +157,10 @@ def _print_rows(header: tuple, rows: list[tuple]) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from linfit.bench.grid import BenchConfig, run_bench
     from linfit.bench.store import ResultStore, parse_shard
+    from linfit.data import catalog
 
     shard = parse_shard(args.shard)
     specs = _check_names(scores=args.scores, models=args.models, tasks=args.tasks)
-    from linfit.data import catalog
-
     packaged = [str(s) for s in specs if s.dataset in catalog.PACKAGED]
     if packaged:
         raise ConfigError(f"linfit bench runs the embedded zoo on embedded tasks; {', '.join(packaged)} come from "
@@ -230,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     scores = commands.add_parser("scores", help="list the registered scores: what they measure, inputs, cost")
     scores.set_defaults(run=_scores)
 
-    tasks = commands.add_parser("tasks", help="list the target tasks (embedded, and from installed packages) with their sizes")
+    tasks = commands.add_parser("tasks", help="list the target tasks (embedded, from installed packages) and sizes")
     tasks.set_defaults(run=_tasks)
 
     bench = commands.add_parser("bench", help="scores and fine-tuning ground truth on a grid, into SQLite")
