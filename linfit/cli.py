@@ -3,7 +3,7 @@
     linfit select [--task T] [--scores S ...] [--models M ...] [--top K]   rank the zoo for a task (the main job)
                   [--zoo embedded|imagenet|FILE.toml] [--data PATH --regime R]   ... any zoo, your own images
     linfit scores                                                          the registered scores
-    linfit tasks                                                           the embedded tasks
+    linfit tasks                                                           the embedded and packaged tasks
     linfit zoo list | build                                                the embedded model zoo
     linfit bench --db FILE [--tasks T ...] [--shard i/n]                   scores + fine-tuning ground truth to SQLite
     linfit report --db FILE|GLOB ... --out DIR [--setting ID]              Markdown report and figures from the stores
@@ -128,7 +128,8 @@ def _scores(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from linfit.data import catalog, embedded, parse_task, tasks
+    from linfit.data import catalog, embedded, packaged, packaged_tasks, parse_task, tasks
+    from linfit.errors import DatasetError
 
     sizes = embedded.manifest()
     rows = []
@@ -137,6 +138,16 @@ def _tasks(args: argparse.Namespace) -> int:
         info = sizes[parsed.dataset]
         train = info["train"] if parsed.shots is None else parsed.shots * info["num_classes"]
         rows.append((spec, info["num_classes"], train, info["test"], catalog.DOMAINS[parsed.dataset].description))
+    for spec in packaged_tasks():
+        parsed = parse_task(spec)
+        info = catalog.PACKAGED[parsed.dataset]
+        train = info.train if parsed.shots is None else parsed.shots * info.num_classes
+        try:
+            packaged.check_installed(parsed.dataset)
+            note = ""
+        except DatasetError:
+            note = f" (not installed: {info.install})"
+        rows.append((spec, info.num_classes, train, info.test, info.description + note))
     _print_rows(("task", "classes", "train images", "test images", "what it is"), rows)
     return 0
 
@@ -150,9 +161,15 @@ def _print_rows(header: tuple, rows: list[tuple]) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from linfit.bench.grid import BenchConfig, run_bench
     from linfit.bench.store import ResultStore, parse_shard
+    from linfit.data import catalog
 
     shard = parse_shard(args.shard)
     specs = _check_names(scores=args.scores, models=args.models, tasks=args.tasks)
+    packaged = [str(s) for s in specs if s.dataset in catalog.PACKAGED]
+    if packaged:
+        raise ConfigError(f"linfit bench runs the embedded zoo on embedded tasks; {', '.join(packaged)} come from "
+                          f"installed packages: rank a zoo on them with `linfit select --zoo imagenet --task "
+                          f"{packaged[0]}`")
     regimes = {}  # one grid per regime: exactly the (dataset, regime) pairs named
     for spec in specs:
         regimes.setdefault(spec.regime, []).append(spec.dataset)
@@ -220,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     scores = commands.add_parser("scores", help="list the registered scores: what they measure, inputs, cost")
     scores.set_defaults(run=_scores)
 
-    tasks = commands.add_parser("tasks", help="list the embedded target tasks with their sizes")
+    tasks = commands.add_parser("tasks", help="list the target tasks (embedded, from installed packages) and sizes")
     tasks.set_defaults(run=_tasks)
 
     bench = commands.add_parser("bench", help="scores and fine-tuning ground truth on a grid, into SQLite")

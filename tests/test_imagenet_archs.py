@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -70,6 +71,12 @@ def photo(load_photo, size: int) -> np.ndarray:
     s = min(h, w)
     img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s, :3]
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def model_inputs(name: str, photos: list[np.ndarray]) -> np.ndarray:
+    """``name``'s declared normalisation and channel order applied to uint8 RGB ``photos`` at their own size."""
+    images = np.stack(photos).astype(np.float32) / 255
+    return dataclasses.replace(models.preprocessing(name), input_size=images.shape[1]).prepare(images)
 
 
 # --------------------------------------------------------------------------- independent numpy forward (NCHW)
@@ -234,8 +241,7 @@ def test_every_layer_matches_an_independent_numpy_forward(name):
     TF SAME padding of EfficientNet-Lite (a symmetric pad would fail).
     """
     size = 65 if name == "squeezenet1_1" else 64
-    pre = models.preprocessing(name)
-    x = pre.normalize(np.stack([photo(PHOTOS["chelsea"][0], size), photo(PHOTOS["coffee"][0], size)]))
+    x = model_inputs(name, [photo(PHOTOS["chelsea"][0], size), photo(PHOTOS["coffee"][0], size)])
     model, variables = loaded(name)
     got = flax_layers(model, variables, jnp.asarray(x))
     ref = REFERENCES[name](raw_weights(name), x.transpose(0, 3, 1, 2).astype(np.float64))
@@ -253,7 +259,7 @@ def test_every_layer_matches_an_independent_numpy_forward(name):
 @pytest.mark.parametrize("name", WITH_HEAD)
 def test_imagenet_top_classes_of_real_photos(name):
     pre = models.preprocessing(name)
-    x = pre.normalize(np.stack([photo(load_photo, pre.input_size) for load_photo, _, _ in PHOTOS.values()]))
+    x = model_inputs(name, [photo(load_photo, pre.input_size) for load_photo, _, _ in PHOTOS.values()])
     model, variables = loaded(name)
     logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))
     for (photo_name, (_, classes, k)), row in zip(PHOTOS.items(), logits):
@@ -262,10 +268,33 @@ def test_imagenet_top_classes_of_real_photos(name):
         assert set(top5[:k].tolist()) & classes, (photo_name, top5, classes)
 
 
+# Each package's own input formula, in 0..255 pixel units (the unit the packages state it in).
+PUBLISHED = {
+    "efficientnet_lite0": lambda rgb: (rgb - 127.0) / 128.0,
+    "efficientnet_lite1": lambda rgb: (rgb - 127.0) / 128.0,
+    "efficientnet_lite2": lambda rgb: (rgb - 127.0) / 128.0,
+    "mobilenet_v2": lambda rgb: (rgb / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+    "squeezenet1_1": lambda rgb: rgb[..., ::-1] - [103.939, 116.779, 123.68],
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_preprocessing_is_the_published_formula(name):
+    """The one ``Preprocessing`` type, declared in pixel / 255 units, reproduces each package's formula on uint8
+    pixels (float64 here). Bound: float32 pixel / 255 (relative 6e-8) divided by std down to 1/255 (Caffe) on
+    values up to 255: ~3e-5 absolute."""
+    from linfit.zoo.preprocessing import Preprocessing
+
+    pre = models.preprocessing(name)
+    assert type(pre) is Preprocessing and models.Preprocessing is Preprocessing
+    rgb = np.stack([photo(PHOTOS["chelsea"][0], pre.input_size), photo(PHOTOS["coffee"][0], pre.input_size)])
+    np.testing.assert_allclose(pre.prepare(rgb.astype(np.float32) / 255), PUBLISHED[name](rgb.astype(np.float64)),
+                               rtol=0, atol=1e-4)
+
+
 def test_mobilenet_v2_features_of_real_photos():
     """No classifier ships: the head is new (zeros) and the features match the numpy forward at 224 px."""
-    pre = models.preprocessing("mobilenet_v2")
-    x = pre.normalize(np.stack([photo(PHOTOS["chelsea"][0], 224)]))
+    x = model_inputs("mobilenet_v2", [photo(PHOTOS["chelsea"][0], 224)])
     model, variables = loaded("mobilenet_v2")
     assert not np.any(np.asarray(variables["params"]["head"]["kernel"]))
     phi = np.asarray(jax.jit(functools.partial(model.apply, method="features"))(variables, jnp.asarray(x)))
@@ -283,8 +312,7 @@ def _ntk_parity(name: str, subset: str) -> float:
     model, variables = models.replace_head(model, variables, 3, jax.random.PRNGKey(0), init="lecun_normal")
     apply_fn, params = models.logits_fn(model, variables)
     params_filter = models.param_subsets(model, params)[subset]
-    pre = models.preprocessing(name)
-    x = jnp.asarray(pre.normalize(np.stack([photo(PHOTOS["chelsea"][0], size), photo(PHOTOS["coffee"][0], size)])))
+    x = jnp.asarray(model_inputs(name, [photo(PHOTOS["chelsea"][0], size), photo(PHOTOS["coffee"][0], size)]))
     kernels = [np.asarray(empirical_ntk_fn(apply_fn, trace_axes=(), implementation=impl, params_filter=params_filter)(
         x, None, params)) for impl in ("jacobian", "structured")]
     error = float(np.abs(kernels[1] - kernels[0]).max() / np.abs(kernels[0]).max())

