@@ -30,6 +30,7 @@ machine CPU time is the steadier measure), and, for the scores, that of the scor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -48,8 +49,7 @@ SCORED_INPUT = {"last_conv": "ntk_last_conv", "all": "ntk"}
 # scikit-image photographs (offline, shipped with the package): one class each.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
           "immunohistochemistry", "retina", "camera", "brick")
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+
 
 
 def photo_task(per_class: int, size: int, seed: int = 0):
@@ -78,42 +78,11 @@ def photo_task(per_class: int, size: int, seed: int = 0):
 
 
 def load_backbone(name: str):
-    """``(model, variables)`` of ``name`` with its ImageNet weights (1000-way head; MobileNetV2's is zeros)."""
-    import jax
-    import jax.numpy as jnp
+    """``(model, variables)`` of ``name`` with its ImageNet weights, through the ``imagenet`` zoo
+    (``linfit.zoo.source.load_zoo``; MobileNetV2's 1000-way head is zeros)."""
+    from linfit.zoo.source import load_zoo
 
-    from linfit import checkpoints, models
-    from linfit.zoo import imagenet
-
-    model = models.create(name, 1000)
-    template = jax.eval_shape(lambda: models.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
-    arrays = imagenet.get(f"imagenet/{name}").read()
-    if name == "squeezenet1_1":
-        return model, checkpoints.load_keras_layers(arrays, model, template, source=name)
-    return model, checkpoints.load_torch_state_dict(arrays, model, template, head=name in WITH_HEAD, source=name)
-
-
-class _Meter:
-    """Wall, CPU and compile seconds of a block; compile from JAX's monitoring events."""
-
-    def __init__(self):
-        import jax
-
-        self.compile_s = 0.0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **_) -> None:
-        if event in COMPILE_EVENTS:
-            self.compile_s += duration
-
-    def __enter__(self):
-        self.compile_s, self.wall, self.cpu = 0.0, time.perf_counter(), time.process_time()
-        self.load_before = os.getloadavg()[0]
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-        self.load_after = os.getloadavg()[0]
+    return {entry.name: entry for entry in load_zoo("imagenet")}[f"imagenet/{name}"].load()
 
 
 def worker(args) -> dict:
@@ -122,16 +91,18 @@ def worker(args) -> dict:
     import numpy as np
 
     from linfit import models
+    from linfit.timing import Stopwatch
 
     name, phase, impl, subset = args.worker
     work = Path(args.workdir)
     pre = models.preprocessing(name)
     size = args.size or pre.input_size
     images, labels = photo_task(args.n // 10, size, args.seed)
-    x = pre.normalize(images)
+    x = dataclasses.replace(pre, input_size=size).prepare(images / 255.0)  # uint8 pixels -> [0, 1] -> model inputs
     model, variables = load_backbone(name)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    meter = _Meter()
+    meter = Stopwatch()
+    load_before = os.getloadavg()[0]
     extra: dict = {}
     stem = f"{name}_{args.n}_{size}"
     if phase in ("features", "source_probs"):
@@ -174,8 +145,8 @@ def worker(args) -> dict:
         raise SystemExit(f"unknown phase {phase!r}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables["params"]))
-    return {"wall_s": meter.wall, "cpu_s": meter.cpu, "compile_s": meter.compile_s, "peak_mib": peak / 1024,
-            "delta_mib": (peak - rss0) / 1024, "load": [meter.load_before, meter.load_after], "params": int(n_params),
+    return {"wall_s": meter.wall_seconds, "cpu_s": meter.cpu_seconds, "compile_s": meter.compile_seconds,
+            "peak_mib": peak / 1024, "delta_mib": (peak - rss0) / 1024, "load": [load_before, os.getloadavg()[0]], "params": int(n_params),
             "size": size, **extra}
 
 
