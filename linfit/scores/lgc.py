@@ -89,7 +89,7 @@ def lgc_kernel(
     head_samples: int | None = None,
     projection_dim: int | None = None,
     key: jax.Array | None = None,
-    implementation: str = "structured",
+    implementation: str = "auto",
     memory_budget_bytes: int = 2**30,
     batch_size: int = 256,
 ) -> np.ndarray:
@@ -103,7 +103,8 @@ def lgc_kernel(
       head_samples: ``None`` for the exact average over heads (D outputs), or k random head rows.
       projection_dim: project per-sample gradients to this many dimensions (paper: 10,000); needs ``key``.
       key: PRNG key for ``head_samples`` / ``projection_dim``.
-      implementation: NTK implementation (``"structured"`` never forms per-sample gradients).
+      implementation: NTK implementation; ``"auto"`` takes the cheapest exact one by
+        :mod:`linfit.ntk.cost` (see :func:`linfit.ntk.empirical_ntk_fn`).
       memory_budget_bytes: memory for one NTK tile (``linfit.ntk.ntk_tiled``).
 
     Returns:
