@@ -1,26 +1,30 @@
-"""Cost model behind ``implementation="auto"``: multiply-adds and peak memory of each exact NTK implementation.
+"""Cost model behind ``implementation="auto"``: the work and the peak memory of each exact NTK implementation.
 
-All counts are for one output leaf ``[N, d_1, ..., d_m]`` of ``f`` with ``O = d_1 ... d_m`` outputs per sample,
-``Q`` output pairs kept per sample pair (``O²`` untraced, ``O`` traced over the logit axis, see
-:func:`output_pairs`), ``P`` selected parameters and ``F`` the multiply-adds of one forward pass of one sample
-(XLA's cost analysis of ``f`` on one sample, :func:`forward_macs`). ``N_J`` is the number of samples whose
-derivatives are formed: ``N1`` when ``x2 is None`` (one set reused), else ``N1 + N2``.
+Work is counted in multiply-add equivalents: multiply-adds plus ``ELEMENT_MACS`` per array element written to
+or read from memory (kernel-sized intermediates with short contractions are bound by memory traffic). All
+counts are for one output leaf ``[N, d_1, ..., d_m]`` of ``f`` with ``O = d_1 ... d_m`` outputs per sample,
+``Q`` kernel entries per sample pair (``O²`` untraced, ``O`` traced or diagonal; :func:`output_pairs`), ``P``
+selected parameters in ``L`` leaves and ``F`` one sample's forward pass (:func:`forward_cost`: XLA's cost
+analysis of ``f``). ``N_J`` is the number of samples whose derivatives are formed: ``N1`` when ``x2 is None``
+(one set reused), else ``N1 + N2``.
 
 * ``"jacobian"`` (:mod:`linfit.ntk.jacobian`): per-sample Jacobians, one forward and ``O`` backward passes
-  (``≈ 2F`` each: input and weight gradients), then the contraction over ``P``:
-  ``N_J (1 + 2O) F + N1 N2 Q P`` multiply-adds, ``N_J O P`` numbers held.
-  With ``vmap_axes=None`` each of the ``N·O`` backward passes runs through the whole batch (``2 N F``).
+  (``≈ 2F`` each: input and weight gradients), the ``N_J·O·P`` Jacobian entries written, the contraction
+  ``N1·N2·Q·P`` and one kernel-sized term per leaf (``L·N1·N2·Q`` elements); it holds the Jacobians.
+  With ``vmap_axes=None`` each of the ``N·O`` backward passes runs through the whole batch (``2N·F``).
 * ``"products"`` (:mod:`linfit.ntk.products`): per x2 sample ``O`` vjps, each pushed forward through x1's
-  linearisation (``≈ 2F`` per x1 sample: the tangent of the weights and of the activations):
-  ``N2 (1 + 2O) F + 2 N1 N2 O F``; it holds the untraced kernel ``N1 N2 O²`` (traced at the end).
-* ``"structured"``: per layer, the route cost of :func:`linfit.ntk.structured_contract.route_costs`, plus a
-  Jacobian contraction over the leaves it does not factorise (:func:`linfit.ntk.structured.structured_cost`).
+  linearisation (``≈ 2F`` per x1 sample: the tangents of the weights and of the activations), so
+  ``≈ 2·N1·N2·O`` forward passes; it writes, transposes and reduces the untraced kernel (``3·N1·N2·O²``
+  elements) and holds it.
+* ``"structured"``: :func:`linfit.ntk.structured.structured_cost` (per layer, the route costs of
+  :func:`linfit.ntk.structured_contract.route_costs`, plus a Jacobian contraction over the leaves it does not
+  factorise).
 
-Multiply-adds are compared as they are: no per-implementation speed factor is fitted. The cheapest
-implementation whose peak fits :func:`memory_budget` wins (ties: the order of :data:`CANDIDATES`); when none
-fits, the one with the smallest peak. The model ignores constant factors (fusion, kernel efficiency, the
-sequential ``lax.map`` of ``products``), so two implementations within about 2× of each other can be ranked
-either way; ``benchmarks/ntk.py`` prints the pick and its time against the fastest.
+The cheapest implementation whose peak fits :func:`memory_budget` wins (ties: the order of
+:data:`CANDIDATES`); when none fits, the one with the smallest peak. The model ignores constant factors
+(fusion, how well XLA tiles each contraction, the sequential ``lax.map`` of ``products``), so implementations
+within about 2× of each other can be ranked either way; ``benchmarks/ntk.py`` prints the pick and its time
+against the fastest.
 """
 
 from __future__ import annotations
