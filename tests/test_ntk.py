@@ -16,7 +16,7 @@ from linfit.errors import (
     UnknownNameError,
     VmapAxesError,
 )
-from linfit.ntk import empirical, empirical_ntk_fn, ntk_vp_fn
+from linfit.ntk import empirical_ntk_fn, ntk_vp_fn
 from tests._ntk_models import (
     assert_kernel_close,
     bn_train_fn,
@@ -146,23 +146,10 @@ def test_vmap_axes_error_with_batchnorm_train_mode():
     assert_kernel_close(got, brute_full_ntk(f, params, x, x))
 
 
-def test_auto_rule(monkeypatch):
-    f, params, x1, x2, jacs = setup("mlp")
-    ntk_fn = empirical_ntk_fn(f, implementation="auto")
-    assert ntk_fn.resolve_auto(x1, x2, params) == "jacobian"
-    # P = 4*6+6 + 6*3+3 = 51 parameters, O = 3, N = 5+3: float32 Jacobians take 4 * 8 * 3 * 51 bytes
-    monkeypatch.setattr(empirical, "AUTO_JACOBIAN_BYTES", 4 * 8 * 3 * 51)
-    assert ntk_fn.resolve_auto(x1, x2, params) == "jacobian"
-    monkeypatch.setattr(empirical, "AUTO_JACOBIAN_BYTES", 4 * 8 * 3 * 51 - 1)
-    assert ntk_fn.resolve_auto(x1, x2, params) == "products"
-    full = full_ntk(*jacs)
-    assert_kernel_close(ntk_fn(x1, x2, params), np.trace(full, axis1=2, axis2=3) / 3)
-
-
 def test_structured_dispatch_is_lazy(monkeypatch):
     calls = {}
 
-    def structured_ntk_fn(f, **kwargs):
+    def unchecked_structured_ntk_fn(f, **kwargs):
         calls.update(kwargs)
         return lambda x1, x2, params: jnp.full(
             (x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]), 7.0
@@ -171,7 +158,7 @@ def test_structured_dispatch_is_lazy(monkeypatch):
     monkeypatch.setitem(
         sys.modules,
         "linfit.ntk.structured",
-        types.SimpleNamespace(structured_ntk_fn=structured_ntk_fn),
+        types.SimpleNamespace(unchecked_structured_ntk_fn=unchecked_structured_ntk_fn),
     )
     f, params, x1, x2, _ = setup("mlp")
     ntk_fn = empirical_ntk_fn(

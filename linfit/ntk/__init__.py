@@ -1,7 +1,9 @@
 """The empirical-NTK engine.
 
 * :func:`empirical_ntk_fn` -- ``ntk_fn(x1, x2, params)`` with neural-tangents' semantics and three
-  implementations (Jacobian contraction, NTK-vector products, structured derivatives) plus ``"auto"``;
+  implementations (Jacobian contraction, NTK-vector products, structured derivatives) and ``"auto"``, the
+  default, which picks the cheapest exact one by the cost model of :mod:`linfit.ntk.cost`; pytree inputs
+  and outputs (one kernel per output leaf);
 * :func:`per_layer_ntk_fn` -- the per-layer kernels Θ_l with Θ = Σ_l Θ_l (paper, Appendix A);
 * :func:`ntk_vp_fn` / :func:`traced_ntk_vp_fn` -- matrix-free kernel-vector products for large N;
 * :func:`kernel` -- the kernel for any N: planned from a memory budget (whole, tiles or Jacobian panels),

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linfit.errors import LinfitError, NonFiniteError, TreeMismatchError, VmapAxesError
+from linfit.errors import LinfitError, NonFiniteError, ShapeError, TreeMismatchError, VmapAxesError
 from linfit.ntk._usage import unread_leaves
 from linfit.tree import ParamsFilter, leaf_paths, path_str, split_params
 
@@ -40,6 +40,33 @@ def signature(x: Any, params: Any) -> tuple:
         x_def,
         tuple((jnp.shape(a)[1:], jnp.result_type(a)) for a in x_leaves),
     )
+
+
+def batch_size(x: Any, name: str) -> int:
+    """The shared leading batch size of the array (or tree of arrays) ``x``.
+
+    Raises:
+      ShapeError: a leaf has no batch axis, or the leaves' leading sizes differ or are 0.
+    """
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
+        raise ShapeError(
+            f"{name} must be an array (or tree of arrays) with a leading batch axis [N, ...]; got {x!r:.80}"
+        )
+    sizes = {jnp.shape(a)[0] for a in leaves}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ShapeError(
+            f"{name}'s leaves must share one non-zero leading batch size; got {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def check_pair(x1: Any, x2: Any) -> None:
+    """Raise ``ShapeError`` unless ``x1`` and ``x2`` have the same tree structure and per-sample shapes."""
+    s1 = jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x1)
+    s2 = jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x2)
+    if jax.tree_util.tree_structure(x1) != jax.tree_util.tree_structure(x2) or s1 != s2:
+        raise ShapeError(f"x1 and x2 feature shapes differ: {s1} vs {s2}")
 
 
 @jax.jit
@@ -169,8 +196,13 @@ def check_independent(f: Callable, params: Any, x1: Any, x2: Any | None) -> bool
     batched = lin(params, xs, tp, tx)
     take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i : i + 1], tree)
     parts = [lin(params, take(xs, i), tp, take(tx, i)) for i in range(count)]
-    single = [jnp.concatenate([part[k] for part in parts]) for k in range(2)]
-    if not (_close(batched[0], single[0]) and _close(batched[1], single[1])):
+    single = [jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *[part[k] for part in parts]) for k in range(2)]
+    pairs = [
+        pair
+        for k in range(2)
+        for pair in zip(jax.tree_util.tree_leaves(batched[k]), jax.tree_util.tree_leaves(single[k]), strict=True)
+    ]
+    if not all(_close(b, s) for b, s in pairs):
         raise VmapAxesError(
             "vmap_axes=0 declares samples independent, but f on a batch differs from f on each sample "
             "alone (in value or in its derivative with respect to the other samples), e.g. BatchNorm in "

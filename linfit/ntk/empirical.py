@@ -27,17 +27,24 @@ import jax
 import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
-from linfit.ntk._checks import check_finite, check_independent, check_tree, signature
+from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
 from linfit.ntk._contract import normalize_axes, transpose_kernel
+from linfit.ntk.cost import (
+    Cost,
+    cheapest,
+    forward_cost,
+    jacobian_cost,
+    memory_budget,
+    output_pairs,
+    products_cost,
+)
 from linfit.ntk.jacobian import jacobian_ntk
 from linfit.ntk.products import products_ntk
 from linfit.tree import ParamsFilter, as_predicate, split_params
 
-ApplyFn = Callable[[Any, jax.Array], jax.Array]
+ApplyFn = Callable[[Any, Any], Any]
 
 IMPLEMENTATIONS = ("jacobian", "products", "structured", "auto")
-# "auto" uses Jacobian contraction while the two Jacobians fit in this many bytes, else products.
-AUTO_JACOBIAN_BYTES = 2**30
 _BUILDERS = {"jacobian": jacobian_ntk, "products": products_ntk}
 
 
@@ -47,15 +54,16 @@ def empirical_ntk_fn(
     trace_axes: Sequence[int] = (-1,),
     diagonal_axes: Sequence[int] = (),
     vmap_axes: int | None = 0,
-    implementation: str = "jacobian",
+    implementation: str = "auto",
     params_filter: ParamsFilter = None,
 ) -> NtkFn:
     """Return ``ntk_fn(x1, x2, params)`` computing the empirical NTK of ``f``.
 
     Args:
-      f: pure ``apply_fn(params, x [N, ...]) -> [N, *out]`` returning one array (logits ``[N, O]``);
-        BatchNorm statistics and other state closed over.
-      trace_axes: output axes (of ``f(x)``, not the batch axis 0) contracted and AVERAGED over
+      f: pure ``apply_fn(params, x) -> out``; ``x`` an array ``[N, ...]`` or a pytree of arrays sharing the
+        leading batch axis ``N``; ``out`` an array ``[N, *out]`` (logits ``[N, O]``) or a pytree of such
+        arrays (several heads). BatchNorm statistics and other state closed over.
+      trace_axes: output axes (of each output leaf, not the batch axis 0) contracted and AVERAGED over
         (divided by their size). ``(-1,)`` gives ``[N1, N2]``; ``()`` gives ``[N1, N2, O, O]``.
       diagonal_axes: output axes on which only the diagonal is kept: ``(-1,)`` with
         ``trace_axes=()`` gives ``[N1, N2, O]``.
@@ -64,13 +72,21 @@ def empirical_ntk_fn(
         (BatchNorm in train mode) raises ``VmapAxesError`` on the first call.
       implementation: ``"jacobian"`` (Jacobian contraction), ``"products"`` (NTK-vector products, no
         per-sample Jacobians), ``"structured"`` (:func:`linfit.ntk.structured.structured_ntk_fn`), or
-        ``"auto"``: ``"jacobian"`` when ``itemsize * (N1 + N2) * O * P <= AUTO_JACOBIAN_BYTES`` (1 GiB;
-        ``O`` outputs per sample, ``P`` selected parameters), else ``"products"``.
+        ``"auto"`` (default): per output leaf and per input shapes, the exact implementation with the
+        fewest multiply-adds whose peak memory fits the budget, by the cost model of
+        :mod:`linfit.ntk.cost` (``"structured"`` only where it applies: ``vmap_axes=0``, output
+        ``[N, O]``). All three are exact, so the choice changes speed and memory only. Override it when
+        you measured another implementation faster on your model (the model ignores constant factors,
+        so implementations within about 2× of each other can be ranked either way), when memory is tight
+        (``"products"`` holds no per-sample derivatives), or to keep one compiled program across sizes
+        (``"auto"`` may switch implementation, and recompile, when ``N`` changes).
       params_filter: the kernel is w.r.t. the selected leaves only, the others held fixed
         (see :mod:`linfit.tree`).
 
     Returns:
-      An :class:`NtkFn`; call it as ``ntk_fn(x1 [N1, ...], x2 [N2, ...] | None, params)``.
+      An :class:`NtkFn`; call it as ``ntk_fn(x1 [N1, ...], x2 [N2, ...] | None, params)``. When ``f``
+      returns a pytree, the result is the same pytree with one kernel per output leaf (the kernel of that
+      leaf alone; no cross-terms between leaves, as neural-tangents' ``empirical_ntk_fn``).
     """
     if implementation not in IMPLEMENTATIONS:
         raise UnknownNameError(
@@ -94,13 +110,14 @@ def empirical_ntk_fn(
 class NtkFn:
     """The callable returned by :func:`empirical_ntk_fn`.
 
-    ``ntk_fn(x1, x2, params)`` validates its inputs, then runs a jitted kernel. On every call with concrete
-    inputs, NaN/inf in ``x1``, ``x2`` or ``params`` raise ``NonFiniteError`` naming the argument. Once per
-    input/parameter signature: params that ``f`` fails on, or selected leaves that ``f`` never reads, raise
-    ``TreeMismatchError``; ``vmap_axes=0`` on interacting samples raises ``VmapAxesError`` (``f``'s values and
-    random directional derivatives on a few distinct samples, batched vs one at a time; see
-    :func:`linfit.ntk._checks.check_independent`). :meth:`transpose`, :meth:`outputs_per_sample` and :meth:`num_params` serve
-    :func:`linfit.ntk.kernel`.
+    ``ntk_fn(x1, x2, params)`` validates its inputs, then runs a jitted kernel per output leaf. On every call
+    with concrete inputs, NaN/inf in ``x1``, ``x2`` or ``params`` raise ``NonFiniteError`` naming the
+    argument. Once per input/parameter signature: params that ``f`` fails on, or selected leaves that ``f``
+    never reads, raise ``TreeMismatchError``; ``vmap_axes=0`` on interacting samples raises ``VmapAxesError``
+    (``f``'s values and random directional derivatives on a few distinct samples, batched vs one at a time;
+    see :func:`linfit.ntk._checks.check_independent`). :meth:`transpose`, :meth:`outputs_per_sample` and
+    :meth:`num_params` serve :func:`linfit.ntk.kernel`; :meth:`resolve_auto` and :meth:`costs`
+    tell what ``"auto"`` picks and why.
     """
 
     def __init__(
@@ -112,32 +129,34 @@ class NtkFn:
         self.vmap_axes = vmap_axes
         self.implementation = implementation
         self.params_filter = params_filter
-        self._kernels: dict[str, Callable] = {}
-        self._checked: set = set()
+        self._kernels: dict[tuple, Callable] = {}
+        self._checked: dict[tuple, Any] = {}  # signature -> f's output structure, after check_tree
+        self._independent: set = set()  # signatures the independence probe passed
+        self._picks: dict[tuple, str] = {}
 
-    def __call__(self, x1: Any, x2: Any | None, params: Any) -> jax.Array:
-        x1 = jnp.asarray(x1)
-        x2 = None if x2 is None else jnp.asarray(x2)
-        if x1.ndim < 1 or (x2 is not None and x2.ndim < 1):
-            raise ShapeError("x1 and x2 must have a leading batch axis [N, ...]")
-        if x2 is not None and x1.shape[1:] != x2.shape[1:]:
-            raise ShapeError(
-                f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}"
-            )
+    def __call__(self, x1: Any, x2: Any | None, params: Any) -> Any:
+        x1, x2, out = self._prepare(x1, x2, params)
         check_finite(x1=x1, x2=x2, params=params)
         self._check(x1, x2, params)
-        implementation = self.implementation
-        if implementation == "auto":
-            implementation = self.resolve_auto(x1, x2, params)
-        return self._kernel(implementation)(x1, x2, params)
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        kernels = []
+        for k in range(len(leaves)):
+            implementation = self.implementation
+            if implementation == "auto":
+                implementation = self._pick(k, out, x1, x2, params)
+            kernels.append(self._kernel(implementation, k, out)(x1, x2, params))
+        return jax.tree_util.tree_unflatten(treedef, kernels)
 
     def transpose(self, kernel: Any) -> Any:
-        """``Theta(x2, x1)`` from a kernel ``Theta(x1, x2)`` computed by this function."""
-        return transpose_kernel(kernel, self.trace_axes, self.diagonal_axes)
+        """``Theta(x2, x1)`` from a kernel ``Theta(x1, x2)`` (or a pytree of them) computed by this function."""
+        return jax.tree_util.tree_map(
+            lambda k: transpose_kernel(k, self.trace_axes, self.diagonal_axes), kernel
+        )
 
     def outputs_per_sample(self, x: Any, params: Any) -> int:
-        """``O``: the number of outputs ``f`` produces per sample."""
-        return math.prod(jax.eval_shape(self.f, params, x[:1]).shape[1:])
+        """``O``: the number of outputs ``f`` produces per sample (summed over output leaves)."""
+        out = jax.eval_shape(self.f, params, jax.tree_util.tree_map(lambda a: a[:1], x))
+        return sum(math.prod(leaf.shape[1:]) for leaf in jax.tree_util.tree_leaves(out))
 
     def num_params(self, params: Any) -> int:
         """``P``: the number of selected parameters."""
@@ -146,38 +165,112 @@ class NtkFn:
             math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(selected)
         )
 
-    def resolve_auto(self, x1: Any, x2: Any | None, params: Any) -> str:
-        """The implementation "auto" picks for these inputs (rule in :func:`empirical_ntk_fn`)."""
-        n = x1.shape[0] + (0 if x2 is None else x2.shape[0])
-        jac_bytes = (
-            x1.dtype.itemsize
-            * n
-            * self.outputs_per_sample(x1, params)
-            * self.num_params(params)
+    def costs(self, x1: Any, x2: Any | None, params: Any) -> Any:
+        """``{implementation: linfit.ntk.cost.Cost}`` of every candidate for these inputs (a pytree of such
+        dicts, one per output leaf, when ``f`` returns a pytree); :mod:`linfit.ntk.cost` has the model."""
+        x1, x2, out = self._prepare(x1, x2, params)
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        per_leaf = [self._leaf_costs(k, out, x1, x2, params) for k in range(len(leaves))]
+        return per_leaf[0] if treedef == jax.tree_util.tree_structure(0) else jax.tree_util.tree_unflatten(
+            treedef, per_leaf
         )
-        return "jacobian" if jac_bytes <= AUTO_JACOBIAN_BYTES else "products"
 
-    def _kernel(self, implementation: str) -> Callable:
-        if implementation not in self._kernels:
+    def resolve_auto(self, x1: Any, x2: Any | None, params: Any) -> Any:
+        """The implementation ``"auto"`` picks for these inputs (a pytree of names for a pytree output):
+        :func:`linfit.ntk.cost.cheapest` of :meth:`costs`."""
+        x1, x2, out = self._prepare(x1, x2, params)
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        picks = [self._pick(k, out, x1, x2, params) for k in range(len(leaves))]
+        return jax.tree_util.tree_unflatten(treedef, picks)
+
+    def _prepare(self, x1, x2, params):
+        """Inputs as arrays, checked for a shared batch axis and matching feature shapes; ``f``'s output
+        structure (``ShapeDtypeStruct`` leaves) for one sample."""
+        x1 = jax.tree_util.tree_map(jnp.asarray, x1)
+        x2 = None if x2 is None else jax.tree_util.tree_map(jnp.asarray, x2)
+        batch_size(x1, "x1")
+        if x2 is not None:
+            batch_size(x2, "x2")
+            check_pair(x1, x2)
+        key = signature(x1, params)
+        if key not in self._checked:
+            out = check_tree(self.f, params, x1, self.params_filter)
+            for leaf in jax.tree_util.tree_leaves(out):
+                if not isinstance(leaf, jax.ShapeDtypeStruct) or leaf.ndim < 1:
+                    raise ShapeError(
+                        f"f must return an array [N, ...] or a pytree of them; got an output leaf {leaf}"
+                    )
+                normalize_axes(self.trace_axes, self.diagonal_axes, leaf.ndim)
+            self._checked[key] = out
+            return x1, x2, out
+        return x1, x2, self._checked[key]
+
+    def _check(self, x1, x2, params) -> None:
+        """The sample-independence probe, once per signature (again while it cannot run: tracers)."""
+        key = signature(x1, params)
+        if self.vmap_axes != 0 or key in self._independent:
+            return
+        if check_independent(self.f, params, x1, x2):
+            self._independent.add(key)
+
+    def _leaf_fn(self, k: int, out: Any) -> ApplyFn:
+        """``f`` restricted to its ``k``-th output leaf (``f`` itself for an array output)."""
+        if jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(0):
+            return self.f
+        return lambda p, x: jax.tree_util.tree_leaves(self.f(p, x))[k]
+
+    def _leaf_costs(self, k, out, x1, x2, params) -> dict[str, Cost]:
+        leaf = jax.tree_util.tree_leaves(out)[k]
+        f_k = self._leaf_fn(k, out)
+        n1 = batch_size(x1, "x1")
+        n2 = n1 if x2 is None else batch_size(x2, "x2")
+        trace, diag = normalize_axes(self.trace_axes, self.diagonal_axes, leaf.ndim)
+        o, q = math.prod(leaf.shape[1:]), output_pairs(leaf.shape, trace, diag)
+        p, fwd, itemsize = self.num_params(params), forward_cost(f_k, params, x1), leaf.dtype.itemsize
+        leaves = len(jax.tree_util.tree_leaves(split_params(params, self.params_filter)[0]))
+        batched = self.vmap_axes is None
+        costs = {
+            "jacobian": jacobian_cost(n1, n2, x2 is None, o, q, p, leaves, fwd, itemsize, batched),
+            "products": products_cost(n1, n2, o, p, fwd, itemsize, batched),
+        }
+        if not batched and leaf.ndim == 2:  # structured factorises [N, O] outputs of independent samples
+            from linfit.ntk.structured import structured_cost
+
+            costs["structured"] = structured_cost(
+                f_k, params, x1, None if x2 is None else n2, self.trace_axes, self.diagonal_axes,
+                self.params_filter, fwd,
+            )
+        return costs
+
+    def _pick(self, k, out, x1, x2, params) -> str:
+        key = (k, signature(x1, params), batch_size(x1, "x1"), None if x2 is None else batch_size(x2, "x2"))
+        if key not in self._picks:
+            self._picks[key] = cheapest(self._leaf_costs(k, out, x1, x2, params), memory_budget())
+        return self._picks[key]
+
+    def _kernel(self, implementation: str, k: int, out: Any) -> Callable:
+        key = (implementation, k)
+        if key not in self._kernels:
+            f_k = self._leaf_fn(k, out)
             if implementation == "structured":
-                from linfit.ntk.structured import structured_ntk_fn
+                from linfit.ntk.structured import unchecked_structured_ntk_fn
 
-                kernel = structured_ntk_fn(
-                    self.f,
+                kernel = unchecked_structured_ntk_fn(
+                    f_k,
                     trace_axes=self.trace_axes,
                     diagonal_axes=self.diagonal_axes,
                     vmap_axes=self.vmap_axes,
                     params_filter=self.params_filter,
                 )
             else:
-                kernel = jax.jit(self._traced_kernel(_BUILDERS[implementation]))
-            self._kernels[implementation] = kernel
-        return self._kernels[implementation]
+                kernel = jax.jit(self._traced_kernel(_BUILDERS[implementation], f_k))
+            self._kernels[key] = kernel
+        return self._kernels[key]
 
-    def _traced_kernel(self, build: Callable) -> Callable:
+    def _traced_kernel(self, build: Callable, f: ApplyFn) -> Callable:
         def kernel(x1, x2, params):
             selected, merge = split_params(params, self.params_filter)
-            f_sel = lambda p, x: self.f(merge(p), x)
+            f_sel = lambda p, x: f(merge(p), x)
             out_ndim = jax.eval_shape(f_sel, selected, x1).ndim
             trace, diag = normalize_axes(self.trace_axes, self.diagonal_axes, out_ndim)
             return build(
@@ -191,15 +284,3 @@ class NtkFn:
             )
 
         return kernel
-
-    def _check(self, x1, x2, params) -> None:
-        key = signature(x1, params)
-        if key in self._checked:
-            return
-        out = check_tree(self.f, params, x1, self.params_filter)
-        if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1:
-            raise ShapeError(f"f must return one array [N, ...]; got {out}")
-        normalize_axes(self.trace_axes, self.diagonal_axes, out.ndim)
-        if self.vmap_axes == 0 and not check_independent(self.f, params, x1, x2):
-            return  # tracers, or too few distinct samples: check again on the next call
-        self._checked.add(key)

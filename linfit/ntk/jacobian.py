@@ -21,12 +21,12 @@ from linfit.ntk._contract import Axes, contract_jacobians
 def jacobians(
     f: Callable[[Any, jax.Array], jax.Array],
     params: Any,
-    x: jax.Array,
+    x: Any,
     vmap_axes: int | None,
 ) -> Any:
     """Pytree (shaped like ``params``) of Jacobians ``[N, *out, *leaf_shape]`` of ``f(params, x)``."""
     if vmap_axes == 0:
-        per_sample = jax.jacrev(lambda p, xi: f(p, xi[None])[0])
+        per_sample = jax.jacrev(lambda p, xi: f(p, jax.tree_util.tree_map(lambda a: a[None], xi))[0])
         return jax.vmap(per_sample, in_axes=(None, 0))(params, x)
     return jax.jacrev(f)(params, x)
 
@@ -44,7 +44,8 @@ def jacobian_ntk(
     """Kernel ``Theta(x1, x2)`` in the layout of :mod:`linfit.ntk._contract` (``x2=None``: ``x2 = x1``).
 
     Args:
-      f: ``f(params, x [N, ...]) -> [N, *out]`` (already restricted to the selected parameters).
+      f: ``f(params, x [N, ...]) -> [N, *out]`` (already restricted to the selected parameters); ``x`` an
+        array or a pytree of arrays with a shared batch axis.
       trace, diag: output axes normalised by :func:`linfit.ntk._contract.normalize_axes`.
     """
     out_shape = jax.eval_shape(f, params, x1).shape

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from linfit.errors import ShapeError
+from linfit.ntk._checks import batch_size
 from linfit.ntk._contract import Axes, reduce_full_kernel
 from linfit.tree import ParamsFilter, split_params
 
@@ -40,14 +41,14 @@ def products_ntk(
 
     Args:
       f: ``f(params, x [N, ...]) -> [N, *out]`` (already restricted to the selected parameters).
-      x2: ``None`` means ``x1``.
+      x1, x2: arrays ``[N, ...]`` or pytrees of them with a shared batch axis; ``x2=None`` means ``x1``.
       trace, diag: normalised output axes; the untraced kernel is built, then traced/diagonalised.
       vmap_axes: ``0`` pulls back one x2 sample at a time; ``None`` pulls back through the whole x2
         batch (samples may interact), one basis vector of ``[N2, *out]`` at a time.
     """
     x2 = x1 if x2 is None else x2
     out = jax.eval_shape(f, params, x2)
-    n1, n2, out_shape = x1.shape[0], x2.shape[0], out.shape[1:]
+    n1, n2, out_shape = batch_size(x1, "x1"), out.shape[0], out.shape[1:]
     o = math.prod(out_shape)
     _, push1 = jax.linearize(lambda p: f(p, x1), params)  # tangent [P] -> [N1, *out]
 
@@ -55,7 +56,7 @@ def products_ntk(
         basis = jnp.eye(o, dtype=out.dtype).reshape(o, *out_shape)
 
         def sample_columns(x2j: jax.Array) -> jax.Array:  # [O, N1, *out]
-            _, pull = jax.vjp(lambda p: f(p, x2j[None])[0], params)
+            _, pull = jax.vjp(lambda p: f(p, jax.tree_util.tree_map(lambda a: a[None], x2j))[0], params)
             return jax.vmap(lambda e: push1(pull(e)[0]))(basis)
 
         raw = jax.lax.map(sample_columns, x2)  # [N2, O, N1, *out]

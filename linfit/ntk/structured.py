@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,8 +49,11 @@ import jax
 import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
-from linfit.ntk._checks import check_finite, check_independent, check_tree, signature
+from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
+from linfit.ntk.cost import ELEMENT_MACS, Cost, Forward
 from linfit.ntk.structured_contract import (
+    SYMMETRIC_MAX_BLOCKS,
+    SYMMETRIC_MIN_BLOCK,
     Mode,
     Route,
     choose_route,
@@ -57,6 +61,8 @@ from linfit.ntk.structured_contract import (
     contract_gradients_symmetric,
     contract_gram,
     layer_gradient,
+    output_pairs,
+    route_costs,
 )
 from linfit.ntk.structured_layers import (
     Layer,
@@ -105,29 +111,6 @@ def _mode(trace_axes: int | Sequence[int], diagonal_axes: int | Sequence[int]) -
             "the logit axis cannot be both traced and diagonal; pass it in one of trace_axes, diagonal_axes"
         )
     return "trace" if traced else "diag" if diagonal else "full"
-
-
-def _batch_size(x: Any, name: str) -> int:
-    leaves = jax.tree_util.tree_leaves(x)
-    if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
-        raise ShapeError(
-            f"{name} must be an array (or tree of arrays) with a leading batch axis; got {x!r:.80}"
-        )
-    sizes = {jnp.shape(a)[0] for a in leaves}
-    if len(sizes) != 1 or 0 in sizes:
-        raise ShapeError(
-            f"{name}'s leaves must share one non-zero leading batch size; got {sorted(sizes)}"
-        )
-    return sizes.pop()
-
-
-def _check_pair(x1: Any, x2: Any) -> None:
-    s1 = jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x1)
-    s2 = jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x2)
-    if jax.tree_util.tree_structure(x1) != jax.tree_util.tree_structure(x2) or s1 != s2:
-        raise ShapeError(
-            f"x1 and x2 must have the same per-sample shapes; got {s1} and {s2}"
-        )
 
 
 def _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route) -> _Plan:
@@ -183,6 +166,58 @@ def _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route) -> 
     )
 
 
+def structured_cost(
+    f: ApplyFn,
+    params: Any,
+    x1: Any,
+    n2: int | None,
+    trace_axes: Sequence[int],
+    diagonal_axes: Sequence[int],
+    params_filter: ParamsFilter,
+    fwd: Forward,
+) -> Cost:
+    """Cost (multiply-add equivalents) and peak bytes of :func:`structured_ntk_fn` (``vmap_axes=0``, route
+    ``"auto"``) on ``x1 [N1, ...]`` and ``n2`` samples (``None``: ``x2 = None``), for :mod:`linfit.ntk.cost`.
+
+    Each gram-route layer costs its :func:`~linfit.ntk.structured_contract.route_costs`; each gradient-route
+    kernel its layer gradients ``N_J·O·S·K·C`` and their ``N_J·O·K·C`` elements. All gradient-type blocks
+    (those kernels, factorised biases, the leaves that fall back to Jacobian contraction) are contracted at
+    once: ``N1·N2·Q·P_grad``, times the share of blocks :func:`contract_gradients_symmetric` computes when
+    ``x2 = None``. Every kernel term writes ``N1·N2·Q`` elements. Derivatives: one forward and ``O`` backward
+    passes to the layer outputs (``≈ F`` each) per sample, ``2F`` per backward pass when leaves fall back.
+    Peak: the gradient-type blocks ``N_J·O·P_grad``, the layer inputs and cotangents ``N_J·Σ (S·K + O·S·C)``,
+    the largest gram block. ``fwd``: one sample's forward pass (:func:`linfit.ntk.cost.forward_cost`).
+    """
+    n1 = batch_size(x1, "x1")
+    symmetric = n2 is None
+    n2 = n1 if symmetric else n2
+    n_j = n1 if symmetric else n1 + n2
+    mode = _mode(trace_axes, diagonal_axes)
+    plan = _make_plan(f, params, x1, n1, n2, mode, params_filter, 0, "auto")
+    o, q = plan.o, output_pairs(mode, plan.o)
+    blocks = min(SYMMETRIC_MAX_BLOCKS, n1 // SYMMETRIC_MIN_BLOCK) if symmetric else 1
+    share = (blocks + 1) / (2 * blocks) if blocks > 1 else 1.0
+    selected, _ = split_params(params, params_filter)
+    sizes = {path_str(p): math.prod(jnp.shape(a)) for p, a in jax.tree_util.tree_flatten_with_path(selected)[0]}
+    grad_params = sum(sizes[path] for path in plan.fallback)
+    cost, gram_peak, factors, terms = 0.0, 0.0, 0.0, 1
+    for key, layer in plan.layers.items():
+        s, k, c = layer.positions, layer.features_in, layer.features_out
+        factors += o * s * c + s * k
+        if key in plan.bias_keys:
+            grad_params += c
+        if plan.kernel_route.get(key) == "gradient":
+            cost += n_j * o * k * c * (s + ELEMENT_MACS)
+            grad_params += k * c
+        elif key in plan.kernel_route:
+            gram_cost, gram_mem = route_costs(n1, n2, o, s, k, c, mode)["gram"]
+            cost, gram_peak, terms = cost + gram_cost, max(gram_peak, gram_mem), terms + 1
+    cost += share * n1 * n2 * q * grad_params + ELEMENT_MACS * terms * n1 * n2 * q
+    cost += fwd.passes(n_j * (1 + (2 if plan.fallback else 1) * o))
+    itemsize = jnp.result_type(*jax.tree_util.tree_leaves(selected)).itemsize
+    return Cost(cost, itemsize * (n_j * (o * grad_params + factors) + gram_peak + n1 * n2 * q))
+
+
 def _split_fallback(params: Any, plan: _Plan) -> tuple[dict, Callable[[Any], Any]]:
     if not plan.fallback:
         return {}, lambda _: params
@@ -204,7 +239,7 @@ def _features(f: ApplyFn, params: Any, x: Any, plan: _Plan, vmap_axes: int | Non
     bias cotangents, fallback Jacobian leaves); ``grams[key]``: ``(P [N, S, K], G [N, O, S, C])`` pairs of
     kernels on the gram route.
     """
-    n = _batch_size(x, "x")
+    n = batch_size(x, "x")
     fb_tree, merge = _split_fallback(params, plan)
     if vmap_axes is None:
         jac = jax.jacrev(lambda fb: f(merge(fb), x))(fb_tree)
@@ -279,10 +314,10 @@ def _build(
         raise UnknownNameError(f"route must be one of {_ROUTES}; got {route!r}")
 
     def kernels(x1, x2, params):
-        n1 = _batch_size(x1, "x1")
+        n1 = batch_size(x1, "x1")
         if x2 is not None:
-            _check_pair(x1, x2)
-        n2 = n1 if x2 is None else _batch_size(x2, "x2")
+            check_pair(x1, x2)
+        n2 = n1 if x2 is None else batch_size(x2, "x2")
         plan = _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route)
         if x2 is None:
             grads1, grams1 = grads2, grams2 = _features(f, params, x1, plan, vmap_axes)
@@ -303,7 +338,7 @@ def _build(
             }
         return _kernel(grads1, grams1, grads2, grams2, plan.keys, plan, x2 is None)
 
-    return _checked(jax.jit(kernels), f, vmap_axes, params_filter)
+    return jax.jit(kernels)
 
 
 def _checked(kernels: Callable, f: ApplyFn, vmap_axes: int | None, params_filter: ParamsFilter) -> Callable:
@@ -312,10 +347,10 @@ def _checked(kernels: Callable, f: ApplyFn, vmap_axes: int | None, params_filter
     checked: set = set()
 
     def fn(x1, x2, params):
-        _batch_size(x1, "x1")
+        batch_size(x1, "x1")
         if x2 is not None:
-            _check_pair(x1, x2)
-            _batch_size(x2, "x2")
+            check_pair(x1, x2)
+            batch_size(x2, "x2")
         check_finite(x1=x1, x2=x2, params=params)
         key = signature(x1, params)
         if key not in checked:
@@ -360,6 +395,28 @@ def structured_ntk_fn(
       TreeMismatchError: ``f`` fails on ``params``, or selected leaves are never read by ``f``.
       NonFiniteError: NaN/inf in ``x1``, ``x2`` or ``params`` (concrete calls only).
     """
+    return _checked(
+        unchecked_structured_ntk_fn(
+            f, trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes,
+            params_filter=params_filter, route=route,
+        ),
+        f,
+        vmap_axes,
+        params_filter,
+    )
+
+
+def unchecked_structured_ntk_fn(
+    f: ApplyFn,
+    *,
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
+    vmap_axes: int | None = 0,
+    params_filter: ParamsFilter = None,
+    route: str = "auto",
+) -> NtkFn:
+    """:func:`structured_ntk_fn` without its input checks (tree, independence, finiteness): for a caller
+    that runs them itself once per input signature (:class:`linfit.ntk.empirical.NtkFn`). Jitted."""
     return _build(
         f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=False
     )
@@ -381,8 +438,11 @@ def per_layer_ntk_fn(
     ``"stage2/block0/conv1"``; kernel and bias together), and one per other selected leaf, keyed by the
     leaf's path (e.g. ``"stage2/block0/bn1/scale"``). Keys are the same for ``vmap_axes=0`` and ``None``.
     """
-    return _build(
-        f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=True
+    return _checked(
+        _build(f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=True),
+        f,
+        vmap_axes,
+        params_filter,
     )
 
 
@@ -409,7 +469,7 @@ def per_sample_jacobian_fn(
     """
 
     def rows(x, params):
-        n = _batch_size(x, "x")
+        n = batch_size(x, "x")
         plan = _make_plan(f, params, x, n, n, "full", params_filter, 0, "gradient")
         grads, _ = _features(f, params, x, plan, 0)
         return _concat([b for k in plan.keys for b in grads.get(k, [])])

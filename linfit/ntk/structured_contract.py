@@ -28,6 +28,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from linfit.ntk.cost import ELEMENT_MACS
+
 Mode = Literal["full", "trace", "diag"]
 Route = Literal["gram", "gradient"]
 
@@ -61,19 +63,22 @@ def output_pairs(mode: Mode, o: int) -> int:
 def route_costs(
     n1: int, n2: int, o: int, s: int, k: int, c: int, mode: Mode
 ) -> dict[str, tuple[int, int]]:
-    """``{route: (flops, peak elements)}`` for one layer's kernel block (formulas in the module docstring)."""
+    """``{route: (cost, peak elements)}`` for one layer's kernel block: the FLOPs of the module docstring
+    plus ``ELEMENT_MACS`` (:mod:`linfit.ntk.cost`) per element of the intermediates each route writes (the
+    gradients ``D``; the Grams ``A`` and ``H``), which dominate when the contractions are short."""
     q = output_pairs(mode, o)
+    grad_mem, gram_mem = (n1 + n2) * o * k * c, n1 * n2 * s * s * (1 + q)
     return {
         "gradient": (
-            (n1 + n2) * o * s * k * c + n1 * n2 * q * k * c,
-            (n1 + n2) * o * k * c,
+            (n1 + n2) * o * s * k * c + n1 * n2 * q * k * c + ELEMENT_MACS * grad_mem,
+            grad_mem,
         ),
-        "gram": (n1 * n2 * s * s * (k + q * c + q), n1 * n2 * s * s * (1 + q)),
+        "gram": (n1 * n2 * s * s * (k + q * c + q) + ELEMENT_MACS * gram_mem, gram_mem),
     }
 
 
 def choose_route(n1: int, n2: int, o: int, s: int, k: int, c: int, mode: Mode) -> Route:
-    """The cheaper exact route by FLOPs, taking gram only within ``GRAM_MEMORY_FACTOR`` memory."""
+    """The cheaper exact route by :func:`route_costs`, taking gram only within ``GRAM_MEMORY_FACTOR`` memory."""
     costs = route_costs(n1, n2, o, s, k, c, mode)
     (grad_flops, grad_mem), (gram_flops, gram_mem) = costs["gradient"], costs["gram"]
     budget = GRAM_MEMORY_FACTOR * max(grad_mem, n1 * n2 * output_pairs(mode, o))

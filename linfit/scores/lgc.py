@@ -77,7 +77,7 @@ def lgc_kernel(
     head_samples: int | None = None,
     projection_dim: int | None = None,
     key: jax.Array | None = None,
-    implementation: str = "structured",
+    implementation: str = "auto",
     memory_budget_bytes: int = 2**30,
     batch_size: int = 256,
     features: np.ndarray | None = None,
@@ -92,7 +92,8 @@ def lgc_kernel(
       head_samples: ``None`` for the exact average over heads (D outputs), or k random head rows.
       projection_dim: project per-sample gradients to this many dimensions (paper: 10,000); needs ``key``.
       key: PRNG key for ``head_samples`` / ``projection_dim``.
-      implementation: NTK implementation (``"structured"`` never forms per-sample gradients).
+      implementation: NTK implementation; ``"auto"`` takes the cheapest exact one by
+        :mod:`linfit.ntk.cost` (see :func:`linfit.ntk.empirical_ntk_fn`).
       memory_budget_bytes: memory per device for the NTK (``linfit.ntk.kernel``).
       batch_size: forward-pass batch size of the features.
       features: ``[N, D]`` the backbone's penultimate features of ``x``

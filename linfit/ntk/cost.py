@@ -1,0 +1,140 @@
+"""Cost model behind ``implementation="auto"``: the work and the peak memory of each exact NTK implementation.
+
+Work is counted in multiply-add equivalents: multiply-adds plus ``ELEMENT_MACS`` per array element written to
+or read from memory (kernel-sized intermediates with short contractions are bound by memory traffic). All
+counts are for one output leaf ``[N, d_1, ..., d_m]`` of ``f`` with ``O = d_1 ... d_m`` outputs per sample,
+``Q`` kernel entries per sample pair (``O²`` untraced, ``O`` traced or diagonal; :func:`output_pairs`), ``P``
+selected parameters in ``L`` leaves and ``F`` one sample's forward pass (:func:`forward_cost`: XLA's cost
+analysis of ``f``). ``N_J`` is the number of samples whose derivatives are formed: ``N1`` when ``x2 is None``
+(one set reused), else ``N1 + N2``.
+
+* ``"jacobian"`` (:mod:`linfit.ntk.jacobian`): per-sample Jacobians, one forward and ``O`` backward passes
+  (``≈ 2F`` each: input and weight gradients), the ``N_J·O·P`` Jacobian entries written, the contraction
+  ``N1·N2·Q·P`` and one kernel-sized term per leaf (``L·N1·N2·Q`` elements); it holds the Jacobians.
+  With ``vmap_axes=None`` each of the ``N·O`` backward passes runs through the whole batch (``2N·F``).
+* ``"products"`` (:mod:`linfit.ntk.products`): per x2 sample ``O`` vjps, each pushed forward through x1's
+  linearisation (``≈ 2F`` per x1 sample: the tangents of the weights and of the activations), so
+  ``≈ 2·N1·N2·O`` forward passes; it writes, transposes and reduces the untraced kernel (``3·N1·N2·O²``
+  elements) and holds it.
+* ``"structured"``: :func:`linfit.ntk.structured.structured_cost` (per layer, the route costs of
+  :func:`linfit.ntk.structured_contract.route_costs`, plus a Jacobian contraction over the leaves it does not
+  factorise).
+
+The cheapest implementation whose peak fits :func:`memory_budget` wins (ties: the order of
+:data:`CANDIDATES`); when none fits, the one with the smallest peak. The model ignores constant factors
+(fusion, how well XLA tiles each contraction, the sequential ``lax.map`` of ``products``), so implementations
+within about 2× of each other can be ranked either way; ``benchmarks/ntk.py`` prints the pick and its time
+against the fastest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+#: Cost, in multiply-adds, of moving one array element to or from memory: the model counts
+#: ``macs + ELEMENT_MACS * elements``. Kernel-sized intermediates with short contractions (a Gram matrix over
+#: a few input features) are bound by memory traffic, not arithmetic; 32 is within the 10-100 multiply-adds
+#: per element that CPUs and GPUs sustain for float32 (on the 2-core CPU of ``benchmarks/RESULTS.md`` a tiny
+#: MLP's kernel at N = 4096 took 0.6 s by Jacobian contraction, 1.1e9 multiply-adds, and 4.4 s through
+#: three 4096² Gram intermediates per layer, 6e8 multiply-adds).
+ELEMENT_MACS = 32
+#: Order of preference on equal cost (the simplest first).
+CANDIDATES = ("jacobian", "structured", "products")
+#: Memory budget of an implementation's peak when the device does not report its memory (CPU).
+DEFAULT_MEMORY_BYTES = 8 * 2**30
+#: Fraction of the device's memory (``bytes_limit``, GPU/TPU) an implementation may plan to hold.
+DEVICE_MEMORY_FRACTION = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """``macs``: multiply-adds; ``peak_bytes``: the largest set of intermediates held at once."""
+
+    macs: float
+    peak_bytes: float
+
+
+def output_pairs(out_shape: Sequence[int], trace: Sequence[int], diag: Sequence[int]) -> int:
+    """``Q``: kernel entries per sample pair: ``d_k`` per traced or diagonal axis ``k``, ``d_k²`` per other."""
+    return math.prod(d if k in trace or k in diag else d * d for k, d in enumerate(out_shape) if k > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """One sample's forward pass: ``macs`` multiply-adds, ``elements`` array elements read and written."""
+
+    macs: float
+    elements: float
+
+    def passes(self, count: float) -> float:
+        """Cost (multiply-add equivalents) of ``count`` passes like this one."""
+        return count * (self.macs + ELEMENT_MACS * self.elements)
+
+
+def forward_cost(f: Any, params: Any, x: Any) -> Forward:
+    """``F``: one sample's forward pass of ``f(params, x)``, from XLA's cost analysis of the lowered
+    (uncompiled) program on one and on two samples: half the flops of one sample, and the elements accessed
+    per extra sample (the parameters are read once per batched pass, not once per sample). Without an
+    estimate from the backend: one multiply-add and one element per parameter entry."""
+    spec = lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a))
+    p_spec = jax.tree_util.tree_map(spec, params)
+
+    def analyse(n: int) -> tuple[float, float, int]:
+        xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n, *jax.numpy.shape(a)[1:]), a.dtype), x)
+        lowered = jax.jit(f).lower(p_spec, xs)
+        analysis = lowered.cost_analysis()
+        if isinstance(analysis, list | tuple):
+            analysis = analysis[0] if analysis else None
+        analysis = analysis or {}
+        itemsize = min(leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(lowered.out_info))
+        return analysis.get("flops", 0.0), analysis.get("bytes accessed", 0.0), itemsize
+
+    (flops, one, itemsize), (_, two, _) = analyse(1), analyse(2)
+    if flops <= 0:
+        size = float(sum(math.prod(jax.numpy.shape(a)) for a in jax.tree_util.tree_leaves(params)))
+        return Forward(size, size)
+    return Forward(flops / 2, max(two - one, 0.0) / itemsize)
+
+
+def memory_budget() -> float:
+    """Bytes an implementation may plan to hold: ``DEVICE_MEMORY_FRACTION`` of the default device's memory
+    when it reports it, else ``DEFAULT_MEMORY_BYTES``."""
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return DEVICE_MEMORY_FRACTION * limit if limit else DEFAULT_MEMORY_BYTES
+
+
+def jacobian_cost(n1: int, n2: int, symmetric: bool, o: int, q: int, p: int, leaves: int, fwd: Forward,
+                  itemsize: int, batched: bool) -> Cost:
+    """Jacobian contraction (module docstring); ``leaves``: selected parameter leaves (one kernel-sized
+    term each); ``batched``: ``vmap_axes=None`` (whole-batch backward passes)."""
+    sizes = (n1,) if symmetric else (n1, n2)
+    if batched:
+        make = sum(fwd.passes(n + n * o * 2 * n) for n in sizes)
+    else:
+        make = fwd.passes(sum(sizes) * (1 + 2 * o))
+    jac = sum(sizes) * o * p
+    cost = make + ELEMENT_MACS * jac + n1 * n2 * q * p + ELEMENT_MACS * leaves * n1 * n2 * q
+    return Cost(cost, itemsize * (jac + n1 * n2 * q))
+
+
+def products_cost(n1: int, n2: int, o: int, p: int, fwd: Forward, itemsize: int, batched: bool) -> Cost:
+    """NTK-vector products (module docstring); ``batched``: ``vmap_axes=None`` (pull-backs through all of x2).
+    Besides the passes it writes, transposes and reduces the untraced kernel (``3 N1 N2 O²`` elements)."""
+    pull = n2 * o * 2 * n2 if batched else n2 * (1 + 2 * o)
+    cost = fwd.passes(n1 + pull + 2 * n1 * n2 * o) + ELEMENT_MACS * 3 * n1 * n2 * o * o
+    return Cost(cost, itemsize * (n1 * n2 * o * o + o * p))
+
+
+def cheapest(costs: dict[str, Cost], budget: float) -> str:
+    """The implementation of least ``macs`` among those whose peak fits ``budget``, else of least peak."""
+    names = [name for name in CANDIDATES if name in costs]
+    fitting = [name for name in names if costs[name].peak_bytes <= budget]
+    if fitting:
+        return min(fitting, key=lambda name: costs[name].macs)
+    return min(names, key=lambda name: costs[name].peak_bytes)
