@@ -158,6 +158,9 @@ def select(
         if not models:
             raise ConfigError("no model to score: name at least one zoo model, or none at all for the whole zoo")
         check_known("zoo model", models, by_name, "linfit.zoo.source.load_zoo(...)")
+        repeated = sorted({name for name in models if models.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"zoo models named more than once: {', '.join(repeated)}; name each model once")
         entries = [by_name[name] for name in models]
     for option, value in (("per_class", per_class), ("head_samples", head_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):

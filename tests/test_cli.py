@@ -47,6 +47,7 @@ def _error(argv, capsys) -> str:
     (["select", "--models", *TWO, "nosuch"], "`linfit zoo list`"),
     (["select", "--models", "resnet8/mnst/scratch"], "did you mean 'resnet8/mnist/scratch'"),
     (["select", "--scores", "lfc", "nosuch"], "`linfit scores`"),
+    (["select", "--models", *TWO, TWO[0]], f"zoo models named more than once: {TWO[0]}"),
     (["select", "--task", "nosuch:5shot"], "unknown task dataset 'nosuch'"),
     (["select", "--task", "hebrew:500shot", "--models", *TWO], "use a smaller k"),
     (["select", "--task", "hebrew:5shots"], "unknown regime"),

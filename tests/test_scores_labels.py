@@ -56,12 +56,13 @@ def _objects(*values):
     [
         (_objects([0], [1], [0], [1]), "hashable"),
         (_objects(0, "a", 1, "b"), "mix value types"),
+        ([0, "a", 1, "b"], "mix value types"),  # a plain list: numpy would coerce the numbers to strings
         (_objects("a", None, "b", "a"), "missing value"),
         (_objects("a", float("nan"), "b", "a"), "missing value"),
         (np.array([0.0, 1.0, np.nan, 1.0]), "NaN"),
         (_objects(object(), object(), object(), object()), "cannot be ordered"),
     ],
-    ids=["unhashable", "mixed", "none", "nan_among_names", "nan_float", "unorderable"],
+    ids=["unhashable", "mixed", "mixed_list", "none", "nan_among_names", "nan_float", "unorderable"],
 )
 def test_unusable_labels_raise_label_error(labels, message):
     f = np.random.default_rng(0).normal(size=(4, 3))

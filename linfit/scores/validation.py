@@ -19,6 +19,12 @@ def _kind(value) -> str:
     return "str" if isinstance(value, str) else "bytes" if isinstance(value, bytes) else type(value).__name__
 
 
+def _as_array(labels) -> np.ndarray:
+    """``labels`` as an array; a Python list or tuple keeps each value's own type (``np.asarray`` would turn
+    ``[0, "a"]`` into the strings ``"0", "a"`` and hide the mix)."""
+    return np.asarray(labels, dtype=object) if isinstance(labels, (list, tuple)) else np.asarray(labels)
+
+
 def encode_labels(labels, name: str = "labels") -> np.ndarray:
     """Map non-numeric labels (class names) to codes ``0..C-1`` in sorted order; pass numeric labels through.
 
@@ -39,7 +45,7 @@ def encode_labels(labels, name: str = "labels") -> np.ndarray:
       LabelError: a missing value (``None`` or NaN among names), an unhashable value (e.g. a list), values of
         mixed types (e.g. ``1`` and ``"1"``), or values that cannot be ordered.
     """
-    y = np.asarray(labels)
+    y = _as_array(labels)
     if y.dtype == np.bool_:
         return y.astype(np.int64)
     if y.dtype.kind in "US":
@@ -91,7 +97,7 @@ def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tup
         with fewer than ``min_per_class`` samples, fewer samples than classes; class names that are
         missing, unhashable, of mixed types or unorderable (:func:`encode_labels`).
     """
-    y = np.asarray(labels)
+    y = _as_array(labels)
     if y.ndim != 1:
         raise ShapeError(f"labels must be one-dimensional [N]; got shape {y.shape}")
     if n is not None and y.shape[0] != n:
