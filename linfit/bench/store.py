@@ -67,8 +67,9 @@ GRID_FIELDS = ("model", "task", "regime", "seed", "reference")
 """Config entries that place a benchmark unit in the grid (``reference`` follows from the model); every other
 entry is the unit's setting."""
 
-TIMING_FIELDS = ("seconds", "timings")
-"""Record entries holding wall times: they differ between two runs of one unit, so merging does not compare them."""
+TIMING_FIELDS = ("seconds", "timings", "compile_seconds")
+"""Record entries holding wall times (compile time included: only the first unit of an architecture in a process
+compiles): they differ between two runs of one unit, so merging does not compare them."""
 
 
 def setting(config: dict) -> dict:
