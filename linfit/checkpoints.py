@@ -114,13 +114,14 @@ def file_sha256(path: str | os.PathLike) -> str:
         raise CheckpointError(f"checkpoint file not found: {path}") from err
 
 
-def check_sha256(path: str | os.PathLike, expected: str, *, remedy: str) -> None:
+def check_sha256(path: str | os.PathLike, expected: str, *, remedy: str, recorded_in: str = "the zoo's manifest") -> None:
     """Raise ``CheckpointError`` unless the file's sha256 (:func:`file_sha256`) equals ``expected``.
 
     Args:
       path: the weight file.
       expected: the hex sha256 a manifest records for it.
       remedy: how to get a good copy back, appended to the message (e.g. reinstall, rebuild).
+      recorded_in: where ``expected`` comes from, as the message names it (e.g. ``"the zoo file my.toml"``).
 
     Raises:
       CheckpointError: naming the file, the expected and the actual hash, and ``remedy``; or the file is missing.
@@ -128,8 +129,8 @@ def check_sha256(path: str | os.PathLike, expected: str, *, remedy: str) -> None
     actual = file_sha256(path)
     if actual != expected.lower():
         raise CheckpointError(
-            f"{path} is corrupted or was changed after its manifest was written: sha256 {actual}, "
-            f"the manifest records {expected}. Fix: {remedy}"
+            f"{path} is corrupted or was changed: its sha256 is {actual}, {recorded_in} records {expected}. "
+            f"Fix: {remedy}"
         )
 
 

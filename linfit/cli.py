@@ -15,6 +15,7 @@ Errors are one line on stderr and exit status 2; `linfit --debug ...` shows the 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 
@@ -28,7 +29,25 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, ``linfit: error: ...``, exit status 2 (argparse's own status)."""
 
     def error(self, message: str):
-        self.exit(2, f"linfit: error: {message} (see `{self.prog} --help`)\n")
+        hint = self._suggestion(message)
+        self.exit(2, f"linfit: error: {message}{hint} (see `{self.prog} --help`)\n")
+
+    def _suggestion(self, message: str) -> str:
+        """``"; did you mean --seed?"`` for a mistyped option (closest option of this parser or its commands)."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        options = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for parser in action.choices.values():
+                    options.update(parser._option_string_actions)
+        hints = []
+        for word in message[len(prefix):].split():
+            close = difflib.get_close_matches(word.split("=")[0], sorted(options), n=1, cutoff=0.6)
+            if word.startswith("-") and close:
+                hints.append(f"{close[0]} (for {word})")
+        return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 def _positive_int(text: str) -> int:
@@ -223,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--per-class", type=_positive_int, default=25, help="scoring images per class (paper: 25)")
     sel.add_argument("--head-samples", type=_non_negative_int, default=8,
                      help="random head rows for NTK scores; 0 = exact head average (slower)")
-    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--seed", type=int, default=0,
+                     help="seeds the k-shot sample, the scoring subset and the NTK's random heads (default 0)")
     sel.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sel.add_argument("--plot", default=None,
                      help=f"where to save the loss-curve plot (default {DEFAULT_PLOT} when a score computes the "

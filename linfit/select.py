@@ -295,7 +295,7 @@ def format_table(selection: Selection, *, top: int = 3) -> str:
     primary = names[0]
     best = selection.recommended(top)
     model_width = max(34, *(len(m) + 3 for m in table.model))
-    lines = [f"task {selection.task}: {len(table)} models scored on N={selection.num_samples} training images, "
+    lines = [f"task {selection.task}: {len(table)} model{'s' if len(table) != 1 else ''} scored on N={selection.num_samples} training images, "
              f"ordered by {primary} (higher is better for every score).",
              f"Recommendation: fine-tune {_join(best)} first (the top {len(best)} by {primary}).", ""]
     lines.append(f"{'model':{model_width}s}" + "".join(f"{n:>{_column_width(n)}s} rank" for n in names))

@@ -55,6 +55,8 @@ def _error(argv, capsys) -> str:
     (["select", "--head-samples", "-1", "--models", "nosuch"], "--head-samples: must be 0 or a positive"),
     (["select", "--per-class", "0", "--models", "nosuch"], "--per-class: must be a positive integer"),
     (["select", "--scores", "lfc", "leep", "--plot", "x.png", "--models", *TWO], "--plot draws loss curves"),
+    (["select", "--sed", "3", "--models", *TWO], "unrecognized arguments: --sed 3; did you mean --seed (for --sed)?"),
+    (["bench", "--db", "x.sqlite", "--shrad", "1/2"], "did you mean --shard (for --shrad)?"),
 ])
 def test_select_errors_are_one_line_in_cli_terms_before_any_work(argv, expected, capsys, no_work):
     line = _error(argv, capsys)

@@ -118,7 +118,8 @@ class ZooEntry:
         if self.sha256 is not None:
             from linfit.checkpoints import check_sha256
 
-            check_sha256(self.path, self.sha256, remedy=f"restore the file of {self.name!r}, or correct its sha256")
+            check_sha256(self.path, self.sha256, recorded_in="its zoo file",
+                         remedy=f"restore the file of {self.name!r}, or correct its sha256")
         return _READERS[self.format](self)
 
 
