@@ -39,7 +39,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from linfit.checkpoints import check_sha256, file_sha256
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.models.registry import preprocessing
 from linfit.torch_pickle import read_numpy_pickle, read_torch_checkpoint
@@ -98,10 +98,8 @@ class ImagenetCheckpoint:
           CheckpointError: the file is missing, its hash differs from the recorded one, or it cannot be read
             safely (see :mod:`linfit.torch_pickle`).
         """
-        actual = _sha256(self.path)
-        if actual != self.sha256:
-            raise CheckpointError(f"{self.path}: sha256 {actual} differs from the recorded {self.sha256} "
-                                  f"for {self.name}; reinstall it ({self.source})")
+        check_sha256(self.path, self.sha256, recorded_in=f"linfit's record of {self.name}",
+                     remedy=f"reinstall it ({self.source})")
         reader = read_torch_checkpoint if self.format == "torch" else read_numpy_pickle
         return reader(self.path)
 
@@ -210,7 +208,7 @@ def import_checkpoint(path: str | os.PathLike, arch: str, *, name: str | None = 
     if not source.is_file():
         raise CheckpointError(f"{source}: no such file to import")
     fmt = _detect_format(source)
-    digest = _sha256(source)
+    digest = file_sha256(source)
     folder = Path(user_dir or zoo_dir())
     target = folder / arch / f"{digest[:12]}-{source.name}"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -275,15 +273,4 @@ def _detect_format(path: Path) -> str:
         except CheckpointError as numpy_err:
             raise CheckpointError(f"{path} is neither a readable torch checkpoint nor a pickle of numpy arrays: "
                                   f"[torch] {torch_err}; [numpy] {numpy_err}") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: the weight file is missing") from None
-    return digest.hexdigest()
 
