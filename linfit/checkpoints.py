@@ -151,22 +151,33 @@ def save(
       variables: a nested dict of arrays.
       metadata: msgpack-serialisable dict (str, numbers, lists, dicts) stored alongside.
       dtype: storage dtype for floating leaves (e.g. ``"float16"``); ``None`` keeps each leaf's dtype.
+
+    Raises:
+      CheckpointError: a non-floating ``dtype``, a finite value that ``dtype`` cannot hold (it would be stored
+        as inf, e.g. |value| > 65504 in float16), or variables/metadata msgpack cannot serialise.
     """
     store_dtype = None if dtype is None else np.dtype(dtype)
     if store_dtype is not None and not np.issubdtype(store_dtype, np.floating):
         raise CheckpointError(f"save: dtype must be a floating dtype; got {store_dtype}")
 
-    def to_numpy(leaf: Any) -> np.ndarray:
+    def to_numpy(path: tuple, leaf: Any) -> np.ndarray:
         arr = np.asarray(leaf)
         if store_dtype is not None and np.issubdtype(arr.dtype, np.floating):
-            arr = arr.astype(store_dtype)
+            stored = arr.astype(store_dtype)
+            if not np.array_equal(np.isfinite(stored), np.isfinite(arr)):
+                raise CheckpointError(
+                    f"save: {jax.tree_util.keystr(path, simple=True, separator='/')} has values beyond the range of {store_dtype} "
+                    f"(largest |value| {np.nanmax(np.abs(arr[np.isfinite(arr)]), initial=0.0):.4g}, "
+                    f"{store_dtype} holds up to {float(np.finfo(store_dtype).max):.6g}); save with a wider dtype "
+                    f"(e.g. dtype='float32' or None)")
+            arr = stored
         return arr
 
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "metadata": dict(metadata or {}),
-        "variables": jax.tree_util.tree_map(to_numpy, dict(variables)),
+        "variables": jax.tree_util.tree_map_with_path(to_numpy, dict(variables)),
     }
     try:
         data = serialization.msgpack_serialize(payload)

@@ -308,6 +308,17 @@ def test_save_load_round_trip_float16(tmp_path):
         np.testing.assert_array_equal(loaded[key], value.astype(np.float16).astype(np.float32))
 
 
+def test_save_refuses_values_the_storage_dtype_would_turn_into_inf(tmp_path):
+    variables = _random_variables()
+    variables["params"]["conv1"]["kernel"] = np.full((2, 2), 7.0e4, np.float32)  # float16 max: 65504
+    path = tmp_path / "half.msgpack"
+    with pytest.raises(CheckpointError, match=r"conv1.*kernel.*beyond the range of float16.*7e\+04.*65504"):
+        checkpoints.save(path, variables, dtype="float16")
+    assert not path.exists()
+    checkpoints.save(path, variables, dtype="float32")
+    assert _flat(checkpoints.load(path))["params/conv1/kernel"].max() == 7.0e4
+
+
 def test_load_with_mismatched_target(tmp_path):
     variables = _random_variables()
     path = tmp_path / "ckpt.msgpack"
