@@ -24,8 +24,13 @@ and prints a Markdown table ready for ``benchmarks/RESULTS.md``:
 * ``select``: ``linfit select`` (the README's first command: embedded zoo, default task and scores) in a fresh
   process, its wall and compile seconds (``--json``).
 
-``--quick`` (a CPU smoke test, about two minutes on two cores): N = 16 and 4, the backbone at 64 px, two host
-devices for the sharded row, ``select`` on two models and one score.
+``select`` runs first, then the NTK rows, then the sharded row, each within ``--timeout`` seconds and all within
+``--budget`` (default 450 s); a measurement that does not fit is reported as skipped, one that runs out of device
+memory as OOM.
+
+``--quick`` (a CPU smoke test of every code path: about 13 minutes on two shared cores at load 14, most of it JAX start-up
+and compilation): the CNN at N = 16, the backbone at N = 2 and 32 px with ``structured`` only, two host devices for the
+sharded row, ``select`` on two models and one score.
 
     python benchmarks/gpu.py                          # about 5-8 minutes on one H100/H200-class GPU
     python benchmarks/gpu.py --n-backbone 4000 --peak-tflops 67
@@ -114,7 +119,6 @@ def ntk_worker(model: str, impl: str, n: int, size: int, repeats: int) -> dict:
     f, params, x, weights = _problem(model, n, size)
     ntk_fn = empirical_ntk_fn(f, trace_axes=(-1,), vmap_axes=0, implementation=impl)
     pick = ntk_fn.resolve_auto(x, None, params) if impl == "auto" else impl
-    ntk_fn(x[:2], None, params)  # the once-per-signature checks, outside the timings
     program = jax.jit(lambda a, p: ntk_fn(a, None, p))
     start = time.perf_counter()
     compiled = program.lower(x, params).compile()
@@ -156,6 +160,8 @@ def sharded_worker(n: int, budget: int, repeats: int) -> dict:
 
 def _run(argv: list[str], timeout: float, env: dict | None = None) -> dict:
     """Run this script's worker ``argv`` in a subprocess; its last stdout line is JSON, else ``{"error": ...}``."""
+    if timeout < 10:
+        return {"error": "skipped: --budget spent"}
     try:
         done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})})
@@ -169,6 +175,8 @@ def _run(argv: list[str], timeout: float, env: dict | None = None) -> dict:
 
 
 def _select(quick: bool, timeout: float) -> dict:
+    if timeout < 10:
+        return {"error": "skipped: --budget spent"}
     argv = ["-m", "linfit.cli", "select", "--json", "--quiet", "--plot", ""]
     if quick:
         argv += ["--models", "resnet8/generalist", "resnet8/mnist/scratch", "--scores", "lfc", "--per-class", "3"]
@@ -199,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the chip's peak TFLOP/s (default: PEAK_TFLOPS by device kind)")
     parser.add_argument("--memory-budget", type=float, default=8.0, help="GiB per device of the sharded row")
     parser.add_argument("--timeout", type=float, default=150.0, help="seconds per measurement (each a subprocess)")
+    parser.add_argument("--budget", type=float, default=450.0,
+                        help="seconds for the whole script (default 450): later measurements get what is left")
     parser.add_argument("--quick", action="store_true", help="a CPU smoke test (module docstring)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -207,21 +217,27 @@ def main(argv: list[str] | None = None) -> None:
         kind = job.pop("kind")
         print(json.dumps(ntk_worker(**job) if kind == "ntk" else sharded_worker(**job)))
         return
+    backbone_impls = args.impls
     if args.quick:
-        args.n_cnn, args.n_backbone, args.size, args.repeats, args.memory_budget = 16, 4, 64, 1, 0.0625
+        args.n_cnn, args.n_backbone, args.size, args.repeats, args.memory_budget = 16, 2, 32, 1, 1.0
+        args.timeout, args.budget, backbone_impls = max(args.timeout, 300.0), max(args.budget, 1800.0), ["structured"]
     started = time.perf_counter()
+
+    def left(limit: float) -> float:
+        return min(limit, args.budget - (time.perf_counter() - started))
+
+    select = _select(args.quick, left(4 * args.timeout))  # first: the main job's number is never cut by the budget
+    print(f"[{time.perf_counter() - started:6.0f} s] select: {select}", file=sys.stderr)
     rows = []
-    for model, n in (("cnn94k", args.n_cnn), ("efficientnet_lite0", args.n_backbone)):
-        for impl in args.impls:
+    for model, n, impls in (("cnn94k", args.n_cnn, args.impls), ("efficientnet_lite0", args.n_backbone, backbone_impls)):
+        for impl in impls:
             job = {"kind": "ntk", "model": model, "impl": impl, "n": n, "size": args.size, "repeats": args.repeats}
-            rows.append((model, n, impl, _run(["--worker", json.dumps(job)], args.timeout)))
+            rows.append((model, n, impl, _run(["--worker", json.dumps(job)], left(args.timeout))))
             print(f"[{time.perf_counter() - started:6.0f} s] ntk {model} N={n} {impl}: {rows[-1][3]}", file=sys.stderr)
     job = {"kind": "sharded", "n": args.n_cnn, "budget": int(args.memory_budget * 2**30), "repeats": args.repeats}
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if args.quick else None
-    sharded = _run(["--worker", json.dumps(job)], args.timeout, env)
+    sharded = _run(["--worker", json.dumps(job)], left(args.timeout), env)
     print(f"[{time.perf_counter() - started:6.0f} s] sharded: {sharded}", file=sys.stderr)
-    select = _select(args.quick, 4 * args.timeout)
-    print(f"[{time.perf_counter() - started:6.0f} s] select: {select}", file=sys.stderr)
 
     kind = next((r["device"] for *_, r in rows if "device" in r), "unknown device")
     fp32, tf32 = peak_tflops(kind, args.peak_tflops)
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = r["flops"] / r["seconds"] / 1e12
         name = f"{impl} ({r['pick']})" if impl == "auto" else impl
         print(f"| {model} ({r['weights']} weights) | {n} | {name} | {r['seconds']:.3f} | {r['compile_seconds']:.1f} "
-              f"| {r['flops'] / 1e9:.1f} | {rate:.2f} | {_cell(fp32 and 100 * rate / fp32, '.1f')} "
+              f"| {r['flops'] / 1e9:.1f} | {rate:.3g} | {_cell(fp32 and 100 * rate / fp32, '.1f')} "
               f"| {_cell(tf32 and 100 * rate / tf32, '.1f')} | {_cell(r['peak_bytes'] and r['peak_bytes'] / 2**30, '.2f')} |")
     if "error" in sharded:
         print(f"\nSharded `linfit.ntk.kernel` (cnn94k, N = {args.n_cnn}): {sharded['error']}")
