@@ -28,8 +28,8 @@ and prints a Markdown table ready for ``benchmarks/RESULTS.md``:
 ``--budget`` (default 450 s); a measurement that does not fit is reported as skipped, one that runs out of device
 memory as OOM.
 
-``--quick`` (a CPU smoke test of every code path: about 13 minutes on two shared cores at load 14, most of it JAX start-up
-and compilation): the CNN at N = 16, the backbone at N = 2 and 32 px with ``structured`` only, two host devices for the
+``--quick`` (a CPU smoke test of every code path: about 13 minutes on two shared cores at load 14, most of it
+JAX start-up and compilation): the CNN at N = 16, the backbone at N = 2 and 32 px with ``structured`` only, two host devices for the
 sharded row, ``select`` on two models and one score.
 
     python benchmarks/gpu.py                          # about 5-8 minutes on one H100/H200-class GPU
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     select = _select(args.quick, left(4 * args.timeout))  # first: the main job's number is never cut by the budget
     print(f"[{time.perf_counter() - started:6.0f} s] select: {select}", file=sys.stderr)
     rows = []
-    for model, n, impls in (("cnn94k", args.n_cnn, args.impls), ("efficientnet_lite0", args.n_backbone, backbone_impls)):
+    problems = (("cnn94k", args.n_cnn, args.impls), ("efficientnet_lite0", args.n_backbone, backbone_impls))
+    for model, n, impls in problems:
         for impl in impls:
             job = {"kind": "ntk", "model": model, "impl": impl, "n": n, "size": args.size, "repeats": args.repeats}
             rows.append((model, n, impl, _run(["--worker", json.dumps(job)], left(args.timeout))))
@@ -255,11 +256,13 @@ def main(argv: list[str] | None = None) -> None:
         name = f"{impl} ({r['pick']})" if impl == "auto" else impl
         print(f"| {model} ({r['weights']} weights) | {n} | {name} | {r['seconds']:.3f} | {r['compile_seconds']:.1f} "
               f"| {r['flops'] / 1e9:.1f} | {rate:.3g} | {_cell(fp32 and 100 * rate / fp32, '.1f')} "
-              f"| {_cell(tf32 and 100 * rate / tf32, '.1f')} | {_cell(r['peak_bytes'] and r['peak_bytes'] / 2**30, '.2f')} |")
+              f"| {_cell(tf32 and 100 * rate / tf32, '.1f')} "
+              f"| {_cell(r['peak_bytes'] and r['peak_bytes'] / 2**30, '.2f')} |")
     if "error" in sharded:
         print(f"\nSharded `linfit.ntk.kernel` (cnn94k, N = {args.n_cnn}): {sharded['error']}")
     else:
-        print(f"\nSharded `linfit.ntk.kernel` (cnn94k, N = {args.n_cnn}, tiles, {args.memory_budget:g} GiB per device): "
+        print(f"\nSharded `linfit.ntk.kernel` (cnn94k, N = {args.n_cnn}, tiles, {args.memory_budget:g} GiB per "
+              "device): "
               f"1 device {sharded['one']:.3f} s, {sharded['devices']} devices {sharded['all']:.3f} s, "
               f"speed-up {sharded['one'] / sharded['all']:.2f}x")
     if "error" in select:
