@@ -29,8 +29,8 @@ and prints a Markdown table ready for ``benchmarks/RESULTS.md``:
 memory as OOM.
 
 ``--quick`` (a CPU smoke test of every code path: about 13 minutes on two shared cores at load 14, most of it
-JAX start-up and compilation): the CNN at N = 16, the backbone at N = 2 and 32 px with ``structured`` only, two host devices for the
-sharded row, ``select`` on two models and one score.
+JAX start-up and compilation): the CNN at N = 16, the backbone at N = 2 and 32 px with ``structured`` only, two
+host devices for the sharded row, ``select`` on two models and one score.
 
     python benchmarks/gpu.py                          # about 5-8 minutes on one H100/H200-class GPU
     python benchmarks/gpu.py --n-backbone 4000 --peak-tflops 67
