@@ -6,6 +6,7 @@
     linfit tasks                                                           the embedded and packaged tasks
     linfit zoo list | build                                                the embedded model zoo
     linfit bench --db FILE [--tasks T ...] [--shard i/n]                   scores + fine-tuning ground truth to SQLite
+                 [--zoo embedded|imagenet|FILE.toml] [--data PATH --regime R]   ... any zoo, your own images
     linfit report --db FILE|GLOB ... --out DIR [--setting ID]              Markdown report and figures from the stores
 
 Tasks are named as `linfit tasks` lists them, <dataset>:<regime> (e.g. font_digits:20shot), by every command.
@@ -178,27 +179,30 @@ def _print_rows(header: tuple, rows: list[tuple]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from linfit.bench.grid import BenchConfig, run_bench
+    from linfit.bench.grid import BenchConfig, run_bench, units
     from linfit.bench.store import ResultStore, parse_shard
-    from linfit.data import catalog
 
     shard = parse_shard(args.shard)
-    specs = _check_names(scores=args.scores, models=args.models, tasks=args.tasks)
-    packaged = [str(s) for s in specs if s.dataset in catalog.PACKAGED]
-    if packaged:
-        raise ConfigError(f"linfit bench runs the embedded zoo on embedded tasks; {', '.join(packaged)} come from "
-                          f"installed packages: rank a zoo on them with `linfit select --zoo imagenet --task "
-                          f"{packaged[0]}`")
-    regimes = {}  # one grid per regime: exactly the (dataset, regime) pairs named
-    for spec in specs:
-        regimes.setdefault(spec.regime, []).append(spec.dataset)
+    if args.data is not None and args.tasks is not None:
+        raise ConfigError("--tasks names embedded or packaged tasks and --data your own images; give one of them")
+    if args.data is None and args.regime is not None:
+        raise ConfigError(f"--regime goes with --data; each of --tasks names its own regime (e.g. {DEFAULT_TASK})")
+    common = dict(models=tuple(args.models) if args.models else None, seeds=tuple(args.seeds),
+                  scores=tuple(args.scores), per_class=args.per_class, epochs=args.epochs,
+                  max_train_per_class=args.max_train_per_class, zoo=args.zoo)
+    if args.data is not None:
+        configs = [BenchConfig(data=args.data, regimes=(args.regime or DEFAULT_REGIME,), **common)]
+    else:
+        regimes = {}  # one grid per regime: exactly the (dataset, regime) pairs named
+        for spec in _check_names(scores=args.scores, models=None, tasks=args.tasks or [DEFAULT_TASK]):
+            regimes.setdefault(spec.regime, []).append(spec.dataset)
+        configs = [BenchConfig(tasks=tuple(datasets), regimes=(regime,), **common)
+                   for regime, datasets in regimes.items()]
+    for config in configs:  # every name, file and option checked before any work
+        units(config)
     done = 0
     with ResultStore(args.db) as store:
-        for regime, datasets in regimes.items():
-            config = BenchConfig(models=tuple(args.models) if args.models else None, tasks=tuple(datasets),
-                                 regimes=(regime,), seeds=tuple(args.seeds), scores=tuple(args.scores),
-                                 per_class=args.per_class, epochs=args.epochs,
-                                 max_train_per_class=args.max_train_per_class)
+        for config in configs:
             done += run_bench(config, store, shard=shard, progress=not args.quiet)
     print(f"{done} units computed into {args.db}")
     return 0
@@ -265,8 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SQLite result store (created if missing; reruns resume). One file per host or shard, "
                             "on a local disk (SQLite locking fails on network file systems): e.g. --shard 1/4 "
                             "--db results/shard1.sqlite, then linfit report --db 'results/*.sqlite'")
+    bench.add_argument("--zoo", default="embedded",
+                       help="embedded (default), imagenet or a TOML file listing your checkpoints (linfit.zoo.source)")
     bench.add_argument("--models", nargs="+", help="zoo model names (`linfit zoo list`; default: the whole zoo)")
-    bench.add_argument("--tasks", nargs="+", default=[DEFAULT_TASK], help=f"{task_help} (default {DEFAULT_TASK})")
+    bench.add_argument("--tasks", nargs="+", default=None, help=f"{task_help} (default {DEFAULT_TASK})")
+    bench.add_argument("--data", default=None,
+                       help="your own labelled images instead of --tasks (as `linfit select --data`; a source without "
+                            "a test split is split 80/20 per class with seed 0)")
+    bench.add_argument("--regime", default=None,
+                       help=f"with --data: 5shot, 20shot or full (any <k>shot; default {DEFAULT_REGIME})")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
     bench.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES), help="score names (`linfit scores`)")
     bench.add_argument("--per-class", type=_positive_int, default=25)

@@ -52,6 +52,41 @@ def test_costs_relative_to_one_reference_finetuning(store):
     costs = cost_frame(store).set_index("score").relative_cost
     assert costs["brute_force"] == pytest.approx(4.0)  # four models at 10 s each vs 10 s for the reference
     assert costs["oracle"] == pytest.approx(4 * 0.5 / 10) and costs["inverse"] == pytest.approx(4 * 1.0 / 10)
+    assert not any(name.startswith("compile") for name in costs.index)  # this store keeps no compile times
+
+
+# Compile seconds as one process records them: the first unit of an architecture on a task compiles, the others
+# reuse its executables. Architectures: gen and a are "A", b and c are "B".
+ARCH = {"gen": "A", "a": "A", "b": "B", "c": "B"}
+FT_COMPILE = {"t1": {"gen": 30.0, "a": 0.0, "b": 20.0, "c": 0.0}, "t2": {"gen": 0.0, "a": 5.0, "b": 0.0, "c": 4.0}}
+SC_COMPILE = {"t1": {"gen": 12.0, "a": 0.0, "b": 8.0, "c": 0.0}, "t2": {"gen": 1.0, "a": 0.0, "b": 2.0, "c": 0.5}}
+
+
+def test_costs_charge_compilation_once_per_architecture_in_their_own_rows(tmp_path):
+    with ResultStore(tmp_path / "bench.sqlite") as s:
+        for task, models in ACC.items():
+            for model in models:
+                cfg = {"model": model, "architecture": ARCH[model], "task": task, "regime": "20shot", "seed": 0,
+                       "reference": model == "gen"}
+                s.put(f"finetune/{model}/{task}", "finetune",
+                      {"accuracy": models[model], "seconds": 10.0 if model == "gen" else 20.0,
+                       "compile_seconds": FT_COMPILE[task][model]}, config=cfg)
+                for name in SCORES:  # two parts computed together: one extraction, its compile time in both
+                    s.put(f"scores/{model}/{task}/{name}", "scores",
+                          {"scores": {name: SCORES[name][task][model]}, "timings": {name: 0.25},
+                           "compile_seconds": SC_COMPILE[task][model]}, config=cfg)
+        costs = cost_frame(s).set_index("score").relative_cost
+        # by hand: the reference fine-tunes in 10 s; per task, compile = sum over architectures of the one that
+        # compiled: fine-tuning t1 30 + 20, t2 5 + 4; scores t1 12 + 8, t2 1 + 2
+        assert costs["compile: fine-tuning"] == pytest.approx((50.0 + 9.0) / 2 / 10)
+        assert costs["compile: scores"] == pytest.approx((20.0 + 3.0) / 2 / 10)
+        assert costs["oracle"] == pytest.approx(4 * 0.25 / 10)  # the scores themselves, compilation apart
+        assert costs["brute_force"] == pytest.approx((10.0 + 3 * 20.0) / 10)
+        text = write_report(s, tmp_path / "report").read_text()
+    section = text[text.index("## Selection cost"):]
+    assert "20shot: 10.0 s" in section and "charged once per architecture" in section
+    rows = [line for line in section.splitlines() if line.startswith("| compile")]
+    assert rows == ["| compile: scores | 1.15 |", "| compile: fine-tuning | 2.95 |"]
 
 
 def test_write_report(store, tmp_path):

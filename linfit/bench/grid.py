@@ -7,6 +7,13 @@ stored when it finishes, skipped on rerun, dealt to shards by a stable hash. The
 stored one by one, so asking for another score computes only that one for the stored units, and a changed
 setting (epochs, scoring subset size, ...) makes new units.
 
+Any zoo on any data. ``BenchConfig.zoo`` is a zoo of ``linfit.zoo.source.load_zoo`` (``"embedded"``,
+``"imagenet"`` or a TOML file of your checkpoints) and ``BenchConfig.data`` a path of your own labelled images
+(``linfit.data.load_data``) instead of named tasks; each model sees the images, scored and fine-tuned alike, at
+its own preprocessing (``ZooEntry.preprocessing``). A zoo other than the embedded one, and your own data, are
+part of every unit's setting (``zoo_identity``, ``data_identity``), so results of two zoos or two datasets are
+never mixed in a store or a report; the embedded zoo on named tasks keeps the keys of older stores.
+
 Example::
 
     config = BenchConfig(models=("resnet8/generalist", "resnet8/mnist/scratch"), tasks=("font_digits",),
@@ -14,28 +21,33 @@ Example::
     with ResultStore("bench.sqlite") as store:
         run_bench(config, store, progress=True)
         write_report(store, "report/")
+
+    mine = BenchConfig(zoo="my_zoo.toml", data="~/data/flowers", regimes=("20shot",))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from linfit import scores as score_registry
-from linfit import zoo
 from linfit.bench.runner import Unit, run_units
 from linfit.bench.store import ResultStore, pack_bools, unit_key
-from linfit.data import load_task
+from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_task
 from linfit.data.sampling import kshot_indices
-from linfit.errors import ConfigError
+from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.finetune import FinetuneConfig, select_learning_rate
 from linfit.models import features_fn
-from linfit.select import DEFAULT_SCORES
+from linfit.select import DEFAULT_SCORES, _check_source_domains
 from linfit.timing import Stopwatch
+from linfit.zoo.source import ZOO_NAMES, ZooEntry, load_zoo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +57,12 @@ class BenchConfig:
     Attributes:
       models: zoo model names (``None``: the whole zoo); exactly one reference model per grid is expected
         for the gain metrics (the generalist of each architecture is a reference).
-      tasks: embedded target datasets; regimes: e.g. ``("5shot", "20shot", "full")``; seeds: k-shot seeds.
+      tasks: target datasets as ``linfit tasks`` names them (embedded or packaged; ``None``: ``font_digits``);
+        not with ``data``. regimes: e.g. ``("5shot", "20shot", "full")``; seeds: k-shot seeds.
+      zoo: ``"embedded"`` (default), ``"imagenet"`` or the path of a TOML zoo file (``linfit.zoo.source``).
+      data: the path of your own labelled images (``linfit.data.load_data``: image folder, ``.npz``, IDX folder,
+        tfds ``data_dir``) as the one task of the grid, named after the dataset; a source without a test split
+        is split 80/20 per class with seed 0 for every k-shot seed, so all seeds share one test set.
       scores: registered score names.
       per_class: scoring images per class (paper: 25); head_samples: random head rows for NTK scores.
       epochs, batch_size, learning_rates: the fine-tuning protocol (paper: 30, 32, (0.01, 0.005, 0.001); the
@@ -54,7 +71,7 @@ class BenchConfig:
     """
 
     models: tuple[str, ...] | None = None
-    tasks: tuple[str, ...] = ("font_digits",)
+    tasks: tuple[str, ...] | None = None
     regimes: tuple[str, ...] = ("20shot",)
     seeds: tuple[int, ...] = (0,)
     scores: tuple[str, ...] = DEFAULT_SCORES
@@ -64,6 +81,8 @@ class BenchConfig:
     batch_size: int = 32
     learning_rates: tuple[float, ...] = (0.01, 0.005, 0.001)
     max_train_per_class: int | None = None
+    zoo: str = "embedded"
+    data: str | None = None
 
     def finetune_config(self, seed: int) -> FinetuneConfig:
         return paper_finetune_config(self.epochs, self.batch_size, seed)
@@ -157,20 +176,91 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
     return record
 
 
+DEFAULT_BENCH_TASK = "font_digits"
+"""The grid's task when ``BenchConfig`` names neither ``tasks`` nor ``data``."""
+
+
+def zoo_identity(zoo: str | os.PathLike) -> str | None:
+    """The zoo's part of a unit's setting: ``None`` for the embedded zoo (the keys of older stores), the name
+    ``"imagenet"``, or ``"<file name>@<12 hex of the TOML file's SHA-256>"`` for a zoo file, so a changed file
+    (another model, another checkpoint path or preprocessing) is another zoo. Pin the checkpoints themselves
+    with ``sha256`` in the file."""
+    if zoo == "embedded":
+        return None
+    if zoo in ZOO_NAMES:
+        return str(zoo)
+    path = Path(zoo)
+    return f"{path.name}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def data_identity(dataset: Dataset) -> str:
+    """``"<dataset name>@<12 hex>"``: the SHA-256 of the dataset's train and test images and labels (their
+    bytes and shapes), so two datasets of one name never share units."""
+    digest = hashlib.sha256()
+    for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return f"{dataset.name}@{digest.hexdigest()[:12]}"
+
+
+@functools.lru_cache(maxsize=4)
+def _zoo(zoo: str, weights_dir) -> dict[str, ZooEntry]:
+    return {entry.name: entry for entry in load_zoo(zoo, weights_dir=weights_dir)}
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(data: str) -> Dataset:
+    return load_data(data, seed=0)
+
+
+def _tasks(config: BenchConfig) -> tuple[str, ...]:
+    """The grid's task datasets (the data's name with ``data``), after checking ``tasks``/``data``/``regimes``."""
+    if config.data is None:
+        return (DEFAULT_BENCH_TASK,) if config.tasks is None else tuple(config.tasks)
+    if config.tasks is not None:
+        raise ConfigError("give either tasks (embedded or packaged datasets) or data (your own images), not both")
+    for regime in config.regimes:
+        parse_task(f"data:{regime}")
+    return (_dataset(str(config.data)).name,)
+
+
+def _entries(config: BenchConfig, weights_dir) -> list[ZooEntry]:
+    """The zoo's entries of the grid's models, checked (names, source domains) before any work."""
+    by_name = _zoo(os.fspath(config.zoo), weights_dir)
+    if config.models is None:
+        return list(by_name.values())
+    listing = "`linfit zoo list`" if config.zoo == "embedded" else f"the zoo {os.fspath(config.zoo)!r}"
+    check_known("zoo model", config.models, by_name, listing)
+    return [by_name[name] for name in config.models]
+
+
 def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
     """Every unit of the grid: one ``"scores"`` unit (the scores its parts) and one ``"finetune"`` unit per
-    (model, task, regime, seed); their configs hold the grid coordinates and the settings they depend on."""
-    for name in config.scores:
-        score_registry.get(name)  # fail early on unknown names
-    models = config.models or tuple(zoo.names(weights_dir))
-    references = {m["name"] for m in zoo.manifest(weights_dir)["models"] if m["reference"]}
+    (model, task, regime, seed); their configs hold the grid coordinates (with the model's ``architecture``),
+    the zoo's and data's identities (``zoo_identity``, ``data_identity``; absent for the embedded zoo and named
+    tasks) and the settings they depend on.
+
+    Raises:
+      ConfigError: both ``tasks`` and ``data``, a zoo file breaking its rules, a score reading source images
+        the zoo's models lack. UnknownNameError: an unknown score or model. DatasetError: unreadable ``data``, a
+        malformed regime.
+    """
+    registered = [score_registry.get(name) for name in config.scores]  # fail early on unknown names
+    entries = _entries(config, weights_dir)
+    if set().union(*(s.needs for s in registered)) & {"source_class_means", "source_class_counts"}:
+        _check_source_domains(entries, [s.name for s in registered if "source_class_means" in s.needs])
+    tasks = _tasks(config)
+    identity = {"zoo": zoo_identity(config.zoo),
+                "data": None if config.data is None else data_identity(_dataset(str(config.data)))}
+    identity = {k: v for k, v in identity.items() if v is not None}
     grid = []  # task-major, so (task, regime, seed) groups complete one after another and reports grow as it runs
-    for task in config.tasks:
+    for task in tasks:
         for regime in config.regimes:
             for seed in config.seeds:
-                for model in models:
-                    ident = {"model": model, "task": task, "regime": regime, "seed": seed,
-                             "reference": model in references}
+                for entry in entries:
+                    ident = {"model": entry.name, "architecture": entry.architecture, "task": task,
+                             "regime": regime, "seed": seed, "reference": entry.reference, **identity}
                     scoring = {**ident, "per_class": config.per_class, "head_samples": config.head_samples}
                     grid.append(Unit(unit_key("scores", scoring), "scores", scoring, parts=tuple(config.scores)))
                     tuning = {**ident, "epochs": config.epochs, "batch_size": config.batch_size,
@@ -181,8 +271,11 @@ def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
 
 
 @functools.lru_cache(maxsize=8)
-def _task(task: str, regime: str, seed: int, max_train_per_class: int | None):
-    loaded = load_task(f"{task}:{regime}", seed=seed)
+def _task(task: str, regime: str, seed: int, max_train_per_class: int | None, data: str | None):
+    if data is None:
+        loaded = load_task(f"{task}:{regime}", seed=seed)
+    else:
+        loaded = load_task(TaskSpec(task, regime), seed=seed, dataset=_dataset(data))
     if max_train_per_class is not None and regime == "full":
         train = loaded.scoring_set(per_class=max_train_per_class, seed=seed)
     else:
@@ -191,24 +284,30 @@ def _task(task: str, regime: str, seed: int, max_train_per_class: int | None):
 
 
 @functools.lru_cache(maxsize=8)
-def _task_inputs(task: str, regime: str, seed: int, per_class: int) -> TaskInputs:
-    loaded, _ = _task(task, regime, seed, None)
+def _task_inputs(task: str, regime: str, seed: int, per_class: int, data: str | None) -> TaskInputs:
+    loaded, _ = _task(task, regime, seed, None, data)
     subset = loaded.scoring_set(per_class=per_class, seed=seed)
     return TaskInputs(subset.x, subset.y, seed=seed)
+
+
+def _data(config: BenchConfig) -> str | None:
+    return None if config.data is None else str(config.data)
 
 
 def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
     """``{score: {"scores": {score: value}, "timings": {score: seconds}}}`` for the scores ``unit.parts``."""
     cfg = unit.config
-    task_inputs = _task_inputs(cfg["task"], cfg["regime"], cfg["seed"], config.per_class)
-    candidate = zoo.load(cfg["model"], weights_dir=weights_dir)
+    task_inputs = _task_inputs(cfg["task"], cfg["regime"], cfg["seed"], config.per_class, _data(config))
+    entry = _zoo(os.fspath(config.zoo), weights_dir)[cfg["model"]]
+    model, variables = entry.load()
     registered = [score_registry.get(name) for name in unit.parts]
     needs = set().union(*(s.needs for s in registered))
     source = None
     if needs & {"source_class_means", "source_class_counts"}:
-        source = source_sample(candidate.source_domain, seed=cfg["seed"])
+        source_x, source_y = source_sample(entry.source_domain, seed=cfg["seed"])
+        source = (entry.preprocessing.prepare(source_x), source_y)
     watch = Stopwatch().start()
-    inputs, input_seconds = extract_inputs(candidate.model, candidate.variables, task_inputs.x, needs,
+    inputs, input_seconds = extract_inputs(model, variables, entry.preprocessing.prepare(task_inputs.x), needs,
                                            task=task_inputs, source_data=source, seed=cfg["seed"],
                                            model_name=cfg["model"], task_name=f"{cfg['task']}:{cfg['regime']}",
                                            head_samples=config.head_samples)
@@ -227,9 +326,11 @@ def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
 
 def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
     cfg = unit.config
-    loaded, train = _task(cfg["task"], cfg["regime"], cfg["seed"], config.max_train_per_class)
-    candidate = zoo.load(cfg["model"], weights_dir=weights_dir)
-    return finetune_record(candidate.model, candidate.variables, train.x, train.y, loaded.test.x, loaded.test.y,
+    loaded, train = _task(cfg["task"], cfg["regime"], cfg["seed"], config.max_train_per_class, _data(config))
+    entry = _zoo(os.fspath(config.zoo), weights_dir)[cfg["model"]]
+    model, variables = entry.load()
+    prepare = entry.preprocessing.prepare
+    return finetune_record(model, variables, prepare(train.x), train.y, prepare(loaded.test.x), loaded.test.y,
                            config=config.finetune_config(cfg["seed"]), learning_rates=config.learning_rates,
                            num_classes=loaded.num_classes)
 
@@ -237,8 +338,12 @@ def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
 def run_bench(config: BenchConfig, store: ResultStore, *, shard: tuple[int, int] = (0, 1), weights_dir=None,
               progress: bool = False) -> int:
     """Compute and store every unit (and every score) of ``config`` that ``store`` lacks, this shard's share.
-    Returns how many units were computed (a scores unit that only lacked some scores counts once)."""
-    if not config.tasks or not config.regimes or not config.seeds:
+    Returns how many units were computed (a scores unit that only lacked some scores counts once).
+
+    Raises:
+      ConfigError: an empty grid, or what ``units`` raises (checked before any unit is computed).
+    """
+    if (config.tasks is not None and not config.tasks) or not config.regimes or not config.seeds:
         raise ConfigError("the benchmark grid is empty: give at least one task, regime and seed")
 
     def compute(unit: Unit) -> dict:

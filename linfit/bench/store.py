@@ -7,7 +7,8 @@ computed from the store, never from memory.
 
 Identity. A unit's key names everything that changes its result: its grid coordinates (``model``, ``task``,
 ``regime``, ``seed``), its *setting* (every other entry of its config: for a fine-tuning the epochs, batch size,
-learning rates, training-set cap; for a score the scoring subset size and head samples), and, for a score, the
+learning rates, training-set cap; for a score the scoring subset size and head samples; the zoo and the data
+when they are not the embedded ones, so two zoos or datasets never share a unit), and, for a score, the
 score's name (``unit_key``, ``part_key``): ``scores/<model>/<task>:<regime>/seed<n>/<setting id>/<score>`` and
 ``finetune/<model>/<task>:<regime>/seed<n>/<setting id>``, the setting id a hash of the setting. A changed
 setting is therefore a new unit, and an added score is a new unit next to the stored ones. The linfit version
@@ -63,9 +64,10 @@ CREATE TABLE IF NOT EXISTS units (
 CREATE INDEX IF NOT EXISTS units_kind ON units(kind);
 """
 
-GRID_FIELDS = ("model", "task", "regime", "seed", "reference")
-"""Config entries that place a benchmark unit in the grid (``reference`` follows from the model); every other
-entry is the unit's setting."""
+GRID_FIELDS = ("model", "architecture", "task", "regime", "seed", "reference")
+"""Config entries that place a benchmark unit in the grid (``architecture`` and ``reference`` follow from the
+model); every other entry is the unit's setting, including the zoo and the data a unit ran on when they are not
+the embedded zoo and a named task (``linfit.bench.grid.zoo_identity``, ``data_identity``)."""
 
 TIMING_FIELDS = ("seconds", "timings", "compile_seconds")
 """Record entries holding wall times (compile time included: only the first unit of an architecture in a process
