@@ -19,7 +19,7 @@ tasks.
 
 Presets ``evidence20-resnet8`` / ``evidence20-densenet``: one architecture of the embedded zoo (all its models,
 the multi-BN experts included; one reference model, its generalist, per task group: an architecture is one
-store) × every embedded target task, 20-shot, scores ``SCORES`` on ``EVIDENCE_SCORING_PER_CLASS`` images per
+store) × every embedded target task × ``EVIDENCE_KSHOT_SEEDS`` k-shot draws, 20-shot, scores ``SCORES`` on ``EVIDENCE_SCORING_PER_CLASS`` images per
 class. Each writes ``experiments/evidence_20shot_<architecture>.sqlite`` and its report next to it. ``--tasks``
 runs a part (a rerun with more tasks continues; the report covers the complete task groups).
 
@@ -68,6 +68,10 @@ FULL_SCORING_PER_CLASS = 10
 EVIDENCE_SCORING_PER_CLASS = 10
 """Scoring images per class of the evidence presets (paper: 25; the NTK scores' cost grows with its square)."""
 
+EVIDENCE_KSHOT_SEEDS = (0, 1, 2)
+"""k-shot draws per task of the evidence presets: 11 tasks × 3 = 33 task groups, the number that
+``experiments/size_grid.py`` finds for paired differences of ±0.05 (``experiments/evidence_sizing.md``)."""
+
 MISSING = (
     "Not in the committed stores `reproduce_full.sqlite` and `reproduce_resnet8.sqlite`: Domain Similarity "
     "(`domain_similarity`), RSA (`rsa`) and the paper's projected LGC (`lgc_paper`: last layer, per-sample gradients "
@@ -92,7 +96,8 @@ def preset(name: str, tasks: tuple[str, ...] | None = None) -> BenchConfig:
     finetuning = dict(finetune_seeds=FINETUNE_SEEDS, protocol=PROTOCOL)
     if name.startswith("evidence20-"):
         config = BenchConfig(models=architecture_models(name.split("-")[1]), tasks=targets, regimes=("20shot",),
-                             scores=SCORES, per_class=EVIDENCE_SCORING_PER_CLASS, **finetuning)
+                             seeds=EVIDENCE_KSHOT_SEEDS, scores=SCORES, per_class=EVIDENCE_SCORING_PER_CLASS,
+                             **finetuning)
     elif name == "full":
         config = BenchConfig(models=architecture_models("resnet8", multibn=False), tasks=targets[:8],
                              regimes=("5shot", "20shot", "full"), scores=SCORES, per_class=FULL_SCORING_PER_CLASS,

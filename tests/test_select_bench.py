@@ -82,7 +82,7 @@ def test_bench_two_models_two_tasks_resumes_and_reports(two_models, tmp_path):
 
 def _config(models, **changes):
     """The smallest bench grid: two models, one task, 5-shot, one score, one SGD step of one seed at one learning
-    rate (the stable hash of its unit keys gives each of two shards one scores and one fine-tuning unit)."""
+    rate (the stable hash of its four unit keys gives each of two shards at least one)."""
     base = BenchConfig(models=tuple(models), tasks=("hebrew",), regimes=("5shot",), scores=("lfc",),
                        per_class=3, **TINY_FINETUNING)
     return dataclasses.replace(base, **changes)
@@ -123,7 +123,8 @@ def test_shards_in_two_processes_and_files_merge_into_the_single_run(two_models,
                                  str(tmp_path / f"shard{i}.sqlite"), f"{i}/2"], stdout=subprocess.PIPE, text=True)
                for i in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0] and [int(o) for o in outputs] == [2, 2]
+    assert [w.returncode for w in workers] == [0, 0]
+    assert sum(int(o) for o in outputs) == 4 and min(int(o) for o in outputs) >= 1  # split, none done twice
     with read_stores(str(tmp_path / "shard*.sqlite")) as merged, read_stores(single_run) as single:
         assert _results(merged) == _results(single)
         pd.testing.assert_frame_equal(ranking_frame(merged), ranking_frame(single))
