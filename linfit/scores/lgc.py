@@ -161,6 +161,6 @@ def lgc(kernel, labels) -> float:
 
 register("lgc", needs=("ntk_last_conv",), reference=_REFERENCE + "; last conv layer", cost="forward+backward")(lgc)
 register("lgc_paper", needs=("ntk_last_conv_projected",),
-         reference=_REFERENCE + f"; last conv layer, gradients projected to {PAPER_PROJECTION_DIM:,} dimensions (§3.2)",
+         reference=_REFERENCE + f"; last conv layer, gradients projected to {PAPER_PROJECTION_DIM:,} dims (§3.2)",
          cost="forward+backward")(lgc)
 register("lgc_all", needs=("ntk",), reference=_REFERENCE + "; all parameters", cost="forward+backward")(lgc)
