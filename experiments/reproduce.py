@@ -20,8 +20,9 @@ tasks.
 Presets ``evidence20-resnet8`` / ``evidence20-densenet``: one architecture of the embedded zoo (all its models,
 the multi-BN experts included; one reference model, its generalist, per task group: an architecture is one
 store) × every embedded target task × ``EVIDENCE_KSHOT_SEEDS`` k-shot draws, 20-shot, scores ``SCORES`` on
-``EVIDENCE_SCORING_PER_CLASS`` images per class. Each writes ``experiments/evidence_20shot_<architecture>.sqlite`` and its report next to it. ``--tasks``
-runs a part (a rerun with more tasks continues; the report covers the complete task groups).
+``EVIDENCE_SCORING_PER_CLASS`` images per class. Each writes ``experiments/evidence_20shot_<architecture>.sqlite``
+and its report next to it. ``--tasks`` runs a part (a rerun with more tasks continues; the report covers the
+complete task groups).
 
 Presets ``full`` and ``resnet8`` are the grids of the committed stores ``reproduce_full.sqlite`` and
 ``reproduce_resnet8.sqlite``, which were fine-tuned with the earlier protocol (a few epochs, one seed, no refit:
