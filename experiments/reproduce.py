@@ -42,10 +42,11 @@ import dataclasses
 import pathlib
 
 from linfit import zoo
-from linfit.bench.grid import BenchConfig, run_bench
+from linfit.bench.grid import BenchConfig, run_bench, units
 from linfit.bench.report import write_report
-from linfit.bench.store import ResultStore, parse_shard, read_stores
+from linfit.bench.store import ResultStore, parse_shard, part_key, read_stores
 from linfit.data import embedded
+from linfit.errors import LinfitError
 from linfit.finetune import GridProtocol
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -120,6 +121,29 @@ def default_paths(name: str) -> tuple[pathlib.Path, pathlib.Path]:
     return HERE / f"{stem}.sqlite", HERE / stem
 
 
+def progress(store, config: BenchConfig) -> list[str]:
+    """Markdown: how much of the grid ``config`` the store holds (units and score parts), and every stored
+    fine-tuning unit's protocol outcome (chosen η, bracketing, steps, convergence, accuracy per seed, seconds)."""
+    planned = units(config)
+    parts = [part_key(u.key, p) if u.parts else u.key for u in planned for p in (u.parts or (None,))]
+    done = sum(store.has(key) for key in parts)
+    tuned = [u for u in planned if u.kind == "finetune"]
+    rows = []
+    for unit in tuned:
+        if store.has(unit.key):
+            rec = store.get(unit.key)["record"]
+            rows.append(f"| {unit.config['model']} | {unit.config['task']} | {unit.config['seed']} | {rec['lr']:g} | "
+                        f"{'yes' if rec['bracketed'] else 'no'} | {', '.join(map(str, rec['steps']))} | "
+                        f"{sum(rec['converged'])}/{len(rec['converged'])} | "
+                        f"{', '.join(f'{a:.1f}' for a in rec['accuracy_per_seed'])} | {rec['seconds']:.0f} |")
+    return [f"Stored: {done} of {len(parts)} planned results ({100 * done / len(parts):.1f} %) of the grid "
+            f"({len(config.models)} models × {len(config.tasks)} tasks × {len(config.seeds)} k-shot draws × "
+            f"{len(config.regimes)} regime; a scores unit counts once per score); fine-tuning units "
+            f"{len(rows)} of {len(tuned)} ({100 * len(rows) / len(tuned):.1f} %).", "",
+            "| model | task | k-shot draw | chosen η | bracketed | refit steps per seed | converged | test accuracy "
+            "per seed (%) | seconds |", "|---|---|---:|---:|---|---|---|---|---:|", *rows, ""]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="evidence20-resnet8", choices=PRESETS)
@@ -139,8 +163,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{done} units computed into {db}")
     notes = (MISSING,) if args.preset in ("full", "resnet8") else ()
     with read_stores(db) as store:  # read only: an older committed store is migrated in memory, not rewritten
-        path = write_report(store, out, accuracy=args.accuracy, manifest=zoo.manifest(), notes=notes)
-        print(f"report: {path}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "progress.md").write_text("\n".join([f"# Progress of preset `{args.preset}`", "",
+                                                      *progress(store, preset(args.preset))]))
+        try:
+            path = write_report(store, out, accuracy=args.accuracy, manifest=zoo.manifest(), notes=notes)
+        except LinfitError as err:  # no complete task group yet: the progress file says what is there
+            print(f"no report yet: {err}")
+        else:
+            print(f"report: {path}")
 
 
 if __name__ == "__main__":
