@@ -4,49 +4,62 @@ Runs ``linfit.bench`` over the grid (zoo models × target tasks × regimes), sto
 SQLite store (resumable: rerun the same command to continue an interrupted run), then writes the report and
 figures with ``linfit.bench.report``.
 
-    python experiments/reproduce.py                       # preset full: 17 resnet8 models x 8 tasks x 3 regimes
-    python experiments/reproduce.py --preset resnet8      # 17 resnet8 models x 8 tasks, 20-shot only
-    python experiments/reproduce.py --preset everything   # all 42 models x 11 tasks x 3 regimes (many hours)
-    python experiments/reproduce.py --preset smoke        # 3 models, 2 tasks, 5-shot, 1 epoch (a minute)
+    python experiments/reproduce.py --preset evidence20-resnet8    # the converged multi-seed ground truth (issue 13)
+    python experiments/reproduce.py --preset evidence20-resnet8 --tasks font_digits hebrew   # a balanced part
+    python experiments/reproduce.py --preset smoke        # 3 models, 2 tasks, 5-shot, a few SGD steps (a minute)
+    python experiments/reproduce.py --preset full --report-only   # the report of the committed store
 
-Preset ``full`` is the benchmark sized for 2 CPU cores: the resnet8 zoo without the multi-BN models (17 models:
-the generalist, 8 scratch and 8 from-generalist specialists) × the first 8 target tasks × regimes 5shot / 20shot /
-full = 816 units. To fit about an hour it fine-tunes ``FULL_EPOCHS`` = 5 epochs (lr ×0.1 after epochs 2 and 4, the
-paper's 15 and 25 of 30 scaled) with the 3 learning rates, caps the ``full`` training sets at
-``FULL_MAX_TRAIN_PER_CLASS`` = 50 images per class (the 10-class tasks hold 100; the letter tasks 26-38 and are not
-cut) and scores on ``FULL_SCORING_PER_CLASS`` = 10 images per class (paper: 25; the NTK scores' cost grows with the
-square of the subset, 38 classes × 25 images made one scores unit about 7× dearer). Measured: the committed run
-(``experiments/reproduce_full/``) took 63 min of wall time on 2 CPU cores that it shared with a scaling benchmark
-(units: fine-tuning 34 min, scores 29 min). The fine-tuning step is compiled once per architecture and input
-shape (``linfit.finetune.loop.compiled_functions``) and reused by every model and learning rate.
-On more cores run shards in parallel, each into its own store (``--shard 0/2 --db shard0.sqlite`` and
-``--shard 1/2 --db shard1.sqlite``; SQLite's locking needs a local disk, one file per host), and report them
-together with ``linfit report --db 'shard*.sqlite' --out DIR``. A rerun with other scores computes only the added
-scores; other epochs or subset sizes are new units, and the report refuses to mix them (``--setting``).
+Fine-tuning ground truth (``linfit.bench.grid.BenchConfig``, ``linfit.finetune.finetune_grid``): the paper's
+optimiser at a constant step size, the learning-rate grid (0.01, 0.005, 0.001) widened ×3 at an edge that wins,
+``FINETUNE_SEEDS`` seeds per unit, each run trained until its window-mean training loss changes by at most 1 %
+(+1e-3 nats) between two windows of ``PROTOCOL.window`` steps or ``PROTOCOL.max_steps`` steps have passed, η chosen
+on the mean validation accuracy of the seeds (20 % of the training split), then every seed refit on the whole
+training split; per-seed per-image test correctness is stored, so the report bootstraps over images, seeds and
+tasks.
 
-Presets only choose the grid; the protocol is the paper's (§5.5) with the epochs scaled down for CPU (see
-``--epochs``; each preset has its own default) and the learning rate chosen on a validation split (the paper's
-oracle choice on the test set is stored too: ``--accuracy oracle_accuracy`` reports against it).
+Presets ``evidence20-resnet8`` / ``evidence20-densenet``: one architecture of the embedded zoo (all its models,
+the multi-BN experts included; one reference model, its generalist, per task group: an architecture is one
+store) × every embedded target task × ``EVIDENCE_KSHOT_SEEDS`` k-shot draws, 20-shot, scores ``SCORES`` on
+``EVIDENCE_SCORING_PER_CLASS`` images per class. Each writes ``experiments/evidence_20shot_<architecture>.sqlite``
+and its report next to it. ``--tasks`` runs a part (a rerun with more tasks continues; the report covers the
+complete task groups).
+
+Presets ``full`` and ``resnet8`` are the grids of the committed stores ``reproduce_full.sqlite`` and
+``reproduce_resnet8.sqlite``, which were fine-tuned with the earlier protocol (a few epochs, one seed, no refit:
+their settings record it); rerunning them now computes new units with the protocol above. Preset ``full``: the
+resnet8 zoo without the multi-BN models (17 models) × the first 8 target tasks × 5shot / 20shot / full,
+``full`` training sets capped at ``FULL_MAX_TRAIN_PER_CLASS`` = 50 images per class, scores on
+``FULL_SCORING_PER_CLASS`` = 10 images per class (paper: 25). On more cores run shards in parallel, each into its
+own store (``--shard 0/2 --db shard0.sqlite``), and report them together with
+``linfit report --db 'shard*.sqlite' --out DIR``. A rerun with other scores computes only the added scores;
+other settings are new units, and the report refuses to mix them (``--setting``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 
 from linfit import zoo
-from linfit.bench.grid import BenchConfig, run_bench
+from linfit.bench.grid import BenchConfig, run_bench, units
 from linfit.bench.report import write_report
-from linfit.bench.store import ResultStore, parse_shard, read_stores
+from linfit.bench.store import ResultStore, parse_shard, part_key, read_stores
 from linfit.data import embedded
+from linfit.errors import LinfitError
+from linfit.finetune import GridProtocol
 
 HERE = pathlib.Path(__file__).resolve().parent
-SCORES = ("lfc", "lgc", "lgc_all", "linearized_loss", "linearized_cv_accuracy", "logme", "leep", "nce", "h_score",
-          "transrate", "gbc", "parc", "sfda", "feature_metrics", "linear_probe", "random")
+SCORES = ("lfc", "lgc", "lgc_paper", "lgc_all", "linearized_loss", "linearized_cv_accuracy", "logme", "leep", "nce",
+          "h_score", "transrate", "gbc", "parc", "sfda", "feature_metrics", "linear_probe", "domain_similarity",
+          "rsa", "random")
+"""The paper's methods (Domain Similarity, RSA and its projected LGC included) and linfit's."""
 
+FINETUNE_SEEDS = (0, 1, 2)
+"""Fine-tuning seeds of every unit."""
 
-FULL_EPOCHS = 5
-"""Fine-tuning epochs of preset ``full`` (paper: 30)."""
+PROTOCOL = GridProtocol(window=25, max_steps=500)
+"""Convergence checked every 25 SGD steps, at most 500 steps (20 epochs of a 20-shot, 10-class task at batch 32)."""
 
 FULL_MAX_TRAIN_PER_CLASS = 50
 """Training images per class of preset ``full``'s ``full`` regime (the 10-class tasks hold 100)."""
@@ -54,66 +67,111 @@ FULL_MAX_TRAIN_PER_CLASS = 50
 FULL_SCORING_PER_CLASS = 10
 """Scoring images per class of preset ``full`` (paper: 25)."""
 
+EVIDENCE_SCORING_PER_CLASS = 10
+"""Scoring images per class of the evidence presets (paper: 25; the NTK scores' cost grows with its square)."""
+
+EVIDENCE_KSHOT_SEEDS = (0, 1, 2)
+"""k-shot draws per task of the evidence presets: 11 tasks × 3 = 33 task groups, the number that
+``experiments/size_grid.py`` finds for paired differences of ±0.05 (``experiments/evidence_sizing.md``)."""
+
 MISSING = (
-    "Not in these stores: Domain Similarity (`domain_similarity`), RSA (`rsa`) and the paper's exact LGC variant "
-    "(last layer, per-sample gradients randomly projected to 10,000 dimensions: `projection_dim` of "
-    "`linfit.scores.lgc`, not a registered score; the registered `lgc` is the same last-convolution kernel "
-    "computed exactly, which the projection only estimates). Adding them means new score units for every model, "
-    "task and regime (17 x 8 x 3 here); the committed run's 16 scores took 29 minutes of 2 CPU cores, and on the "
-    "shared machine the report was regenerated on that did not fit its ~15 CPU-minute budget. Adding the two "
-    "registered scores to `SCORES` and rerunning the preset computes only them.")
-"""Said in the report: registered scores (and the paper's LGC variant) that the committed stores lack, and why."""
+    "Not in the committed stores `reproduce_full.sqlite` and `reproduce_resnet8.sqlite`: Domain Similarity "
+    "(`domain_similarity`), RSA (`rsa`) and the paper's projected LGC (`lgc_paper`: last layer, per-sample gradients "
+    "randomly projected to 10,000 dimensions; `lgc` is the same kernel computed exactly). They are in `SCORES` and "
+    "in the evidence stores (`evidence_20shot_*.sqlite`).")
+"""Said in the report of the committed stores: the scores they lack."""
 
-PRESETS = ("full", "resnet8", "everything", "smoke")
-DEFAULT_EPOCHS = {"full": FULL_EPOCHS, "resnet8": 8, "everything": 8, "smoke": 1}
+PRESETS = ("evidence20-resnet8", "evidence20-densenet", "full", "resnet8", "smoke")
 
 
-def resnet8_models() -> tuple[str, ...]:
-    """The resnet8 zoo without the multi-BN models: the generalist and every scratch / from-generalist model."""
-    return tuple(n for n in zoo.names() if n.startswith("resnet8/") and "/multibn/" not in n)
+def architecture_models(architecture: str, *, multibn: bool = True) -> tuple[str, ...]:
+    """Every embedded zoo model of ``architecture`` (``"resnet8"`` or ``"densenet"``), optionally without the
+    multi-BN experts."""
+    return tuple(n for n in zoo.names() if n.startswith(f"{architecture}/") and (multibn or "/multibn/" not in n))
 
 
-def preset(name: str, epochs: int | None = None) -> BenchConfig:
-    """The grid of a preset (see the module docstring); ``epochs=None`` takes the preset's default."""
+def preset(name: str, tasks: tuple[str, ...] | None = None) -> BenchConfig:
+    """The grid of a preset (see the module docstring); ``tasks`` replaces the preset's target tasks."""
     if name not in PRESETS:
         raise SystemExit(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    epochs = DEFAULT_EPOCHS[name] if epochs is None else epochs
     targets = tuple(embedded.target_domains())
-    regimes = ("5shot", "20shot", "full")
-    if name == "full":
-        return BenchConfig(models=resnet8_models(), tasks=targets[:8], regimes=regimes, scores=SCORES,
-                           per_class=FULL_SCORING_PER_CLASS, epochs=epochs,
-                           max_train_per_class=FULL_MAX_TRAIN_PER_CLASS)
-    if name == "everything":
-        return BenchConfig(tasks=targets, regimes=regimes, scores=SCORES, epochs=epochs, max_train_per_class=100)
-    if name == "resnet8":
-        return BenchConfig(models=resnet8_models(), tasks=targets[:8], regimes=("20shot",), scores=SCORES,
-                           epochs=epochs)
-    models = ("resnet8/generalist", "resnet8/mnist/from-generalist", "resnet8/latin/from-generalist")
-    return BenchConfig(models=models, tasks=targets[:2], regimes=("5shot",), scores=("lfc", "logme", "leep"),
-                       per_class=5, epochs=epochs, learning_rates=(0.01,))
+    finetuning = dict(finetune_seeds=FINETUNE_SEEDS, protocol=PROTOCOL)
+    if name.startswith("evidence20-"):
+        config = BenchConfig(models=architecture_models(name.split("-")[1]), tasks=targets, regimes=("20shot",),
+                             seeds=EVIDENCE_KSHOT_SEEDS, scores=SCORES, per_class=EVIDENCE_SCORING_PER_CLASS,
+                             **finetuning)
+    elif name == "full":
+        config = BenchConfig(models=architecture_models("resnet8", multibn=False), tasks=targets[:8],
+                             regimes=("5shot", "20shot", "full"), scores=SCORES, per_class=FULL_SCORING_PER_CLASS,
+                             max_train_per_class=FULL_MAX_TRAIN_PER_CLASS, **finetuning)
+    elif name == "resnet8":
+        config = BenchConfig(models=architecture_models("resnet8", multibn=False), tasks=targets[:8],
+                             regimes=("20shot",), scores=SCORES, **finetuning)
+    else:
+        models = ("resnet8/generalist", "resnet8/mnist/from-generalist", "resnet8/latin/from-generalist")
+        config = BenchConfig(models=models, tasks=targets[:2], regimes=("5shot",), scores=("lfc", "logme", "leep"),
+                             per_class=5, learning_rates=(0.01,), finetune_seeds=(0, 1),
+                             protocol=GridProtocol(window=5, max_steps=20, max_extensions=0))
+    return config if tasks is None else dataclasses.replace(config, tasks=tuple(tasks))
+
+
+def default_paths(name: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """``(store, report folder)`` of a preset."""
+    stem = f"evidence_20shot_{name.split('-')[1]}" if name.startswith("evidence20-") else f"reproduce_{name}"
+    return HERE / f"{stem}.sqlite", HERE / stem
+
+
+def progress(store, config: BenchConfig) -> list[str]:
+    """Markdown: how much of the grid ``config`` the store holds (units and score parts), and every stored
+    fine-tuning unit's protocol outcome (chosen η, bracketing, steps, convergence, accuracy per seed, seconds)."""
+    planned = units(config)
+    parts = [part_key(u.key, p) if u.parts else u.key for u in planned for p in (u.parts or (None,))]
+    done = sum(store.has(key) for key in parts)
+    tuned = [u for u in planned if u.kind == "finetune"]
+    rows = []
+    for unit in tuned:
+        if store.has(unit.key):
+            rec = store.get(unit.key)["record"]
+            rows.append(f"| {unit.config['model']} | {unit.config['task']} | {unit.config['seed']} | {rec['lr']:g} | "
+                        f"{'yes' if rec['bracketed'] else 'no'} | {', '.join(map(str, rec['steps']))} | "
+                        f"{sum(rec['converged'])}/{len(rec['converged'])} | "
+                        f"{', '.join(f'{a:.1f}' for a in rec['accuracy_per_seed'])} | {rec['seconds']:.0f} |")
+    return [f"Stored: {done} of {len(parts)} planned results ({100 * done / len(parts):.1f} %) of the grid "
+            f"({len(config.models)} models × {len(config.tasks)} tasks × {len(config.seeds)} k-shot draws × "
+            f"{len(config.regimes)} regime; a scores unit counts once per score); fine-tuning units "
+            f"{len(rows)} of {len(tuned)} ({100 * len(rows) / len(tuned):.1f} %).", "",
+            "| model | task | k-shot draw | chosen η | bracketed | refit steps per seed | converged | test accuracy "
+            "per seed (%) | seconds |", "|---|---|---:|---:|---|---|---|---|---:|", *rows, ""]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="full", choices=PRESETS)
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"fine-tuning epochs (paper: 30; default per preset: {DEFAULT_EPOCHS})")
-    parser.add_argument("--db", default=None, help="SQLite store (default experiments/reproduce_<preset>.sqlite)")
-    parser.add_argument("--out", default=None, help="report folder (default experiments/reproduce_<preset>/)")
+    parser.add_argument("--preset", default="evidence20-resnet8", choices=PRESETS)
+    parser.add_argument("--tasks", nargs="+", default=None, help="run these target tasks only (a part of the grid)")
+    parser.add_argument("--db", default=None, help="SQLite store (default: see the module docstring)")
+    parser.add_argument("--out", default=None, help="report folder (default: next to the store, same stem)")
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--accuracy", default="accuracy", choices=["accuracy", "oracle_accuracy"])
     parser.add_argument("--report-only", action="store_true", help="only regenerate the report from the store")
     args = parser.parse_args(argv)
-    db = pathlib.Path(args.db or HERE / f"reproduce_{args.preset}.sqlite")
-    out = pathlib.Path(args.out or HERE / f"reproduce_{args.preset}")
+    default_db, default_out = default_paths(args.preset)
+    db, out = pathlib.Path(args.db or default_db), pathlib.Path(args.out or default_out)
+    config = preset(args.preset, args.tasks)
     if not args.report_only:
         with ResultStore(db) as store:
-            done = run_bench(preset(args.preset, args.epochs), store, shard=parse_shard(args.shard), progress=True)
+            done = run_bench(config, store, shard=parse_shard(args.shard), progress=True)
         print(f"{done} units computed into {db}")
+    notes = (MISSING,) if args.preset in ("full", "resnet8") else ()
     with read_stores(db) as store:  # read only: an older committed store is migrated in memory, not rewritten
-        path = write_report(store, out, accuracy=args.accuracy, manifest=zoo.manifest(), notes=(MISSING,))
-        print(f"report: {path}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "progress.md").write_text("\n".join([f"# Progress of preset `{args.preset}`", "",
+                                                      *progress(store, preset(args.preset))]))
+        try:
+            path = write_report(store, out, accuracy=args.accuracy, manifest=zoo.manifest(), notes=notes)
+        except LinfitError as err:  # no complete task group yet: the progress file says what is there
+            print(f"no report yet: {err}")
+        else:
+            print(f"report: {path}")
 
 
 if __name__ == "__main__":

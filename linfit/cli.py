@@ -181,6 +181,7 @@ def _print_rows(header: tuple, rows: list[tuple]) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from linfit.bench.grid import BenchConfig, run_bench, units
     from linfit.bench.store import ResultStore, parse_shard
+    from linfit.finetune.sweep import GridProtocol
 
     shard = parse_shard(args.shard)
     if args.data is not None and args.tasks is not None:
@@ -188,7 +189,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.data is None and args.regime is not None:
         raise ConfigError(f"--regime goes with --data; each of --tasks names its own regime (e.g. {DEFAULT_TASK})")
     common = dict(models=tuple(args.models) if args.models else None, seeds=tuple(args.seeds),
-                  scores=tuple(args.scores), per_class=args.per_class, epochs=args.epochs,
+                  scores=tuple(args.scores), per_class=args.per_class, finetune_seeds=tuple(args.finetune_seeds),
+                  protocol=GridProtocol(max_steps=args.max_steps),
                   max_train_per_class=args.max_train_per_class, zoo=args.zoo)
     if args.data is not None:
         configs = [BenchConfig(data=args.data, regimes=(args.regime or DEFAULT_REGIME,), **common)]
@@ -281,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
     bench.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES), help="score names (`linfit scores`)")
     bench.add_argument("--per-class", type=_positive_int, default=25)
-    bench.add_argument("--epochs", type=_positive_int, default=30, help="fine-tuning epochs (paper: 30)")
+    bench.add_argument("--finetune-seeds", nargs="+", type=int, default=[0, 1, 2],
+                       help="fine-tuning seeds of every unit (its ground truth is their mean)")
+    bench.add_argument("--max-steps", type=_positive_int, default=2000,
+                       help="SGD step budget of a fine-tuning run that has not converged (a multiple of 50)")
     bench.add_argument("--max-train-per-class", type=_positive_int, default=None,
                        help="cap the full regime (CPU budget)")
     bench.add_argument("--shard", default="0/1", help="i/n: this process's share of the grid (own --db each)")

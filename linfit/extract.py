@@ -27,7 +27,7 @@ import numpy as np
 from linfit.errors import ShapeError, UnknownNameError
 from linfit.models import create, features_fn, init, param_subsets
 from linfit.models.compiled import head_logits, penultimate_features
-from linfit.scores.lgc import lgc_kernel
+from linfit.scores.lgc import PAPER_PROJECTION_DIM, lgc_kernel
 from linfit.scores.registry import INPUT_NAMES
 from linfit.timing import Stopwatch
 
@@ -111,7 +111,7 @@ def draw_key(seed: int, model_name: str, task_name: str = "") -> jax.Array:
 
 
 # Inputs computed from the penultimate features of the scoring subset; the first one needed is charged the pass.
-_FORWARD_USERS = ("features", "source_probs", "ntk", "ntk_last_conv")
+_FORWARD_USERS = ("features", "source_probs", "ntk", "ntk_last_conv", "ntk_last_conv_projected")
 
 
 def extract_inputs(
@@ -152,8 +152,8 @@ def extract_inputs(
       compilation excluded (``linfit.timing.Stopwatch``): every forward pass and kernel is compiled once per
       architecture and input shape, and that one-off cost, paid by whichever model comes first, is no score's;
       time it around the calls with a ``Stopwatch``. The penultimate features are computed once and shared;
-      their forward pass is charged to the first of ``features``, ``source_probs``, ``ntk``, ``ntk_last_conv``
-      needed.
+      their forward pass is charged to the first of ``features``, ``source_probs``, ``ntk``, ``ntk_last_conv``,
+      ``ntk_last_conv_projected`` needed.
     """
     needs = set(needs)
     unknown = needs - set(INPUT_NAMES)
@@ -186,9 +186,13 @@ def extract_inputs(
                           memory_budget_bytes=memory_budget_bytes, features=phi)
     if "ntk" in needs:
         timed("ntk", lambda: lgc_kernel(model, variables, x, **kernel_options))
-    if "ntk_last_conv" in needs:
+    if needs & {"ntk_last_conv", "ntk_last_conv_projected"}:
         last_conv = param_subsets(model, variables["params"])["last_conv"]
+    if "ntk_last_conv" in needs:
         timed("ntk_last_conv", lambda: lgc_kernel(model, variables, x, params_filter=last_conv, **kernel_options))
+    if "ntk_last_conv_projected" in needs:
+        timed("ntk_last_conv_projected", lambda: lgc_kernel(model, variables, x, params_filter=last_conv,
+                                                            projection_dim=PAPER_PROJECTION_DIM, **kernel_options))
     if needs & {"source_class_means", "source_class_counts"}:
         with Stopwatch() as watch:
             inputs["source_class_means"], inputs["source_class_counts"] = _source_statistics(

@@ -41,6 +41,7 @@ def score_inputs(case: str, seed: int):
         "source_probs": probs,
         "ntk": kernel,
         "ntk_last_conv": kernel,
+        "ntk_last_conv_projected": kernel,
         "source_class_means": 2.0 * rng.normal(size=(4, d)) * np.abs(f).max() / 4.0,
         "source_class_counts": np.array([10.0, 8.0, 12.0, 9.0]),
         "key": jax.random.key(seed),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from linfit import models
-from linfit.bench.grid import finetune_record, gram_record, gram_sample, paper_finetune_config
+from linfit.bench.grid import BenchConfig, finetune_record, gram_record, gram_sample
+from linfit.finetune import GridProtocol, finetune_grid
 from linfit.bench.report import gram_selection, write_report
 from linfit.bench.store import ResultStore, unpack_bools
 
@@ -59,26 +60,41 @@ def test_gram_record_matches_numpy(backbone):
     json.dumps(record)
 
 
-def test_finetune_record_holds_the_gram_of_the_chosen_run(backbone):
+def test_finetune_record_holds_every_seed_and_the_gram_of_the_first(backbone):
     model, variables = backbone  # pre-trained with 5 classes, fine-tuned on 3 (the head is replaced)
     rng = np.random.default_rng(2)
     y_train, y_test = np.repeat(np.arange(3), 6), np.repeat(np.arange(3), 7)
     x_train = (rng.normal(size=(18, 8, 8, 1)) + y_train[:, None, None, None]).astype(np.float32)
     x_test = (rng.normal(size=(21, 8, 8, 1)) + y_test[:, None, None, None]).astype(np.float32)
+    config = BenchConfig(batch_size=6, learning_rates=(0.05, 0.01), finetune_seeds=(0, 1),
+                         protocol=GridProtocol(window=2, max_steps=6, max_extensions=1))
+    args = dict(config=config.finetune_config(0), seeds=config.finetune_seeds, protocol=config.protocol,
+                num_classes=3)
     record = finetune_record(model, variables, x_train, y_train, x_test, y_test,
-                             config=paper_finetune_config(2, 6, seed=0), learning_rates=(0.05, 0.01), num_classes=3)
+                             learning_rates=config.learning_rates, **args)
+    assert len(json.dumps(record)) < 50_000
+    # the same (deterministic) grid run directly; every entry of the record checked against its final models
+    result = finetune_grid(model, variables, x_train, y_train, x_test, y_test, lrs=config.learning_rates, **args)
+    assert record["lr"] == result.chosen_lr and record["lrs"] == result.lrs.tolist()
+    three_way = models.create("small_cnn", num_classes=3, width=4, depth=2, batch_norm=True)
+    correct = np.stack([unpack_bools(packed) for packed in record["test_correct"]])  # [S, I], one row per seed
+    assert correct.shape == (2, 21)
+    for s, refit in enumerate(result.variables):  # an independent forward pass of each refit model
+        predicted = np.asarray(three_way.apply(refit, x_test, train=False)).argmax(-1)
+        np.testing.assert_array_equal(correct[s], predicted == y_test)
+        assert record["accuracy_per_seed"][s] == pytest.approx(100 * np.mean(predicted == y_test), abs=1e-9)
+    assert record["accuracy"] == pytest.approx(100 * correct.mean(), abs=1e-9)
+    search_accuracy = [100 * np.mean(result.search_test_correct[i]) for i in range(len(result.lrs))]
+    assert record["oracle_accuracy"] == pytest.approx(max(search_accuracy), abs=1e-9)
+    assert record["oracle_lr"] == result.lrs[int(np.argmax(search_accuracy))]
     gram = record["gram"]
     idx = gram_sample(y_test, seed=0)
     assert gram["labels"] == y_test[idx].tolist() and len(idx) == 12  # 4 per class, class-sorted
-    phi = _features(model, variables, x_test[idx])
-    np.testing.assert_allclose(gram["before"], phi @ phi.T, rtol=1e-3, atol=1e-9)
-    assert gram["lfc_before"] == pytest.approx(_pearson_lfc(phi @ phi.T, gram["labels"]), abs=1e-6)
+    for stage, stage_variables in (("before", variables), ("after", result.variables[0])):
+        phi = _features(model, stage_variables, x_test[idx])
+        np.testing.assert_allclose(gram[stage], phi @ phi.T, rtol=1e-3, atol=1e-6 * np.abs(phi @ phi.T).max())
+        assert gram[f"lfc_{stage}"] == pytest.approx(_pearson_lfc(phi @ phi.T, gram["labels"]), abs=1e-3)
     assert not np.allclose(gram["after"], gram["before"], rtol=1e-2)  # the fine-tuned backbone moved
-    assert gram["lfc_after"] == pytest.approx(_pearson_lfc(gram["after"], gram["labels"]), abs=1e-3)
-    assert len(json.dumps(record)) < 50_000
-    correct = unpack_bools(record["test_correct"])  # per-image correctness of the chosen run, for the bootstrap
-    # the loop averages in float32 (relative error ~1e-7); one image more or less would move it by 100/21
-    assert correct.shape == (21,) and 100 * correct.mean() == pytest.approx(record["accuracy"], abs=1e-4)
 
 
 ACC = {"gen": 60.0, "a": 80.0, "b": 50.0}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from linfit.bench import stats, uncertainty
-from linfit.bench.report import finetune_frame, write_report
+from linfit.bench.report import finetune_frame, scores_frame, write_report
 from linfit.bench.store import ResultStore, pack_bools, unpack_bools
 from linfit.errors import LinfitError
 
@@ -164,8 +164,29 @@ def test_per_image_correctness_round_trips_through_the_store(tmp_path):
         store.put("finetune/m/t", "finetune", {"accuracy": 100 * correct.mean(), "seconds": 1.0,
                                                "test_correct": packed}, config=cfg)
         stored = finetune_frame(store).test_correct.iloc[0]
-    np.testing.assert_array_equal(stored, correct)
+    np.testing.assert_array_equal(stored, correct[None])  # one run: [R = 1, I]
     assert stored.dtype == bool
+
+
+def test_per_seed_correctness_reaches_the_bootstrap_as_models_seeds_images(tmp_path):
+    rng = np.random.default_rng(1)
+    correct = {model: rng.random((3, 11)) < p for model, p in (("a", 0.3), ("gen", 0.6), ("b", 0.8))}  # [R, I]
+    with ResultStore(tmp_path / "b.sqlite") as store:
+        for model, rows in correct.items():
+            cfg = {"model": model, "task": "t", "regime": "20shot", "seed": 0, "reference": model == "gen"}
+            store.put(f"finetune/{model}", "finetune", {"accuracy": 100 * rows.mean(), "seconds": 1.0,
+                                                        "test_correct": [pack_bools(row) for row in rows]},
+                      config=cfg)
+            store.put(f"scores/{model}", "scores", {"scores": {"s": float(rows.sum())}, "timings": {}}, config=cfg)
+        frame = finetune_frame(store)
+        [task], names, _ = uncertainty.regime_tasks(scores_frame(store), frame, "20shot", "accuracy")
+    assert names == ("s",) and task.correct.shape == (3, 3, 11)  # [M, R, I], models in name order
+    for m, model in enumerate(("a", "b", "gen")):
+        np.testing.assert_array_equal(task.correct[m], correct[model])
+        assert task.accuracy[m] == pytest.approx(100 * correct[model].mean())
+    assert task.reference == 2
+    result = stats.bootstrap([task], names, replicates=50, rng=0, ks=())
+    assert "one seed" not in result.scheme and "fine-tuning seeds resampled" in result.scheme
 
 
 def test_malformed_or_inconsistent_correctness_is_a_clear_error(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 from linfit import checkpoints
 from linfit.bench import grid
 from linfit.bench.grid import BenchConfig, data_identity, run_bench, units
+from linfit.finetune import GridProtocol
 from linfit.bench.report import write_report
 from linfit.bench.store import ResultStore, part_key, setting
 from linfit.cli import main
@@ -69,8 +70,9 @@ def _write_zoo(folder: pathlib.Path, extra: str = "") -> pathlib.Path:
 
 
 def _config(zoo, data, **changes) -> BenchConfig:
-    base = BenchConfig(zoo=str(zoo), data=str(data), regimes=("5shot",), scores=("lfc",), per_class=3, epochs=1,
-                       learning_rates=(0.01,))
+    base = BenchConfig(zoo=str(zoo), data=str(data), regimes=("5shot",), scores=("lfc",), per_class=3,
+                       learning_rates=(0.01,), finetune_seeds=(0,),
+                       protocol=GridProtocol(window=2, max_steps=2, max_extensions=0))
     return dataclasses.replace(base, **changes)
 
 
@@ -107,7 +109,7 @@ def test_bench_scores_and_finetunes_each_model_at_its_own_preprocessing(tmp_path
         np.testing.assert_allclose(x_train, _pil_prepare(task.train.x, entry.preprocessing), rtol=0, atol=tolerance)
         np.testing.assert_allclose(x_test, _pil_prepare(task.test.x, entry.preprocessing), rtol=0, atol=tolerance)
         tuned = rows[("finetune", entry.name)]["record"]
-        assert tuned["test_correct"]["n"] == task.test.y.size and 0.0 <= tuned["accuracy"] <= 100.0
+        assert [p["n"] for p in tuned["test_correct"]] == [task.test.y.size] and 0.0 <= tuned["accuracy"] <= 100.0
 
 
 def test_zoo_and_data_are_part_of_every_units_identity(tmp_path, png_folder):
@@ -149,23 +151,21 @@ def _sha12(*files) -> set[str]:
     return {hashlib.sha256(pathlib.Path(f).read_bytes()).hexdigest()[:12] for f in files}
 
 
-def test_embedded_zoo_on_named_tasks_keeps_the_committed_stores_keys(tmp_path):
+def test_embedded_zoo_on_named_tasks_keeps_the_committed_stores_score_keys(tmp_path):
+    """Scores of the embedded zoo on named tasks keep their keys (the committed store's units are found); its
+    fine-tuning units were made under the older epochs protocol, a setting that no longer exists."""
     copy = tmp_path / "reproduce_full.sqlite"  # opening a store for writing migrates it: never the committed file
     shutil.copyfile(REPO / "experiments" / "reproduce_full.sqlite", copy)
     with ResultStore(copy) as store:
-        tuned = next(store.units("finetune"))
-        scored = next(u for u in store.units("scores") if u["config"]["model"] == tuned["config"]["model"]
-                      and u["config"]["task"] == tuned["config"]["task"]
-                      and u["config"]["regime"] == tuned["config"]["regime"])
-        cfg, scfg = tuned["config"], scored["config"]
+        scored = next(store.units("scores"))
+        scfg = scored["config"]
         score = next(iter(scored["record"]["scores"]))
-        config = BenchConfig(models=(cfg["model"],), tasks=(cfg["task"],), regimes=(cfg["regime"],),
-                             seeds=(cfg["seed"],), scores=(score,), per_class=scfg["per_class"],
-                             head_samples=scfg["head_samples"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                             learning_rates=tuple(cfg["learning_rates"]),
-                             max_train_per_class=cfg["max_train_per_class"])
+        config = BenchConfig(models=(scfg["model"],), tasks=(scfg["task"],), regimes=(scfg["regime"],),
+                             seeds=(scfg["seed"],), scores=(score,), per_class=scfg["per_class"],
+                             head_samples=scfg["head_samples"])
         made = {u.kind: u for u in units(config)}
-        assert store.has(made["finetune"].key) and store.has(part_key(made["scores"].key, score))
+        assert store.has(part_key(made["scores"].key, score))
+        assert not store.has(made["finetune"].key)
 
 
 def test_bench_errors_before_any_work(tmp_path, png_folder, monkeypatch):
@@ -211,7 +211,7 @@ def test_bench_cli_on_an_npz(tmp_path, capsys):
     np.savez(tmp_path / "spots.npz", x=x, y=y)
     db = tmp_path / "b.sqlite"
     argv = ["bench", "--db", str(db), "--zoo", str(zoo), "--data", str(tmp_path / "spots.npz"), "--regime",
-            "5shot", "--scores", "lfc", "--per-class", "2", "--epochs", "1", "--quiet"]
+            "5shot", "--scores", "lfc", "--per-class", "2", "--finetune-seeds", "0", "--max-steps", "50", "--quiet"]
     assert main(argv) == 0 and "4 units computed" in capsys.readouterr().out
     assert main(argv) == 0 and "0 units computed" in capsys.readouterr().out
     with ResultStore(db) as store:

@@ -95,7 +95,7 @@ def test_bench_names_tasks_like_select(monkeypatch, tmp_path, capsys):
     assert "'<dataset>:<regime>'" in _error(["bench", "--db", db, "--tasks", "hebrew"], capsys)
     assert "`linfit zoo list`" in _error(["bench", "--db", db, "--models", "nosuch"], capsys)
     assert "`linfit scores`" in _error(["bench", "--db", db, "--scores", "nosuch"], capsys)
-    assert "--epochs" in _error(["bench", "--db", db, "--epochs", "0"], capsys)
+    assert "--max-steps" in _error(["bench", "--db", db, "--max-steps", "0"], capsys)
 
 
 def test_help_does_not_import_jax():

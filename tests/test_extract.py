@@ -69,3 +69,24 @@ def test_random_key_differs_between_tasks():
     assert not np.array_equal(a, b)
     expected = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), zlib.crc32(b"m")), zlib.crc32(b"task1"))
     np.testing.assert_array_equal(a, expected)
+
+
+def test_paper_lgc_input_is_the_projected_last_conv_kernel(small):
+    """``ntk_last_conv_projected`` estimates the exact last-conv kernel by a 10,000-dim Gaussian projection: each
+    entry's error has a standard deviation of at most sqrt(2 / 10,000) ≈ 1.4 % of the largest entry, so 6 of
+    them (8.5 %) bound it; ``lgc_paper`` is eq. (8) on that kernel."""
+    from linfit import scores
+    from linfit.scores.lgc import PAPER_PROJECTION_DIM, lgc_kernel
+
+    model, variables, x = small
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    inputs, seconds = extract_inputs(model, variables, x, scores.get("lgc_paper").needs, seed=5)
+    assert set(seconds) == {"ntk_last_conv_projected"} and PAPER_PROJECTION_DIM == 10_000
+    projected = inputs["ntk_last_conv_projected"]
+    last_conv = models.param_subsets(model, variables["params"])["last_conv"]
+    exact = lgc_kernel(model, variables, x, params_filter=last_conv)
+    assert np.abs(projected - exact).max() < 6 * np.sqrt(2 / PAPER_PROJECTION_DIM) * np.abs(exact).max()
+    assert not np.allclose(projected, exact, rtol=1e-6)  # an estimate, not the exact kernel again
+    similarity = np.where(labels[:, None] == labels[None, :], 1.0, -1.0)
+    expected = np.corrcoef(projected.ravel(), similarity.ravel())[0, 1]
+    assert scores.get("lgc_paper")(labels, **inputs) == pytest.approx(expected, abs=1e-9)

@@ -30,7 +30,7 @@ def _perturb(inputs: dict, rng: np.random.Generator) -> dict:
     for name in ("features", "probe_features", "source_class_means"):
         out[name] = jitter(inputs[name])
     kernel = jitter(inputs["ntk"])
-    out["ntk"] = out["ntk_last_conv"] = (kernel + kernel.T) / 2
+    out["ntk"] = out["ntk_last_conv"] = out["ntk_last_conv_projected"] = (kernel + kernel.T) / 2
     probs = jitter(inputs["source_probs"])
     out["source_probs"] = probs / probs.sum(axis=1, keepdims=True)
     return out

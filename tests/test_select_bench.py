@@ -19,11 +19,15 @@ from linfit.bench.store import TIMING_FIELDS, ResultStore, read_stores
 from linfit.cli import main
 from linfit.data import load_task
 from linfit.errors import LinfitError
+from linfit.finetune import GridProtocol
 from linfit.scores import leep, lfc
 from linfit.select import select
 
 pytestmark = pytest.mark.slow
 TASK = "font_digits:5shot"
+TINY_FINETUNING = dict(learning_rates=(0.01,), finetune_seeds=(0,),
+                       protocol=GridProtocol(window=1, max_steps=1, max_extensions=0))
+"""The cheapest fine-tuning ground truth: one seed, one learning rate, one SGD step."""
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def test_select_cli_json_and_curves(two_models, tmp_path, capsys):
 
 def test_bench_two_models_two_tasks_resumes_and_reports(two_models, tmp_path):
     config = BenchConfig(models=tuple(two_models), tasks=("font_digits", "hebrew"), regimes=("5shot",),
-                         scores=("lfc", "leep"), per_class=3, epochs=1, learning_rates=(0.01,))
+                         scores=("lfc", "leep"), per_class=3, **TINY_FINETUNING)
     assert len(units(config)) == 8
     with ResultStore(tmp_path / "bench.sqlite") as store:
         assert run_bench(config, store) == 8
@@ -77,10 +81,10 @@ def test_bench_two_models_two_tasks_resumes_and_reports(two_models, tmp_path):
 
 
 def _config(models, **changes):
-    """The smallest bench grid: two models, one task, 5-shot, one score, one epoch at one learning rate (the
-    stable hash of its unit keys gives each of two shards one scores and one fine-tuning unit)."""
+    """The smallest bench grid: two models, one task, 5-shot, one score, one SGD step of one seed at one learning
+    rate (the stable hash of its four unit keys gives each of two shards at least one)."""
     base = BenchConfig(models=tuple(models), tasks=("hebrew",), regimes=("5shot",), scores=("lfc",),
-                       per_class=3, epochs=1, learning_rates=(0.01,))
+                       per_class=3, **TINY_FINETUNING)
     return dataclasses.replace(base, **changes)
 
 
@@ -119,7 +123,8 @@ def test_shards_in_two_processes_and_files_merge_into_the_single_run(two_models,
                                  str(tmp_path / f"shard{i}.sqlite"), f"{i}/2"], stdout=subprocess.PIPE, text=True)
                for i in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0] and [int(o) for o in outputs] == [2, 2]
+    assert [w.returncode for w in workers] == [0, 0]
+    assert sum(int(o) for o in outputs) == 4 and min(int(o) for o in outputs) >= 1  # split, none done twice
     with read_stores(str(tmp_path / "shard*.sqlite")) as merged, read_stores(single_run) as single:
         assert _results(merged) == _results(single)
         pd.testing.assert_frame_equal(ranking_frame(merged), ranking_frame(single))
@@ -148,12 +153,13 @@ def test_rerun_computes_added_scores_and_changed_settings_only(two_models, singl
             [row] = [u for u in store.units("scores") if u["config"]["model"] == name and "leep" in u["key"]]
             assert row["record"]["scores"]["leep"] == pytest.approx(leep(probs, subset.y), rel=1e-4)
 
-        assert run_bench(_config(two_models, scores=("lfc", "leep"), epochs=2), store) == 2  # new fine-tunings
-        assert len(asked) == 2 and len(store.keys("finetune")) == 4  # the scores do not depend on the epochs
+        two_steps = GridProtocol(window=1, max_steps=2, max_extensions=0)
+        assert run_bench(_config(two_models, scores=("lfc", "leep"), protocol=two_steps), store) == 2  # new tunings
+        assert len(asked) == 2 and len(store.keys("finetune")) == 4  # the scores do not depend on the steps
         tunings = settings_frame(store).query("kind == 'finetune'")
-        assert sorted(json.loads(c)["epochs"] for c in tunings.config) == [1, 2]
-        with pytest.raises(LinfitError, match="2 fine-tuning configurations, differing in epochs: .*--setting"):
+        assert sorted(json.loads(c)["protocol"]["max_steps"] for c in tunings.config) == [1, 2]
+        with pytest.raises(LinfitError, match="2 fine-tuning configurations, differing in protocol: .*--setting"):
             write_report(store, tmp_path / "mixed")
-        two = tunings[tunings.config.str.contains('"epochs": 2')].setting.item()
+        two = tunings[tunings.config.str.contains('"max_steps": 2')].setting.item()
         text = write_report(store, tmp_path / "report", settings=[two]).read_text()
     assert f"| fine-tuning | {two} |" in text and "| leep |" in text

@@ -1,11 +1,13 @@
 """The benchmark grid: scores and fine-tuning ground truth for every (model, task, regime, seed).
 
 Deshpande et al. 2021, §4 (App. B): every candidate model is scored on the task's scoring subset and really
-fine-tuned with the paper's protocol; reports compare the two (``linfit.bench.report``). Each (kind, model,
+fine-tuned (``BenchConfig``: the paper's optimiser, a learning-rate grid × several seeds trained to convergence,
+η chosen on validation and refit, ``linfit.finetune.finetune_grid``); reports compare the two
+(``linfit.bench.report``). Each (kind, model,
 task, regime, seed, setting) is one unit of ``linfit.bench.runner``, keyed by ``linfit.bench.store.unit_key``:
 stored when it finishes, skipped on rerun, dealt to shards by a stable hash. The scores of a unit are its parts:
 stored one by one, so asking for another score computes only that one for the stored units, and a changed
-setting (epochs, scoring subset size, ...) makes new units.
+setting (step budget, seeds, scoring subset size, ...) makes new units.
 
 Any zoo on any data. ``BenchConfig.zoo`` is a zoo of ``linfit.zoo.source.load_zoo`` (``"embedded"``,
 ``"imagenet"`` or a TOML file of your checkpoints) and ``BenchConfig.data`` a path of your own labelled images
@@ -17,7 +19,7 @@ never mixed in a store or a report; the embedded zoo on named tasks keeps the ke
 Example::
 
     config = BenchConfig(models=("resnet8/generalist", "resnet8/mnist/scratch"), tasks=("font_digits",),
-                         regimes=("20shot",), epochs=5)
+                         regimes=("20shot",), protocol=GridProtocol(max_steps=500))
     with ResultStore("bench.sqlite") as store:
         run_bench(config, store, progress=True)
         write_report(store, "report/")
@@ -32,6 +34,7 @@ import functools
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +46,7 @@ from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_task
 from linfit.data.sampling import kshot_indices
 from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
-from linfit.finetune import FinetuneConfig, select_learning_rate
+from linfit.finetune import PAPER_LEARNING_RATES, FinetuneConfig, GridProtocol, finetune_grid
 from linfit.models import features_fn
 from linfit.select import DEFAULT_SCORES, _check_source_domains
 from linfit.timing import Stopwatch
@@ -58,16 +61,26 @@ class BenchConfig:
       models: zoo model names (``None``: the whole zoo); exactly one reference model per grid is expected
         for the gain metrics (the generalist of each architecture is a reference).
       tasks: target datasets as ``linfit tasks`` names them (embedded or packaged; ``None``: ``font_digits``);
-        not with ``data``. regimes: e.g. ``("5shot", "20shot", "full")``; seeds: k-shot seeds.
+        not with ``data``. regimes: e.g. ``("5shot", "20shot", "full")``; seeds: k-shot seeds (which
+        training images a task's regime holds, and the scoring subset drawn from them).
       zoo: ``"embedded"`` (default), ``"imagenet"`` or the path of a TOML zoo file (``linfit.zoo.source``).
       data: the path of your own labelled images (``linfit.data.load_data``: image folder, ``.npz``, IDX folder,
         tfds ``data_dir``) as the one task of the grid, named after the dataset; a source without a test split
         is split 80/20 per class with seed 0 for every k-shot seed, so all seeds share one test set.
       scores: registered score names.
       per_class: scoring images per class (paper: 25); head_samples: random head rows for NTK scores.
-      epochs, batch_size, learning_rates: the fine-tuning protocol (paper: 30, 32, (0.01, 0.005, 0.001); the
-        milestones scale with the epochs: ×0.1 at 50% and 83% of training).
+      batch_size, learning_rates, finetune_seeds, protocol: the fine-tuning ground truth
+        (``linfit.finetune.finetune_grid``): the paper's optimiser (SGD, Nesterov momentum 0.9, weight decay
+        1e-4, a new LeCun-normal head) at a constant step size on minibatches of ``batch_size``, every
+        (η, seed) of ``learning_rates`` × ``finetune_seeds`` trained until its window-mean training loss is
+        stationary (``protocol``: window, step budget, tolerances), the grid extended while the best η sits on
+        an edge, η chosen by the mean validation accuracy over the seeds on a held-out 20 % of the training
+        split, then every seed refit with that η on the whole training split. ``protocol`` may be given as a
+        mapping of ``GridProtocol`` fields (a JSON round trip of the config).
       max_train_per_class: cap on the training images per class in the ``full`` regime (CPU budget).
+
+    Raises:
+      ConfigError: an empty ``finetune_seeds`` or ``learning_rates`` (``finetune_grid`` checks them further).
     """
 
     models: tuple[str, ...] | None = None
@@ -77,22 +90,30 @@ class BenchConfig:
     scores: tuple[str, ...] = DEFAULT_SCORES
     per_class: int = 25
     head_samples: int | None = 8
-    epochs: int = 30
     batch_size: int = 32
-    learning_rates: tuple[float, ...] = (0.01, 0.005, 0.001)
+    learning_rates: tuple[float, ...] = PAPER_LEARNING_RATES
+    finetune_seeds: tuple[int, ...] = (0, 1, 2)
+    protocol: GridProtocol = GridProtocol()
     max_train_per_class: int | None = None
     zoo: str = "embedded"
     data: str | None = None
 
+    def __post_init__(self):
+        if isinstance(self.protocol, Mapping):
+            object.__setattr__(self, "protocol", GridProtocol(**self.protocol))
+        if not self.finetune_seeds or not self.learning_rates:
+            raise ConfigError(f"the fine-tuning grid needs at least one seed and one learning rate; got seeds "
+                              f"{list(self.finetune_seeds)}, learning rates {list(self.learning_rates)}")
+
     def finetune_config(self, seed: int) -> FinetuneConfig:
-        return paper_finetune_config(self.epochs, self.batch_size, seed)
+        """The optimiser of the fine-tuning units of k-shot seed ``seed`` (which also seeds the validation split)."""
+        return FinetuneConfig.paper(milestones=(), batch_size=self.batch_size, seed=seed, eval_every_epoch=False)
 
-
-def paper_finetune_config(epochs: int, batch_size: int, seed: int) -> FinetuneConfig:
-    """The paper's protocol (§5.5) for ``epochs`` epochs: lr ×0.1 at 50 % and 83 % of training (15 and 25 of 30)."""
-    milestones = tuple(sorted({max(1, round(epochs * f)) for f in (0.5, 25 / 30)} - {epochs}))
-    return FinetuneConfig.paper(epochs=epochs, batch_size=batch_size, milestones=milestones, seed=seed,
-                                eval_every_epoch=False)
+    def finetune_setting(self) -> dict:
+        """The fine-tuning units' setting: every field their result depends on, JSON-serialisable."""
+        return {"batch_size": self.batch_size, "learning_rates": list(self.learning_rates),
+                "finetune_seeds": list(self.finetune_seeds), "protocol": dataclasses.asdict(self.protocol),
+                "max_train_per_class": self.max_train_per_class}
 
 
 GRAM_PER_CLASS = 4
@@ -143,34 +164,60 @@ def gram_record(model, variables_before, variables_after, x, y, *, digits: int =
 
 
 def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, config: FinetuneConfig,
-                    learning_rates, num_classes: int, progress: bool = False) -> dict:
-    """Fine-tune once per learning rate (lr chosen on validation) and return a ``"finetune"`` unit's record.
+                    learning_rates, seeds, protocol: GridProtocol, num_classes: int) -> dict:
+    """Fine-tune a learning-rate grid × seeds to convergence, choose η on validation, refit on the whole training
+    split (``linfit.finetune.finetune_grid``), and return a ``"finetune"`` unit's record.
+
+    With S seeds, L learning rates tried (the grid plus its extensions) and I test images, the record holds:
+
+    * ``"accuracy"``: mean over the S refit runs of their test accuracy, in percent (a diverged run counts every
+      image wrong); ``"accuracy_per_seed"`` ``[S]``;
+    * ``"test_correct"``: ``[S]`` list of ``linfit.bench.store.pack_bools`` of ``[I]`` bool, whether refit run s
+      classifies each test image correctly (argmax of its logits): what ``linfit.bench.stats`` resamples over
+      images and seeds; its mean is ``accuracy / 100``;
+    * ``"lr"`` (chosen), ``"lrs"`` ``[L]``, ``"bracketed"``, ``"extensions"`` ``[below, above]``,
+      ``"val_accuracy"`` ``[L][S]`` (in [0, 1], ``None`` for a diverged run);
+    * ``"oracle_lr"``, ``"oracle_accuracy"``: the paper's choice on test, among the search runs (trained on the
+      80 % fit split, not refit): the η of best mean test accuracy over seeds, and that accuracy in percent;
+    * ``"steps"``, ``"converged"``, ``"diverged"``, ``"train_loss"`` ``[S]`` of the refit runs and
+      ``"search_steps"``, ``"search_converged"`` ``[L][S]`` of the search runs;
+    * ``"gram"``: ``gram_record`` on ``gram_sample(y_test, seed=config.seed)`` with the pre-trained variables and
+      those of the first seed's refit run (left out when that run diverged).
 
     ``"seconds"`` excludes JAX tracing and XLA compilation, kept apart in ``"compile_seconds"`` (as the scores
     units' ``"timings"``/``"compile_seconds"``): only the first unit of an architecture and input shape in a
     process compiles, so the one-off cost is reported on its own, not charged to whichever unit came first.
-    The record also holds ``"gram"`` (``gram_record`` on ``gram_sample(y_test, seed=config.seed)`` with the
-    pre-trained and the chosen run's fine-tuned variables) and ``"test_correct"`` (``linfit.bench.store.pack_bools``
-    of ``[N_test]`` bool: whether the chosen run's final model classifies each test image correctly, argmax of its
-    logits; its mean is ``accuracy / 100``; what ``linfit.bench.stats`` resamples) unless the chosen run diverged.
     """
     watch = Stopwatch().start()
-    search = select_learning_rate(model, variables, x_train, y_train, config=config, x_test=x_test, y_test=y_test,
-                                  lrs=tuple(learning_rates), num_classes=num_classes, progress=progress)
+    result = finetune_grid(model, variables, x_train, y_train, x_test, y_test, config=config,
+                           lrs=tuple(learning_rates), seeds=tuple(seeds), protocol=protocol, num_classes=num_classes)
+    search_accuracy = result.search_test_correct.mean(axis=(1, 2))  # [L], mean over seeds and images
+    oracle = int(np.argmax(search_accuracy))
+
+    def listed(array):
+        return np.asarray(array).tolist()
+
     record = {
-        "accuracy": 100.0 * search.chosen_test_accuracy,
-        "oracle_accuracy": 100.0 * search.oracle_test_accuracy,
-        "lr": search.chosen_lr,
-        "oracle_lr": search.oracle_lr,
-        "test_accuracy_per_lr": [100.0 * float(a) for a in search.test_accuracy],
-        "train_loss_per_lr": [[float(v) for v in run.train_loss] for run in search.runs],
+        "accuracy": 100.0 * float(result.test_correct.mean()),
+        "accuracy_per_seed": listed(100.0 * result.test_accuracy),
+        "test_correct": [pack_bools(row) for row in result.test_correct],
+        "lr": result.chosen_lr,
+        "lrs": listed(result.lrs),
+        "bracketed": result.bracketed,
+        "extensions": list(result.extensions),
+        "val_accuracy": [[None if np.isnan(v) else float(v) for v in row] for row in result.val_accuracy],
+        "oracle_lr": float(result.lrs[oracle]),
+        "oracle_accuracy": 100.0 * float(search_accuracy[oracle]),
+        "steps": listed(result.steps),
+        "converged": listed(result.converged),
+        "diverged": listed(result.diverged),
+        "train_loss": [None if not np.isfinite(v) else float(v) for v in result.train_loss],
+        "search_steps": listed(result.search_steps),
+        "search_converged": listed(result.search_converged),
     }
-    chosen = search.runs[search.lrs.index(search.chosen_lr)]
-    if not chosen.diverged:
-        predicted = np.asarray(chosen.predict(x_test)).argmax(-1)
-        record["test_correct"] = pack_bools(predicted == np.asarray(y_test))
+    if not result.diverged[0]:
         idx = gram_sample(y_test, seed=config.seed)
-        record["gram"] = gram_record(model, variables, chosen.variables, x_test[idx], np.asarray(y_test)[idx])
+        record["gram"] = gram_record(model, variables, result.variables[0], x_test[idx], np.asarray(y_test)[idx])
     watch.stop()
     record["seconds"], record["compile_seconds"] = watch.run_seconds, watch.compile_seconds
     return record
@@ -263,9 +310,7 @@ def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
                              "regime": regime, "seed": seed, "reference": entry.reference, **identity}
                     scoring = {**ident, "per_class": config.per_class, "head_samples": config.head_samples}
                     grid.append(Unit(unit_key("scores", scoring), "scores", scoring, parts=tuple(config.scores)))
-                    tuning = {**ident, "epochs": config.epochs, "batch_size": config.batch_size,
-                              "learning_rates": list(config.learning_rates),
-                              "max_train_per_class": config.max_train_per_class}
+                    tuning = {**ident, **config.finetune_setting()}
                     grid.append(Unit(unit_key("finetune", tuning), "finetune", tuning))
     return grid
 
@@ -332,7 +377,7 @@ def _compute_finetune(unit: Unit, config: BenchConfig, weights_dir) -> dict:
     prepare = entry.preprocessing.prepare
     return finetune_record(model, variables, prepare(train.x), train.y, prepare(loaded.test.x), loaded.test.y,
                            config=config.finetune_config(cfg["seed"]), learning_rates=config.learning_rates,
-                           num_classes=loaded.num_classes)
+                           seeds=config.finetune_seeds, protocol=config.protocol, num_classes=loaded.num_classes)
 
 
 def run_bench(config: BenchConfig, store: ResultStore, *, shard: tuple[int, int] = (0, 1), weights_dir=None,

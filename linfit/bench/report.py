@@ -10,7 +10,8 @@ generalist model the gains are measured against, the paper's ImageNet expert):
   ``record["seconds"]`` (wall time of the whole learning-rate sweep), and, in stores written since the Fig. 8
   section exists, ``record["gram"]`` (``linfit.bench.grid.gram_record``: the feature Grams before and after
   fine-tuning of a small class-sorted test sample, with their LFC), and in stores written since the report has
-  intervals, ``record["test_correct"]`` (the chosen lr's per-image test correctness, ``store.pack_bools``).
+  intervals, ``record["test_correct"]`` (the chosen lr's per-image test correctness, ``store.pack_bools``: one
+  vector, or since the ground truth has several fine-tuning seeds a list of one vector per seed).
 
 Each regime's headline table gives the mean of every ranking metric over tasks with bootstrap intervals, Random
 as its exact expectation, trivial baselines and per-cluster results (``linfit.bench.uncertainty``); the paired
@@ -60,16 +61,17 @@ def scores_frame(store: ResultStore) -> pd.DataFrame:
 
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
     """One row per fine-tuned (model, task, regime, seed, setting): accuracy, oracle accuracy, seconds, and
-    ``test_correct`` (``[I]`` bool per test image at the chosen lr, or ``None`` in older stores).
+    ``test_correct`` (``[R, I]`` bool: per fine-tuning seed, per test image; ``R = 1`` for records of one run;
+    ``None`` in stores written before it was recorded).
 
     Raises ``LinfitError`` when a unit's per-image correctness does not average to its accuracy."""
     rows = []
     for unit in store.units("finetune"):
         cfg, rec = unit["config"], unit["record"]
-        correct = unpack_bools(rec["test_correct"]) if "test_correct" in rec else None
+        correct = _test_correct(rec)
         # the accuracy was averaged in float32; one image more or less moves it by 100 / I percent
         if correct is not None and not math.isclose(100.0 * correct.mean(), rec["accuracy"],
-                                                    abs_tol=50.0 / max(correct.size, 1)):
+                                                    abs_tol=50.0 / max(correct.shape[1], 1)):
             raise LinfitError(f"unit {unit['key']!r}: its per-image test correctness gives "
                               f"{100 * correct.mean():.4f} % but its accuracy is {rec['accuracy']:.4f} %; the "
                               "record is inconsistent: delete the unit and recompute it")
@@ -85,6 +87,19 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
         )
     return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "accuracy", "oracle_accuracy", "seconds", "compile_seconds",
                                        "test_correct"])
+
+
+def _test_correct(record: dict) -> np.ndarray | None:
+    """``[R, I]`` bool from a record's ``"test_correct"``: one packed vector (a single run) or a list of R of them
+    (one per fine-tuning seed, ``linfit.bench.grid.finetune_record``); ``None`` when absent."""
+    if "test_correct" not in record:
+        return None
+    packed = record["test_correct"]
+    rows = [unpack_bools(p) for p in (packed if isinstance(packed, list) else [packed])]
+    if not rows or len({row.size for row in rows}) != 1:
+        raise LinfitError(f"a record's test_correct must hold one or more packed vectors of one length; got "
+                          f"lengths {[row.size for row in rows]}")
+    return np.stack(rows)
 
 
 _ID_COLUMNS = ["model", "architecture", "task", "regime", "seed", "reference", "setting"]

@@ -6,10 +6,11 @@ interrupted run loses at most the unit in flight, and a rerun skips the units al
 computed from the store, never from memory.
 
 Identity. A unit's key names everything that changes its result: its grid coordinates (``model``, ``task``,
-``regime``, ``seed``), its *setting* (every other entry of its config: for a fine-tuning the epochs, batch size,
-learning rates, training-set cap; for a score the scoring subset size and head samples; the zoo and the data
-when they are not the embedded ones, so two zoos or datasets never share a unit), and, for a score, the
-score's name (``unit_key``, ``part_key``): ``scores/<model>/<task>:<regime>/seed<n>/<setting id>/<score>`` and
+``regime``, ``seed``), its *setting* (every other entry of its config: for a fine-tuning the batch size,
+learning rates, fine-tuning seeds, convergence protocol and training-set cap; for a score the scoring subset
+size and head samples; the zoo and the data when they are not the embedded ones, so two zoos or datasets never
+share a unit), and, for a score, the score's name (``unit_key``, ``part_key``):
+``scores/<model>/<task>:<regime>/seed<n>/<setting id>/<score>`` and
 ``finetune/<model>/<task>:<regime>/seed<n>/<setting id>``, the setting id a hash of the setting. A changed
 setting is therefore a new unit, and an added score is a new unit next to the stored ones. The linfit version
 (``linfit.__version__``) and the host are recorded with every row and shown by the report, but are not part of

@@ -4,10 +4,10 @@ scores, Random's exact expectation, trivial baselines and per-cluster results, a
 ``linfit.bench.stats`` does the statistics; this module turns the store's frames (``linfit.bench.report``) into its
 ``TaskData`` and the results into Markdown. Per regime, each complete (task, seed) group is one task of the
 bootstrap: its models in name order, the scores every group has (a score missing or non-finite in some group is
-left out and named), and its ground truth, the per-image test correctness of the chosen learning rate
-(``"test_correct"`` of a fine-tuning record, ``linfit.bench.grid.finetune_record``) when every model of the group has
-it and the report's ground truth is ``"accuracy"``, else the stored accuracies (only task resampling then moves
-the group; the section says so).
+left out and named), and its ground truth, the per-seed per-image test correctness of the chosen learning rate
+(``"test_correct"`` of a fine-tuning record, ``linfit.bench.grid.finetune_record``; ``[R, I]``, R fine-tuning seeds)
+when every model of the group has it with one shape and the report's ground truth is ``"accuracy"``, else the
+stored accuracies (only task resampling then moves the group; the section says so).
 
 Model metadata (``linfit.bench.stats.zoo_baseline_metadata`` of a zoo manifest) adds the trivial baselines
 (``linfit.bench.stats.baseline_scores``, rows ``baseline: <name>``) and the results within each zoo cluster:
@@ -107,10 +107,10 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
             baselines = tuple(sorted(base))
             rows = np.vstack([rows, *(base[name][None, :] for name in baselines)])
         correct = list(group.test_correct) if accuracy == "accuracy" else [None]
-        if any(c is None for c in correct) or len({c.size for c in correct}) != 1:
+        if any(c is None for c in correct) or len({c.shape for c in correct}) != 1:
             truth = {"accuracies": group[accuracy].to_numpy(dtype=np.float64)}
         else:
-            truth = {"correct": np.stack(correct)[:, None, :]}
+            truth = {"correct": np.stack(correct)}  # [M, R, I]
         reference = int(np.flatnonzero(group.reference.to_numpy())[0]) if group.reference.any() else 0
         tasks.append(stats.TaskData(f"{task}/seed{seed}" if several_seeds else str(task), rows, reference, **truth))
     names += tuple(BASELINE_PREFIX + name for name in baselines)

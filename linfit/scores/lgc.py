@@ -20,9 +20,11 @@ sample instead of D, for wide backbones). ``projection_dim`` adds the paper's ra
 per-sample gradients (a Johnson-Lindenstrauss estimate of the same kernel; it materialises per-sample
 gradients of the selected subset, so use it with the last-conv subset as the paper does).
 
-Variants registered: ``"lgc"`` (the paper: gradients w.r.t. the last convolution's kernel, input
-``"ntk_last_conv"``) and ``"lgc_all"`` (every parameter, exact, computed by the structured NTK without
-materialising per-sample gradients; input ``"ntk"``).
+Variants registered: ``"lgc"`` (gradients w.r.t. the last convolution's kernel, the kernel computed exactly,
+input ``"ntk_last_conv"``), ``"lgc_paper"`` (the paper's estimate of that kernel: the same gradients randomly
+projected to ``PAPER_PROJECTION_DIM`` = 10,000 dimensions, input ``"ntk_last_conv_projected"``) and
+``"lgc_all"`` (every parameter, exact, computed by the structured NTK without materialising per-sample
+gradients; input ``"ntk"``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from linfit.scores.registry import register
 from linfit.tree import ParamsFilter, leaf_paths, split_params
 
 _REFERENCE = "Deshpande et al. 2021, arXiv:2102.00084, eq. (7)-(8) (LGC)"
+
+PAPER_PROJECTION_DIM = 10_000
+"""Dimensions of the paper's random projection of the last-layer per-sample gradients (§3.2)."""
 
 
 def _batched(fn, x, batch_size: int) -> np.ndarray:
@@ -155,4 +160,7 @@ def lgc(kernel, labels) -> float:
 
 
 register("lgc", needs=("ntk_last_conv",), reference=_REFERENCE + "; last conv layer", cost="forward+backward")(lgc)
+register("lgc_paper", needs=("ntk_last_conv_projected",),
+         reference=_REFERENCE + f"; last conv layer, gradients projected to {PAPER_PROJECTION_DIM:,} dims (§3.2)",
+         cost="forward+backward")(lgc)
 register("lgc_all", needs=("ntk",), reference=_REFERENCE + "; all parameters", cost="forward+backward")(lgc)

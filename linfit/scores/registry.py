@@ -12,6 +12,8 @@ Input names a score may declare in ``needs`` (all arrays are over the same N sco
 * ``"ntk"``             ``[N, N]`` the fine-tuning NTK at w0 w.r.t. every parameter, traced over the logits and
                         averaged over the new head's random initialisation (``linfit.scores.lgc.lgc_kernel``);
 * ``"ntk_last_conv"``   ``[N, N]`` the same kernel w.r.t. the last convolution's kernel only (the paper's LGC);
+* ``"ntk_last_conv_projected"``  ``[N, N]`` the paper's estimate of ``"ntk_last_conv"``: per-sample gradients
+                        randomly projected to ``linfit.scores.lgc.PAPER_PROJECTION_DIM`` dimensions;
 * ``"source_class_means"``  ``[Cs, D]`` class-mean source features and ``"source_class_counts"`` ``[Cs]``;
 * ``"probe_features"``  ``[N, Dp]`` features of a small network trained on the target task (RSA);
 * ``"key"``             a ``jax.random`` key (scores that sample).
@@ -37,6 +39,7 @@ INPUT_NAMES = (
     "source_probs",
     "ntk",
     "ntk_last_conv",
+    "ntk_last_conv_projected",
     "source_class_means",
     "source_class_counts",
     "probe_features",

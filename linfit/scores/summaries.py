@@ -5,6 +5,7 @@ SUMMARY = {
     "lfc": "correlation between the feature kernel ΦΦᵀ and the label kernel",
     "lfc_centered": "LFC on centred features (ablation)",
     "lgc": "correlation between the fine-tuning NTK (last convolution) and the label kernel",
+    "lgc_paper": "LGC as the paper computes it: last-convolution gradients randomly projected to 10,000 dimensions",
     "lgc_all": "correlation between the fine-tuning NTK (all parameters) and the label kernel",
     "linearized_loss": "−(training loss left after time τ of linearized fine-tuning)/(initial loss); 0 = all fitted",
     "linearized_cv_accuracy": "held-out accuracy of the closed-form linearized model, k-fold on the scoring images",

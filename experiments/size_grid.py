@@ -1,0 +1,123 @@
+"""How many tasks (and seeds) give a mean-Spearman 95 % interval half-width of at most 0.05? (issue 13, item 4)
+
+Reads a committed benchmark store, takes one regime's task groups as the report does
+(``linfit.bench.uncertainty.regime_tasks``) and splits the variance of each score's task-averaged Spearman ρ into
+
+* ``v_t``, the measurement noise of task t's ρ: the variance of ρ_t over bootstrap replicates that resample only
+  task t's test images (and seeds, where the store has several), paired across models
+  (``linfit.bench.stats.bootstrap(..., resample_tasks=False)`` on that task alone);
+* ``s²``, the spread of the observed ρ_t over the T tasks (sample variance, T − 1 in the denominator), and
+  ``σ²_b = max(s² − mean_t v_t, 0)``, the part of it that is real task-to-task variation.
+
+The report's interval (tasks and images resampled, ``linfit.bench.uncertainty``) has, for T tasks drawn like
+these, a half-width of about ``h(T) = z · sqrt((s² + v̄) / T)`` (z = 1.96; the resampled tasks carry their noise
+once in s² and once more from the image resample, Davison & Hinkley 1997, §3.8), so it reaches ``H`` at
+``T ≥ z² (s² + v̄) / H²``. Conditional on the tasks (``resample_tasks=False``: could noise alone produce the
+numbers?) the half-width is ``z · sqrt(v̄ / T)``; the noise of an average over R seeds falls at best as 1/R (and
+not at all for the part that the shared test images cause), so ``z² v̄ / (R H²)`` tasks is a lower bound there.
+The script prints both, per score, with the bootstrap's own half-width at the store's T as a check of ``h(T)``.
+
+    python experiments/size_grid.py --db experiments/reproduce_full.sqlite --regime 20shot
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from linfit.bench import stats
+from linfit.bench.report import finetune_frame, scores_frame
+from linfit.bench.store import read_stores
+from linfit.bench.uncertainty import regime_tasks
+from linfit.data import load_task
+
+SCORES = ("lfc", "lgc", "lgc_all", "linearized_loss", "linearized_cv_accuracy", "leep", "logme", "h_score")
+"""The scores whose intervals the issue asks to size."""
+
+Z = 1.959964
+TARGET = 0.05
+PAIRED_WITH = "linearized_loss"
+"""The score the paired differences are taken against (the issue's question: does it beat LFC and LGC?)."""
+REPLICATES = 2000
+
+
+def with_images(task: stats.TaskData, rows: list[int], regime: str, seed: int) -> stats.TaskData:
+    """Task ``task`` reduced to the score ``rows``, with per-image test correctness.
+
+    A store without per-image data (written before it was recorded) gets a stand-in: model m's accuracy p_m on
+    the task's I test images as round(p_m I) correct images placed at random, independently per model, so the
+    resample draws each accuracy as a binomial proportion independent of the others. Real per-image data are
+    paired (easy images are easy for every model), which makes accuracy *differences* less noisy: the stand-in
+    overstates the image noise of ρ, and it has no seed-to-seed noise (the store has one seed)."""
+    correct = task.correct
+    if correct is None:
+        images = load_task(f"{task.name.split('/')[0]}:{regime}", seed=0).test.y.size
+        rng = np.random.default_rng(seed)
+        hits = np.rint(task.accuracies / 100 * images).astype(int)
+        correct = np.stack([rng.permutation(np.arange(images) < k) for k in hits])[:, None, :]
+    return stats.TaskData(task.name, task.scores[rows], task.reference, correct=correct)
+
+
+def task_noise(task: stats.TaskData, names: list[str], seed: int) -> np.ndarray:
+    """``[B, S]`` the task's Spearman ρ of each score on B replicates that resample its images (and seeds)."""
+    result = stats.bootstrap([task], names, replicates=REPLICATES, rng=seed, ks=(), resample_tasks=False,
+                             random_baseline=False)
+    return result.replicates[:, :, 0]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", default="experiments/reproduce_full.sqlite")
+    parser.add_argument("--regime", default="20shot")
+    args = parser.parse_args(argv)
+    with read_stores(args.db) as store:
+        scores, finetune = scores_frame(store), finetune_frame(store)
+    tasks, names, notes = regime_tasks(scores, finetune, args.regime, "accuracy")
+    rows = [names.index(s) for s in SCORES if s in names]
+    chosen = [names[r] for r in rows]
+    tasks = [with_images(t, rows, args.regime, i) for i, t in enumerate(tasks)]
+    per_task = np.array([[spearmanr(row, t.accuracy).statistic for row in t.scores] for t in tasks])  # [T, S]
+    noise_replicates = [task_noise(t, chosen, i) for i, t in enumerate(tasks)]  # T × [B, S]
+    noise = np.array([r.var(axis=0, ddof=1) for r in noise_replicates])  # [T, S]
+    check = stats.bootstrap(tasks, chosen, replicates=REPLICATES, rng=0, ks=(), random_baseline=False)
+    n_tasks, seeds = len(tasks), {t.correct.shape[1] for t in tasks if t.correct is not None}
+    print(f"store {args.db}, regime {args.regime}: T = {n_tasks} task groups, fine-tuning seeds per unit {seeds}")
+    print(*notes, sep="\n")
+    print("| score | mean ρ | s (task sd) | sqrt(v̄) (noise sd) | σ_b (real task sd) | half-width at T: bootstrap "
+          "/ formula | T for ±0.05 (tasks resampled) | T·R for ±0.05 (tasks fixed) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for j, name in enumerate(chosen):
+        s2 = per_task[:, j].var(ddof=1)
+        vbar = noise[:, j].mean()
+        sigma_b = math.sqrt(max(s2 - vbar, 0.0))
+        low, high = np.quantile(check.replicates[:, j, 0], [0.025, 0.975])
+        formula = Z * math.sqrt((s2 + vbar) / n_tasks)
+        need = math.ceil(Z**2 * (s2 + vbar) / TARGET**2)
+        need_fixed = math.ceil(Z**2 * vbar / TARGET**2)
+        print(f"| {name} | {per_task[:, j].mean():.2f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
+              f"{sigma_b:.3f} | {(high - low) / 2:.3f} / {formula:.3f} | {need} | {need_fixed} |")
+
+    base = chosen.index(PAIRED_WITH)
+    print(f"\nPaired differences ρ({PAIRED_WITH}) − ρ(score): the same decomposition on the per-task differences "
+          "(the task-to-task spread that two scores share cancels)")
+    print("| score | mean Δρ | s (task sd of Δρ) | sqrt(v̄) | half-width at T: bootstrap / formula | "
+          "T for ±0.05 (tasks resampled) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for j, name in enumerate(chosen):
+        if j == base:
+            continue
+        delta = per_task[:, base] - per_task[:, j]
+        s2 = delta.var(ddof=1)
+        vbar = np.mean([np.var(r[:, base] - r[:, j], ddof=1) for r in noise_replicates])
+        replicate_delta = check.replicates[:, base, 0] - check.replicates[:, j, 0]
+        low, high = np.quantile(replicate_delta, [0.025, 0.975])
+        print(f"| {name} | {delta.mean():+.3f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
+              f"{(high - low) / 2:.3f} / {Z * math.sqrt((s2 + vbar) / n_tasks):.3f} | "
+              f"{math.ceil(Z**2 * (s2 + vbar) / TARGET**2)} |")
+
+
+if __name__ == "__main__":
+    main()
