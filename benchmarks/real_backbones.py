@@ -25,6 +25,11 @@ machine CPU time is the steadier measure), and, for the scores, that of the scor
 
     python benchmarks/real_backbones.py --models efficientnet_lite0 squeezenet1_1 --n 100
     python benchmarks/real_backbones.py --quick        # squeezenet1_1 at 65 px, N = 20: a smoke test
+    python benchmarks/real_backbones.py --store runs/  # resumable: phases recorded in runs/results.jsonl are skipped
+
+With ``--store DIR`` every finished phase (or its failure: timeout, out of memory) is appended to
+``DIR/results.jsonl`` as it ends and the saved inputs stay in ``DIR``; a rerun with the same settings skips the
+recorded phases and prints the table from the record (delete a line to rerun that phase).
 """
 
 from __future__ import annotations
@@ -167,6 +172,19 @@ def _saved_inputs(work: Path, stem: str) -> dict:
     return inputs
 
 
+def _record_key(model: str, phase: str, impl: str, subset: str, args) -> str:
+    """What a recorded phase was run with: model, N, input side, phase, settings that change its result."""
+    return "|".join(map(str, (model, args.n[0], args.size, phase, impl, subset, args.memory_budget,
+                              args.head_samples, args.seed)))
+
+
+def _load_record(store: Path | None) -> dict:
+    if store is None or not (store / "results.jsonl").exists():
+        return {}
+    lines = (store / "results.jsonl").read_text().splitlines()
+    return {entry["key"]: entry["result"] for entry in map(json.loads, filter(None, lines))}
+
+
 def run_phase(model: str, phase: str, impl: str, subset: str, args, workdir: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", model, phase, impl, subset, "--workdir", workdir,
            "--n", str(args.n[0]), "--seed", str(args.seed), "--head-samples", str(args.head_samples),
@@ -216,6 +234,8 @@ def main(argv=None) -> None:
                         "linearized_cv_accuracy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per phase")
+    parser.add_argument("--store", default=None, help="directory recording finished phases and their inputs "
+                        "(resumable); default: a temporary directory, nothing kept")
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=4, metavar=("MODEL", "PHASE", "IMPL", "SUBSET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -237,13 +257,23 @@ def main(argv=None) -> None:
     rows = ["| model | params | px | N | phase | implementation / subset | wall (s) | CPU (s) | compile (s) | "
             "peak RSS (MiB) | load | (wall - compile) / fine-tune | CPU / fine-tune |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     score_rows = ["| model | N | score | value | score (s) | + inputs (s) | / fine-tune epoch |", "|---|---|---|---|---|---|---|"]
+    store = None if args.store is None else Path(args.store)
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         for n in args.n:
             run_args = argparse.Namespace(**{**vars(args), "n": [n]})
-            with tempfile.TemporaryDirectory() as workdir:
+            with tempfile.TemporaryDirectory() as tmp:
+                workdir = tmp if store is None else str(store)
                 results, base, base_cpu = {}, None, None
                 for phase, impl, subset in _phases(model, args):
-                    r = run_phase(model, phase, impl, subset, run_args, workdir)
+                    key = _record_key(model, phase, impl, subset, run_args)
+                    r = _load_record(store).get(key)
+                    if r is None:
+                        r = run_phase(model, phase, impl, subset, run_args, workdir)
+                        if store is not None:
+                            with open(store / "results.jsonl", "a") as record:
+                                record.write(json.dumps({"key": key, "result": r}) + "\n")
                     results[(phase, impl, subset)] = r
                     label = f"{impl} / {subset}" if impl else ""
                     if "error" in r:

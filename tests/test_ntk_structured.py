@@ -90,7 +90,7 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Strided SAME, VALID, explicit+dilated, circular and grouped (fallback) convs, pooling."""
+    """Strided SAME, VALID, explicit+dilated, circular and grouped (factorised per group) convs, pooling."""
 
     @nn.compact
     def __call__(self, x):
@@ -199,22 +199,14 @@ def test_full_kernel_matches_brute_force_untraced_with_x2(model):
 def test_traced_and_diagonal_per_layer_with_x2_none(mode):
     f, params, x1, _ = setup("cnn")
     layers = per_layer_ntk_fn(f, **AXES[mode])(x1, None, params)
-    # The grouped conv is not factorised: its leaves fall back and are keyed by leaf path.
-    assert set(layers) == {
-        "conv1",
-        "conv2",
-        "conv3",
-        "conv4",
-        "gconv/kernel",
-        "gconv/bias",
-        "head",
-    }
+    # The grouped conv is factorised group by group: one key, kernel and bias together.
+    assert set(layers) == {"conv1", "conv2", "conv3", "conv4", "gconv", "head"}
     want = brute_ntk(f, params, x1, None, mode)
     assert_close(sum(layers.values()), want)
     assert np.allclose(
         want, np.swapaxes(want, 0, 1)
     )  # sanity of the reference: symmetric when x2 = x1
-    for key in ("conv3", "gconv/kernel"):
+    for key in ("conv3", "gconv"):
         keep = lambda p, k=key: p == k or p.startswith(k + "/")
         assert_close(layers[key], brute_ntk(f, params, x1, None, mode, keep=keep))
 
@@ -470,7 +462,7 @@ def test_tied_weights_fall_back_per_leaf():
         ("vmap", {"head"}),
         ("embed_attend", {"mix"}),
         ("attention", {"mlp", "head"}),  # attention projections are DenseGeneral
-        ("convs", {"strided", "dilated", "head"}),  # grouped/depthwise convs fall back
+        ("convs", {"strided", "depthwise", "dilated", "grouped", "head"}),
     ],
 )
 def test_catalogue_factorised_layers(name, factorised):

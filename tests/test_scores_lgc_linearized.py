@@ -1,5 +1,6 @@
 """LGC's fine-tuning NTK and the linearized-dynamics scores against brute-force computations."""
 
+import importlib
 import re
 
 import jax
@@ -61,6 +62,27 @@ def test_head_only_kernel_is_the_feature_gram_plus_one(small):
     phi = np.asarray(apply_features(params, x), dtype=np.float64)
     got = lgc_kernel(model, variables, x, params_filter="^head/")
     np.testing.assert_allclose(got, phi @ phi.T + 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("row_calls", [8, 2])
+def test_head_samples_kernel_is_the_traced_ntk_of_those_head_rows(small, monkeypatch, row_calls):
+    """k = 3 random head rows, one kernel call per row (8) or rows grouped 2 + 1 (2, weighted 2/3 and 1/3):
+    the traced NTK of phi(x) H [N, k] w.r.t. every backbone parameter, by one jacrev of the flat backbone."""
+    lgc_module = importlib.import_module("linfit.scores.lgc")  # the package exports a function of that name
+
+    monkeypatch.setattr(lgc_module, "HEAD_ROW_CALLS", row_calls)
+    model, variables, x = small
+    key = jax.random.PRNGKey(7)
+    dim = variables["params"]["head"]["kernel"].shape[0]
+    heads = jax.random.normal(jax.random.split(key)[1], (dim, 3)) / jnp.sqrt(dim)  # lgc_kernel's draw
+    body = {k: v for k, v in variables["params"].items() if k != "head"}
+    flat, unravel = ravel_pytree(body)
+    phi_h = lambda v: model.apply({**variables, "params": {**unravel(v), "head": variables["params"]["head"]}},  # noqa: E731
+                                  x, method="features") @ heads
+    jac = jax.jacrev(phi_h)(flat)  # [N, 3, P]
+    expected = np.einsum("iop,jop->ij", jac, jac) / 3
+    got = lgc_kernel(model, variables, x, params_filter="^(?!head/)", head_samples=3, key=key)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("option", [{"head_samples": 4000}, {"projection_dim": 20000}])

@@ -13,8 +13,7 @@ with respect to the layer *outputs* only; each layer then picks, by a FLOP/memor
 patch-Gram product and the per-sample layer gradient ``P_iᵀ G_{i,o}`` (see
 :mod:`linfit.ntk.structured_contract`). Every other leaf goes through an exact per-sample Jacobian
 contraction over just those leaves: parameters of other kinds (BatchNorm/LayerNorm/GroupNorm scale and
-bias, embeddings, ``DenseGeneral`` and attention projections, grouped/depthwise convolutions, parameters of
-a non-Flax function), layers called inside lifted transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``), and a
+bias, embeddings, ``DenseGeneral`` and attention projections, parameters of a non-Flax function), layers called inside lifted transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``), and a
 Dense/Conv leaf that ``f`` also reads outside the layer's calls (tied weights), which the factorisation
 would miss (:mod:`linfit.ntk.structured_layers`). So the kernel is exact whatever ``f`` does with its
 parameters; only the speed depends on how much is factorised.
@@ -135,7 +134,9 @@ def _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route) -> 
         for key, layer in found.items():
             if layer.kernel_path in chosen and layer.kernel_exact:
                 kernel_route[key] = (
-                    choose_route(
+                    "gradient"
+                    if layer.groups > 1
+                    else choose_route(
                         n1,
                         n2,
                         o,
@@ -203,7 +204,7 @@ def structured_cost(
     cost, gram_peak, factors, terms = 0.0, 0.0, 0.0, 1
     for key, layer in plan.layers.items():
         s, k, c = layer.positions, layer.features_in, layer.features_out
-        factors += o * s * c + s * k
+        factors += o * s * c + s * k * layer.groups
         if key in plan.bias_keys:
             grad_params += c
         if plan.kernel_route.get(key) == "gradient":
@@ -270,7 +271,7 @@ def _features(f: ApplyFn, params: Any, x: Any, plan: _Plan, vmap_axes: int | Non
             if plan.kernel_route[key] == "gram":
                 grams.setdefault(key, []).append((p, g))
             else:
-                grads.setdefault(key, []).append(layer_gradient(p, g))
+                grads.setdefault(key, []).append(layer_gradient(p, g, layer.groups))
         if key in plan.bias_keys:
             grads.setdefault(key, []).append(g.sum(axis=2))
     return grads, grams
@@ -381,7 +382,8 @@ def structured_ntk_fn(
         interact: then the whole-batch Jacobian contraction is used.
       params_filter: the parameter leaves the kernel is taken with respect to (``linfit.tree``).
       route: ``"auto"`` (per-layer FLOP/memory estimate), or force ``"gram"`` / ``"gradient"`` for every
-        factorised kernel (both exact; for studies and tests).
+        factorised kernel (both exact; for studies and tests). Grouped/depthwise convolutions always take
+        the gradient route.
 
     Returns:
       ``ntk_fn(x1, x2, params)``: ``x1 [N1, ...]``, ``x2 [N2, ...]`` or ``None`` (means ``x1``) ->

@@ -15,6 +15,7 @@ For a layer with per-sample inputs ``P [N, S, K]`` and output cotangents ``G [N,
 ``Q`` is the number of output pairs kept: ``O²`` for the full kernel, ``O`` traced or diagonal. The gram
 route wins for a Dense layer (``S = 1``: ``<a_i, a_j><g_i, g_j>``) and for convolutions with few output
 positions and wide patches; the gradient route for early, high-resolution convolutions. Both are exact.
+Grouped and depthwise convolutions always take the gradient route (their gradients are small, ``K·C/g``).
 
 Output modes: ``"full"`` ``[N1, N2, O, O]``, ``"trace"`` ``[N1, N2]`` (summed here; the caller divides
 by ``O``), ``"diag"`` ``[N1, N2, O]``.
@@ -85,10 +86,20 @@ def choose_route(n1: int, n2: int, o: int, s: int, k: int, c: int, mode: Mode) -
     return "gram" if gram_flops < grad_flops and gram_mem <= budget else "gradient"
 
 
-def layer_gradient(p: jax.Array, g: jax.Array) -> jax.Array:
-    """Per-sample kernel gradient ``D_{i,o} = P_iᵀ G_{i,o}``: ``P [N, S, K]``, ``G [N, O, S, C]`` -> ``[N, O, K·C]``."""
-    d = jnp.einsum("isk,iasc->iakc", p, g)
-    return d.reshape(d.shape[0], d.shape[1], -1)
+def layer_gradient(p: jax.Array, g: jax.Array, groups: int = 1) -> jax.Array:
+    """Per-sample kernel gradient ``D_{i,o} = P_iᵀ G_{i,o}``: ``P [N, S, K]``, ``G [N, O, S, C]`` -> ``[N, O, K·C/g]``.
+
+    With ``groups = g > 1`` (a grouped or depthwise convolution) group ``j``'s block is ``P_{i,j}ᵀ G_{i,o,j}``
+    ``[K/g, C/g]``, from the ``j``-th contiguous slices of ``P``'s and ``G``'s last axes.
+    """
+    n, s, k = p.shape
+    o, c = g.shape[1], g.shape[-1]
+    if groups == 1:
+        d = jnp.einsum("isk,iasc->iakc", p, g)
+    else:
+        d = jnp.einsum("isjk,iasjc->iajkc", p.reshape(n, s, groups, k // groups),
+                       g.reshape(n, o, s, groups, c // groups))
+    return d.reshape(n, o, -1)
 
 
 def contract_gradients(d1: jax.Array, d2: jax.Array, mode: Mode) -> jax.Array:

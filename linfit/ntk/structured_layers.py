@@ -9,7 +9,10 @@ Appendix A; Novak et al. 2022, "structured derivatives"):
 where ``P [S, K]`` holds what the kernel multiplies at each of the layer's ``S`` output positions (a Dense
 on an input ``[..., K]``: the ``K``-vector at every leading index; a Conv: the ``K = k_1·…·k_n·C_in``
 input patch under the window) and ``G_o [S, C] = ∂f_o/∂y`` is the output cotangent. A layer called
-several times (weight sharing) stacks the positions of all its calls.
+several times (weight sharing) stacks the positions of all its calls. A grouped convolution
+(``feature_group_count = g``; depthwise when ``g = C_in``) factorises group by group: group ``j`` multiplies
+the patch channels ``P_j [S, K/g]`` of its ``C_in/g`` input channels into its ``C/g`` output channels, so
+``∂f_o/∂W_j = P_jᵀ G_{o,j}`` ``[K/g, C/g]`` (:func:`linfit.ntk.structured_contract.layer_gradient`).
 
 Layers are found with :func:`flax.linen.intercept_methods`: every ``__call__`` of a module is seen with its
 inputs, and the module is mapped to its parameter leaves by the *identity* of its kernel array in the
@@ -19,7 +22,7 @@ Jacobian of ``f`` with respect to ``eps`` is ``G``. Only public ``jax``/``flax``
 
 A layer is *supported* when it is exactly ``nn.Dense`` or ``nn.Conv`` (subclasses that keep their
 ``__call__``), with the default ``dot_general``/``conv_general_dilated`` and ``promote_dtype``, no
-``mask``, ``feature_group_count == 1``, 1 to 3 spatial dimensions and padding ``'SAME'``, ``'VALID'``,
+``mask``, any ``feature_group_count``, 1 to 3 spatial dimensions and padding ``'SAME'``, ``'VALID'``,
 ``'CIRCULAR'``, ``'REFLECT'``, ``'CAUSAL'`` or explicit; strides, input and kernel dilation are
 supported. A layer called inside a lifted transform (``nn.scan``, ``nn.vmap``, ``nn.remat``, ``nn.jit``, or a
 ``jax`` transform inside ``f``) runs at another trace level than ``f`` and is not supported.
@@ -86,11 +89,17 @@ class Layer:
         return sum(int(np.prod(c.out_shape[:-1])) for c in self.calls)
 
     @property
+    def groups(self) -> int:
+        """``g``: the convolution's ``feature_group_count`` (1 for a Dense or an ordinary Conv)."""
+        module = self.calls[0].module
+        return int(module.feature_group_count) if isinstance(module, nn.Conv) else 1
+
+    @property
     def features_in(self) -> int:
-        """``K``: the length of what the kernel multiplies at one position."""
+        """``K``: the length of what the kernel multiplies at one position, per group (all of it when ``g = 1``)."""
         call = self.calls[0]
         if isinstance(call.module, nn.Conv):
-            return int(np.prod(_kernel_size(call.module))) * call.in_shape[-1]
+            return int(np.prod(_kernel_size(call.module))) * call.in_shape[-1] // self.groups
         return call.in_shape[-1]
 
     @property
@@ -175,8 +184,8 @@ def _conv_padding(
 def conv_patches(module: nn.Conv, inputs: jax.Array) -> jax.Array:
     """Input patches of a Conv call, ``[B, *batch, *spatial, C_in] -> [B, S, K]``.
 
-    ``S`` = prod(batch)·prod(output spatial), ``K`` = prod(kernel_size)·C_in (channel-major patch order;
-    any fixed order works since only inner products of gradients are formed). Exact copies of the input
+    ``S`` = prod(batch)·prod(output spatial), ``K`` = prod(kernel_size)·C_in in channel-major order (the
+    channels of a group, hence each group's patch, are contiguous). Exact copies of the input
     (``Precision.HIGHEST``), so accelerators do not round them.
     """
     size = _kernel_size(module)
@@ -236,8 +245,7 @@ def is_supported(
         return False
     n = len(_kernel_size(module))
     if (
-        module.feature_group_count != 1
-        or module.mask is not None
+        module.mask is not None
         or module.conv_general_dilated is not None
         or module.conv_general_dilated_cls is not None
         or not 1 <= n <= 3

@@ -16,9 +16,18 @@ i.e. the feature NTK traced over the D feature outputs (``empirical_ntk_fn(featu
 when the head is among the trained parameters, the feature Gram ΦΦᵀ (whose correlation is LFC) and the bias'
 constant. A zero head instead would make every backbone gradient vanish and LGC collapse to LFC.
 ``head_samples=k`` replaces the average by k random head rows (an unbiased estimate, k backward passes per
-sample instead of D, for wide backbones). ``projection_dim`` adds the paper's random projection of the
-per-sample gradients (a Johnson-Lindenstrauss estimate of the same kernel; it materialises per-sample
-gradients of the selected subset, so use it with the last-conv subset as the paper does).
+sample instead of D, for wide backbones). The traced kernel is the row-weighted mean of the kernels of groups
+of rows, computed in ``min(k, HEAD_ROW_CALLS)`` calls of one compiled program (the rows are an argument, and
+the kernel is planned once per group width). What a call with fewer rows saves is the per-sample Jacobian
+rows ``[O, P]`` that :func:`linfit.ntk.kernel`'s panels strategy keeps for every sample of a panel: on
+EfficientNet-Lite0 at 224 px with all 3.4 M backbone parameters they are 109 MB per sample for k = 8 rows at
+once and 14 MB for one row, so one row's rows of all N = 100 samples fit one panel and every sample's
+derivatives are computed once per call, where 8 rows at once need several panels or tiles that recompute
+them (``benchmarks/RESULTS.md`` §8). The XLA work space of a call barely depends on the rows (≈ 200 MiB per
+sample there, mostly activations and convolution patches); the price is one forward pass per call and sample.
+``projection_dim`` adds the paper's random projection of the per-sample gradients (a Johnson-Lindenstrauss
+estimate of the same kernel; it materialises per-sample gradients of the selected subset, so use it with the
+last-conv subset as the paper does).
 
 Variants registered: ``"lgc"`` (gradients w.r.t. the last convolution's kernel, the kernel computed exactly,
 input ``"ntk_last_conv"``), ``"lgc_paper"`` (the paper's estimate of that kernel: the same gradients randomly
@@ -41,7 +50,7 @@ import numpy as np
 from linfit.errors import ConfigError, ShapeError
 from linfit.models.compiled import headless, penultimate_features
 from linfit.ntk.empirical import empirical_ntk_fn
-from linfit.ntk.entry import kernel as ntk_kernel
+from linfit.ntk.entry import kernel as ntk_kernel, plan_kernel
 from linfit.scores.correlation import kernel_label_correlation
 from linfit.scores.registry import register
 from linfit.tree import ParamsFilter, leaf_paths, split_params
@@ -50,6 +59,10 @@ _REFERENCE = "Deshpande et al. 2021, arXiv:2102.00084, eq. (7)-(8) (LGC)"
 
 PAPER_PROJECTION_DIM = 10_000
 """Dimensions of the paper's random projection of the last-layer per-sample gradients (§3.2)."""
+
+#: ``head_samples=k`` rows are split into at most this many kernel calls (module docstring): memory per sample
+#: shrinks with the rows per call, forward passes grow with the calls.
+HEAD_ROW_CALLS = 8
 
 
 def _batched(fn, x, batch_size: int) -> np.ndarray:
@@ -124,18 +137,35 @@ def lgc_kernel(
     kernel = np.zeros((x.shape[0], x.shape[0]))
     body_filter = tuple(f"^variables/params/{re.escape(path)}$" for path in selected if not path.startswith("head/"))
     if body_filter:
+        heads = None
         if head_samples is not None:  # rows of W ~ N(0, 1/D): an unbiased estimate of the average over heads
             key, sub = jax.random.split(key)
-            tree["heads"] = jax.random.normal(sub, (phi.shape[1], head_samples)) / jnp.sqrt(phi.shape[1])
+            heads = jax.random.normal(sub, (phi.shape[1], head_samples)) / jnp.sqrt(phi.shape[1])
         if projection_dim is not None:
+            tree = tree if heads is None else {**tree, "heads": heads}
             kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key)
         else:
             ntk_fn = _feature_ntk(body, body_filter, implementation)
-            kernel += np.asarray(ntk_kernel(ntk_fn, x, None, tree, memory_budget_bytes=memory_budget_bytes),
-                                 dtype=np.float64)
+            groups, plans = [None] if heads is None else _row_groups(heads), {}
+            for rows in groups:  # traced over k rows: the row-weighted mean of the groups' kernels
+                group_tree = tree if rows is None else {**tree, "heads": rows}
+                width = None if rows is None else rows.shape[1]
+                if width not in plans:  # planned once per group width (the planner compiles and measures)
+                    plans[width] = plan_kernel(ntk_fn, x, None, group_tree, memory_budget_bytes=memory_budget_bytes)
+                weight = 1.0 if rows is None else width / head_samples
+                kernel += weight * np.asarray(ntk_kernel(ntk_fn, x, None, group_tree, plan=plans[width]),
+                                              dtype=np.float64)
     if "head/kernel" in selected:
         kernel += phi @ phi.T + 1.0
     return kernel
+
+
+def _row_groups(heads: jax.Array) -> list[jax.Array]:
+    """``heads [D, k]`` cut into ``min(k, HEAD_ROW_CALLS)`` column groups of ``ceil(k / calls)`` rows (the last
+    one possibly shorter)."""
+    k = heads.shape[1]
+    per_call = -(-k // min(k, HEAD_ROW_CALLS))
+    return [heads[:, start : start + per_call] for start in range(0, k, per_call)]
 
 
 def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> np.ndarray:
