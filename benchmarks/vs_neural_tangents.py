@@ -1,7 +1,15 @@
 """linfit against neural-tangents 0.6.5: the same functions, parameters and inputs in two environments.
 
-neural-tangents needs an old, pinned JAX, so it runs in its own interpreter (``--nt-python``; recipe in
-``benchmarks/README.md``) while linfit runs in this one. The models are plain ``jax.numpy`` / ``jax.lax``
+neural-tangents needs an old, pinned JAX, so it runs in its own interpreter (``--nt-python``) while linfit
+runs in this one. The pinned environment (CPU, Python 3.11; never install it into linfit's environment)::
+
+    python3 -m venv /tmp/ntenv
+    /tmp/ntenv/bin/pip install -r benchmarks/nt_requirements.txt
+
+``nt_requirements.txt`` is the resolved set of ``pip install "jax==0.4.23" "jaxlib==0.4.23" "numpy<2"
+"scipy<1.13" "tensorflow==2.15.*" "neural-tangents==0.6.5"`` (the recipe of ``tests/fixtures/README.md``;
+neural-tangents 0.6.5 needs JAX internals removed after 0.4.x, and jax 0.4.23 needs ``scipy<1.13``). Where a
+pip constraints file caps versions, run the install with ``PIP_CONSTRAINT=`` (empty). The models are plain ``jax.numpy`` / ``jax.lax``
 functions defined here (importable by both environments), with parameters and inputs drawn by NumPy from
 fixed seeds, so both libraries see bit-identical arrays:
 
