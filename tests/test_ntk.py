@@ -292,3 +292,19 @@ def test_extra_and_missing_leaves(impl):
     missing = {"Dense_0": params["Dense_0"], "Dense_1": {"kernel": params["Dense_1"]["kernel"]}}
     with pytest.raises(TreeMismatchError, match="does not match"):
         ntk_fn(x1, x2, missing)
+
+
+@pytest.mark.parametrize("n", [150, 259])
+def test_jacobian_x2_none_in_symmetric_blocks_matches_brute_force(n):
+    """x2=None above 128 samples contracts only the upper row blocks of J (2 blocks at 150, 4 uneven ones
+    at 259) and mirrors the rest: every layout must still equal J J^T."""
+    f, params, x1, _ = make("mlp", n1=n)
+    (j,) = brute_jacobians(f, params, x1)
+    want = full_ntk(j, j)
+    for kwargs, expect in (
+        ({"trace_axes": ()}, want),
+        ({}, np.trace(want, axis1=2, axis2=3) / want.shape[-1]),
+        ({"trace_axes": (), "diagonal_axes": (-1,)}, np.einsum("nmoo->nmo", want)),
+    ):
+        got = empirical_ntk_fn(f, implementation="jacobian", **kwargs)(x1, None, params)
+        assert_kernel_close(got, expect)

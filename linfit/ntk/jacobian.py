@@ -1,11 +1,17 @@
 """Empirical NTK by Jacobian contraction.
 
-    Theta(x1, x2) = sum_leaves  J_leaf(x1) . J_leaf(x2)          (contracted over the leaf's axes)
+    Theta(x1, x2) = J(x1) . J(x2)          (contracted over the parameter axis and the traced output axes)
 
-with ``J_leaf(x) = d f(params, x) / d leaf`` of shape ``[N, *out, *leaf_shape]``. Per-sample Jacobians
-come from ``jax.jacrev`` under ``jax.vmap`` when samples are independent (``vmap_axes=0``), or from one
-``jax.jacrev`` of the whole batch (``vmap_axes=None``). Memory: ``(N1 + N2) * O * P`` numbers for ``O``
-outputs per sample and ``P`` parameters (``N1 * O * P`` when ``x2 is None``: the Jacobian is reused).
+with ``J(x) = d f(params, x) / d theta`` of shape ``[N, *out, P]``, ``theta`` the selected parameters
+flattened into one vector (``jax.flatten_util.ravel_pytree``), so the contraction is ONE matrix product
+instead of one per parameter leaf plus their sum. Per-sample Jacobians come from ``jax.jacrev`` under
+``jax.vmap`` when samples are independent (``vmap_axes=0``), or from one ``jax.jacrev`` of the whole batch
+(``vmap_axes=None``).
+
+``x2=None`` (``Theta(x1, x1)``, symmetric): ``J`` is split into ``B`` row blocks and only the blocks
+``i <= j`` are multiplied; the others are their transposes, which saves ``(B - 1) / (2 B)`` of the
+contraction's multiply-adds (``B = min(4, N // 64)``: 37.5 % from 256 samples). Memory: ``(N1 + N2) * O * P``
+numbers for ``O`` outputs per sample and ``P`` parameters (``N1 * O * P`` when ``x2 is None``).
 """
 
 from __future__ import annotations
@@ -14,8 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
-from linfit.ntk._contract import Axes, contract_jacobians
+from linfit.ntk._contract import Axes, contract_jacobians, transpose_kernel
+
+#: Samples per row block below which ``x2=None`` is contracted as one product (small products lose more
+#: to per-call overhead than symmetry saves).
+_MIN_BLOCK = 64
+_MAX_BLOCKS = 4
 
 
 def jacobians(
@@ -23,12 +36,34 @@ def jacobians(
     params: Any,
     x: Any,
     vmap_axes: int | None,
-) -> Any:
-    """Pytree (shaped like ``params``) of Jacobians ``[N, *out, *leaf_shape]`` of ``f(params, x)``."""
+) -> jax.Array:
+    """Jacobian ``[N, *out, P]`` of ``f(params, x)`` w.r.t. the flattened parameters (``ravel_pytree`` order;
+    mixed float dtypes are promoted to a common one)."""
+    theta, unravel = ravel_pytree(params)
+    g = lambda t, xb: f(unravel(t), xb)
     if vmap_axes == 0:
-        per_sample = jax.jacrev(lambda p, xi: f(p, jax.tree_util.tree_map(lambda a: a[None], xi))[0])
-        return jax.vmap(per_sample, in_axes=(None, 0))(params, x)
-    return jax.jacrev(f)(params, x)
+        per_sample = jax.jacrev(lambda t, xi: g(t, jax.tree_util.tree_map(lambda a: a[None], xi))[0])
+        return jax.vmap(per_sample, in_axes=(None, 0))(theta, x)
+    return jax.jacrev(g)(theta, x)
+
+
+def _symmetric_contract(j: jax.Array, out_shape, trace: Axes, diag: Axes) -> jax.Array:
+    """``contract_jacobians(j, j, ...)`` from the row blocks ``a <= b`` only (the rest by transposition)."""
+    n = j.shape[0]
+    num = min(_MAX_BLOCKS, n // _MIN_BLOCK)
+    if num < 2:
+        return contract_jacobians(j, j, out_shape, trace, diag)
+    edges = [n * b // num for b in range(num + 1)]
+    rows = [j[edges[b] : edges[b + 1]] for b in range(num)]
+    blocks = {}
+    for a in range(num):
+        for b in range(a, num):
+            blocks[a, b] = contract_jacobians(rows[a], rows[b], out_shape, trace, diag)
+            if b > a:
+                blocks[b, a] = transpose_kernel(blocks[a, b], trace, diag)
+    return jnp.concatenate(
+        [jnp.concatenate([blocks[a, b] for b in range(num)], axis=1) for a in range(num)], axis=0
+    )
 
 
 def jacobian_ntk(
@@ -50,5 +85,6 @@ def jacobian_ntk(
     """
     out_shape = jax.eval_shape(f, params, x1).shape
     j1 = jacobians(f, params, x1, vmap_axes)
-    j2 = j1 if x2 is None else jacobians(f, params, x2, vmap_axes)
-    return contract_jacobians(j1, j2, out_shape, trace, diag)
+    if x2 is None:
+        return _symmetric_contract(j1, out_shape, trace, diag)
+    return contract_jacobians(j1, jacobians(f, params, x2, vmap_axes), out_shape, trace, diag)
