@@ -12,7 +12,7 @@ from scipy.linalg import expm
 
 from linfit import models
 from linfit.errors import ConfigError, LabelError
-from linfit.scores.lgc import lgc, lgc_kernel
+from linfit.scores.lgc import lgc, lgc_kernel, rows_per_call
 from linfit.scores.linearized import linearized_cv_accuracy, linearized_loss
 from linfit.tree import path_str
 
@@ -64,13 +64,20 @@ def test_head_only_kernel_is_the_feature_gram_plus_one(small):
     np.testing.assert_allclose(got, phi @ phi.T + 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("row_calls", [8, 2])
-def test_head_samples_kernel_is_the_traced_ntk_of_those_head_rows(small, monkeypatch, row_calls):
-    """k = 3 random head rows, one kernel call per row (8) or rows grouped 2 + 1 (2, weighted 2/3 and 1/3):
-    the traced NTK of phi(x) H [N, k] w.r.t. every backbone parameter, by one jacrev of the flat backbone."""
-    lgc_module = importlib.import_module("linfit.scores.lgc")  # the package exports a function of that name
+def test_rows_per_call_keeps_all_samples_jacobian_rows_in_half_the_budget():
+    row = 4 * 200 * 80_000  # float32 Jacobian rows of N = 200 samples, P = 80 k parameters: one head row
+    assert [rows_per_call(8, 200, 80_000, 2 * row * r) for r in (8, 3, 1)] == [8, 3, 1]
+    assert rows_per_call(8, 200, 80_000, 2 * row * 3 - 1) == 2
+    assert rows_per_call(8, 200, 80_000, 10**12) == 8 and rows_per_call(8, 200, 80_000, 1) == 1
 
-    monkeypatch.setattr(lgc_module, "HEAD_ROW_CALLS", row_calls)
+
+@pytest.mark.parametrize("rows_fitting", [3, 2, 1])
+def test_head_samples_kernel_is_the_traced_ntk_of_those_head_rows(small, monkeypatch, rows_fitting):
+    """k = 3 random head rows, in one call, grouped 2 + 1 (weighted 2/3 and 1/3) or one call per row (as
+    ``rows_per_call`` would give for smaller budgets): the traced NTK of phi(x) H [N, k] w.r.t. every backbone
+    parameter, by one jacrev of the flat backbone."""
+    lgc_module = importlib.import_module("linfit.scores.lgc")  # the package exports a function of that name
+    monkeypatch.setattr(lgc_module, "rows_per_call", lambda *args: rows_fitting)
     model, variables, x = small
     key = jax.random.PRNGKey(7)
     dim = variables["params"]["head"]["kernel"].shape[0]

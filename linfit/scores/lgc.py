@@ -17,14 +17,13 @@ when the head is among the trained parameters, the feature Gram ΦΦᵀ (whose c
 constant. A zero head instead would make every backbone gradient vanish and LGC collapse to LFC.
 ``head_samples=k`` replaces the average by k random head rows (an unbiased estimate, k backward passes per
 sample instead of D, for wide backbones). The traced kernel is the row-weighted mean of the kernels of groups
-of rows, computed in ``min(k, HEAD_ROW_CALLS)`` calls of one compiled program (the rows are an argument, and
-the kernel is planned once per group width). What a call with fewer rows saves is the per-sample Jacobian
-rows ``[O, P]`` that :func:`linfit.ntk.kernel`'s panels strategy keeps for every sample of a panel: on
-EfficientNet-Lite0 at 224 px with all 3.4 M backbone parameters they are 109 MB per sample for k = 8 rows at
-once and 14 MB for one row, so one row's rows of all N = 100 samples fit one panel and every sample's
-derivatives are computed once per call, where 8 rows at once need several panels or tiles that recompute
-them (``benchmarks/RESULTS.md`` §8). The XLA work space of a call barely depends on the rows (≈ 200 MiB per
-sample there, mostly activations and convolution patches); the price is one forward pass per call and sample.
+of rows, each group one call of one compiled program (the rows are an argument, and the kernel is planned once
+per group width). A group holds as many rows as keep the per-sample Jacobian rows of all N samples,
+``N x rows x P`` float32 numbers, within half the memory budget (:func:`rows_per_call`), so that
+:func:`linfit.ntk.kernel`'s panels strategy computes every sample's derivatives once per call instead of
+recomputing them tile by tile: all k = 8 rows in one call on the embedded zoo (N = 200, P ≈ 80 k: 0.5 GB), one
+row per call on EfficientNet-Lite0 at 224 px with all 3.4 M backbone parameters (1.4 GB per row at N = 100,
+``benchmarks/RESULTS.md`` §8). The price of a call is one forward pass per sample.
 ``projection_dim`` adds the paper's random projection of the per-sample gradients (a Johnson-Lindenstrauss
 estimate of the same kernel; it materialises per-sample gradients of the selected subset, so use it with the
 last-conv subset as the paper does).
@@ -60,9 +59,6 @@ _REFERENCE = "Deshpande et al. 2021, arXiv:2102.00084, eq. (7)-(8) (LGC)"
 PAPER_PROJECTION_DIM = 10_000
 """Dimensions of the paper's random projection of the last-layer per-sample gradients (§3.2)."""
 
-#: ``head_samples=k`` rows are split into at most this many kernel calls (module docstring): memory per sample
-#: shrinks with the rows per call, forward passes grow with the calls.
-HEAD_ROW_CALLS = 8
 
 
 def _batched(fn, x, batch_size: int) -> np.ndarray:
@@ -146,7 +142,9 @@ def lgc_kernel(
             kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key)
         else:
             ntk_fn = _feature_ntk(body, body_filter, implementation)
-            groups, plans = [None] if heads is None else _row_groups(heads), {}
+            per_call = None if heads is None else rows_per_call(
+                head_samples, x.shape[0], ntk_fn.num_params(tree), memory_budget_bytes)
+            groups, plans = [None] if heads is None else _row_groups(heads, per_call), {}
             for rows in groups:  # traced over k rows: the row-weighted mean of the groups' kernels
                 group_tree = tree if rows is None else {**tree, "heads": rows}
                 width = None if rows is None else rows.shape[1]
@@ -160,12 +158,17 @@ def lgc_kernel(
     return kernel
 
 
-def _row_groups(heads: jax.Array) -> list[jax.Array]:
-    """``heads [D, k]`` cut into ``min(k, HEAD_ROW_CALLS)`` column groups of ``ceil(k / calls)`` rows (the last
-    one possibly shorter)."""
-    k = heads.shape[1]
-    per_call = -(-k // min(k, HEAD_ROW_CALLS))
-    return [heads[:, start : start + per_call] for start in range(0, k, per_call)]
+def rows_per_call(head_samples: int, num_samples: int, num_params: int, memory_budget_bytes: int) -> int:
+    """Head rows per kernel call: the most rows (at least 1, at most ``head_samples``) whose per-sample float32
+    Jacobian rows for all ``num_samples`` samples, ``num_samples x rows x num_params x 4`` bytes, fit in half of
+    ``memory_budget_bytes`` (module docstring)."""
+    row_bytes = 4 * num_samples * num_params
+    return max(1, min(head_samples, memory_budget_bytes // (2 * row_bytes)))
+
+
+def _row_groups(heads: jax.Array, per_call: int) -> list[jax.Array]:
+    """``heads [D, k]`` cut into column groups of ``per_call`` rows (the last one possibly shorter)."""
+    return [heads[:, start : start + per_call] for start in range(0, heads.shape[1], per_call)]
 
 
 def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> np.ndarray:
