@@ -147,6 +147,14 @@ class NtkFn:
             kernels.append(self._kernel(implementation, k, out)(x1, x2, params))
         return jax.tree_util.tree_unflatten(treedef, kernels)
 
+    def validate(self, x1: Any, x2: Any | None, params: Any) -> None:
+        """The checks of a call (shapes, finiteness, tree, sample independence) without computing a kernel:
+        for a caller that then runs this function on tiles of ``x1``/``x2`` under ``jax.jit``, where the
+        checks cannot run (:func:`linfit.ntk.kernel`). Raises what a call raises (class docstring)."""
+        x1, x2, _ = self._prepare(x1, x2, params)
+        check_finite(x1=x1, x2=x2, params=params)
+        self._check(x1, x2, params)
+
     def transpose(self, kernel: Any) -> Any:
         """``Theta(x2, x1)`` from a kernel ``Theta(x1, x2)`` (or a pytree of them) computed by this function."""
         return jax.tree_util.tree_map(
