@@ -126,10 +126,13 @@ def backward_cost(f: Any, params: Any, x: Any, wrt: Callable[[str, Any], bool] |
     chosen = wrt is not None and any(wrt(path, leaf) for path, leaf in zip(leaf_paths(params),
                                                                           jax.tree_util.tree_leaves(params)))
 
+    if not (floats or chosen):  # nothing to pull back to but the activations
+        return fwd
+
     def pull(p, xs):  # the pull-back of every output at once: one backward pass per sample
         p_diff, merge = split_params(p, wrt) if chosen else ({}, lambda _: p)
         out, vjp = jax.vjp(lambda pd, xd: f(merge(pd), xd if floats else xs), p_diff, xs if floats else {})
-        return vjp(jax.tree_util.tree_map(jax.numpy.ones_like, out))
+        return out, vjp(jax.tree_util.tree_map(jax.numpy.ones_like, out))  # out kept: the forward is not pruned
 
     total = _per_sample(pull, params, x)
     if total is None:
