@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from linfit.ntk import empirical, empirical_ntk_fn, structured
+from linfit.ntk.cost import backward_cost, forward_cost
 from tests._ntk_models import assert_kernel_close, brute_full_ntk
 
 
@@ -170,3 +171,18 @@ def test_pytree_output_picks_per_leaf(heads):
     picks = empirical_ntk_fn(f).resolve_auto(x1, x2, params)
     assert jax.tree_util.tree_structure(picks) == jax.tree_util.tree_structure({"aux": (0,), "cls": 0})
     assert set(jax.tree_util.tree_leaves(picks)) <= {"jacobian", "products", "structured"}
+
+
+def test_backward_cost_of_a_linear_layer_is_its_gradients():
+    """``f = x W`` with ``W [K, C]``: one backward pass costs ``K C`` multiply-adds per sample for the weight
+    gradient ``x gᵀ`` and ``K C`` for the input cotangent ``W g`` (XLA counts a dot's multiply-adds exactly)."""
+    k, c = 48, 20
+    f = lambda p, x: x @ p["w"]
+    params, x = {"w": jnp.ones((k, c))}, jnp.ones((5, k))
+    fwd = forward_cost(f, params, x)
+    assert fwd.macs == k * c
+    weights = backward_cost(f, params, x, lambda path, leaf: True, False, fwd)
+    inputs = backward_cost(f, params, x, None, True, fwd)
+    both = backward_cost(f, params, x, lambda path, leaf: True, True, fwd)
+    assert weights.macs == k * c and inputs.macs == k * c and both.macs == 2 * k * c
+    assert backward_cost(f, params, x, None, False, fwd) == fwd  # nothing but activations to pull back to

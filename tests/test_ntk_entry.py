@@ -10,7 +10,7 @@ from linfit.ntk import KernelPlan, empirical_ntk_fn, kernel, ntk_tiled, ntk_to_m
 from linfit.ntk import tile_size_for_budget
 from linfit.ntk.panels import PanelGeometry, panel_ntk
 from linfit.ntk.resumable import missing_tiles
-from linfit.ntk.sharding import TileGeometry
+from linfit.ntk.sharding import TileGeometry, sample_mesh
 from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
 
 O = 3  # outputs of the test models
@@ -153,3 +153,21 @@ def test_errors(cnn, tmp_path):
         kernel(ntk_fn, x1, None, params, strategy="tiles", memory_budget_bytes=1_000)
     with pytest.raises(ShapeError, match="device output alone"):
         kernel(ntk_fn, x1, None, params, output="device", memory_budget_bytes=13 * 13 * 4)
+
+
+@pytest.mark.parametrize("tile_size", [13, 5])
+def test_diagonal_tiles_take_one_set_of_samples(cnn, tile_size):
+    """On one device a tile on the diagonal of a symmetric kernel is computed as ``ntk_fn(x, None, params)``
+    (one set of derivatives, half the contraction), the others with both sides; the kernel is unchanged."""
+    f, params, x1, _, traced, _ = cnn
+    ntk_fn = empirical_ntk_fn(f, implementation="structured")
+    calls = []
+
+    def recording(a, b, p):  # traced once per compiled tile program
+        calls.append(b is None)
+        return ntk_fn(a, b, p)
+
+    got = kernel(recording, x1, None, params, tile_size=tile_size, mesh=sample_mesh(jax.devices()[:1]))
+    assert_kernel_close(got, traced)
+    assert True in calls, calls  # (the planner also traces a one-sample pair, x2 given)
+    assert tile_size == x1.shape[0] or False in calls, calls

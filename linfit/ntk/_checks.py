@@ -151,15 +151,15 @@ def _probe_rows(x1: Any, x2: Any | None) -> tuple[Any, int]:
     return jax.tree_util.tree_map(lambda a: a[keep], both), len(keep)
 
 
-def _tangent(tree: Any, key: jax.Array) -> Any:
-    """Random normal tangents for the float leaves of ``tree``, float0 zeros for the others."""
+def _tangent(tree: Any, rng: np.random.Generator) -> Any:
+    """Random normal tangents for the float leaves of ``tree``, float0 zeros for the others (drawn by NumPy:
+    no program to compile for each new leaf shape)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
     out = [
-        jax.random.normal(k, jnp.shape(a), jnp.result_type(a))
+        rng.standard_normal(jnp.shape(a)).astype(jnp.result_type(a))
         if jnp.issubdtype(jnp.result_type(a), jnp.inexact)
         else np.zeros(jnp.shape(a), jax.dtypes.float0)
-        for k, a in zip(keys, leaves)
+        for a in leaves
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -190,13 +190,17 @@ def check_independent(f: Callable, params: Any, x1: Any, x2: Any | None) -> bool
             return False
         xs = jax.tree_util.tree_map(lambda a: np.concatenate([a, a]), xs)
         count = 2
-    k_p, k_x = jax.random.split(jax.random.key(0))
-    tp, tx = _tangent(params, k_p), _tangent(xs, k_x)
-    lin = jax.jit(lambda p, x, dp, dx: jax.jvp(f, (p, x), (dp, dx)))
-    batched = lin(params, xs, tp, tx)
-    take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i : i + 1], tree)
-    parts = [lin(params, take(xs, i), tp, take(tx, i)) for i in range(count)]
-    single = [jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *[part[k] for part in parts]) for k in range(2)]
+    rng = np.random.default_rng(0)
+    tp, tx = _tangent(params, rng), _tangent(xs, rng)
+    lin = lambda p, x, dp, dx: jax.jvp(f, (p, x), (dp, dx))
+    batch_axis = lambda tree: jax.tree_util.tree_map(lambda a: a[:, None], tree)  # [count, 1, ...]: one at a time
+
+    @jax.jit
+    def both(p, x, dp, dx):  # one program: f linearised on the batch, and on each sample alone
+        alone = jax.lax.map(lambda xd: lin(p, xd[0], dp, xd[1]), (batch_axis(x), batch_axis(dx)))
+        return lin(p, x, dp, dx), jax.tree_util.tree_map(lambda a: a.reshape(count, *a.shape[2:]), alone)
+
+    batched, single = both(params, xs, tp, tx)
     pairs = [
         pair
         for k in range(2)

@@ -9,9 +9,9 @@ analysis of ``f``). ``N_J`` is the number of samples whose derivatives are forme
 (one set reused), else ``N1 + N2``.
 
 * ``"jacobian"`` (:mod:`linfit.ntk.jacobian`): per-sample Jacobians, one forward and ``O`` backward passes
-  (``≈ 2F`` each: input and weight gradients), the ``N_J·O·P`` Jacobian entries written, the contraction
+  (``B`` each, :func:`backward_cost` w.r.t. the selected leaves: activation and weight gradients, ``≈ 2F``), the ``N_J·O·P`` Jacobian entries written, the contraction
   ``N1·N2·Q·P`` and one kernel-sized term per leaf (``L·N1·N2·Q`` elements); it holds the Jacobians.
-  With ``vmap_axes=None`` each of the ``N·O`` backward passes runs through the whole batch (``2N·F``).
+  With ``vmap_axes=None`` each of the ``N·O`` backward passes runs through the whole batch (``N·B``).
 * ``"products"`` (:mod:`linfit.ntk.products`): per x2 sample ``O`` vjps, each pushed forward through x1's
   linearisation (``≈ 2F`` per x1 sample: the tangents of the weights and of the activations), so
   ``≈ 2·N1·N2·O`` forward passes; it writes, transposes and reduces the untraced kernel (``3·N1·N2·O²``
@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+
+from linfit.tree import leaf_paths, split_params
 
 #: Cost, in multiply-adds, of moving one array element to or from memory: the model counts
 #: ``macs + ELEMENT_MACS * elements``. Kernel-sized intermediates with short contractions (a Gram matrix over
@@ -76,17 +78,16 @@ class Forward:
         return count * (self.macs + ELEMENT_MACS * self.elements)
 
 
-def forward_cost(f: Any, params: Any, x: Any) -> Forward:
-    """``F``: one sample's forward pass of ``f(params, x)``, from XLA's cost analysis of the lowered
-    (uncompiled) program on one and on two samples: half the flops of one sample, and the elements accessed
-    per extra sample (the parameters are read once per batched pass, not once per sample). Without an
-    estimate from the backend: one multiply-add and one element per parameter entry."""
+def _per_sample(program: Any, params: Any, x: Any) -> Forward | None:
+    """One sample's share of ``program(params, x)`` by XLA's cost analysis of the lowered (uncompiled) program
+    on one and on two samples: half the flops of one sample, and the elements accessed per extra sample (the
+    parameters are read once per batched pass, not once per sample); ``None`` without a backend estimate."""
     spec = lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a))
     p_spec = jax.tree_util.tree_map(spec, params)
 
     def analyse(n: int) -> tuple[float, float, int]:
         xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n, *jax.numpy.shape(a)[1:]), a.dtype), x)
-        lowered = jax.jit(f).lower(p_spec, xs)
+        lowered = jax.jit(program).lower(p_spec, xs)
         analysis = lowered.cost_analysis()
         if isinstance(analysis, list | tuple):
             analysis = analysis[0] if analysis else None
@@ -96,9 +97,47 @@ def forward_cost(f: Any, params: Any, x: Any) -> Forward:
 
     (flops, one, itemsize), (_, two, _) = analyse(1), analyse(2)
     if flops <= 0:
+        return None
+    return Forward(flops / 2, max(two - one, 0.0) / itemsize)
+
+
+def forward_cost(f: Any, params: Any, x: Any) -> Forward:
+    """``F``: one sample's forward pass of ``f(params, x)`` (XLA's cost analysis, :func:`_per_sample`). Without
+    an estimate from the backend: one multiply-add and one element per parameter entry."""
+    cost = _per_sample(f, params, x)
+    if cost is None:
         size = float(sum(math.prod(jax.numpy.shape(a)) for a in jax.tree_util.tree_leaves(params)))
         return Forward(size, size)
-    return Forward(flops / 2, max(two - one, 0.0) / itemsize)
+    return cost
+
+
+def backward_cost(f: Any, params: Any, x: Any, wrt: Callable[[str, Any], bool] | None, inputs: bool,
+                  fwd: Forward) -> Forward:
+    """``B``: one sample's backward pass of one output of ``f(params, x)``: the cotangents of every activation
+    and the gradients of the parameter leaves selected by ``wrt`` (a :mod:`linfit.tree` predicate, ``None``:
+    none), with ``inputs`` the cotangents of ``x``'s float leaves too. XLA's cost analysis of the pull-back
+    (:func:`_per_sample` of the vjp program less the forward ``fwd`` it contains). Weight gradients of a
+    convolution cost as much as its forward pass, so differentiating every leaf (``"jacobian"``) costs about
+    ``2F`` and only the activations (``"structured"``, which forms its layer gradients itself) about ``F``.
+    Without a backend estimate: ``fwd`` per differentiated set (``2F`` for parameters and inputs)."""
+
+    floats = inputs and all(jax.numpy.issubdtype(jax.numpy.result_type(a), jax.numpy.inexact)
+                            for a in jax.tree_util.tree_leaves(x))
+    chosen = wrt is not None and any(wrt(path, leaf) for path, leaf in zip(leaf_paths(params),
+                                                                          jax.tree_util.tree_leaves(params)))
+
+    if not (floats or chosen):  # nothing to pull back to but the activations
+        return fwd
+
+    def pull(p, xs):  # the pull-back of every output at once: one backward pass per sample
+        p_diff, merge = split_params(p, wrt) if chosen else ({}, lambda _: p)
+        out, vjp = jax.vjp(lambda pd, xd: f(merge(pd), xd if floats else xs), p_diff, xs if floats else {})
+        return out, vjp(jax.tree_util.tree_map(jax.numpy.ones_like, out))  # out kept: the forward is not pruned
+
+    total = _per_sample(pull, params, x)
+    if total is None:
+        return Forward(2 * fwd.macs, 2 * fwd.elements)
+    return Forward(max(total.macs - fwd.macs, 0.0), max(total.elements - fwd.elements, 0.0))
 
 
 def memory_budget() -> float:
@@ -110,14 +149,15 @@ def memory_budget() -> float:
 
 
 def jacobian_cost(n1: int, n2: int, symmetric: bool, o: int, q: int, p: int, leaves: int, fwd: Forward,
-                  itemsize: int, batched: bool) -> Cost:
+                  bwd: Forward, itemsize: int, batched: bool) -> Cost:
     """Jacobian contraction (module docstring); ``leaves``: selected parameter leaves (one kernel-sized
-    term each); ``batched``: ``vmap_axes=None`` (whole-batch backward passes)."""
+    term each); ``bwd``: one backward pass w.r.t. the selected leaves (:func:`backward_cost`); ``batched``:
+    ``vmap_axes=None`` (whole-batch backward passes)."""
     sizes = (n1,) if symmetric else (n1, n2)
     if batched:
-        make = sum(fwd.passes(n + n * o * 2 * n) for n in sizes)
+        make = sum(fwd.passes(n) + bwd.passes(n * o * n) for n in sizes)
     else:
-        make = fwd.passes(sum(sizes) * (1 + 2 * o))
+        make = fwd.passes(sum(sizes)) + bwd.passes(sum(sizes) * o)
     jac = sum(sizes) * o * p
     cost = make + ELEMENT_MACS * jac + n1 * n2 * q * p + ELEMENT_MACS * leaves * n1 * n2 * q
     return Cost(cost, itemsize * (jac + n1 * n2 * q))

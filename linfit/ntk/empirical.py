@@ -31,6 +31,7 @@ from linfit.ntk._checks import batch_size, check_finite, check_independent, chec
 from linfit.ntk._contract import normalize_axes, transpose_kernel
 from linfit.ntk.cost import (
     Cost,
+    backward_cost,
     cheapest,
     forward_cost,
     jacobian_cost,
@@ -147,6 +148,14 @@ class NtkFn:
             kernels.append(self._kernel(implementation, k, out)(x1, x2, params))
         return jax.tree_util.tree_unflatten(treedef, kernels)
 
+    def validate(self, x1: Any, x2: Any | None, params: Any) -> None:
+        """The checks of a call (shapes, finiteness, tree, sample independence) without computing a kernel:
+        for a caller that then runs this function on tiles of ``x1``/``x2`` under ``jax.jit``, where the
+        checks cannot run (:func:`linfit.ntk.kernel`). Raises what a call raises (class docstring)."""
+        x1, x2, _ = self._prepare(x1, x2, params)
+        check_finite(x1=x1, x2=x2, params=params)
+        self._check(x1, x2, params)
+
     def transpose(self, kernel: Any) -> Any:
         """``Theta(x2, x1)`` from a kernel ``Theta(x1, x2)`` (or a pytree of them) computed by this function."""
         return jax.tree_util.tree_map(
@@ -227,10 +236,11 @@ class NtkFn:
         trace, diag = normalize_axes(self.trace_axes, self.diagonal_axes, leaf.ndim)
         o, q = math.prod(leaf.shape[1:]), output_pairs(leaf.shape, trace, diag)
         p, fwd, itemsize = self.num_params(params), forward_cost(f_k, params, x1), leaf.dtype.itemsize
+        bwd = backward_cost(f_k, params, x1, as_predicate(self.params_filter), False, fwd)
         leaves = len(jax.tree_util.tree_leaves(split_params(params, self.params_filter)[0]))
         batched = self.vmap_axes is None
         costs = {
-            "jacobian": jacobian_cost(n1, n2, x2 is None, o, q, p, leaves, fwd, itemsize, batched),
+            "jacobian": jacobian_cost(n1, n2, x2 is None, o, q, p, leaves, fwd, bwd, itemsize, batched),
             "products": products_cost(n1, n2, o, p, fwd, itemsize, batched),
         }
         if not batched and leaf.ndim == 2:  # structured factorises [N, O] outputs of independent samples

@@ -54,6 +54,7 @@ from linfit.ntk.sharding import (
     _global,
     _make_sink,
     _pad,
+    diagonal_tile,
     host_array,
     plan_tiles,
     sample_mesh,
@@ -219,9 +220,10 @@ def kernel(
     x2 = None if x2 is None else host_array(x2)
     if x2 is not None and x1.shape[1:] != x2.shape[1:]:
         raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
-    check_finite(x1=x1, x2=x2, params=params)
     if isinstance(ntk_fn, NtkFn):
-        ntk_fn(x1[:2], None, params)  # validates params, f and sample independence once
+        ntk_fn.validate(x1, x2, params)  # params, f, finiteness and sample independence, no kernel compiled
+    else:
+        check_finite(x1=x1, x2=x2, params=params)
     options = dict(memory_budget_bytes=memory_budget_bytes, mesh=mesh, strategy=strategy, tile_size=tile_size)
     if isinstance(output, os.PathLike) or (isinstance(output, str) and output not in OUTPUTS):
         from linfit.ntk.resumable import open_kernel_file
@@ -266,8 +268,7 @@ def run_plan(ntk_fn, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: M
     if plan.strategy == "panels":
         source = PanelSource(ntk_fn, mesh, plan.geometry, rows_padded, cols_padded, params_global, symmetric)
     else:
-        source = _TileSource(tile_program(ntk_fn, mesh, grid, x1, params_global), mesh, grid, rows_padded,
-                             cols_padded, params_global)
+        source = _TileSource(ntk_fn, mesh, grid, x1, rows_padded, cols_padded, params_global, symmetric)
     tiles = [t for t in sharded_tile_grid(n1, n2, grid, mirror) if skip is None or not skip(t.rows, t.cols)]
     for tile in tqdm(source.order(tiles), disable=not progress, desc=f"NTK tiles ({plan.strategy})"):
         sink.write(tile, source(tile))
@@ -277,10 +278,13 @@ def run_plan(ntk_fn, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: M
 
 
 class _TileSource:
-    """Tile values of the tiles strategy: the compiled tile program on the tile's rows and columns."""
+    """Tile values of the tiles strategy: the compiled tile program on the tile's rows and columns (the
+    diagonal program, compiled only when used, on the diagonal tiles of a symmetric grid on one device)."""
 
-    def __init__(self, program, mesh: Mesh, geometry: TileGeometry, rows_padded, cols_padded, params_global):
-        self.program, self.geometry, self.params = program, geometry, params_global
+    def __init__(self, ntk_fn, mesh: Mesh, geometry: TileGeometry, x1, rows_padded, cols_padded, params_global,
+                 symmetric: bool):
+        self.program = lambda diagonal: tile_program(ntk_fn, mesh, geometry, x1, params_global, diagonal)
+        self.mesh, self.geometry, self.params, self.symmetric = mesh, geometry, params_global, symmetric
         self.rows_padded, self.cols_padded = rows_padded, cols_padded
         self.row_sharding, self.replicated = NamedSharding(mesh, P(mesh.axis_names[0])), NamedSharding(mesh, P())
 
@@ -291,7 +295,7 @@ class _TileSource:
         rt, ct = self.geometry
         xr = _global(self.rows_padded[tile.rows.start : tile.rows.start + rt], self.row_sharding)
         xc = _global(self.cols_padded[tile.cols.start : tile.cols.start + ct], self.replicated)
-        return self.program(xr, xc, self.params)
+        return self.program(diagonal_tile(tile, self.geometry, self.mesh, self.symmetric))(xr, xc, self.params)
 
 
 def deprecated(old: str, new: str) -> None:

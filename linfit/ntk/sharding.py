@@ -136,11 +136,14 @@ def plan_tiles(
     xs = x1 if symmetric else x2
     n1, n2, d = x1.shape[0], xs.shape[0], mesh.size
     budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
+    # the largest program a grid runs: the off-diagonal one, unless the grid is one diagonal tile
+    peak_of = lambda on, g: program_peak_bytes(tile_program(ntk_fn, on, g, x1, params,
+                                                            symmetric and on.size == 1 and g.row_tile >= n1))
     if tile_size is not None:
         geometry = tile_geometry(n1, n2, symmetric, d, tile_size)
-        return TilePlan(geometry, program_peak_bytes(tile_program(ntk_fn, mesh, geometry, x1, params)))
+        return TilePlan(geometry, peak_of(mesh, geometry))
     local = Mesh(np.asarray([_local_device(mesh)]), mesh.axis_names)
-    measure = lambda s: program_peak_bytes(tile_program(ntk_fn, local, TileGeometry(s, s), x1, params))
+    measure = lambda s: peak_of(local, TileGeometry(s, s)) if d > 1 else peak_of(mesh, TileGeometry(s, s))
     cap = d * -(-n1 // d) if symmetric else max(-(-n1 // d), n2)
     pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(xs[:1]), params)
     guess = budget_tile_size(ntk_fn, jnp.asarray(x1[:1]), params, cap, math.prod(pair.shape[2:]),
@@ -148,7 +151,7 @@ def plan_tiles(
     side = fit_side(measure, cap, guess, budget)
     for _ in range(4):
         geometry = tile_geometry(n1, n2, symmetric, d, side)
-        peak = program_peak_bytes(tile_program(ntk_fn, mesh, geometry, x1, params))
+        peak = peak_of(mesh, geometry)
         if peak is None or peak <= budget or side == 1:
             break
         side = max(1, int(side * budget / peak))
@@ -217,11 +220,24 @@ def program_peak_bytes(compiled: Any) -> int | None:
     return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
 
-def tile_program(ntk_fn: Callable, mesh: Mesh, geometry: TileGeometry, x: np.ndarray, params: Any) -> Any:
-    """The compiled tile program for inputs like ``x [N, ...]`` and ``params`` (cached per shapes)."""
+def tile_program(ntk_fn: Callable, mesh: Mesh, geometry: TileGeometry, x: np.ndarray, params: Any,
+                 diagonal: bool = False) -> Any:
+    """The compiled tile program for inputs like ``x [N, ...]`` and ``params`` (cached per shapes).
+
+    ``diagonal``: the program of a tile on the diagonal of a symmetric kernel on one device (rows and columns
+    the same samples, :func:`diagonal_tile`): it calls ``ntk_fn(x_rows, None, params)``, which a kernel function
+    computes from one set of derivatives and half the contraction; it ignores its ``x_cols`` argument.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(params)
     signature = tuple((np.shape(leaf), _dtype(leaf)) for leaf in leaves)
-    return _compiled_tile(ntk_fn, mesh, tuple(geometry), tuple(np.shape(x)[1:]), _dtype(x), treedef, signature)
+    return _compiled_tile(ntk_fn, mesh, tuple(geometry), tuple(np.shape(x)[1:]), _dtype(x), treedef, signature,
+                          diagonal)
+
+
+def diagonal_tile(tile: Tile, geometry: TileGeometry, mesh: Mesh, symmetric: bool) -> bool:
+    """Whether ``tile`` of a ``symmetric`` grid has the same samples as rows and columns on every device (one
+    device, a tile on the diagonal), so that :func:`tile_program` ``diagonal=True`` computes it."""
+    return symmetric and mesh.size == 1 and geometry.row_tile == geometry.col_tile and tile.rows.start == tile.cols.start
 
 
 def _dtype(x: Any) -> str:
@@ -230,13 +246,13 @@ def _dtype(x: Any) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_tile(ntk_fn, mesh, geometry, feature_shape, dtype, treedef, signature):
+def _compiled_tile(ntk_fn, mesh, geometry, feature_shape, dtype, treedef, signature, diagonal):
     rows, cols = NamedSharding(mesh, P(mesh.axis_names[0])), NamedSharding(mesh, P())
     x_rows = jax.ShapeDtypeStruct((geometry[0], *feature_shape), dtype, sharding=rows)
     x_cols = jax.ShapeDtypeStruct((geometry[1], *feature_shape), dtype, sharding=cols)
     params = jax.tree_util.tree_unflatten(
         treedef, [jax.ShapeDtypeStruct(shape, leaf_dtype, sharding=cols) for shape, leaf_dtype in signature])
-    return _tile_program.lower(ntk_fn, mesh, x_rows, x_cols, params).compile()
+    return _tile_program.lower(ntk_fn, mesh, diagonal, x_rows, x_cols, params).compile()
 
 
 def _local_device(mesh: Mesh) -> jax.Device:
@@ -270,14 +286,17 @@ def _global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _tile_program(ntk_fn: Callable, mesh: Mesh, x_rows: jax.Array, x_cols: jax.Array, params: Any) -> jax.Array:
-    """``x_rows [row_tile, ...]`` (row-sharded) x ``x_cols [col_tile, ...]`` -> ``[row_tile, col_tile, ...]``.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _tile_program(ntk_fn: Callable, mesh: Mesh, diagonal: bool, x_rows: jax.Array, x_cols: jax.Array,
+                  params: Any) -> jax.Array:
+    """``x_rows [row_tile, ...]`` (row-sharded) x ``x_cols [col_tile, ...]`` -> ``[row_tile, col_tile, ...]``;
+    ``diagonal``: ``x_cols`` is ``x_rows`` (:func:`tile_program`).
 
-    ``ntk_fn`` and ``mesh`` are static, so repeated calls with one kernel function compile once per shape.
+    ``ntk_fn``, ``mesh`` and ``diagonal`` are static, so repeated calls with one kernel function compile once per
+    shape.
     """
     axis = mesh.axis_names[0]
-    per_device = jax.shard_map(lambda xr, xc, p: ntk_fn(xr, xc, p), mesh=mesh,
+    per_device = jax.shard_map(lambda xr, xc, p: ntk_fn(xr, None if diagonal else xc, p), mesh=mesh,
                                in_specs=(P(axis), P(), P()), out_specs=P(axis), check_vma=False)
     return per_device(x_rows, x_cols, params)
 

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
-from linfit.ntk.cost import ELEMENT_MACS, Cost, Forward
+from linfit.ntk.cost import ELEMENT_MACS, Cost, Forward, backward_cost
 from linfit.ntk.structured_contract import (
     SYMMETRIC_MAX_BLOCKS,
     SYMMETRIC_MIN_BLOCK,
@@ -185,7 +185,8 @@ def structured_cost(
     (those kernels, factorised biases, the leaves that fall back to Jacobian contraction) are contracted at
     once: ``N1·N2·Q·P_grad``, times the share of blocks :func:`contract_gradients_symmetric` computes when
     ``x2 = None``. Every kernel term writes ``N1·N2·Q`` elements. Derivatives: one forward and ``O`` backward
-    passes to the layer outputs (``≈ F`` each) per sample, ``2F`` per backward pass when leaves fall back.
+    passes to the layer outputs and the leaves that fall back per sample (each
+    :func:`linfit.ntk.cost.backward_cost` w.r.t. the inputs and those leaves, ``≈ F``).
     Peak: the gradient-type blocks ``N_J·O·P_grad``, the layer inputs and cotangents ``N_J·Σ (S·K + O·S·C)``,
     the largest gram block. ``fwd``: one sample's forward pass (:func:`linfit.ntk.cost.forward_cost`).
     """
@@ -214,7 +215,8 @@ def structured_cost(
             gram_cost, gram_mem = route_costs(n1, n2, o, s, k, c, mode)["gram"]
             cost, gram_peak, terms = cost + gram_cost, max(gram_peak, gram_mem), terms + 1
     cost += share * n1 * n2 * q * grad_params + ELEMENT_MACS * terms * n1 * n2 * q
-    cost += fwd.passes(n_j * (1 + (2 if plan.fallback else 1) * o))
+    bwd = backward_cost(f, params, x1, lambda path, leaf: path in plan.fallback, True, fwd)
+    cost += fwd.passes(n_j) + bwd.passes(n_j * o)
     itemsize = jnp.result_type(*jax.tree_util.tree_leaves(selected)).itemsize
     return Cost(cost, itemsize * (n_j * (o * grad_params + factors) + gram_peak + n1 * n2 * q))
 
