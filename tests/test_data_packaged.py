@@ -104,12 +104,14 @@ def test_unknown_task_dataset_lists_the_packaged_ones():
         check_task("faces:20shot")
 
 
-def test_bench_refuses_packaged_tasks_before_work(tmp_path, capsys):
-    db = tmp_path / "bench.sqlite"
-    assert main(["bench", "--db", str(db), "--tasks", "lfw_faces:5shot", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "embedded tasks; lfw_faces:5shot come from installed packages" in err and "linfit select" in err
-    assert not db.exists()
+def test_bench_grid_takes_packaged_tasks():
+    """``linfit bench --tasks lfw_faces:5shot`` builds its units like an embedded task's (no work is done here)."""
+    from linfit.bench.grid import BenchConfig, units
+
+    config = BenchConfig(models=("resnet8/generalist",), tasks=("lfw_faces",), regimes=("5shot",), scores=("lfc",))
+    made = units(config)
+    assert sorted((u.kind, u.config["task"], u.config["regime"]) for u in made) == [
+        ("finetune", "lfw_faces", "5shot"), ("scores", "lfw_faces", "5shot")]
 
 
 def test_tasks_command_lists_the_packaged_tasks(monkeypatch, capsys):
@@ -137,7 +139,7 @@ def test_select_imagenet_model_on_lfw_faces(monkeypatch, capsys):
     monkeypatch.setattr(select_module, "extract_inputs", recording)
     assert main(["select", "--zoo", "imagenet", "--models", "imagenet/squeezenet1_1", "--task", "lfw_faces:5shot",
                  "--scores", "lfc", "leep", "--per-class", "2", "--quiet"]) == 0
-    assert "task lfw_faces:5shot: 1 models scored on N=4" in capsys.readouterr().out
+    assert "task lfw_faces:5shot: 1 model scored on N=4" in capsys.readouterr().out
     x = seen["x"]
     assert x.shape == (4, 227, 227, 3)
     pixels = x + np.float32([103.939, 116.779, 123.68])  # Caffe: x = 255 * pixel - mean, in BGR order
