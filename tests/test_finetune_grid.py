@@ -16,20 +16,7 @@ import pytest
 from linfit.errors import ConfigError
 from linfit.finetune import FinetuneConfig, GridProtocol, finetune_grid
 from linfit.finetune.sweep import batch_indices
-
-
-class BNNet(nn.Module):
-    """Dense -> BatchNorm -> tanh -> head."""
-
-    num_classes: int
-
-    def setup(self):
-        self.dense = nn.Dense(6)
-        self.bn = nn.BatchNorm(momentum=0.9)
-        self.head = nn.Dense(self.num_classes)
-
-    def __call__(self, x, train=False):
-        return self.head(jnp.tanh(self.bn(self.dense(x), use_running_average=not train)))
+from tests.test_finetune import BNNet  # Dense -> BatchNorm -> tanh -> head
 
 
 class Linear(nn.Module):
