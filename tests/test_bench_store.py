@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -213,3 +214,24 @@ def test_older_stores_are_migrated_in_memory_when_read_and_in_place_when_written
         assert {row["key"]: row["record"] for row in store.units()} == expected
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+def test_connections_creating_one_store_at_once_all_open_it(tmp_path):
+    # SQLite can answer "database is locked" to the WAL pragma of a fresh file without waiting; threads with
+    # their own connections race like processes do (100 rounds of 6 failed without the retry).
+    def open_and_put(path, i, errors):
+        try:
+            with ResultStore(path) as store:
+                store.put(f"u/{i}", "toy", {"i": i})
+        except Exception as err:  # collected: an exception in a thread would not fail the test
+            errors.append(err)
+
+    errors = []
+    for round_ in range(100):
+        path = tmp_path / f"race{round_}.sqlite"
+        threads = [threading.Thread(target=open_and_put, args=(path, i, errors)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []

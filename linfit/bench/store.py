@@ -176,6 +176,21 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
+def _enable_wal(db: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch ``db`` to WAL mode. Two processes creating the same file at once can get "database is locked"
+    from this pragma without SQLite's busy handler being consulted, so it is retried until ``timeout_s``
+    (seconds) has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class ResultStore:
     """Finished units of a benchmark in one SQLite file (``":memory:"`` for a throw-away store), created if
     missing and migrated to ``SCHEMA_VERSION`` if older. To read stores without changing them, and several at
@@ -186,7 +201,7 @@ class ResultStore:
         self.sources = [self.path]
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(self._db, timeout_s)
         self._db.execute("PRAGMA busy_timeout=%d" % int(timeout_s * 1000))
         self._db.executescript(_SCHEMA)
         _migrate(self._db)
