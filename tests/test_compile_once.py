@@ -2,6 +2,7 @@
 reuses every compiled forward pass and kernel, and its inputs equal those of a direct, uncached computation."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from linfit.models.compiled import head_logits, penultimate_features
 from linfit.ntk.empirical import empirical_ntk_fn
 from linfit.scores.lgc import lgc_kernel
 from linfit.timing import Stopwatch
+from linfit.tree import split_params
 
 NEEDS = {"features", "ntk", "ntk_last_conv"}
 
@@ -72,3 +74,33 @@ def test_cached_inputs_equal_a_direct_uncached_computation(two_models):
         np.testing.assert_allclose(kernel, expected, rtol=2e-5, atol=2e-5 * np.abs(expected).max())
         np.testing.assert_array_equal(lgc_kernel(model, variables, x, features=phi), kernel)
     assert not np.allclose(penultimate_features(*pairs[0], x), penultimate_features(*pairs[1], x))
+
+
+def test_kernel_functions_of_one_apply_function_share_its_analyses():
+    """The cost model, the layer discovery and the input checks trace ``f`` once per ``f`` and shapes: a second
+    kernel function of the same ``f`` (another parameter subset) traces it only for its own kernel, and the
+    kernels still equal brute-force Jacobian contractions."""
+    model = models.create("small_cnn", num_classes=3, width=4, depth=2)
+    x = jax.random.uniform(jax.random.PRNGKey(2), (6, 8, 8, 1))
+    params = models.init(model, jax.random.PRNGKey(0), x)["params"]
+    traces = []
+
+    def f(p, z):
+        traces.append(1)  # runs once per trace of f (and never inside a compiled call)
+        return model.apply({"params": p}, z)
+
+    def first_call_traces(params_filter):
+        ntk_fn = empirical_ntk_fn(f, params_filter=params_filter)
+        traces.clear()
+        kernel = ntk_fn(x, None, params)
+        return len(traces), np.asarray(kernel, np.float64)
+
+    subsets = ("^head/", "^(?!head/)")
+    (first, k_head), (second, k_body) = first_call_traces(subsets[0]), first_call_traces(subsets[1])
+    assert second < first / 2, f"{second} traces of f for the second kernel function, {first} for the first"
+    for kernel, subset in zip((k_head, k_body), subsets):
+        selected, merge = split_params(params, subset)
+        flat, unravel = jax.flatten_util.ravel_pytree(selected)
+        jac = jax.vmap(lambda z: jax.jacrev(lambda v: f(merge(unravel(v)), z[None])[0])(flat))(x)  # [N, O, P]
+        expected = np.einsum("iop,jop->ij", np.asarray(jac, np.float64), np.asarray(jac, np.float64)) / 3
+        np.testing.assert_allclose(kernel, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())

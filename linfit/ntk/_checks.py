@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linfit.errors import LinfitError, NonFiniteError, ShapeError, TreeMismatchError, VmapAxesError
+from linfit.ntk._memo import memoised
 from linfit.ntk._usage import unread_leaves
 from linfit.tree import ParamsFilter, leaf_paths, path_str, split_params
 
@@ -114,7 +115,8 @@ def check_tree(f: Callable, params: Any, x: Any, params_filter: ParamsFilter) ->
     """
     probe = jax.tree_util.tree_map(lambda a: a[:1], x)
     try:
-        out = jax.eval_shape(f, params, probe)
+        out, unread = memoised(f, ("tree", signature(x, params)),
+                               lambda: (jax.eval_shape(f, params, probe), unread_leaves(lambda p: f(p, probe), params)))
     except LinfitError:
         raise
     except Exception as err:  # flax/JAX raise many types for a wrong tree or leaf shape
@@ -124,7 +126,7 @@ def check_tree(f: Callable, params: Any, x: Any, params_filter: ParamsFilter) ->
             f"does not match what f expects. Original error: {type(err).__name__}: {err}"
         ) from err
     selected = set(leaf_paths(split_params(params, params_filter)[0]))
-    extra = [p for p in unread_leaves(lambda p: f(p, probe), params) if p in selected]
+    extra = [p for p in unread if p in selected]
     if extra:
         raise TreeMismatchError(
             f"f's output does not depend on the selected parameter leaves {extra[:8]}"
@@ -179,7 +181,8 @@ def check_independent(f: Callable, params: Any, x1: Any, x2: Any | None) -> bool
     the batch (BatchNorm in train mode, batch-level softmax) shows in the derivative with respect to the
     *other* samples' inputs even when those samples coincide in value, so the check does not depend on
     the data being diverse. It cannot run on tracers, or on fewer than two distinct non-float samples
-    (then False: the caller checks again on its next concrete call).
+    (then False: the caller checks again on its next concrete call). A probe that passed is not run again for
+    the same ``f`` and shapes (:mod:`linfit.ntk._memo`).
     """
     if not is_concrete(x1, x2, params):
         return False
@@ -190,6 +193,11 @@ def check_independent(f: Callable, params: Any, x1: Any, x2: Any | None) -> bool
             return False
         xs = jax.tree_util.tree_map(lambda a: np.concatenate([a, a]), xs)
         count = 2
+    return memoised(f, ("independent", signature(x1, params)), lambda: _probe_independent(f, params, xs, count))
+
+
+def _probe_independent(f: Callable, params: Any, xs: Any, count: int) -> bool:
+    """:func:`check_independent` on ``count`` distinct samples ``xs``: True, or ``VmapAxesError``."""
     rng = np.random.default_rng(0)
     tp, tx = _tangent(params, rng), _tangent(xs, rng)
     lin = lambda p, x, dp, dx: jax.jvp(f, (p, x), (dp, dx))

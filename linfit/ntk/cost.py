@@ -36,6 +36,8 @@ from typing import Any
 
 import jax
 
+from linfit.ntk._checks import signature
+from linfit.ntk._memo import memoised
 from linfit.tree import leaf_paths, split_params
 
 #: Cost, in multiply-adds, of moving one array element to or from memory: the model counts
@@ -102,9 +104,10 @@ def _per_sample(program: Any, params: Any, x: Any) -> Forward | None:
 
 
 def forward_cost(f: Any, params: Any, x: Any) -> Forward:
-    """``F``: one sample's forward pass of ``f(params, x)`` (XLA's cost analysis, :func:`_per_sample`). Without
-    an estimate from the backend: one multiply-add and one element per parameter entry."""
-    cost = _per_sample(f, params, x)
+    """``F``: one sample's forward pass of ``f(params, x)`` (XLA's cost analysis, :func:`_per_sample`; once per
+    ``f`` and argument shapes, :mod:`linfit.ntk._memo`). Without an estimate from the backend: one multiply-add
+    and one element per parameter entry."""
+    cost = memoised(f, ("forward", signature(x, params)), lambda: _per_sample(f, params, x))
     if cost is None:
         size = float(sum(math.prod(jax.numpy.shape(a)) for a in jax.tree_util.tree_leaves(params)))
         return Forward(size, size)
@@ -116,7 +119,8 @@ def backward_cost(f: Any, params: Any, x: Any, wrt: Callable[[str, Any], bool] |
     """``B``: one sample's backward pass of one output of ``f(params, x)``: the cotangents of every activation
     and the gradients of the parameter leaves selected by ``wrt`` (a :mod:`linfit.tree` predicate, ``None``:
     none), with ``inputs`` the cotangents of ``x``'s float leaves too. XLA's cost analysis of the pull-back
-    (:func:`_per_sample` of the vjp program less the forward ``fwd`` it contains). Weight gradients of a
+    (:func:`_per_sample` of the vjp program less the forward ``fwd`` it contains; once per ``f``, argument shapes,
+    differentiated leaves and ``inputs``, :mod:`linfit.ntk._memo`). Weight gradients of a
     convolution cost as much as its forward pass, so differentiating every leaf (``"jacobian"``) costs about
     ``2F`` and only the activations (``"structured"``, which forms its layer gradients itself) about ``F``.
     Without a backend estimate: ``fwd`` per differentiated set (``2F`` for parameters and inputs)."""
@@ -134,7 +138,10 @@ def backward_cost(f: Any, params: Any, x: Any, wrt: Callable[[str, Any], bool] |
         out, vjp = jax.vjp(lambda pd, xd: f(merge(pd), xd if floats else xs), p_diff, xs if floats else {})
         return out, vjp(jax.tree_util.tree_map(jax.numpy.ones_like, out))  # out kept: the forward is not pruned
 
-    total = _per_sample(pull, params, x)
+    differentiated = tuple(path for path, leaf in zip(leaf_paths(params), jax.tree_util.tree_leaves(params))
+                           if chosen and wrt(path, leaf))
+    total = memoised(f, ("backward", signature(x, params), differentiated, floats),
+                     lambda: _per_sample(pull, params, x))
     if total is None:
         return Forward(2 * fwd.macs, 2 * fwd.elements)
     return Forward(max(total.macs - fwd.macs, 0.0), max(total.elements - fwd.elements, 0.0))

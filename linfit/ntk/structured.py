@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
+from linfit.ntk._memo import memoised
 from linfit.ntk.cost import ELEMENT_MACS, Cost, Forward, backward_cost
 from linfit.ntk.structured_contract import (
     SYMMETRIC_MAX_BLOCKS,
@@ -117,7 +118,7 @@ def _make_plan(f, params, x1, n1, n2, mode, params_filter, vmap_axes, route) -> 
     selected_paths = leaf_paths(selected)
     chosen = set(selected_paths)
     probe = jax.tree_util.tree_map(lambda a: a[:1], x1)
-    found, out = find_layers(lambda p: f(p, probe), params)
+    found, out = memoised(f, ("layers", signature(probe, params)), lambda: find_layers(lambda p: f(p, probe), params))
     if len(out.shape) != 2:
         raise ShapeError(
             f"f(params, x) must return [N, O] logits; got shape {out.shape} for N=1"
