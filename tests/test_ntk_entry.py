@@ -2,6 +2,7 @@
 against XLA's analysis of an independently compiled tile program, and the deprecated aliases."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -171,3 +172,16 @@ def test_diagonal_tiles_take_one_set_of_samples(cnn, tile_size):
     assert_kernel_close(got, traced)
     assert True in calls, calls  # (the planner also traces a one-sample pair, x2 given)
     assert tile_size == x1.shape[0] or False in calls, calls
+
+
+def test_a_pytree_output_is_refused_with_a_shape_error(tmp_path):
+    """The kernel of a several-headed f is a pytree, which kernel() cannot tile: a clear ShapeError (before, an
+    AttributeError deep in the planner), for every output kind."""
+    f = lambda p, x: {"a": jnp.tanh(x @ p["w"]) @ p["a"], "b": jnp.sin(x @ p["w"]) @ p["b"]}
+    params = {"w": jnp.full((3, 4), 0.3), "a": jnp.ones((4, 2)), "b": jnp.ones((4, 5))}
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    ntk_fn = empirical_ntk_fn(f)
+    assert set(ntk_fn(x, None, params)) == {"a", "b"}  # the call itself gives a kernel per head
+    for output in ("host", str(tmp_path / "k.npy")):
+        with pytest.raises(ShapeError, match="returns a pytree"):
+            kernel(ntk_fn, x, None, params, output=output)

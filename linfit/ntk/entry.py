@@ -56,6 +56,7 @@ from linfit.ntk.sharding import (
     _pad,
     diagonal_tile,
     host_array,
+    pair_spec,
     plan_tiles,
     sample_mesh,
     sharded_tile_grid,
@@ -114,7 +115,7 @@ def plan_kernel(
     xs = x1 if x2 is None else x2
     n1, n2, d = x1.shape[0], xs.shape[0], mesh.size
     budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
-    pair = jax.eval_shape(ntk_fn, x1[:1], xs[:1], params)
+    pair = pair_spec(ntk_fn, x1, xs, params)
     pair_bytes = int(np.prod(pair.shape[2:], dtype=int)) * pair.dtype.itemsize
     if isinstance(output, str) and output == "device":
         result_bytes = -(-n1 // d) * n2 * pair_bytes
@@ -249,7 +250,7 @@ def run_plan(ntk_fn, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: M
     symmetric = x2 is None
     xs = x1 if symmetric else x2
     n1, n2 = x1.shape[0], xs.shape[0]
-    pair = jax.eval_shape(ntk_fn, x1[:1], xs[:1], params)
+    pair = pair_spec(ntk_fn, x1, xs, params)
     transpose = getattr(ntk_fn, "transpose", None)
     if plan.strategy == "panels":
         grid = TileGeometry(plan.geometry.block, plan.geometry.block)

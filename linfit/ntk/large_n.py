@@ -41,6 +41,7 @@ from linfit import krylov
 from linfit.errors import ShapeError
 from linfit.ntk.jacobian_store import stored_traced_vp_fn
 from linfit.ntk.entry import kernel
+from linfit.ntk.sharding import pair_spec
 from linfit.scores.correlation_stream import StreamedKernelLabelCorrelation
 from linfit.tree import ParamsFilter, split_params
 
@@ -195,7 +196,7 @@ def streamed_kernel_label_correlation(
     x = np.asarray(x)
     if acc.n != x.shape[0]:
         raise ShapeError(f"labels has {acc.n} entries but x has N={x.shape[0]} samples")
-    pair = jax.eval_shape(ntk_fn, x[:1], x[:1], params)
+    pair = pair_spec(ntk_fn, x, x, params)
     if pair.ndim != 2:
         raise ShapeError(f"the kernel-label correlation needs a traced kernel [N, N]; tiles are {pair.shape}")
 

@@ -50,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 
 from linfit.errors import ShapeError
 from linfit.ntk.empirical import NtkFn
-from linfit.ntk.sharding import Tile, _global
+from linfit.ntk.sharding import Tile, _global, pair_spec
 from linfit.ntk.structured import JACOBIAN_CHUNK, _mode, per_sample_jacobian_fn
 from linfit.ntk.structured_contract import contract_gradients
 from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES
@@ -136,7 +136,7 @@ def plan_for(ntk_fn: NtkFn, x1: np.ndarray, x2: np.ndarray | None, params: Any, 
              memory_budget_bytes: int | None = None, block: int | None = None) -> PanelGeometry:
     """:func:`plan_panels` for these inputs, with the measured Jacobian work space."""
     xs = x1 if x2 is None else x2
-    pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(xs[:1]), params)
+    pair = pair_spec(ntk_fn, x1, xs, params)
     row_bytes = ntk_fn.outputs_per_sample(x1, params) * ntk_fn.num_params(params) * pair.dtype.itemsize
     measured = jacobian_workspace_per_sample(ntk_fn, x1, params, mesh)
     return plan_panels(x1.shape[0], xs.shape[0], row_bytes, math.prod(pair.shape[2:]) * pair.dtype.itemsize,

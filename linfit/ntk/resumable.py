@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.ntk.panels import PanelGeometry
-from linfit.ntk.sharding import TileGeometry, sharded_tile_grid
+from linfit.ntk.sharding import TileGeometry, pair_spec, sharded_tile_grid
 
 SIDECAR_SUFFIX = ".tiles.json"
 METHODS = ("tiles", "panels")
@@ -77,7 +77,7 @@ def open_kernel_file(path: Path, ntk_fn: Callable, x1: np.ndarray, x2: np.ndarra
         for stale in (path, record_path):
             stale.unlink(missing_ok=True)
     xs = x1 if x2 is None else x2
-    pair = jax.eval_shape(ntk_fn, x1[:1], xs[:1], params)
+    pair = pair_spec(ntk_fn, x1, xs, params)
     shape = (x1.shape[0], xs.shape[0], *pair.shape[2:])
     fingerprint = _fingerprint(ntk_fn, x1, x2, params)
     if record_path.exists():

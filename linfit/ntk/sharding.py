@@ -103,6 +103,17 @@ class TilePlan(NamedTuple):
     peak_bytes: int | None
 
 
+def pair_spec(ntk_fn: Callable, x1: np.ndarray, xs: np.ndarray, params: Any) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of ``ntk_fn`` on one sample pair, ``[1, 1, ...]``; ``ShapeError`` unless it is one array."""
+    pair = jax.eval_shape(ntk_fn, x1[:1], xs[:1], params)
+    if not isinstance(pair, jax.ShapeDtypeStruct):
+        leaves = jax.tree_util.tree_structure(pair)
+        raise ShapeError(f"linfit.ntk.kernel computes one kernel array, but the kernel function returns a pytree "
+                         f"({leaves}: f has several outputs); compute each output's kernel with its own kernel "
+                         "function, e.g. empirical_ntk_fn(lambda p, x: f(p, x)['head_a'])")
+    return pair
+
+
 def tile_geometry(n1: int, n2: int, symmetric: bool, num_devices: int, side: int) -> TileGeometry:
     """The geometry whose per-device program fits in a ``side x side`` one: ``t = min(side, ceil(N1 / D))``
     rows per device, ``col_tile = m t`` for the largest divisor ``m`` of ``D`` with ``m t <= side`` (capped at
@@ -145,7 +156,7 @@ def plan_tiles(
     local = Mesh(np.asarray([_local_device(mesh)]), mesh.axis_names)
     measure = lambda s: peak_of(local, TileGeometry(s, s)) if d > 1 else peak_of(mesh, TileGeometry(s, s))
     cap = d * -(-n1 // d) if symmetric else max(-(-n1 // d), n2)
-    pair = jax.eval_shape(ntk_fn, jnp.asarray(x1[:1]), jnp.asarray(xs[:1]), params)
+    pair = pair_spec(ntk_fn, x1, xs, params)
     guess = budget_tile_size(ntk_fn, jnp.asarray(x1[:1]), params, cap, math.prod(pair.shape[2:]),
                              pair.dtype.itemsize, budget)
     side = fit_side(measure, cap, guess, budget)
