@@ -4,7 +4,7 @@
                   [--zoo embedded|imagenet|FILE.toml] [--data PATH --regime R]   ... any zoo, your own images
     linfit scores                                                          the registered scores
     linfit tasks                                                           the embedded and packaged tasks
-    linfit zoo list | build                                                the embedded model zoo
+    linfit zoo list | build | import PATH                                  the model zoos; add a downloaded checkpoint
     linfit bench --db FILE [--tasks T ...] [--shard i/n]                   scores + fine-tuning ground truth to SQLite
                  [--zoo embedded|imagenet|FILE.toml] [--data PATH --regime R]   ... any zoo, your own images
     linfit report --db FILE|GLOB ... --out DIR [--setting ID]              Markdown report and figures from the stores
@@ -127,7 +127,7 @@ def _select(args: argparse.Namespace) -> int:
                           "cpu_seconds": result.cpu_seconds,
                           "models": result.table.to_dict(orient="records")}, indent=1))
         return 0
-    print(format_table(result, top=args.top))
+    print(format_table(result, top=args.top, timing=not args.profile))
     if args.profile:
         print("\n" + format_profile(result))
     if plot:

@@ -288,16 +288,19 @@ def _column_width(name: str) -> int:
     return max(11, len(name) + 1)
 
 
-def format_table(selection: Selection, *, top: int = 3) -> str:
+def format_table(selection: Selection, *, top: int = 3, timing: bool = True) -> str:
     """A plain-text report: the recommendation, the ranking (each score with its rank), a legend of the
-    scores, how much their rankings agree (Spearman) and where the time went."""
+    scores, how much their rankings agree (Spearman) and, with ``timing``, where the time went in short
+    (:func:`format_profile` has it phase by phase)."""
     table, names = selection.table, list(selection.scores)
     primary = names[0]
     best = selection.recommended(top)
     model_width = max(34, *(len(m) + 3 for m in table.model))
     lines = [f"task {selection.task}: {len(table)} model{'s' if len(table) != 1 else ''} scored on N={selection.num_samples} training images, "
              f"ordered by {primary} (higher is better for every score).",
-             f"Recommendation: fine-tune {_join(best)} first (the top {len(best)} by {primary}).", ""]
+             f"Recommendation: fine-tune {_join(best)} first ("
+             + (f"the top {len(best)} by {primary}" if len(best) < len(table) else f"every model scored, in {primary}'s order")
+             + ").", ""]
     lines.append(f"{'model':{model_width}s}" + "".join(f"{n:>{_column_width(n)}s} rank" for n in names))
     for _, row in table.iterrows():
         label = row.model + (" *" if row.reference else "")
@@ -316,6 +319,8 @@ def format_table(selection: Selection, *, top: int = 3) -> str:
             cells = "".join(" " * _column_width(b) if j <= i else f"{agreement.loc[a, b]:>{_column_width(b)}.2f}"
                             for j, b in enumerate(names[1:], 1))
             lines.append(f"  {a:{name_width}s}{cells}")
+    if not timing:
+        return "\n".join(lines)
     lines += ["", f"Time: {selection.wall_seconds:.1f} s in all."]
     users = {key: [n for n in names if key in score_registry.get(n).needs] for key in selection.input_seconds}
     shared = [f"{key} {sec:.1f} s ({', '.join(users[key])})" for key, sec in selection.input_seconds.items()]
@@ -329,8 +334,9 @@ def format_table(selection: Selection, *, top: int = 3) -> str:
 
 
 def _rest_seconds(selection: Selection) -> float:
+    """Wall time outside every timed phase, at least 0 (the phases' timers overlap by milliseconds)."""
     own = selection.table[[f"seconds_{n}" for n in selection.scores]].to_numpy().sum()
-    return (selection.wall_seconds - selection.compile_seconds - selection.load_seconds
+    return max(0.0, selection.wall_seconds - selection.compile_seconds - selection.load_seconds
             - sum(selection.input_seconds.values()) - own)
 
 

@@ -162,6 +162,10 @@ def test_ranking_report_recommends_explains_and_counts_shared_inputs_once():
     assert f"{rho:.2f}" in next(l for l in lines if l.strip().startswith("lfc ") and "." in l and "[" not in l)
     assert "features 3.0 s (lfc, logme)" in text and "ntk 7.0 s (linearized_loss)" in text
     assert "the rest, 2.5 s" in text  # 20 s wall - 10 s inputs - 3 scores x 5 models x 0.5 s
+    assert "(the top 2 by lfc)" in text and "every model scored" in format_table(sel, top=len(sel.table))
+    assert "Time:" not in format_table(sel, top=2, timing=False)  # --profile prints the times phase by phase
+    overlapping = dataclasses.replace(sel, wall_seconds=17.0)  # the timed phases add up to 17.5 s
+    assert "the rest, 0.0 s" in format_table(overlapping, top=2)
 
 
 def test_profile_lists_every_phase_and_they_add_up_to_the_wall_time():

@@ -107,3 +107,15 @@ def test_load_arrays_npz_and_mapping(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DatasetError, match="cannot read arrays"):
         load_arrays(tmp_path / "junk.npz")
+
+
+def test_load_data_refuses_a_single_class_before_any_work(tmp_path):
+    """Ranking models needs two classes: a folder with one class subfolder is refused when it is loaded, with
+    the path and the fix (before, a score failed after the models had been loaded and compiled)."""
+    from linfit.data import load_data
+
+    (tmp_path / "only").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "only" / f"{i}.png")
+    with pytest.raises(DatasetError, match=r"has 1 class in its training images.*one subfolder per class"):
+        load_data(tmp_path)

@@ -68,7 +68,7 @@ def test_load_task_errors():
         load_task("hebrew:many")
     x = np.zeros((5, 4, 4, 1), np.float32)
     toy = Dataset("toy", x, np.array([0, 0, 0, 1, 1]), x, np.array([0, 1, 0, 1, 0]), ("a", "b"))
-    with pytest.raises(DatasetError, match=r"toy:3shot asks for 3 .* 1 classes have fewer: 'b' \(2\); .*at most 2"):
+    with pytest.raises(DatasetError, match=r"toy:3shot asks for 3 .* 1 class has fewer in the training split .*: 'b' \(2\); .*at most 2"):
         load_task("toy:3shot", dataset=toy)
     assert load_task("toy:2shot", dataset=toy).train.y.tolist() == [0, 0, 1, 1]
     with pytest.raises(DatasetError, match="names 'other'"):

@@ -30,6 +30,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from linfit.data.dataset import Dataset
 from linfit.data.idx import load_idx_dataset
 from linfit.data.loaders import load_arrays, load_image_folder
@@ -75,18 +77,24 @@ def load_data(path: str | os.PathLike, *, test_fraction: float = 0.2, seed: int 
       ``C`` 1 or 3; its ``name`` is the file's stem, the folder's name or the tfds dataset's name.
 
     Raises:
-      DatasetError: the path cannot be read as any kind, naming what was expected.
+      DatasetError: the path cannot be read as any kind, naming what was expected, or its training split has
+        fewer than two classes (nothing to rank models by).
     """
     path = Path(path).expanduser()
     kind = data_kind(path)
     if kind == "npz":
-        return load_arrays(path, test_fraction=test_fraction, seed=seed)
-    if kind == "tfds":
+        data = load_arrays(path, test_fraction=test_fraction, seed=seed)
+    elif kind == "tfds":
         name, data_dir = _tfds_name(path)
-        return load_tfds(name, data_dir=data_dir)
-    if kind == "idx":
-        return load_idx_dataset(*_idx_files(path), name=path.resolve().name, domain=f"IDX files in {path}")
-    return load_image_folder(path, size=None, grayscale=None, test_fraction=test_fraction, seed=seed)
+        data = load_tfds(name, data_dir=data_dir)
+    elif kind == "idx":
+        data = load_idx_dataset(*_idx_files(path), name=path.resolve().name, domain=f"IDX files in {path}")
+    else:
+        data = load_image_folder(path, size=None, grayscale=None, test_fraction=test_fraction, seed=seed)
+    if np.unique(data.y_train).size < 2:
+        raise DatasetError(f"{path} has {np.unique(data.y_train).size} class in its training images; ranking models "
+                           "needs at least two (an image folder: one subfolder per class)")
+    return data
 
 
 def _tfds_info_files(path: Path) -> list[Path]:

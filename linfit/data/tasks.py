@@ -14,6 +14,7 @@ dataset an installed package ships (:data:`catalog.PACKAGED`, e.g. ``lfw_faces:2
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from typing import NamedTuple
 
@@ -125,8 +126,9 @@ def check_task(spec: str | TaskSpec) -> TaskSpec:
 
         packaged.check_installed(spec.dataset)
     elif spec.dataset not in catalog.DOMAINS:
+        close = difflib.get_close_matches(spec.dataset, [*catalog.DOMAINS, *catalog.PACKAGED], n=1)
         raise UnknownNameError(
-            f"unknown task dataset {spec.dataset!r}; embedded targets: {', '.join(catalog.names('target'))} "
+            f"unknown task dataset {spec.dataset!r}{f' (did you mean {close[0]!r}?)' if close else ''}; embedded targets: {', '.join(catalog.names('target'))} "
             f"(sources: {', '.join(catalog.names('source'))}; from installed packages: "
             f"{', '.join(catalog.PACKAGED)})"
         )
@@ -163,7 +165,9 @@ def load_task(spec: str | TaskSpec, *, seed: int = 0, dataset: Dataset | None = 
         short = [f"{dataset.class_names[c]!r} ({n})" for c, n in zip(classes, counts) if n < spec.shots]
         if short:
             raise DatasetError(
-                f"task {spec} asks for {spec.shots} training images per class but {len(short)} classes have fewer: "
+                f"task {spec} asks for {spec.shots} training images per class but {len(short)} "
+                f"{'class has' if len(short) == 1 else 'classes have'} fewer in the training split "
+                f"(images held out for testing do not count): "
                 f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; use a smaller k "
                 f"(at most {counts.min()}) or '{spec.dataset}:full'")
         idx = kshot_indices(dataset.y_train, spec.shots, seed=seed)
