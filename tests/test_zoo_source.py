@@ -316,10 +316,11 @@ def test_load_data_detects_each_kind(tmp_path, png_folder):
     assert ds.x_train.shape[1:] == (24, 24, 3) and ds.class_names == ("circle", "square", "star")
     first = np.asarray(Image.open(png_folder / "circle" / "0.png"), np.float32) / 255
     assert any(np.array_equal(first, img) for img in np.concatenate([ds.x_train, ds.x_test]))
-    gray = tmp_path / "gray" / "a"
-    gray.mkdir(parents=True)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (5, 7), dtype=np.uint8), "L").save(gray / f"{i}.png")
+    for name in ("a", "b"):
+        gray = tmp_path / "gray" / name
+        gray.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (5, 7), dtype=np.uint8), "L").save(gray / f"{i}.png")
     assert load_data(tmp_path / "gray").x_train.shape[1:] == (5, 7, 1)
 
 
