@@ -84,7 +84,7 @@ def _check_names(*, scores: list[str], models: list[str] | None, tasks: list[str
 
 def _zoo_and_data(args: argparse.Namespace) -> list:
     """Check --zoo, --models, --task / --data and --regime before any work; returns the zoo's entries."""
-    from linfit.data import parse_task
+    from linfit.data import parse_regime
     from linfit.data.detect import data_kind
     from linfit.errors import check_known
     from linfit.zoo.source import load_zoo
@@ -98,7 +98,7 @@ def _zoo_and_data(args: argparse.Namespace) -> list:
         listing = "`linfit zoo list`" if args.zoo == "embedded" else f"the zoo {args.zoo!r}"
         check_known("zoo model", args.models, [e.name for e in entries], listing)
     if args.data is not None:
-        parse_task(f"data:{args.regime or DEFAULT_REGIME}")
+        parse_regime(args.regime or DEFAULT_REGIME, " (--regime)")
         data_kind(args.data)
     return entries
 

@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from linfit import scores as score_registry
-from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_task
+from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
 from linfit.defaults import DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
 from linfit.dynamics import LinearizedDynamics
 from linfit.errors import ConfigError, check_known
@@ -173,9 +173,9 @@ def select(
         if data is None:
             target = load_task(task or DEFAULT_TASK, seed=seed)
         else:
-            spec = TaskSpec("data", parse_task(f"data:{regime or DEFAULT_REGIME}").regime)
+            regime = parse_regime(regime or DEFAULT_REGIME, " (regime)")
             dataset = data if isinstance(data, Dataset) else load_data(data, seed=seed)
-            target = load_task(TaskSpec(dataset.name, spec.regime), seed=seed, dataset=dataset)
+            target = load_task(TaskSpec(dataset.name, regime), seed=seed, dataset=dataset)
         subset = target.scoring_set(per_class=per_class, seed=seed)
     load_seconds = loading.run_seconds
     task_name = str(target.spec)

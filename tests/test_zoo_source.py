@@ -390,7 +390,7 @@ def test_select_json_ranks_the_toml_zoo(zoo_dir, png_folder, capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["--task", "hebrew:5shot", "--data", "x"], "give one of them"),
     (["--regime", "5shot"], "--regime goes with --data"),
-    (["--data", "DATA", "--regime", "5shots"], "unknown regime"),
+    (["--data", "DATA", "--regime", "5shots"], "unknown regime '5shots' (--regime)"),
     (["--data", "nowhere"], "no such file or folder"),
     (["--zoo", "ZOO", "--models", "cnn/grey"], "did you mean 'cnn/gray'"),
     (["--zoo", "nosuch.toml"], "nor an existing TOML file"),

@@ -42,7 +42,7 @@ import numpy as np
 from linfit import scores as score_registry
 from linfit.bench.runner import Unit, run_units
 from linfit.bench.store import ResultStore, pack_bools, unit_key
-from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_task
+from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
 from linfit.data.sampling import kshot_indices
 from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
@@ -268,7 +268,7 @@ def _tasks(config: BenchConfig) -> tuple[str, ...]:
     if config.tasks is not None:
         raise ConfigError("give either tasks (embedded or packaged datasets) or data (your own images), not both")
     for regime in config.regimes:
-        parse_task(f"data:{regime}")
+        parse_regime(regime, " in regimes")
     return (_dataset(str(config.data)).name,)
 
 

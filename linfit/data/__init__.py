@@ -23,6 +23,7 @@ from linfit.data.tasks import (
     check_task,
     load_task,
     packaged_tasks,
+    parse_regime,
     parse_task,
     tasks,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "load_task",
     "load_tfds",
     "packaged_tasks",
+    "parse_regime",
     "parse_task",
     "scoring_subset",
     "tasks",

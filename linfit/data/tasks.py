@@ -94,12 +94,18 @@ def parse_task(spec: str | TaskSpec) -> TaskSpec:
     name, regime = (part.strip() for part in spec.split(":"))
     if not name:
         raise DatasetError(f"task spec {spec!r} has an empty dataset name")
-    if not _REGIME.match(regime):
+    return TaskSpec(name, parse_regime(regime, f" in task spec {spec!r}"))
+
+
+def parse_regime(regime: str, where: str = "") -> str:
+    """``regime`` (``"full"`` or ``"<k>shot"``, k >= 1) if well formed; raises :class:`DatasetError` naming it
+    (``where``: the context, e.g. the task spec it came from)."""
+    if not isinstance(regime, str) or not _REGIME.match(regime):
         raise DatasetError(
-            f"unknown regime {regime!r} in task spec {spec!r}; expected 'full' or '<k>shot' with k >= 1 "
+            f"unknown regime {regime!r}{where}; expected 'full' or '<k>shot' with k >= 1 "
             f"(the benchmark uses {', '.join(REGIMES)})"
         )
-    return TaskSpec(name, regime)
+    return regime
 
 
 def tasks() -> list[str]:
