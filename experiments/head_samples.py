@@ -4,11 +4,12 @@
 random head rows (an unbiased estimate, k backward passes per sample instead of D). This script scores the whole
 embedded zoo on embedded tasks with the exact average (``head_samples=None``) and with k = 1, 2, 4, 8 rows under
 several head draws (the scoring subset fixed), and reports, per k and score, the Spearman correlation of the
-zoo's ranking with the exact ranking (mean, min and max over draws and tasks) and the relative Frobenius error
-of the kernels (median over models). The choice of ``linfit select``'s default ``head_samples`` rests on it.
+zoo's ranking with the exact ranking (smallest and largest over draws and tasks) and the relative Frobenius
+error of the kernels (median over models and draws), as a Markdown table (``benchmarks/RESULTS.md`` §7c). The
+choice of ``linfit select``'s default ``head_samples`` rests on it.
 
-Usage: ``python experiments/head_samples.py [--tasks T ...] [--draws 3] [--out experiments/head_samples.json]``
-(resumable: finished (task, model) entries are kept in ``--out`` and skipped).
+Usage: ``python experiments/head_samples.py [--tasks T ...] [--draws 3] [--out experiments/head_samples.json]
+[--report-only]`` (resumable: finished (task, model) entries are kept in ``--out`` and skipped).
 """
 
 from __future__ import annotations
@@ -31,13 +32,19 @@ from linfit.zoo.source import load_zoo
 ROWS = (1, 2, 4, 8)
 
 
-def kernels(entry, x, rows, key):
+def kernel_fn(entry, x):
+    """``kernels(rows, key) -> (all-parameter kernel, last-conv kernel)`` of one zoo model on ``x``: the model is
+    loaded and its features computed once."""
     model, variables = entry.load()
     phi = penultimate_features(model, variables, x)
     last_conv = param_subsets(model, variables["params"])["last_conv"]
-    options = dict(head_samples=rows, key=key, features=phi)
-    return (lgc_kernel(model, variables, x, **options),
-            lgc_kernel(model, variables, x, params_filter=last_conv, **options))
+
+    def kernels(rows, key):
+        options = dict(head_samples=rows, key=key, features=phi)
+        return (lgc_kernel(model, variables, x, **options),
+                lgc_kernel(model, variables, x, params_filter=last_conv, **options))
+
+    return kernels
 
 
 def scores(full, last, y):
@@ -63,12 +70,12 @@ def main() -> None:
             name = f"{task}|{entry.name}"
             if name in done:
                 continue
-            x = entry.preprocessing.prepare(subset.x)
-            full, last = kernels(entry, x, None, jax.random.PRNGKey(0))
+            kernels = kernel_fn(entry, entry.preprocessing.prepare(subset.x))
+            full, last = kernels(None, jax.random.PRNGKey(0))
             record = {"exact": scores(full, last, subset.y)}
             for rows in ROWS:
                 for draw in range(args.draws):
-                    f_k, l_k = kernels(entry, x, rows, jax.random.PRNGKey(draw))
+                    f_k, l_k = kernels(rows, jax.random.PRNGKey(draw))
                     record[f"{rows}/{draw}"] = {**scores(f_k, l_k, subset.y),
                                                 "err_full": rel(f_k, full), "err_last": rel(l_k, last)}
             done[name] = record

@@ -91,9 +91,10 @@ def load_data(path: str | os.PathLike, *, test_fraction: float = 0.2, seed: int 
         data = load_idx_dataset(*_idx_files(path), name=path.resolve().name, domain=f"IDX files in {path}")
     else:
         data = load_image_folder(path, size=None, grayscale=None, test_fraction=test_fraction, seed=seed)
-    if np.unique(data.y_train).size < 2:
-        raise DatasetError(f"{path} has {np.unique(data.y_train).size} class in its training images; ranking models "
-                           "needs at least two (an image folder: one subfolder per class)")
+    classes = np.unique(data.y_train).size
+    if classes < 2:
+        raise DatasetError(f"{path} has {classes} class{'' if classes == 1 else 'es'} in its training images; "
+                           "ranking models needs at least two (an image folder: one subfolder per class)")
     return data
 
 

@@ -107,10 +107,11 @@ def pair_spec(ntk_fn: Callable, x1: np.ndarray, xs: np.ndarray, params: Any) -> 
     """Shape and dtype of ``ntk_fn`` on one sample pair, ``[1, 1, ...]``; ``ShapeError`` unless it is one array."""
     pair = jax.eval_shape(ntk_fn, x1[:1], xs[:1], params)
     if not isinstance(pair, jax.ShapeDtypeStruct):
-        leaves = jax.tree_util.tree_structure(pair)
-        raise ShapeError(f"linfit.ntk.kernel computes one kernel array, but the kernel function returns a pytree "
-                         f"({leaves}: f has several outputs); compute each output's kernel with its own kernel "
-                         "function, e.g. empirical_ntk_fn(lambda p, x: f(p, x)['head_a'])")
+        structure = jax.tree_util.tree_structure(pair)
+        raise ShapeError(f"the NTK of any N (linfit.ntk.kernel and its strategies) computes one kernel array, but "
+                         f"the kernel function returns a pytree ({structure}: f has several outputs); compute each "
+                         "output's kernel with its own kernel function, e.g. "
+                         "empirical_ntk_fn(lambda p, x: f(p, x)['head_a'])")
     return pair
 
 
