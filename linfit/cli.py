@@ -20,7 +20,7 @@ import difflib
 import json
 import sys
 
-from linfit.defaults import DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
+from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
 from linfit.errors import ConfigError, LinfitError
 
 DEFAULT_PLOT = "linfit_loss_curves.png"
@@ -116,8 +116,6 @@ def _select(args: argparse.Namespace) -> int:
                     per_class=args.per_class, seed=args.seed,
                     head_samples=None if args.head_samples == 0 else args.head_samples, progress=not args.quiet)
     plot = (DEFAULT_PLOT if args.plot is None else args.plot) if makes_curves else ""
-    if plot:
-        plot_curves(result, plot, top=args.top)
     if args.json:
         print(json.dumps({"task": result.task, "num_samples": result.num_samples, "ordered_by": result.scores[0],
                           "recommended": result.recommended(args.top),
@@ -126,11 +124,14 @@ def _select(args: argparse.Namespace) -> int:
                           "compile_seconds": result.compile_seconds, "load_seconds": result.load_seconds,
                           "cpu_seconds": result.cpu_seconds,
                           "models": result.table.to_dict(orient="records")}, indent=1))
+        if plot:
+            plot_curves(result, plot, top=args.top)
         return 0
     print(format_table(result, top=args.top, timing=not args.profile))
     if args.profile:
         print("\n" + format_profile(result))
-    if plot:
+    if plot:  # after the ranking, which the user waits for
+        plot_curves(result, plot, top=args.top)
         print(f"predicted linearized loss curves: {plot}")
     elif args.plot is None:
         print(f"no loss-curve plot: none of the scores computes the fine-tuning NTK ({', '.join(curve_scores())})")
@@ -246,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--models", nargs="+", help="model names of the zoo (`linfit zoo list`; default: all)")
     sel.add_argument("--top", type=_positive_int, default=3, help="how many models to recommend (default 3)")
     sel.add_argument("--per-class", type=_positive_int, default=25, help="scoring images per class (paper: 25)")
-    sel.add_argument("--head-samples", type=_non_negative_int, default=8,
-                     help="random head rows for NTK scores; 0 = exact head average (slower)")
+    sel.add_argument("--head-samples", type=_non_negative_int, default=DEFAULT_HEAD_SAMPLES,
+                     help=f"random (Rademacher) head rows for NTK scores (default {DEFAULT_HEAD_SAMPLES}); "
+                          "0 = exact head average (slower)")
     sel.add_argument("--seed", type=int, default=0,
                      help="seeds the k-shot sample, the scoring subset and the NTK's random heads (default 0)")
     sel.add_argument("--json", action="store_true", help="print JSON instead of a table")

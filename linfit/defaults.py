@@ -4,3 +4,5 @@ DEFAULT_TASK = "font_digits:20shot"
 DEFAULT_SCORES = ("lfc", "lgc", "linearized_loss", "logme", "leep")
 DEFAULT_REGIME = "20shot"
 """The regime of ``linfit select --data`` (your own images) when ``--regime`` is not given."""
+DEFAULT_HEAD_SAMPLES = 4
+"""Random head rows of ``linfit select``'s NTK-based scores (``linfit.scores.lgc``; ``benchmarks/RESULTS.md`` §7d)."""

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from linfit import scores as score_registry
 from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
-from linfit.defaults import DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
+from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
 from linfit.dynamics import LinearizedDynamics
 from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
@@ -101,7 +101,7 @@ def select(
     models: Sequence[str] | None = None,
     per_class: int = 25,
     seed: int = 0,
-    head_samples: int | None = 8,
+    head_samples: int | None = DEFAULT_HEAD_SAMPLES,
     weights_dir=None,
     progress: bool = False,
 ) -> Selection:
@@ -123,8 +123,9 @@ def select(
       models: names of zoo models to score (default ``None``: the whole zoo).
       per_class: at most this many training images per class are scored (the paper: 25), ``>= 1``.
       seed: seeds the k-shot sample, the scoring subset, the random heads and a split of ``data`` without one.
-      head_samples: random head rows for the NTK-based scores (``linfit.scores.lgc``): an unbiased estimate at
-        k >= 1 backward passes per sample; ``None`` for the exact head average (D passes per sample).
+      head_samples: random (Rademacher) head rows for the NTK-based scores (``linfit.scores.lgc``): an unbiased
+        estimate at k >= 1 backward passes per sample (default ``DEFAULT_HEAD_SAMPLES``); ``None`` for the exact
+        head average (D passes per sample).
       weights_dir: a build of the embedded zoo other than the committed one.
       progress: show a progress bar over models.
 

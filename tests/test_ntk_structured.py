@@ -469,3 +469,34 @@ def test_catalogue_factorised_layers(name, factorised):
     f, params, x1, _ = catalogue_setup(name)
     plan = _make_plan(f, params, x1, 5, 4, "full", None, 0, "auto")
     assert set(plan.kernel_route) == factorised
+
+
+@pytest.mark.parametrize("conv", [
+    dict(features=3, kernel_size=(3, 3), padding="SAME"),
+    dict(features=3, kernel_size=(3, 3), strides=2, padding="SAME"),
+    dict(features=3, kernel_size=(2, 3), strides=(2, 1), padding="VALID"),
+    dict(features=3, kernel_size=(2, 2), padding=((1, 2), (0, 1)), kernel_dilation=2),
+    dict(features=3, kernel_size=(3, 3), padding=((-1, 2), (1, -1))),
+    dict(features=3, kernel_size=(3, 3), strides=(2, 1), padding="CIRCULAR"),
+    dict(features=3, kernel_size=(1, 1)),
+    dict(features=3, kernel_size=(1, 1), strides=2),
+    dict(features=3, kernel_size=(4, 4), strides=3, kernel_dilation=(1, 2), padding="SAME"),
+    dict(features=3, kernel_size=(3, 3), input_dilation=2, padding=((1, 1), (2, 0))),
+    dict(features=3, kernel_size=(3,), strides=2, padding="SAME"),
+    dict(features=3, kernel_size=(3,), kernel_dilation=2, padding="CAUSAL"),
+    dict(features=3, kernel_size=(2, 3, 2), strides=(1, 2, 1), padding="SAME"),
+])
+def test_conv_patches_reproduce_the_convolution(conv):
+    """Each call's patches P [B, S, K] times the flattened kernel [K, C] (channel-major rows) is nn.Conv's output,
+    for every padding, stride, dilation and dimensionality the factorisation accepts."""
+    from linfit.ntk.structured_layers import conv_patches
+
+    dims = len(conv["kernel_size"])
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *(9, 8, 7)[:dims], 4))
+    module = nn.Conv(**conv)
+    variables = module.init(jax.random.PRNGKey(1), x)
+    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+    expected = module.apply(variables, x) - bias
+    rows = jnp.moveaxis(kernel, -2, 0).reshape(-1, kernel.shape[-1])  # [C_in * prod(kernel_size), C]
+    got = conv_patches(module, x) @ rows
+    np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-5)

@@ -16,7 +16,12 @@ i.e. the feature NTK traced over the D feature outputs (``empirical_ntk_fn(featu
 when the head is among the trained parameters, the feature Gram ΦΦᵀ (whose correlation is LFC) and the bias'
 constant. A zero head instead would make every backbone gradient vanish and LGC collapse to LFC.
 ``head_samples=k`` replaces the average by k random head rows (an unbiased estimate, k backward passes per
-sample instead of D, for wide backbones). The traced kernel is the row-weighted mean of the kernels of groups
+sample instead of D, for wide backbones). The rows are Rademacher, entries ±1/√D: they have the Gaussian head's
+second moment E[h hᵀ] = I/D, so the estimate has the same expectation (Hutchinson's trace estimator, here of the
+D x D matrix M(x, x')_kl = ⟨∂φ_k(x)/∂θ, ∂φ_l(x')/∂θ⟩), but its variance comes only from M's off-diagonal entries
+(h_k² = 1/D exactly). Parameters that each feed one feature only, such as the last convolution when only
+per-channel operations (BatchNorm, activation, pooling) follow it, give a diagonal M: their kernel, LGC's, is
+then exact for every k (``benchmarks/RESULTS.md`` §7d measures the rest). The traced kernel is the row-weighted mean of the kernels of groups
 of rows, each group one call of one compiled program (the rows are an argument, and the kernel is planned once
 per group width). A group holds as many rows as keep the per-sample Jacobian rows of all N samples,
 ``N x rows x P`` float32 numbers, within half the memory budget (:func:`rows_per_call`), so that
@@ -103,7 +108,7 @@ def lgc_kernel(
       x: ``[N, H, W, C]`` inputs (the task's scoring subset).
       params_filter: trained parameters (``None`` = all; e.g. ``param_subsets(...)["last_conv"]``). If it
         selects ``head/kernel`` the head term ΦΦᵀ + 1 is added.
-      head_samples: ``None`` for the exact average over heads (D outputs), or k random head rows.
+      head_samples: ``None`` for the exact average over heads (D outputs), or k random (Rademacher) head rows.
       projection_dim: project per-sample gradients to this many dimensions (paper: 10,000); needs ``key``.
       key: PRNG key for ``head_samples`` / ``projection_dim``.
       implementation: NTK implementation; ``"auto"`` takes the cheapest exact one by
@@ -134,9 +139,9 @@ def lgc_kernel(
     body_filter = tuple(f"^variables/params/{re.escape(path)}$" for path in selected if not path.startswith("head/"))
     if body_filter:
         heads = None
-        if head_samples is not None:  # rows of W ~ N(0, 1/D): an unbiased estimate of the average over heads
+        if head_samples is not None:  # Rademacher rows, E[h hᵀ] = I/D: an unbiased estimate of the head average
             key, sub = jax.random.split(key)
-            heads = jax.random.normal(sub, (phi.shape[1], head_samples)) / jnp.sqrt(phi.shape[1])
+            heads = jax.random.rademacher(sub, (phi.shape[1], head_samples), jnp.float32) / jnp.sqrt(phi.shape[1])
         if projection_dim is not None:
             tree = tree if heads is None else {**tree, "heads": heads}
             kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key)
