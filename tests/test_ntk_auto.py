@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from linfit import models
 from linfit.ntk import empirical, empirical_ntk_fn, structured
 from linfit.ntk.cost import backward_cost, forward_cost
 from tests._ntk_models import assert_kernel_close, brute_full_ntk
@@ -186,3 +187,33 @@ def test_backward_cost_of_a_linear_layer_is_its_gradients():
     both = backward_cost(f, params, x, lambda path, leaf: True, True, fwd)
     assert weights.macs == k * c and inputs.macs == k * c and both.macs == 2 * k * c
     assert backward_cost(f, params, x, None, False, fwd) == fwd  # nothing but activations to pull back to
+
+
+def test_cost_model_replays_one_trace_of_f_and_counts_what_f_itself_costs():
+    """The cost model builds its programs from a jaxpr of ``f`` traced once per batch size; XLA's analysis of
+    ``f`` lowered directly (forward, and the pull-back w.r.t. the inputs and every leaf) gives the same counts."""
+    from linfit.ntk.cost import _per_sample
+
+    model = models.create("small_cnn", num_classes=3, width=4, depth=2)
+    x = jax.random.uniform(jax.random.PRNGKey(2), (6, 8, 8, 1))
+    params = models.init(model, jax.random.PRNGKey(0), x)["params"]
+    traces = []
+
+    def f(p, z):
+        traces.append(z.shape[0])
+        return model.apply({"params": p}, z)
+
+    fwd = forward_cost(f, params, x)
+    bwd = backward_cost(f, params, x, lambda path, leaf: True, True, fwd)
+    backward_cost(f, params, x, lambda path, leaf: "head" in path, False, fwd)
+    assert sorted(traces) == [1, 2]  # one trace per batch size analysed
+
+    def pull(p, z):  # the same pull-back, written on f directly
+        out, vjp = jax.vjp(lambda pd, zd: model.apply({"params": pd}, zd), p, z)
+        return out, vjp(jnp.ones_like(out))
+
+    direct_fwd = _per_sample(lambda p, z: model.apply({"params": p}, z), params, x)
+    direct_total = _per_sample(pull, params, x)
+    assert fwd == direct_fwd
+    assert bwd.macs == direct_total.macs - direct_fwd.macs
+    assert bwd.elements == direct_total.elements - direct_fwd.elements

@@ -80,6 +80,26 @@ class Forward:
         return count * (self.macs + ELEMENT_MACS * self.elements)
 
 
+def _replayed(f: Any, params: Any, x: Any) -> Callable[[Any, Any], Any]:
+    """``f`` replayed from its jaxpr: ``g(p, xs)`` computes ``f(p, xs)`` for ``xs`` of ``x``'s per-sample shapes.
+
+    The cost analyses lower programs of ``f`` on one and two samples, with and without pull-backs w.r.t.
+    different leaves; tracing a Flax model is the slow part of each lowering (0.1-0.3 s on a CPU), re-tracing
+    its jaxpr is not. So ``f`` is traced once per batch size (:mod:`linfit.ntk._memo`) and every program is
+    built from that jaxpr: the same operations, hence the same cost analysis."""
+    spec = lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a))
+    key = signature(x, params)
+
+    def g(p, xs):
+        n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+        closed, out_shape = memoised(f, ("jaxpr", key, n), lambda: jax.make_jaxpr(f, return_shape=True)(
+            jax.tree_util.tree_map(spec, p), jax.tree_util.tree_map(spec, xs)))
+        out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree_util.tree_leaves((p, xs)))
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
+
+    return g
+
+
 def _per_sample(program: Any, params: Any, x: Any) -> Forward | None:
     """One sample's share of ``program(params, x)`` by XLA's cost analysis of the lowered (uncompiled) program
     on one and on two samples: half the flops of one sample, and the elements accessed per extra sample (the
@@ -107,7 +127,7 @@ def forward_cost(f: Any, params: Any, x: Any) -> Forward:
     """``F``: one sample's forward pass of ``f(params, x)`` (XLA's cost analysis, :func:`_per_sample`; once per
     ``f`` and argument shapes, :mod:`linfit.ntk._memo`). Without an estimate from the backend: one multiply-add
     and one element per parameter entry."""
-    cost = memoised(f, ("forward", signature(x, params)), lambda: _per_sample(f, params, x))
+    cost = memoised(f, ("forward", signature(x, params)), lambda: _per_sample(_replayed(f, params, x), params, x))
     if cost is None:
         size = float(sum(math.prod(jax.numpy.shape(a)) for a in jax.tree_util.tree_leaves(params)))
         return Forward(size, size)
@@ -133,9 +153,11 @@ def backward_cost(f: Any, params: Any, x: Any, wrt: Callable[[str, Any], bool] |
     if not (floats or chosen):  # nothing to pull back to but the activations
         return fwd
 
+    replayed = _replayed(f, params, x)
+
     def pull(p, xs):  # the pull-back of every output at once: one backward pass per sample
         p_diff, merge = split_params(p, wrt) if chosen else ({}, lambda _: p)
-        out, vjp = jax.vjp(lambda pd, xd: f(merge(pd), xd if floats else xs), p_diff, xs if floats else {})
+        out, vjp = jax.vjp(lambda pd, xd: replayed(merge(pd), xd if floats else xs), p_diff, xs if floats else {})
         return out, vjp(jax.tree_util.tree_map(jax.numpy.ones_like, out))  # out kept: the forward is not pruned
 
     differentiated = tuple(path for path, leaf in zip(leaf_paths(params), jax.tree_util.tree_leaves(params))
