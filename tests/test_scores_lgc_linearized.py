@@ -81,7 +81,8 @@ def test_head_samples_kernel_is_the_traced_ntk_of_those_head_rows(small, monkeyp
     model, variables, x = small
     key = jax.random.PRNGKey(7)
     dim = variables["params"]["head"]["kernel"].shape[0]
-    heads = jax.random.rademacher(jax.random.split(key)[1], (dim, 3), jnp.float32) / jnp.sqrt(dim)  # lgc_kernel's draw
+    heads = jax.random.rademacher(jax.random.split(key)[1], (dim, 3), jnp.result_type(float))  # lgc_kernel's draw
+    heads = heads / jnp.sqrt(dim)
     body = {k: v for k, v in variables["params"].items() if k != "head"}
     flat, unravel = ravel_pytree(body)
     phi_h = lambda v: model.apply({**variables, "params": {**unravel(v), "head": variables["params"]["head"]}},  # noqa: E731

@@ -8,8 +8,8 @@ reads and whether its samples are independent (:mod:`linfit.ntk._checks`). Traci
 on a CPU, and these analyses traced it some forty times per architecture (``benchmarks/RESULTS.md`` §7c), so
 each is kept per ``(f, key)``, the key holding the argument shapes (:func:`linfit.ntk._checks.signature`) and
 the analysis' own options (the cost model keeps a jaxpr of ``f`` per batch size and builds its programs
-from it, :func:`linfit.ntk.cost._replayed`). Entries live as long as ``f`` does; ``f`` must be pure, as everywhere in
-:mod:`linfit.ntk`.
+from it, :func:`linfit.ntk.cost._replayed`). Entries live as long as ``f`` does; ``f`` must be pure, as
+everywhere in :mod:`linfit.ntk`.
 """
 
 from __future__ import annotations

@@ -189,7 +189,8 @@ def conv_patches(module: nn.Conv, inputs: jax.Array) -> jax.Array:
     channels of a group, hence each group's patch, are contiguous), the layout of
     ``lax.conv_general_dilated_patches``. Exact copies of the input: one strided slice of the padded input per
     kernel offset, ``S·K`` copies where the identity convolution of ``conv_general_dilated_patches`` costs
-    ``S·K²`` multiply-adds (1.3-1.6x slower for the embedded zoo's 3x3 kernels on a CPU, ``benchmarks/conv_patches.py``).
+    ``S·K²`` multiply-adds (1.3-1.6x slower for the embedded zoo's 3x3 kernels on a CPU,
+    ``benchmarks/conv_patches.py``).
     A convolution with input (transposed) dilation takes ``conv_general_dilated_patches``
     (``Precision.HIGHEST``, so accelerators do not round the copies).
     """

@@ -18,13 +18,15 @@ constant. A zero head instead would make every backbone gradient vanish and LGC 
 ``head_samples=k`` replaces the average by k random head rows (an unbiased estimate, k backward passes per
 sample instead of D, for wide backbones). The rows are Rademacher, entries ±1/√D: they have the Gaussian head's
 second moment E[h hᵀ] = I/D, so the estimate has the same expectation (Hutchinson's trace estimator, here of the
-D x D matrix M(x, x')_kl = ⟨∂φ_k(x)/∂θ, ∂φ_l(x')/∂θ⟩), but its variance comes only from M's off-diagonal entries
-(h_k² = 1/D exactly). Parameters that each feed one feature only, such as the last convolution when only
+D x D matrix M(x, x')_kl = ⟨∂φ_k(x)/∂θ, ∂φ_l(x')/∂θ⟩), but its variance comes only from M's off-diagonal
+entries (h_k² = 1/D exactly). Parameters that each feed one feature only, such as the last convolution when only
 per-channel operations (BatchNorm, activation, pooling) follow it, give a diagonal M: their kernel, LGC's, is
-then exact for every k (``benchmarks/RESULTS.md`` §7d measures the rest). The traced kernel is the row-weighted mean of the kernels of groups
-of rows, each group one call of one compiled program (the rows are an argument, and the kernel is planned once
-per group width). A group holds as many rows as keep the per-sample Jacobian rows of all N samples,
-``N x rows x P`` float32 numbers, within half the memory budget (:func:`rows_per_call`), so that
+then exact for every k (``benchmarks/RESULTS.md`` §7d measures the rest).
+
+The traced kernel is the row-weighted mean of the kernels of groups of rows, each group one call of one
+compiled program (the rows are an argument, and the kernel is planned once per group width). A group holds as
+many rows as keep the per-sample Jacobian rows of all N samples, ``N x rows x P`` float32 numbers, within half
+the memory budget (:func:`rows_per_call`), so that
 :func:`linfit.ntk.kernel`'s panels strategy computes every sample's derivatives once per call instead of
 recomputing them tile by tile: all k = 8 rows in one call on the embedded zoo (N = 200, P ≈ 80 k: 0.5 GB), one
 row per call on EfficientNet-Lite0 at 224 px with all 3.4 M backbone parameters (1.4 GB per row at N = 100,
@@ -141,7 +143,8 @@ def lgc_kernel(
         heads = None
         if head_samples is not None:  # Rademacher rows, E[h hᵀ] = I/D: an unbiased estimate of the head average
             key, sub = jax.random.split(key)
-            heads = jax.random.rademacher(sub, (phi.shape[1], head_samples), jnp.float32) / jnp.sqrt(phi.shape[1])
+            heads = jax.random.rademacher(sub, (phi.shape[1], head_samples), jnp.result_type(float))
+            heads = heads / jnp.sqrt(phi.shape[1])
         if projection_dim is not None:
             tree = tree if heads is None else {**tree, "heads": heads}
             kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key)
