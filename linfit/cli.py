@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 
 from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
@@ -112,10 +113,15 @@ def _select(args: argparse.Namespace) -> int:
     if args.plot and not makes_curves:
         raise ConfigError(f"--plot draws loss curves, which need a score that computes the fine-tuning NTK; "
                           f"add one of {', '.join(curve_scores())} to --scores, or drop --plot")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise ConfigError(f"--plot {args.plot}: no folder {os.path.dirname(os.path.abspath(args.plot))!r} to save "
+                          "the plot in; create it or give another path")
     result = select(args.task, args.scores, data=args.data, regime=args.regime, zoo=entries, models=args.models,
                     per_class=args.per_class, seed=args.seed,
                     head_samples=None if args.head_samples == 0 else args.head_samples, progress=not args.quiet)
-    plot = (DEFAULT_PLOT if args.plot is None else args.plot) if makes_curves else ""
+    # the default plot goes with the table; with --json only where --plot asks for it
+    default_plot = "" if args.json else DEFAULT_PLOT
+    plot = (default_plot if args.plot is None else args.plot) if makes_curves else ""
     if args.json:
         print(json.dumps({"task": result.task, "num_samples": result.num_samples, "ordered_by": result.scores[0],
                           "recommended": result.recommended(args.top),
@@ -123,7 +129,7 @@ def _select(args: argparse.Namespace) -> int:
                           "input_seconds": result.input_seconds, "wall_seconds": result.wall_seconds,
                           "compile_seconds": result.compile_seconds, "load_seconds": result.load_seconds,
                           "cpu_seconds": result.cpu_seconds,
-                          "models": result.table.to_dict(orient="records")}, indent=1))
+                          "plot": plot or None, "models": result.table.to_dict(orient="records")}, indent=1))
         if plot:
             plot_curves(result, plot, top=args.top)
         return 0
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sel.add_argument("--plot", default=None,
                      help=f"where to save the loss-curve plot (default {DEFAULT_PLOT} when a score computes the "
-                          "fine-tuning NTK; '' = none)")
+                          "fine-tuning NTK, none with --json; '' = none)")
     sel.add_argument("--quiet", action="store_true", help="no progress bar")
     sel.add_argument("--profile", action="store_true",
                      help="after the ranking, print where the time went: loading, compiling (once per architecture), "

@@ -165,7 +165,9 @@ def select(
         entries = [by_name[name] for name in models]
     for option, value in (("per_class", per_class), ("head_samples", head_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ConfigError(f"{option} must be a positive integer; got {value!r}")
+            exact = " (or None for the exact head average, the command line's --head-samples 0)"
+            raise ConfigError(f"{option} must be a positive integer{exact if option == 'head_samples' else ''}; "
+                              f"got {value!r}")
     registered = [score_registry.get(name) for name in scores]
     needs = set().union(*(s.needs for s in registered))
     if needs & {"source_class_means", "source_class_counts"}:

@@ -55,6 +55,7 @@ def _error(argv, capsys) -> str:
     (["select", "--head-samples", "-1", "--models", "nosuch"], "--head-samples: must be 0 or a positive"),
     (["select", "--per-class", "0", "--models", "nosuch"], "--per-class: must be a positive integer"),
     (["select", "--scores", "lfc", "leep", "--plot", "x.png", "--models", *TWO], "--plot draws loss curves"),
+    (["select", "--plot", "/nonexistent/dir/x.png", "--models", *TWO], "no folder '/nonexistent/dir' to save"),
     (["select", "--sed", "3", "--models", *TWO], "unrecognized arguments: --sed 3; did you mean --seed (for --sed)?"),
     (["bench", "--db", "x.sqlite", "--shrad", "1/2"], "did you mean --shard (for --shrad)?"),
 ])
@@ -204,3 +205,27 @@ def test_plot_highlights_the_recommended_models_and_marks_tau(monkeypatch, tmp_p
     assert (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(Exception, match="add one of"):
         plot_curves(_hand_made(curves=False), tmp_path / "none.png")
+
+
+def test_json_writes_the_plot_only_where_plot_asks(monkeypatch, tmp_path, capsys):
+    """``--json`` prints JSON only (no default plot file in the working folder); with ``--plot`` it writes the
+    plot and names it in the JSON."""
+    import json
+
+    monkeypatch.setattr(select_module, "select", lambda *args, **kwargs: _hand_made())
+    monkeypatch.chdir(tmp_path)
+    assert main(["select", "--json", "--quiet", "--models", *TWO]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] is None and list(tmp_path.iterdir()) == []
+    assert main(["select", "--json", "--quiet", "--models", *TWO, "--plot", "curves.png"]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == "curves.png" and (tmp_path / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("head_samples", 0, "head_samples must be a positive integer (or None for the exact head average"),
+    ("per_class", 0, "per_class must be a positive integer; got 0"),
+])
+def test_select_names_none_for_the_exact_head_average(option, value, expected, no_work):
+    from linfit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        select_module.select(models=TWO, **{option: value})
