@@ -128,7 +128,7 @@ def _select(args: argparse.Namespace) -> int:
                           "agreement_spearman": result.agreement().to_dict(),
                           "input_seconds": result.input_seconds, "wall_seconds": result.wall_seconds,
                           "compile_seconds": result.compile_seconds, "load_seconds": result.load_seconds,
-                          "cpu_seconds": result.cpu_seconds,
+                          "cpu_seconds": result.cpu_seconds, "head_samples": result.head_samples,
                           "plot": plot or None, "models": result.table.to_dict(orient="records")}, indent=1))
         if plot:
             plot_curves(result, plot, top=args.top)

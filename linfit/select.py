@@ -67,6 +67,7 @@ class Selection:
       compilations: the number of XLA compilations.
       load_seconds: loading the task, the models and any source data (compilation excluded).
       cpu_seconds: CPU time of the process during the selection, user + system, all threads.
+      head_samples: random head rows of the NTK-based scores (``None``: the exact head average).
     """
 
     task: str
@@ -80,6 +81,7 @@ class Selection:
     compilations: int = 0
     load_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    head_samples: int | None = None
 
     def recommended(self, k: int = 3) -> list[str]:
         """The ``k`` best models by the primary score (fewer if the zoo is smaller)."""
@@ -216,7 +218,7 @@ def select(
     return Selection(task=task_name, table=table, curves=curves, num_samples=int(subset.y.size),
                      scores=tuple(scores), input_seconds=input_seconds, wall_seconds=clock.wall_seconds,
                      compile_seconds=clock.compile_seconds, compilations=clock.compilations,
-                     load_seconds=load_seconds, cpu_seconds=clock.cpu_seconds)
+                     load_seconds=load_seconds, cpu_seconds=clock.cpu_seconds, head_samples=head_samples)
 
 
 def _check_source_domains(entries: Sequence[ZooEntry], users: list[str]) -> None:
@@ -314,6 +316,11 @@ def format_table(selection: Selection, *, top: int = 3, timing: bool = True) -> 
     for n in names:
         score = score_registry.get(n)
         lines.append(f"  {n:{name_width}s}  {SUMMARY[n]} [{score.reference}]")
+    ntk_scores = [n for n in names if any(need.startswith("ntk") for need in score_registry.get(n).needs)]
+    if ntk_scores:
+        rows = ("the exact head average" if selection.head_samples is None
+                else f"{selection.head_samples} random head rows (--head-samples; 0 = the exact head average)")
+        lines.append(f"  ({_join(ntk_scores)}: fine-tuning NTK from {rows})")
     if len(names) > 1:
         agreement = selection.agreement()
         lines += ["", f"Agreement of the score rankings (Spearman ρ over the {len(table)} models):",

@@ -229,3 +229,11 @@ def test_select_names_none_for_the_exact_head_average(option, value, expected, n
 
     with pytest.raises(ConfigError, match=re.escape(expected)):
         select_module.select(models=TWO, **{option: value})
+
+
+def test_report_says_how_the_ntk_scores_average_the_head():
+    rows = dataclasses.replace(_hand_made(), head_samples=4)
+    assert "(linearized_loss: fine-tuning NTK from 4 random head rows (--head-samples" in format_table(rows)
+    assert "(linearized_loss: fine-tuning NTK from the exact head average)" in format_table(_hand_made())
+    no_ntk = dataclasses.replace(_hand_made(), scores=("lfc", "logme"))
+    assert "fine-tuning NTK" not in format_table(no_ntk)
