@@ -113,9 +113,10 @@ def _select(args: argparse.Namespace) -> int:
     if args.plot and not makes_curves:
         raise ConfigError(f"--plot draws loss curves, which need a score that computes the fine-tuning NTK; "
                           f"add one of {', '.join(curve_scores())} to --scores, or drop --plot")
-    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-        raise ConfigError(f"--plot {args.plot}: no folder {os.path.dirname(os.path.abspath(args.plot))!r} to save "
-                          "the plot in; create it or give another path")
+    plot_folder = os.path.dirname(os.path.abspath(args.plot or "."))
+    if args.plot and not os.path.isdir(plot_folder):
+        raise ConfigError(f"--plot {args.plot}: no folder {plot_folder!r} to save the plot in; create it or give "
+                          "another path")
     result = select(args.task, args.scores, data=args.data, regime=args.regime, zoo=entries, models=args.models,
                     per_class=args.per_class, seed=args.seed,
                     head_samples=None if args.head_samples == 0 else args.head_samples, progress=not args.quiet)

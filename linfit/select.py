@@ -301,11 +301,10 @@ def format_table(selection: Selection, *, top: int = 3, timing: bool = True) -> 
     primary = names[0]
     best = selection.recommended(top)
     model_width = max(34, *(len(m) + 3 for m in table.model))
+    which = f"the top {len(best)} by {primary}" if len(best) < len(table) else f"every model scored, in {primary}'s order"
     lines = [f"task {selection.task}: {len(table)} model{'s' if len(table) != 1 else ''} scored on N={selection.num_samples} training images, "
              f"ordered by {primary} (higher is better for every score).",
-             f"Recommendation: fine-tune {_join(best)} first ("
-             + (f"the top {len(best)} by {primary}" if len(best) < len(table) else f"every model scored, in {primary}'s order")
-             + ").", ""]
+             f"Recommendation: fine-tune {_join(best)} first ({which}).", ""]
     lines.append(f"{'model':{model_width}s}" + "".join(f"{n:>{_column_width(n)}s} rank" for n in names))
     for _, row in table.iterrows():
         label = row.model + (" *" if row.reference else "")

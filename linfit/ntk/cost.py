@@ -80,6 +80,11 @@ class Forward:
         return count * (self.macs + ELEMENT_MACS * self.elements)
 
 
+def _abstract(tree: Any) -> Any:
+    """``tree`` with every leaf (array, tracer or spec) as a ``jax.ShapeDtypeStruct``."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)), tree)
+
+
 def _replayed(f: Any, params: Any, x: Any) -> Callable[[Any, Any], Any]:
     """``f`` replayed from its jaxpr: ``g(p, xs)`` computes ``f(p, xs)`` for ``xs`` of ``x``'s per-sample shapes.
 
@@ -87,13 +92,12 @@ def _replayed(f: Any, params: Any, x: Any) -> Callable[[Any, Any], Any]:
     different leaves; tracing a Flax model is the slow part of each lowering (0.1-0.3 s on a CPU), re-tracing
     its jaxpr is not. So ``f`` is traced once per batch size (:mod:`linfit.ntk._memo`) and every program is
     built from that jaxpr: the same operations, hence the same cost analysis."""
-    spec = lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a))
     key = signature(x, params)
 
     def g(p, xs):
         n = jax.tree_util.tree_leaves(xs)[0].shape[0]
-        closed, out_shape = memoised(f, ("jaxpr", key, n), lambda: jax.make_jaxpr(f, return_shape=True)(
-            jax.tree_util.tree_map(spec, p), jax.tree_util.tree_map(spec, xs)))
+        closed, out_shape = memoised(f, ("jaxpr", key, n),
+                                     lambda: jax.make_jaxpr(f, return_shape=True)(_abstract(p), _abstract(xs)))
         out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree_util.tree_leaves((p, xs)))
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
 
@@ -104,8 +108,7 @@ def _per_sample(program: Any, params: Any, x: Any) -> Forward | None:
     """One sample's share of ``program(params, x)`` by XLA's cost analysis of the lowered (uncompiled) program
     on one and on two samples: half the flops of one sample, and the elements accessed per extra sample (the
     parameters are read once per batched pass, not once per sample); ``None`` without a backend estimate."""
-    spec = lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a))
-    p_spec = jax.tree_util.tree_map(spec, params)
+    p_spec = _abstract(params)
 
     def analyse(n: int) -> tuple[float, float, int]:
         xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n, *jax.numpy.shape(a)[1:]), a.dtype), x)
