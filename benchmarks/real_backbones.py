@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from linfit.defaults import DEFAULT_HEAD_SAMPLES  # no JAX import: the parent process stays light
+
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2", "squeezenet1_1")
 WITH_HEAD = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "squeezenet1_1")
 IMPLS = ("jacobian", "products", "structured")
@@ -226,7 +228,8 @@ def main(argv=None) -> None:
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--subsets", nargs="+", default=list(SUBSETS), choices=SUBSETS)
     parser.add_argument("--size", type=int, default=None, help="input side in px (default: the model's own)")
-    parser.add_argument("--head-samples", type=int, default=8, help="random head rows (linfit select's default)")
+    parser.add_argument("--head-samples", type=int, default=DEFAULT_HEAD_SAMPLES,
+                        help=f"random head rows (default {DEFAULT_HEAD_SAMPLES}, linfit select's)")
     parser.add_argument("--memory-budget", type=float, default=1.0, help="GiB per device for the NTK (linfit.ntk.kernel)")
     parser.add_argument("--batch-size", type=int, default=256, help="forward-pass batch")
     parser.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch (paper: 32)")

@@ -128,7 +128,9 @@ def _select(args: argparse.Namespace) -> int:
                           "recommended": result.recommended(args.top),
                           "agreement_spearman": result.agreement().to_dict(),
                           "input_seconds": result.input_seconds, "wall_seconds": result.wall_seconds,
-                          "compile_seconds": result.compile_seconds, "load_seconds": result.load_seconds,
+                          "compile_seconds": result.compile_seconds,
+                          "compilations": result.compilations, "cached_compilations": result.cached_compilations,
+                          "load_seconds": result.load_seconds,
                           "cpu_seconds": result.cpu_seconds, "head_samples": result.head_samples,
                           "plot": plot or None, "models": result.table.to_dict(orient="records")}, indent=1))
         if plot:
@@ -316,9 +318,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMPILE_CACHE_ENV = "LINFIT_COMPILE_CACHE"
+
+
+def compile_cache_dir() -> str | None:
+    """The folder of the command line's XLA compilation cache, or ``None`` for none.
+
+    ``$LINFIT_COMPILE_CACHE`` when set (``off`` turns the cache off), else ``$XDG_CACHE_HOME/linfit/xla``
+    (``~/.cache/linfit/xla``); ``None`` also when JAX's own ``JAX_COMPILATION_CACHE_DIR`` is set (JAX then
+    uses that folder itself)."""
+    chosen = os.environ.get(COMPILE_CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "none") else os.path.expanduser(chosen)
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "linfit", "xla")
+
+
+def _use_compile_cache() -> None:
+    """Keep XLA's compiled programs between runs: JAX's persistent compilation cache, every program cached
+    (a second ``linfit select`` skips most of its compilation; ``benchmarks/RESULTS.md`` §7e). The folder is
+    trusted: a program read from it is run, so keep it private (the default is in the user's home)."""
+    path = compile_cache_dir()
+    if path is None:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; a :class:`~linfit.errors.LinfitError` is reported as one line and exit status 2."""
+    """Run a command; a :class:`~linfit.errors.LinfitError` is reported as one line and exit status 2.
+
+    Commands that compute keep XLA's compiled programs in a cache folder between runs
+    (:func:`compile_cache_dir`; ``LINFIT_COMPILE_CACHE=off`` turns it off)."""
     args = build_parser().parse_args(argv)
+    if args.command in ("select", "bench"):
+        _use_compile_cache()
     try:
         return args.run(args)
     except LinfitError as err:

@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 
 from linfit import scores as score_registry
 from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
+from linfit.data.detect import require_classes
 from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
 from linfit.dynamics import LinearizedDynamics
 from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.scores.summaries import SUMMARY
-from linfit.zoo.source import ZooEntry, load_zoo
+from linfit.zoo.source import ZooEntry, check_source_domains, load_zoo
 from linfit.timing import Stopwatch
 
 __all__ = ["CURVE_TIMES", "CURVE_TAU", "DEFAULT_SCORES", "DEFAULT_TASK", "Selection", "curve_scores",
@@ -65,6 +66,8 @@ class Selection:
       compile_seconds: wall time of JAX tracing and XLA compilation (``linfit.timing``): once per architecture
         and input shape, not per model.
       compilations: the number of XLA compilations.
+      cached_compilations: how many of them were read from the persistent compilation cache (the command
+        line's, ``linfit.cli.compile_cache_dir``) instead of compiled.
       load_seconds: loading the task, the models and any source data (compilation excluded).
       cpu_seconds: CPU time of the process during the selection, user + system, all threads.
       head_samples: random head rows of the NTK-based scores (``None``: the exact head average).
@@ -79,6 +82,7 @@ class Selection:
     wall_seconds: float = 0.0
     compile_seconds: float = 0.0
     compilations: int = 0
+    cached_compilations: int = 0
     load_seconds: float = 0.0
     cpu_seconds: float = 0.0
     head_samples: int | None = None
@@ -139,8 +143,8 @@ def select(
         ``task`` and ``data``, ``regime`` without ``data``, a zoo file breaking its rules, or Domain Similarity
         asked for models without an embedded source domain.
       UnknownNameError: an unknown score, model or task dataset (all unknown names are listed).
-      DatasetError: a malformed task spec or regime, unreadable ``data``, or a regime asking for more images
-        than a class has.
+      DatasetError: a malformed task spec or regime, unreadable ``data``, ``data`` with fewer than two classes,
+        or a regime asking for more images than a class has.
       CheckpointError: a weight file that is missing, altered (sha256), non-finite or does not fit its
         architecture.
     """
@@ -172,14 +176,14 @@ def select(
                               f"got {value!r}")
     registered = [score_registry.get(name) for name in scores]
     needs = set().union(*(s.needs for s in registered))
-    if needs & {"source_class_means", "source_class_counts"}:
-        _check_source_domains(entries, [s.name for s in registered if "source_class_means" in s.needs])
+    check_source_domains(entries, registered)
     with Stopwatch() as loading:
         if data is None:
             target = load_task(task or DEFAULT_TASK, seed=seed)
         else:
             regime = parse_regime(regime or DEFAULT_REGIME, " (regime)")
-            dataset = data if isinstance(data, Dataset) else load_data(data, seed=seed)
+            dataset = (require_classes(data, f"the dataset {data.name!r}") if isinstance(data, Dataset)
+                       else load_data(data, seed=seed))
             target = load_task(TaskSpec(dataset.name, regime), seed=seed, dataset=dataset)
         subset = target.scoring_set(per_class=per_class, seed=seed)
     load_seconds = loading.run_seconds
@@ -218,19 +222,8 @@ def select(
     return Selection(task=task_name, table=table, curves=curves, num_samples=int(subset.y.size),
                      scores=tuple(scores), input_seconds=input_seconds, wall_seconds=clock.wall_seconds,
                      compile_seconds=clock.compile_seconds, compilations=clock.compilations,
+                     cached_compilations=clock.cached_compilations,
                      load_seconds=load_seconds, cpu_seconds=clock.cpu_seconds, head_samples=head_samples)
-
-
-def _check_source_domains(entries: Sequence[ZooEntry], users: list[str]) -> None:
-    """Domain Similarity reads each model's source images: only the embedded source domains have them here."""
-    from linfit.data import catalog
-
-    known = {"union", *catalog.names("source")}  # "union": the generalist's, all source domains
-    missing = [f"{e.name} ({e.source_domain or 'unknown'})" for e in entries if e.source_domain not in known]
-    if missing:
-        raise ConfigError(f"{', '.join(users)} compares the task with each model's source images, which linfit has "
-                          f"only for the embedded domains; not for {', '.join(missing[:5])}"
-                          f"{' ...' if len(missing) > 5 else ''}: drop the score or those models")
 
 
 def _loss_curve(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -355,8 +348,9 @@ def format_profile(selection: Selection) -> str:
     rest (loss curves, bookkeeping); and the process's CPU time over the same span (on a machine shared with
     other work the CPU time, divided by the cores the work can use, estimates the wall time on an idle one)."""
     table, wall = selection.table, selection.wall_seconds
+    cached = f", {selection.cached_compilations} read from the cache" if selection.cached_compilations else ""
     phases = [("load", selection.load_seconds, "task, models and source data"),
-              ("compile", selection.compile_seconds, f"{selection.compilations} XLA compilations")]
+              ("compile", selection.compile_seconds, f"{selection.compilations} XLA compilations{cached}")]
     phases += [(key, sec, "shared input") for key, sec in selection.input_seconds.items()]
     phases += [(f"score {n}", table[f"seconds_{n}"].sum(), "given its inputs") for n in selection.scores]
     phases.append(("rest", _rest_seconds(selection), "loss curves, ranking, bookkeeping"))

@@ -29,25 +29,33 @@ COMPILE_EVENTS = (
     "/jax/core/compile/backend_compile_duration",
 )
 _BACKEND_COMPILE = COMPILE_EVENTS[2]
+#: The ``jax.monitoring`` event of a compilation served from JAX's persistent compilation cache.
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
-# Running totals since the listener was registered (monotonic counters, like a clock).
-_totals = {"seconds": 0.0, "compilations": 0}
+# Running totals since the listeners were registered (monotonic counters, like a clock).
+_totals = {"seconds": 0.0, "compilations": 0, "cached": 0}
 _listening = False
 
 
-def _on_event(event: str, duration: float, **kwargs) -> None:
+def _on_duration(event: str, duration: float, **kwargs) -> None:
     if event in COMPILE_EVENTS:
         _totals["seconds"] += duration
         _totals["compilations"] += event == _BACKEND_COMPILE
 
 
-def _compile_clock() -> tuple[float, int]:
-    """``(seconds, compilations)`` spent compiling since linfit started listening (registered on first use)."""
+def _on_event(event: str, **kwargs) -> None:
+    _totals["cached"] += event == CACHE_HIT_EVENT
+
+
+def _compile_clock() -> tuple[float, int, int]:
+    """``(seconds, compilations, cached)`` spent compiling, compilations, and those of them read from the
+    persistent compilation cache, since linfit started listening (registered on first use)."""
     global _listening
     if not _listening:
-        jax.monitoring.register_event_duration_secs_listener(_on_event)
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        jax.monitoring.register_event_listener(_on_event)
         _listening = True
-    return _totals["seconds"], _totals["compilations"]
+    return _totals["seconds"], _totals["compilations"], _totals["cached"]
 
 
 class Stopwatch:
@@ -59,14 +67,16 @@ class Stopwatch:
       cpu_seconds: CPU time of the whole process, user + system, all threads (``time.process_time``).
       compile_seconds: wall time of the JAX tracing, lowering and XLA compilation done in the block.
       compilations: how many XLA compilations the block ran (0 when every jitted function was cached).
+      cached_compilations: how many of them were read from JAX's persistent compilation cache instead of
+        compiled (``jax_compilation_cache_dir``; the command line's ``linfit.cli.compile_cache_dir``).
       run_seconds: ``wall_seconds - compile_seconds``, the work itself.
     """
 
     wall_seconds = cpu_seconds = compile_seconds = run_seconds = 0.0
-    compilations = 0
+    compilations = cached_compilations = 0
 
     def start(self) -> Stopwatch:
-        self._compile0, self._count0 = _compile_clock()
+        self._compile0, self._count0, self._cached0 = _compile_clock()
         self._cpu0 = time.process_time()
         self._wall0 = time.perf_counter()
         return self
@@ -74,9 +84,10 @@ class Stopwatch:
     def stop(self) -> Stopwatch:
         self.wall_seconds = time.perf_counter() - self._wall0
         self.cpu_seconds = time.process_time() - self._cpu0
-        compile_seconds, count = _compile_clock()
+        compile_seconds, count, cached = _compile_clock()
         self.compile_seconds = min(compile_seconds - self._compile0, self.wall_seconds)
         self.compilations = count - self._count0
+        self.cached_compilations = cached - self._cached0
         self.run_seconds = self.wall_seconds - self.compile_seconds
         return self
 

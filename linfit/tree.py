@@ -44,6 +44,11 @@ def path_str(path: Sequence[Any]) -> str:
     return "/".join(_key_name(entry) for entry in path)
 
 
+def abstract(tree: Any) -> Any:
+    """``tree`` with every leaf (array, tracer or spec) as a ``jax.ShapeDtypeStruct`` of its shape and dtype."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)), tree)
+
+
 def leaf_paths(tree: Any) -> list[str]:
     """The '/'-joined path of every leaf of ``tree``, in ``jax.tree_util`` leaf order."""
     return [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

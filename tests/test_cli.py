@@ -2,6 +2,8 @@
 the ranking report and the loss-curve plot (built from hand-made selections, checked against numpy)."""
 
 import dataclasses
+import json
+import os
 import re
 import subprocess
 import sys
@@ -46,6 +48,7 @@ def _error(argv, capsys) -> str:
 @pytest.mark.parametrize("argv, expected", [
     (["select", "--models", *TWO, "nosuch"], "`linfit zoo list`"),
     (["select", "--models", "resnet8/mnst/scratch"], "did you mean 'resnet8/mnist/scratch'"),
+    (["select", "--models", "resnet8"], "start with 'resnet8/', e.g. 'resnet8/"),
     (["select", "--scores", "lfc", "nosuch"], "`linfit scores`"),
     (["select", "--models", *TWO, TWO[0]], f"zoo models named more than once: {TWO[0]}"),
     (["select", "--task", "nosuch:5shot"], "unknown task dataset 'nosuch'"),
@@ -237,3 +240,31 @@ def test_report_says_how_the_ntk_scores_average_the_head():
     assert "(linearized_loss: fine-tuning NTK from the exact head average)" in format_table(_hand_made())
     no_ntk = dataclasses.replace(_hand_made(), scores=("lfc", "logme"))
     assert "fine-tuning NTK" not in format_table(no_ntk)
+
+
+def test_select_refuses_a_single_class_dataset_before_any_work(no_work):
+    """A ``Dataset`` object gets the same two-class check as a path (``linfit.data.load_data``)."""
+    from linfit.data import Dataset
+    from linfit.errors import DatasetError
+
+    x = np.zeros((6, 8, 8, 1), np.float32)
+    one_class = Dataset("one", x, np.zeros(6, np.int32), x, np.zeros(6, np.int32), class_names=("a", "b"))
+    with pytest.raises(DatasetError, match=r"the dataset 'one' has 1 class in its training images"):
+        select_module.select(data=one_class, models=TWO)
+
+
+def test_a_second_run_reads_its_compiled_programs_from_the_cache(tmp_path):
+    """The command line keeps XLA's programs in ``LINFIT_COMPILE_CACHE``: a second run compiles nothing itself
+    (every compilation is a hit of JAX's persistent cache, counted from JAX's own events) and ranks the same."""
+    cache = tmp_path / "xla"
+    env = {**os.environ, "LINFIT_COMPILE_CACHE": str(cache)}
+    argv = [sys.executable, "-m", "linfit.cli", "select", "--models", *TWO, "--scores", "lfc", "logme", "--json",
+            "--quiet"]
+    first, second = (json.loads(subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout)
+                     for _ in range(2))
+    assert first["compilations"] > 0 and first["cached_compilations"] == 0 and any(cache.iterdir())
+    assert second["cached_compilations"] == second["compilations"] == first["compilations"]
+    assert [m["lfc"] for m in second["models"]] == [m["lfc"] for m in first["models"]]
+    off = {**os.environ, "LINFIT_COMPILE_CACHE": "off"}
+    assert json.loads(subprocess.run(argv, env=off, capture_output=True, text=True, check=True).stdout)[
+        "cached_compilations"] == 0

@@ -48,9 +48,9 @@ from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.finetune import PAPER_LEARNING_RATES, FinetuneConfig, GridProtocol, finetune_grid
 from linfit.models import features_fn
-from linfit.select import DEFAULT_SCORES, _check_source_domains
+from linfit.select import DEFAULT_SCORES
 from linfit.timing import Stopwatch
-from linfit.zoo.source import ZOO_NAMES, ZooEntry, load_zoo
+from linfit.zoo.source import ZOO_NAMES, ZooEntry, check_source_domains, load_zoo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,8 +295,7 @@ def units(config: BenchConfig, *, weights_dir=None) -> list[Unit]:
     """
     registered = [score_registry.get(name) for name in config.scores]  # fail early on unknown names
     entries = _entries(config, weights_dir)
-    if set().union(*(s.needs for s in registered)) & {"source_class_means", "source_class_counts"}:
-        _check_source_domains(entries, [s.name for s in registered if "source_class_means" in s.needs])
+    check_source_domains(entries, registered)
     tasks = _tasks(config)
     identity = {"zoo": zoo_identity(config.zoo),
                 "data": None if config.data is None else data_identity(_dataset(str(config.data)))}

@@ -91,9 +91,18 @@ def load_data(path: str | os.PathLike, *, test_fraction: float = 0.2, seed: int 
         data = load_idx_dataset(*_idx_files(path), name=path.resolve().name, domain=f"IDX files in {path}")
     else:
         data = load_image_folder(path, size=None, grayscale=None, test_fraction=test_fraction, seed=seed)
+    return require_classes(data, str(path))
+
+
+def require_classes(data: Dataset, where: str) -> Dataset:
+    """``data`` itself, if its training split has at least two classes (anything to rank models by).
+
+    Raises:
+      DatasetError: fewer than two classes, naming ``where`` (the path or dataset the images came from).
+    """
     classes = np.unique(data.y_train).size
     if classes < 2:
-        raise DatasetError(f"{path} has {classes} class{'' if classes == 1 else 'es'} in its training images; "
+        raise DatasetError(f"{where} has {classes} class{'' if classes == 1 else 'es'} in its training images; "
                            "ranking models needs at least two (an image folder: one subfolder per class)")
     return data
 

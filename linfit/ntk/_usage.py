@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from jax.interpreters import partial_eval as pe
 
-from linfit.tree import path_str
+from linfit.tree import abstract, path_str
 
 
 def unread_leaves(call: Callable[[Any], Any], params: Any) -> list[str]:
@@ -26,7 +26,6 @@ def unread_leaves(call: Callable[[Any], Any], params: Any) -> list[str]:
       params: the tree handed to ``call`` (arrays, tracers or ``jax.ShapeDtypeStruct`` leaves).
     """
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)), params)
-    closed = jax.make_jaxpr(call)(specs)
+    closed = jax.make_jaxpr(call)(abstract(params))
     _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
     return [path_str(path) for (path, _), read in zip(flat, used, strict=True) if not read]

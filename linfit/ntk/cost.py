@@ -38,7 +38,7 @@ import jax
 
 from linfit.ntk._checks import signature
 from linfit.ntk._memo import memoised
-from linfit.tree import leaf_paths, split_params
+from linfit.tree import abstract, leaf_paths, split_params
 
 #: Cost, in multiply-adds, of moving one array element to or from memory: the model counts
 #: ``macs + ELEMENT_MACS * elements``. Kernel-sized intermediates with short contractions (a Gram matrix over
@@ -80,11 +80,6 @@ class Forward:
         return count * (self.macs + ELEMENT_MACS * self.elements)
 
 
-def _abstract(tree: Any) -> Any:
-    """``tree`` with every leaf (array, tracer or spec) as a ``jax.ShapeDtypeStruct``."""
-    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)), tree)
-
-
 def _replayed(f: Any, params: Any, x: Any) -> Callable[[Any, Any], Any]:
     """``f`` replayed from its jaxpr: ``g(p, xs)`` computes ``f(p, xs)`` for ``xs`` of ``x``'s per-sample shapes.
 
@@ -97,7 +92,7 @@ def _replayed(f: Any, params: Any, x: Any) -> Callable[[Any, Any], Any]:
     def g(p, xs):
         n = jax.tree_util.tree_leaves(xs)[0].shape[0]
         closed, out_shape = memoised(f, ("jaxpr", key, n),
-                                     lambda: jax.make_jaxpr(f, return_shape=True)(_abstract(p), _abstract(xs)))
+                                     lambda: jax.make_jaxpr(f, return_shape=True)(abstract(p), abstract(xs)))
         out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree_util.tree_leaves((p, xs)))
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
 
@@ -108,7 +103,7 @@ def _per_sample(program: Any, params: Any, x: Any) -> Forward | None:
     """One sample's share of ``program(params, x)`` by XLA's cost analysis of the lowered (uncompiled) program
     on one and on two samples: half the flops of one sample, and the elements accessed per extra sample (the
     parameters are read once per batched pass, not once per sample); ``None`` without a backend estimate."""
-    p_spec = _abstract(params)
+    p_spec = abstract(params)
 
     def analyse(n: int) -> tuple[float, float, int]:
         xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n, *jax.numpy.shape(a)[1:]), a.dtype), x)

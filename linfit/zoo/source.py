@@ -49,7 +49,8 @@ import numpy as np
 from linfit.errors import CheckpointError, ConfigError
 from linfit.zoo.preprocessing import CHANNEL_ORDERS, Preprocessing
 
-__all__ = ["EMBEDDED_PREPROCESSING", "FORMATS", "ZOO_NAMES", "ZooEntry", "declared_preprocessing", "load_zoo"]
+__all__ = ["EMBEDDED_PREPROCESSING", "FORMATS", "ZOO_NAMES", "ZooEntry", "check_source_domains", "declared_preprocessing",
+           "load_zoo"]
 
 ZOO_NAMES = ("embedded", "imagenet")
 """The built-in zoos :func:`load_zoo` knows by name; anything else is a TOML file."""
@@ -180,6 +181,30 @@ def _imagenet() -> list[ZooEntry]:
                      preprocessing=declared_preprocessing(c.arch), source_domain="imagenet", sha256=c.sha256,
                      head=c.has_head is not False)
             for c in found]
+
+
+def check_source_domains(entries: list[ZooEntry], scores) -> None:
+    """Refuse, before any work, scores that read each model's source images (Domain Similarity's inputs
+    ``source_class_means`` / ``source_class_counts``) for models whose source domain linfit has no images of.
+
+    Args:
+      entries: the zoo models to score.
+      scores: the registered scores asked for (``linfit.scores.get(name)``: ``.name`` and ``.needs``).
+
+    Raises:
+      ConfigError: naming the scores, up to five such models and the fix.
+    """
+    from linfit.data import catalog
+
+    users = [s.name for s in scores if {"source_class_means", "source_class_counts"} & set(s.needs)]
+    if not users:
+        return
+    known = {"union", *catalog.names("source")}  # "union": the generalist's, all source domains
+    missing = [f"{e.name} ({e.source_domain or 'unknown'})" for e in entries if e.source_domain not in known]
+    if missing:
+        raise ConfigError(f"{', '.join(users)} compares the task with each model's source images, which linfit has "
+                          f"only for the embedded domains; not for {', '.join(missing[:5])}"
+                          f"{' ...' if len(missing) > 5 else ''}: drop the score or those models")
 
 
 def declared_preprocessing(architecture: str) -> Preprocessing | None:
