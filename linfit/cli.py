@@ -337,7 +337,7 @@ def compile_cache_dir() -> str | None:
 
 def _use_compile_cache() -> None:
     """Keep XLA's compiled programs between runs: JAX's persistent compilation cache, every program cached
-    (a second ``linfit select`` skips most of its compilation; ``benchmarks/RESULTS.md`` §7e). The folder is
+    (a second ``linfit select`` reads its programs instead of compiling them). The folder is
     trusted: a program read from it is run, so keep it private (the default is in the user's home)."""
     path = compile_cache_dir()
     if path is None:
