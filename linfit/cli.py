@@ -324,7 +324,7 @@ COMPILE_CACHE_ENV = "LINFIT_COMPILE_CACHE"
 def compile_cache_dir() -> str | None:
     """The folder of the command line's XLA compilation cache, or ``None`` for none.
 
-    ``$LINFIT_COMPILE_CACHE`` when set (``off`` turns the cache off), else ``$XDG_CACHE_HOME/linfit/xla``
+    ``$LINFIT_COMPILE_CACHE`` when set (``off``, ``0``, ``none`` or empty turn the cache off), else ``$XDG_CACHE_HOME/linfit/xla``
     (``~/.cache/linfit/xla``); ``None`` also when JAX's own ``JAX_COMPILATION_CACHE_DIR`` is set (JAX then
     uses that folder itself)."""
     chosen = os.environ.get(COMPILE_CACHE_ENV)

@@ -73,10 +73,10 @@ def check_known(kind: str, given, known, listing: str) -> None:
     hints = []
     for name in unknown:
         starting = [k for k in known if str(k).startswith(f"{name}/")]  # a group's prefix, e.g. "resnet8"
-        close = difflib.get_close_matches(str(name), known, n=1)
         if starting:
             hints.append(f"{name!r} ({len(starting)} start with {name + '/'!r}, e.g. {starting[0]!r})")
-        else:
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            continue
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise UnknownNameError(f"unknown {kind}{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
                            f"{listing} lists the {len(known)} known ones")

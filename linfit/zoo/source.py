@@ -49,8 +49,8 @@ import numpy as np
 from linfit.errors import CheckpointError, ConfigError
 from linfit.zoo.preprocessing import CHANNEL_ORDERS, Preprocessing
 
-__all__ = ["EMBEDDED_PREPROCESSING", "FORMATS", "ZOO_NAMES", "ZooEntry", "check_source_domains", "declared_preprocessing",
-           "load_zoo"]
+__all__ = ["EMBEDDED_PREPROCESSING", "FORMATS", "ZOO_NAMES", "ZooEntry", "check_source_domains",
+           "declared_preprocessing", "load_zoo"]
 
 ZOO_NAMES = ("embedded", "imagenet")
 """The built-in zoos :func:`load_zoo` knows by name; anything else is a TOML file."""
