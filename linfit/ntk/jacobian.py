@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from linfit.ntk._contract import Axes, contract_jacobians, transpose_kernel
+from linfit.ntk.conv_grad import patch_kernel_gradients
 
 #: Samples per row block below which ``x2=None`` is contracted as one product (small products lose more
 #: to per-call overhead than symmetry saves).
@@ -38,10 +39,12 @@ def jacobians(
     vmap_axes: int | None,
 ) -> jax.Array:
     """Jacobian ``[N, *out, P]`` of ``f(params, x)`` w.r.t. the flattened parameters (``ravel_pytree`` order;
-    mixed float dtypes are promoted to a common one)."""
+    mixed float dtypes are promoted to a common one). Per-sample (``vmap_axes=0``) convolution kernel
+    gradients are patch products (:mod:`linfit.ntk.conv_grad`)."""
     theta, unravel = ravel_pytree(params)
     g = lambda t, xb: f(unravel(t), xb)
     if vmap_axes == 0:
+        g = patch_kernel_gradients(g)
         per_sample = jax.jacrev(lambda t, xi: g(t, jax.tree_util.tree_map(lambda a: a[None], xi))[0])
         return jax.vmap(per_sample, in_axes=(None, 0))(theta, x)
     return jax.jacrev(g)(theta, x)

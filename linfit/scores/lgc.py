@@ -50,13 +50,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from linfit.errors import ConfigError, ShapeError
 from linfit.models.compiled import headless, penultimate_features
 from linfit.ntk.empirical import empirical_ntk_fn
 from linfit.ntk.entry import kernel as ntk_kernel, plan_kernel
+from linfit.ntk.jacobian import jacobians
 from linfit.scores.correlation import kernel_label_correlation
 from linfit.scores.registry import register
 from linfit.tree import ParamsFilter, leaf_paths, split_params
@@ -182,13 +182,12 @@ def _row_groups(heads: jax.Array, per_call: int) -> list[jax.Array]:
 def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> np.ndarray:
     """Traced kernel from per-sample gradients randomly projected to ``dim`` dimensions (paper §3.2)."""
     selected, merge = split_params(params, params_filter)
-    flat, unravel = ravel_pytree(selected)
-    projection = jax.random.normal(key, (flat.size, dim)) / jnp.sqrt(dim)
+    size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(selected))
+    projection = jax.random.normal(key, (size, dim)) / jnp.sqrt(dim)
 
     @jax.jit
     def projected(xb):  # [B, O, dim]
-        jac = jax.vmap(jax.jacrev(lambda v, xi: f(merge(unravel(v)), xi[None])[0]), in_axes=(None, 0))(flat, xb)
-        return jac @ projection
+        return jacobians(lambda p, xs: f(merge(p), xs), selected, xb, vmap_axes=0) @ projection
 
     g = _batched(projected, x, 16).astype(np.float64)
     return np.einsum("iod,jod->ij", g, g) / g.shape[1]
