@@ -52,8 +52,8 @@ def test_auto_picks_structured_for_conv_dense():
 def test_auto_picks_products_for_a_plain_wide_mlp_with_many_outputs():
     """A plain jnp MLP 32 -> 512 -> 50 (42k parameters, each used once per sample: forward F ≈ P), untraced,
     N = 32: Jacobian contraction N² O² P ≈ 1.1e11 against products' 2 N² O F ≈ 4.3e9; structured has no
-    Flax layer to factorise, so it is a Jacobian contraction too. Measured: products 0.44 s, jacobian 8.2 s,
-    structured 8.9 s."""
+    Flax layer to factorise (it would be a Jacobian contraction with bookkeeping on top), so it is not a
+    candidate. Measured: products 0.44 s, jacobian 8.2 s, structured 8.9 s."""
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     params = {"w1": jax.random.normal(k1, (32, 512)) / 6, "w2": jax.random.normal(k2, (512, 50)) / 23}
     f = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
@@ -61,7 +61,8 @@ def test_auto_picks_products_for_a_plain_wide_mlp_with_many_outputs():
     ntk_fn = empirical_ntk_fn(f, trace_axes=())
     assert ntk_fn.resolve_auto(x, None, params) == "products"
     costs = ntk_fn.costs(x, None, params)
-    assert costs["products"].macs * 5 < min(costs["jacobian"].macs, costs["structured"].macs)
+    assert "structured" not in costs
+    assert costs["products"].macs * 5 < costs["jacobian"].macs
 
 
 def test_auto_for_a_tiny_mlp_at_large_n():

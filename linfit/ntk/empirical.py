@@ -246,10 +246,12 @@ class NtkFn:
         if not batched and leaf.ndim == 2:  # structured factorises [N, O] outputs of independent samples
             from linfit.ntk.structured import structured_cost
 
-            costs["structured"] = structured_cost(
+            structured = structured_cost(
                 f_k, params, x1, None if x2 is None else n2, self.trace_axes, self.diagonal_axes,
                 self.params_filter, fwd,
             )
+            if structured is not None:
+                costs["structured"] = structured
         return costs
 
     def _pick(self, k, out, x1, x2, params) -> str:

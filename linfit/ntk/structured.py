@@ -178,9 +178,11 @@ def structured_cost(
     diagonal_axes: Sequence[int],
     params_filter: ParamsFilter,
     fwd: Forward,
-) -> Cost:
+) -> Cost | None:
     """Cost (multiply-add equivalents) and peak bytes of :func:`structured_ntk_fn` (``vmap_axes=0``, route
-    ``"auto"``) on ``x1 [N1, ...]`` and ``n2`` samples (``None``: ``x2 = None``), for :mod:`linfit.ntk.cost`.
+    ``"auto"``) on ``x1 [N1, ...]`` and ``n2`` samples (``None``: ``x2 = None``), for :mod:`linfit.ntk.cost`;
+    ``None`` when ``f`` has no layer to factorise (the kernel would be a Jacobian contraction of every leaf
+    with the layer bookkeeping on top, never cheaper than ``"jacobian"``).
 
     Each gram-route layer costs its :func:`~linfit.ntk.structured_contract.route_costs`; each gradient-route
     kernel its layer gradients ``N_J·O·S·K·C`` and their ``N_J·O·K·C`` elements. All gradient-type blocks
@@ -198,6 +200,8 @@ def structured_cost(
     n_j = n1 if symmetric else n1 + n2
     mode = _mode(trace_axes, diagonal_axes)
     plan = _make_plan(f, params, x1, n1, n2, mode, params_filter, 0, "auto")
+    if not plan.layers:
+        return None
     o, q = plan.o, output_pairs(mode, plan.o)
     blocks = min(SYMMETRIC_MAX_BLOCKS, n1 // SYMMETRIC_MIN_BLOCK) if symmetric else 1
     share = (blocks + 1) / (2 * blocks) if blocks > 1 else 1.0
