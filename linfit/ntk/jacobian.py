@@ -8,9 +8,9 @@ instead of one per parameter leaf plus their sum. Per-sample Jacobians come from
 ``jax.vmap`` when samples are independent (``vmap_axes=0``), or from one ``jax.jacrev`` of the whole batch
 (``vmap_axes=None``).
 
-``x2=None`` (``Theta(x1, x1)``, symmetric): ``J`` is split into ``B`` row blocks and only the blocks
-``i <= j`` are multiplied; the others are their transposes, which saves ``(B - 1) / (2 B)`` of the
-contraction's multiply-adds (``B = min(4, N // 64)``: 37.5 % from 256 samples). Memory: ``(N1 + N2) * O * P``
+``x2=None`` (``Theta(x1, x1)``, symmetric) and an output axis left untraced: ``J`` is split into ``B`` row
+blocks and only the blocks ``i <= j`` are multiplied; the others are their transposes, which saves
+``(B - 1) / (2 B)`` of the contraction's multiply-adds (``B = min(4, N // 64)``: 37.5 % from 256 samples). Memory: ``(N1 + N2) * O * P``
 numbers for ``O`` outputs per sample and ``P`` parameters (``N1 * O * P`` when ``x2 is None``).
 """
 
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from linfit.ntk._contract import Axes, contract_jacobians, transpose_kernel
-from linfit.ntk.conv_grad import patch_kernel_gradients
+from linfit.ntk.vjp_rules import per_sample_vjps
 
 #: Samples per row block below which ``x2=None`` is contracted as one product (small products lose more
 #: to per-call overhead than symmetry saves).
@@ -40,21 +40,25 @@ def jacobians(
 ) -> jax.Array:
     """Jacobian ``[N, *out, P]`` of ``f(params, x)`` w.r.t. the flattened parameters (``ravel_pytree`` order;
     mixed float dtypes are promoted to a common one). Per-sample (``vmap_axes=0``) convolution kernel
-    gradients are patch products (:mod:`linfit.ntk.conv_grad`)."""
+    gradients are patch products and max-pool gradients masks (:mod:`linfit.ntk.vjp_rules`)."""
     theta, unravel = ravel_pytree(params)
     g = lambda t, xb: f(unravel(t), xb)
     if vmap_axes == 0:
-        g = patch_kernel_gradients(g)
+        g = per_sample_vjps(g)
         per_sample = jax.jacrev(lambda t, xi: g(t, jax.tree_util.tree_map(lambda a: a[None], xi))[0])
         return jax.vmap(per_sample, in_axes=(None, 0))(theta, x)
     return jax.jacrev(g)(theta, x)
 
 
 def _symmetric_contract(j: jax.Array, out_shape, trace: Axes, diag: Axes) -> jax.Array:
-    """``contract_jacobians(j, j, ...)`` from the row blocks ``a <= b`` only (the rest by transposition)."""
+    """``contract_jacobians(j, j, ...)`` from the row blocks ``a <= b`` only (the rest by transposition).
+
+    A fully traced kernel is one product: its ``[N, O·P]`` contraction is bound by reading ``J``, which row
+    blocks read again for every block pair (cnn94k, N = 512: 8.4 s as one product, 9.9 s in 4 x 4 blocks,
+    ``benchmarks/RESULTS.md`` §11c)."""
     n = j.shape[0]
     num = min(_MAX_BLOCKS, n // _MIN_BLOCK)
-    if num < 2:
+    if num < 2 or len(trace) == len(out_shape) - 1:
         return contract_jacobians(j, j, out_shape, trace, diag)
     edges = [n * b // num for b in range(num + 1)]
     rows = [j[edges[b] : edges[b + 1]] for b in range(num)]

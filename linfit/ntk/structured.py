@@ -50,7 +50,7 @@ import jax.numpy as jnp
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
 from linfit.ntk._memo import memoised
-from linfit.ntk.conv_grad import patch_kernel_gradients
+from linfit.ntk.vjp_rules import per_sample_vjps
 from linfit.ntk.cost import ELEMENT_MACS, Cost, Forward, backward_cost
 from linfit.ntk.structured_contract import (
     SYMMETRIC_MAX_BLOCKS,
@@ -267,7 +267,7 @@ def _features(f: ApplyFn, params: Any, x: Any, plan: _Plan, vmap_axes: int | Non
         return out[0], acts
 
     jac_fn = jax.vmap(
-        jax.jacrev(patch_kernel_gradients(sample_fn), argnums=(0, 1), has_aux=True), in_axes=(None, None, 0)
+        jax.jacrev(per_sample_vjps(sample_fn), argnums=(0, 1), has_aux=True), in_axes=(None, None, 0)
     )
     (cots, jac_fb), acts = jac_fn(eps0, fb_tree, x)
     grads = _flat_jacobian(jac_fb, n, plan.o, plan)

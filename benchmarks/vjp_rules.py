@@ -1,16 +1,16 @@
-"""Per-sample Jacobians of a CNN: JAX's own kernel-gradient rule against linfit's patch products.
+"""Per-sample Jacobians of a CNN: JAX's own derivative rules against linfit's (``linfit.ntk.vjp_rules``).
 
 ``jax.vmap(jax.jacrev(f))`` over samples, with ``f`` either as written or wrapped in
-``linfit.ntk.conv_grad.patch_kernel_gradients`` (the convolution kernel gradients become ``Pᵀ G`` products of
-input patches and output cotangents). Same function, parameters and inputs (``cnn94k`` of
+``linfit.ntk.vjp_rules.per_sample_vjps`` (convolution kernel gradients as ``Pᵀ G`` products of input patches and
+output cotangents, max-pool gradients through a once-per-sample mask). Same function, parameters and inputs (``cnn94k`` of
 ``benchmarks/vs_neural_tangents.py``), one process, the two variants alternating; median of ``--repeats``
 jitted calls after a warm-up. Prints both times, their ratio and the largest relative difference of the
 Jacobians. Under an interpreter without linfit (the pinned neural-tangents environments of
 ``benchmarks/vs_neural_tangents.py``, older JAX) it times JAX's rule alone, to compare JAX versions.
 
-    python benchmarks/conv_grad.py                 # N = 256
-    python benchmarks/conv_grad.py --n 512 --repeats 3
-    /tmp/ntenv053/bin/python benchmarks/conv_grad.py      # JAX's rule under jax 0.5.3
+    python benchmarks/vjp_rules.py                 # N = 256
+    python benchmarks/vjp_rules.py --n 512 --repeats 3
+    /tmp/ntenv053/bin/python benchmarks/vjp_rules.py      # JAX's rule under jax 0.5.3
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vs_neural_tangents import MODELS, make_inputs, make_params  # noqa: E402
 
 try:
-    from linfit.ntk.conv_grad import patch_kernel_gradients
+    from linfit.ntk.vjp_rules import per_sample_vjps
 except ImportError:  # an environment without linfit (or with a JAX linfit does not support)
-    patch_kernel_gradients = None
+    per_sample_vjps = None
 
 
 def per_sample_jacobian(f):
@@ -49,8 +49,8 @@ def main(argv=None) -> None:
     params = jax.tree_util.tree_map(jnp.asarray, make_params("cnn94k"))
     x = jnp.asarray(make_inputs(args.n))
     variants = {"jax rule": per_sample_jacobian(f)}
-    if patch_kernel_gradients is not None:
-        variants["patch products"] = per_sample_jacobian(patch_kernel_gradients(f))
+    if per_sample_vjps is not None:
+        variants["linfit rules"] = per_sample_jacobian(per_sample_vjps(f))
     results = {name: jax.block_until_ready(fn(params, x)) for name, fn in variants.items()}  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
@@ -61,14 +61,14 @@ def main(argv=None) -> None:
     base = statistics.median(times["jax rule"])
     print(f"cnn94k per-sample Jacobian, N = {args.n}, jax {jax.__version__}, {jax.devices()[0].device_kind}")
     print(f"  jax rule        {base:8.2f} s")
-    if patch_kernel_gradients is None:
-        print("  patch products  (linfit not importable here)")
+    if per_sample_vjps is None:
+        print("  linfit rules    (linfit not importable here)")
         return
     ref, got = (jax.tree_util.tree_leaves(results[name]) for name in variants)
     err = max(float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(a)))
               for a, b in zip(ref, got, strict=True))
-    new = statistics.median(times["patch products"])
-    print(f"  patch products  {new:8.2f} s   ratio {new / base:.2f}   max rel. difference {err:.1e}")
+    new = statistics.median(times["linfit rules"])
+    print(f"  linfit rules    {new:8.2f} s   ratio {new / base:.2f}   max rel. difference {err:.1e}")
 
 
 if __name__ == "__main__":

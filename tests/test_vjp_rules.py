@@ -1,7 +1,7 @@
-"""Per-sample Jacobians through convolutions with patch-product kernel gradients (``linfit.ntk.conv_grad``).
+"""Per-sample Jacobians with linfit's convolution and max-pool derivative rules (``linfit.ntk.vjp_rules``).
 
-Reference: the whole-batch ``jax.jacrev`` of the original function (JAX's own convolution transpose rule, no
-``vmap`` over samples), so neither the patches nor the rewrite take part in it.
+Reference: the whole-batch ``jax.jacrev`` of the original function (JAX's own rules, no ``vmap`` over samples),
+so neither the patches, the masks nor the rewrite take part in it.
 """
 
 import jax
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from linfit.ntk.conv_grad import patch_kernel_gradients
+from linfit.ntk.vjp_rules import per_sample_vjps
 
 # (name, conv keyword arguments, dimension numbers, kernel shape, input shape)
 CASES = [
@@ -76,7 +76,7 @@ def test_two_convolutions_match_the_whole_batch_jacobian(name, kwargs, dn, kerne
         y = lax.conv_general_dilated(y, p["w2"], (1,) * spatial, "SAME", dimension_numbers=(dn[2], dn[1], dn[2]))
         return y.reshape(y.shape[0], -1)[:, :7]
 
-    got = _per_sample_jacobian(patch_kernel_gradients(f), params, x)
+    got = _per_sample_jacobian(per_sample_vjps(f), params, x)
     # A kernel-gradient entry sums at most (output positions) x (output channels) products.
     _assert_close(got, _batch_jacobian(f, params, x), terms=int(np.prod(x_shape[1:])) * c)
 
@@ -95,7 +95,7 @@ def test_rewrite_computes_the_kernel_gradient_as_a_matrix_product():
         return str(jax.make_jaxpr(per_sample)(params, x)).count("dot_general")
 
     assert products(f) == 0
-    assert products(patch_kernel_gradients(f)) == 1
+    assert products(per_sample_vjps(f)) == 1
 
 
 def test_convolution_inside_scan_keeps_jax_rule_and_stays_exact():
@@ -108,7 +108,7 @@ def test_convolution_inside_scan_keeps_jax_rule_and_stays_exact():
                                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))), None)
         return lax.scan(step, xb, None, length=2)[0].reshape(xb.shape[0], -1)[:, :4]
 
-    got = _per_sample_jacobian(patch_kernel_gradients(f), params, x)
+    got = _per_sample_jacobian(per_sample_vjps(f), params, x)
     _assert_close(got, _batch_jacobian(f, params, x), terms=6 * 6 * 2 * 2)
 
 
@@ -116,4 +116,53 @@ def test_function_without_convolution_is_unchanged():
     f = lambda p, xb: jnp.tanh(xb @ p)
     p = jnp.ones((3, 2))
     x = jnp.arange(6.0).reshape(2, 3)
-    np.testing.assert_array_equal(patch_kernel_gradients(f)(p, x), f(p, x))
+    np.testing.assert_array_equal(per_sample_vjps(f)(p, x), f(p, x))
+
+
+@pytest.mark.parametrize(
+    "window, shape",
+    [((1, 2, 2, 1), (3, 8, 8, 3)), ((1, 3, 2, 1), (3, 7, 9, 2)), ((1, 2, 1), (3, 9, 2)), ((1, 2, 2, 2, 1), (3, 4, 4, 6, 2))],
+    ids=["2x2", "3x2 cropped", "1-d cropped", "3-d"],
+)
+def test_max_pool_matches_the_whole_batch_jacobian_with_ties(window, shape):
+    """Inputs in {0, 1} scaled by parameters that are all one: most windows hold tied maxima, and the
+    derivative w.r.t. the scale of each position tells which one was chosen, so the mask must pick JAX's
+    maximum among ties (the first in row-major window order), not any of them."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.integers(0, 2, shape), jnp.float32)
+    w = jnp.ones(shape[1:], jnp.float32)
+
+    def f(p, xb):
+        y = lax.reduce_window(xb * p, -jnp.inf, lax.max, window, window, "VALID")
+        return jnp.tanh(y.reshape(xb.shape[0], -1)[:, :6] * 0.5)
+
+    got = _per_sample_jacobian(per_sample_vjps(f), w, x)
+    want = _batch_jacobian(f, w, x)
+    assert np.mean(np.asarray(want) != 0) > 0.0  # the ties are real and the gradients not all zero
+    _assert_close(got, want, terms=1)
+
+
+def test_max_pool_rewrite_removes_select_and_scatter():
+    x = jnp.ones((4, 6, 6, 2), jnp.float32)
+
+    def f(p, xb):
+        return lax.reduce_window(xb * p, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID").reshape(xb.shape[0], -1)
+
+    def scatters(fn):
+        per_sample = jax.vmap(jax.jacrev(lambda p, xi: fn(p, xi[None])[0]), in_axes=(None, 0))
+        return str(jax.make_jaxpr(per_sample)(jnp.ones((6, 6, 2)), x)).count("select_and_scatter")
+
+    assert scatters(f) > 0
+    assert scatters(per_sample_vjps(f)) == 0
+
+
+def test_overlapping_and_padded_max_pools_keep_jax_rule_and_stay_exact():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((3, 7, 7, 2)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((7, 7, 2)), jnp.float32)
+
+    def f(p, xb):
+        y = lax.reduce_window(xb * p, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+        return y.reshape(xb.shape[0], -1)[:, :5]
+
+    _assert_close(_per_sample_jacobian(per_sample_vjps(f), w, x), _batch_jacobian(f, w, x), terms=1)
