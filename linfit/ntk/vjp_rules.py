@@ -39,8 +39,8 @@ from jax.extend.core.primitives import conv_general_dilated_p, reduce_window_max
 _JIT_NAMES = frozenset({"jit", "pjit"})
 
 
-def _kernel_gradient(lhs: jax.Array, g: jax.Array, rhs_shape: tuple[int, ...], params: dict) -> jax.Array:
-    """``∂<g, conv(lhs, W)>/∂W`` in ``W``'s layout ``rhs_shape``, by patches and one ``einsum``.
+def _kernel_gradient(lhs: jax.Array, g: jax.Array, rhs: jax.Array, params: dict) -> jax.Array:
+    """``∂<g, conv(lhs, W)>/∂W`` at ``W = rhs`` (its layout and dtype), by patches and one ``einsum``.
 
     ``lhs``, ``g`` in the convolution's own layouts (``params["dimension_numbers"]``); the patches come from
     ``lax.conv_general_dilated_patches`` (channel-major, then kernel offsets), at ``Precision.HIGHEST``.
@@ -49,7 +49,7 @@ def _kernel_gradient(lhs: jax.Array, g: jax.Array, rhs_shape: tuple[int, ...], p
     groups = params["feature_group_count"]
     a = jnp.transpose(lhs, lhs_spec)  # [B, C_in, *spatial]
     gc = jnp.transpose(g, out_spec)  # [B, C_out, *out_spatial]
-    window = tuple(rhs_shape[d] for d in rhs_spec[2:])
+    window = tuple(rhs.shape[d] for d in rhs_spec[2:])
     patches = lax.conv_general_dilated_patches(
         a,
         filter_shape=window,
@@ -65,7 +65,7 @@ def _kernel_gradient(lhs: jax.Array, g: jax.Array, rhs_shape: tuple[int, ...], p
     dw = jnp.einsum("bjiks,bjos->joik", p, gg, precision=lax.Precision.HIGHEST)
     dw = dw.reshape((c_out, c_in // groups, *window))  # canonical [O, I, *window]
     inverse = [rhs_spec.index(d) for d in range(len(rhs_spec))]
-    return jnp.transpose(dw, inverse).astype(g.dtype)
+    return jnp.transpose(dw, inverse).astype(rhs.dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,7 +84,7 @@ def _patch_conv(frozen: tuple) -> Callable[[jax.Array, jax.Array], jax.Array]:
     def bwd(res, g):
         lhs, rhs = res
         (d_lhs,) = jax.vjp(lambda a: conv(a, rhs), lhs)[1](g)
-        return d_lhs, _kernel_gradient(lhs, g, rhs.shape, params)
+        return d_lhs, _kernel_gradient(lhs, g, rhs, params)
 
     patch_conv.defvjp(fwd, bwd)
     return patch_conv
