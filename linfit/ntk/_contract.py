@@ -86,6 +86,11 @@ def _output_subscripts(out_ndim: int, trace: Axes, diag: Axes) -> tuple[str, str
     return "".join(lhs), "".join(rhs), "".join(res)
 
 
+def fully_traced(out_ndim: int, trace: Axes) -> bool:
+    """Whether every output axis of an ``out_ndim``-dimensional output (batch axis included) is traced."""
+    return len(trace) == out_ndim - 1
+
+
 def _trace_size(out_shape: Sequence[int], trace: Axes) -> int:
     return math.prod(out_shape[k] for k in trace)
 
@@ -103,12 +108,12 @@ def contract_jacobians(
     out_ndim = len(out_shape)
     lhs, rhs, res = _output_subscripts(out_ndim, trace, diag)
     used = len(set(lhs + rhs))
-    fully_traced = len(trace) == out_ndim - 1
+    one_product = fully_traced(out_ndim, trace)
     total = None
     for a, b in zip(
         jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2), strict=True
     ):
-        if fully_traced:
+        if one_product:
             # One [N1, D] x [D, N2] product over outputs and parameters together: XLA's CPU dot with two
             # contracting axes is ~1.3x slower than the 2-D product (benchmarks/RESULTS.md §11c).
             term = lax.dot_general(

@@ -10,8 +10,9 @@ instead of one per parameter leaf plus their sum. Per-sample Jacobians come from
 
 ``x2=None`` (``Theta(x1, x1)``, symmetric) and an output axis left untraced: ``J`` is split into ``B`` row
 blocks and only the blocks ``i <= j`` are multiplied; the others are their transposes, which saves
-``(B - 1) / (2 B)`` of the contraction's multiply-adds (``B = min(4, N // 64)``: 37.5 % from 256 samples). Memory: ``(N1 + N2) * O * P``
-numbers for ``O`` outputs per sample and ``P`` parameters (``N1 * O * P`` when ``x2 is None``).
+``(B - 1) / (2 B)`` of the contraction's multiply-adds (``B = min(4, N // 64)``: 37.5 % from 256 samples).
+Memory: ``(N1 + N2) * O * P`` numbers for ``O`` outputs per sample and ``P`` parameters (``N1 * O * P`` when
+``x2 is None``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from linfit.ntk._contract import Axes, contract_jacobians, transpose_kernel
+from linfit.ntk._contract import Axes, contract_jacobians, fully_traced, transpose_kernel
 from linfit.ntk.vjp_rules import per_sample_vjps
 
 #: Samples per row block below which ``x2=None`` is contracted as one product (small products lose more
@@ -58,7 +59,7 @@ def _symmetric_contract(j: jax.Array, out_shape, trace: Axes, diag: Axes) -> jax
     ``benchmarks/RESULTS.md`` §11c)."""
     n = j.shape[0]
     num = min(_MAX_BLOCKS, n // _MIN_BLOCK)
-    if num < 2 or len(trace) == len(out_shape) - 1:
+    if num < 2 or fully_traced(len(out_shape), trace):
         return contract_jacobians(j, j, out_shape, trace, diag)
     edges = [n * b // num for b in range(num + 1)]
     rows = [j[edges[b] : edges[b + 1]] for b in range(num)]

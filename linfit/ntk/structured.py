@@ -50,7 +50,6 @@ import jax.numpy as jnp
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
 from linfit.ntk._memo import memoised
-from linfit.ntk.vjp_rules import per_sample_vjps
 from linfit.ntk.cost import ELEMENT_MACS, Cost, Forward, backward_cost
 from linfit.ntk.structured_contract import (
     SYMMETRIC_MAX_BLOCKS,
@@ -73,6 +72,7 @@ from linfit.ntk.structured_layers import (
     layer_inputs,
     perturbing_interceptor,
 )
+from linfit.ntk.vjp_rules import per_sample_vjps
 from linfit.tree import ParamsFilter, leaf_paths, path_str, split_params
 
 ApplyFn = Callable[[Any, Any], jax.Array]
