@@ -16,7 +16,10 @@ import pytest
 
 from linfit.errors import ParamsFilterError, ShapeError, VmapAxesError
 from linfit.ntk.structured import _make_plan, per_layer_ntk_fn, structured_ntk_fn
-from linfit.ntk.structured_contract import choose_route, contract_gradients_symmetric
+from linfit.ntk import _contract
+from linfit.ntk._contract import contract_jacobians, groups
+from linfit.ntk.cost import memory_budget
+from linfit.ntk.structured_contract import choose_route
 
 # ----------------------------------------------------------------------------- brute force
 
@@ -294,18 +297,26 @@ def test_route_choice():
 
 
 @pytest.mark.parametrize("mode", ["full", "trace", "diag"])
-def test_symmetric_block_contraction(mode):
-    d = np.random.default_rng(0).normal(size=(11, 3, 7)).astype(np.float32)
-    full = np.einsum("iap,jbp->ijab", d.astype(np.float64), d)
-    want = {
-        "full": full,
-        "trace": np.einsum("ijaa->ij", full),
-        "diag": np.einsum("ijaa->ija", full),
-    }[mode]
-    for blocks in (1, 3, 4):
-        assert_close(
-            contract_gradients_symmetric(jnp.asarray(d), mode, blocks=blocks), want
-        )
+@pytest.mark.parametrize("n", [11, 200])  # 200: 3 symmetric row blocks when an output axis is kept
+def test_block_contraction_against_numpy(mode, n, monkeypatch):
+    # Leaf blocks of uneven sizes, a cap of 20 parameters per group: the large ones are contracted alone, the
+    # small ones in groups.
+    rng = np.random.default_rng(0)
+    sizes = [1, 50, 2, 3, 40, 1, 9]
+    d = [rng.normal(size=(n, 3, p)).astype(np.float32) for p in sizes]
+    cap = 20 * n * 3 * 4
+    monkeypatch.setattr(_contract, "GROUP_BUDGET_SHARE", cap / memory_budget())
+    assert groups([p * n * 3 * 4 for p in sizes], cap) == [[0], [1], [2, 3], [4], [5, 6]]
+    e = [rng.normal(size=(5, 3, p)).astype(np.float32) for p in sizes]
+    trace, diag = {"full": ((), ()), "trace": ((1,), ()), "diag": ((), (1,))}[mode]
+
+    def want(a, b):
+        full = np.einsum("iap,jbp->ijab", np.concatenate(a, -1).astype(np.float64), np.concatenate(b, -1))
+        return {"full": full, "trace": np.einsum("ijaa->ij", full) / 3, "diag": np.einsum("ijaa->ija", full)}[mode]
+
+    blocks = [jnp.asarray(a) for a in d]
+    assert_close(contract_jacobians(blocks, None, (n, 3), trace, diag), want(d, d))
+    assert_close(contract_jacobians(blocks, [jnp.asarray(a) for a in e], (n, 3), trace, diag), want(d, e))
 
 
 def test_errors():

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from linfit.errors import ShapeError
+from linfit.ntk.cost import memory_budget
 
 Axes = tuple[int, ...]
 
@@ -95,37 +96,103 @@ def _trace_size(out_shape: Sequence[int], trace: Axes) -> int:
     return math.prod(out_shape[k] for k in trace)
 
 
-def contract_jacobians(
-    j1: Any, j2: Any, out_shape: Sequence[int], trace: Axes, diag: Axes
-) -> jax.Array:
-    """``Theta = sum_leaves J1 . J2`` over each leaf's parameter axes, in the module's layout.
+#: Jacobian blocks are concatenated, in order, into groups of at most this share of
+#: :func:`linfit.ntk.cost.memory_budget` (a larger block is contracted alone). One product over the raveled
+#: Jacobian is the fastest (cnn94k, N = 512, untraced: 21.6 s as one product, 25.5 s as three groups), but
+#: its copy of the Jacobian may not fit: an 806k-parameter network at N = 256 (an 8.3 GB Jacobian) was killed
+#: for memory on a 23 GiB machine and runs in 17 GB as separate blocks (``benchmarks/RESULTS.md`` §11d).
+GROUP_BUDGET_SHARE = 0.5
+#: ``x2 = None`` with an output axis kept: the samples are cut into ``B = min(SYMMETRIC_MAX_BLOCKS,
+#: N // SYMMETRIC_MIN_BLOCK)`` row blocks and only the ``B (B + 1) / 2`` products on or above the diagonal are
+#: computed (the rest by transposition). A fully traced kernel is one product: its ``[N, O·P]`` contraction is
+#: bound by reading ``J``, which row blocks read again for every block pair (cnn94k, N = 512: 8.4 s as one
+#: product, 9.9 s in 4 x 4 blocks, ``benchmarks/RESULTS.md`` §11c).
+SYMMETRIC_MIN_BLOCK = 64
+SYMMETRIC_MAX_BLOCKS = 4
 
-    Args:
-      j1, j2: matching pytrees of Jacobian leaves ``[N1, *out, *leaf_shape]`` / ``[N2, *out, *leaf_shape]``.
-      out_shape: the per-batch output shape ``[N, d_1..d_m]`` of ``f`` (only ``d_k`` are used).
-      trace, diag: normalised axes (see :func:`normalize_axes`).
-    """
-    out_ndim = len(out_shape)
+
+def symmetric_blocks(n: int, out_ndim: int, trace: Axes) -> int:
+    """Row blocks ``B`` of a symmetric (``x2 = None``) contraction of ``n`` samples; 1: one product."""
+    return 1 if fully_traced(out_ndim, trace) else max(1, min(SYMMETRIC_MAX_BLOCKS, n // SYMMETRIC_MIN_BLOCK))
+
+
+def symmetric_share(n: int, out_ndim: int, trace: Axes) -> float:
+    """The share of a symmetric contraction's multiply-adds that :func:`contract_jacobians` computes:
+    ``(B + 1) / (2 B)`` for ``B`` = :func:`symmetric_blocks`."""
+    blocks = symmetric_blocks(n, out_ndim, trace)
+    return (blocks + 1) / (2 * blocks)
+
+
+def groups(nbytes: Sequence[int], cap: float) -> list[list[int]]:
+    """Indices of the Jacobian blocks (``nbytes`` each, in order) contracted together: consecutive blocks while
+    their sum stays within ``cap`` bytes, a larger block alone."""
+    result: list[list[int]] = []
+    pending: list[int] = []
+    for i, size in enumerate(nbytes):
+        if pending and sum(nbytes[j] for j in pending) + size > cap:
+            result.append(pending)
+            pending = []
+        pending.append(i)
+    return result + [pending] if pending else result
+
+
+def _grouped(blocks: Sequence[jax.Array], index: list[list[int]]) -> list[jax.Array]:
+    """Blocks ``[N, *out, P_b]`` concatenated along the parameter axis by the groups ``index``."""
+    return [jnp.concatenate([blocks[i] for i in g], axis=-1) if len(g) > 1 else blocks[g[0]] for g in index]
+
+
+def _contract_pair(g1: Sequence[jax.Array], g2: Sequence[jax.Array], out_ndim: int, trace: Axes,
+                   diag: Axes) -> jax.Array:
+    """``Σ_groups G1 . G2`` over the parameter axis and the traced output axes (not yet averaged)."""
     lhs, rhs, res = _output_subscripts(out_ndim, trace, diag)
-    used = len(set(lhs + rhs))
-    one_product = fully_traced(out_ndim, trace)
+    p = _POOL[len(set(lhs + rhs)) - 2]
     total = None
-    for a, b in zip(
-        jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2), strict=True
-    ):
-        if one_product:
+    for a, b in zip(g1, g2, strict=True):
+        if fully_traced(out_ndim, trace):
             # One [N1, D] x [D, N2] product over outputs and parameters together: XLA's CPU dot with two
             # contracting axes is ~1.3x slower than the 2-D product (benchmarks/RESULTS.md §11c).
-            term = lax.dot_general(
-                a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), (((1,), (1,)), ((), ())),
-                precision=_PRECISION,
-            )
+            term = lax.dot_general(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1),
+                                   (((1,), (1,)), ((), ())), precision=_PRECISION)
         else:
-            params = _POOL[used - 2 : used - 2 + a.ndim - out_ndim]
-            term = jnp.einsum(
-                f"{lhs}{params},{rhs}{params}->{res}", a, b, precision=_PRECISION
-            )
+            term = jnp.einsum(f"{lhs}{p},{rhs}{p}->{res}", a, b, precision=_PRECISION)
         total = term if total is None else total + term
+    return total
+
+
+def contract_jacobians(
+    j1: Sequence[jax.Array], j2: Sequence[jax.Array] | None, out_shape: Sequence[int], trace: Axes, diag: Axes
+) -> jax.Array:
+    """``Θ = Σ_blocks J1 . J2`` over the parameter axis, traced axes averaged, in the module's layout.
+
+    Args:
+      j1, j2: Jacobian blocks ``[N1, *out, P_b]`` / ``[N2, *out, P_b]`` (one per parameter leaf, or per any
+        split of the parameters); ``j2=None``: ``j2 = j1`` (symmetric: row blocks of
+        :data:`SYMMETRIC_MAX_BLOCKS` when an output axis is kept).
+      out_shape: the per-batch output shape ``[N, d_1..d_m]`` of ``f`` (only ``d_k`` are used).
+      trace, diag: normalised axes (see :func:`normalize_axes`).
+
+    Returns:
+      ``[N1, N2, ...]`` in the module's layout, the dtype of the blocks.
+    """
+    out_ndim = len(out_shape)
+    index = groups([b.size * b.dtype.itemsize for b in j1], GROUP_BUDGET_SHARE * memory_budget())
+    g1 = _grouped(j1, index)
+    n = g1[0].shape[0]
+    num = symmetric_blocks(n, out_ndim, trace)
+    if j2 is not None or num == 1:
+        total = _contract_pair(g1, g1 if j2 is None else _grouped(j2, index), out_ndim, trace, diag)
+        return total / _trace_size(out_shape, trace)
+    edges = [n * b // num for b in range(num + 1)]
+    rows = [[g[edges[b] : edges[b + 1]] for g in g1] for b in range(num)]
+    blocks = {}
+    for a in range(num):
+        for b in range(a, num):
+            blocks[a, b] = _contract_pair(rows[a], rows[b], out_ndim, trace, diag)
+            if b > a:
+                blocks[b, a] = transpose_kernel(blocks[a, b], trace, diag)
+    total = jnp.concatenate(
+        [jnp.concatenate([blocks[a, b] for b in range(num)], axis=1) for a in range(num)], axis=0
+    )
     return total / _trace_size(out_shape, trace)
 
 

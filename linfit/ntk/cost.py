@@ -9,8 +9,12 @@ analysis of ``f``). ``N_J`` is the number of samples whose derivatives are forme
 (one set reused), else ``N1 + N2``.
 
 * ``"jacobian"`` (:mod:`linfit.ntk.jacobian`): per-sample Jacobians, one forward and ``O`` backward passes
-  (``B`` each, :func:`backward_cost` w.r.t. the selected leaves: activation and weight gradients, ``≈ 2F``), the ``N_J·O·P`` Jacobian entries written, the contraction
-  ``N1·N2·Q·P`` and one kernel-sized term per leaf (``L·N1·N2·Q`` elements); it holds the Jacobians.
+  (``B`` each, :func:`backward_cost` w.r.t. the selected leaves: activation and weight gradients, ``≈ 2F``),
+  the ``N_J·O·P`` Jacobian entries written, the contraction ``N1·N2·Q·P`` (the symmetric share of it when
+  ``x2 is None``) and one kernel-sized term per group of leaves contracted together
+  (:func:`linfit.ntk._contract.groups`); it holds the Jacobians and one copy of them for the contraction (the
+  concatenated groups, or XLA's relayout of a block: 17.1 GB peak for an 8.3 GB Jacobian,
+  ``benchmarks/RESULTS.md`` §11d).
   With ``vmap_axes=None`` each of the ``N·O`` backward passes runs through the whole batch (``N·B``).
 * ``"products"`` (:mod:`linfit.ntk.products`): per x2 sample ``O`` vjps, each pushed forward through x1's
   linearisation (``≈ 2F`` per x1 sample: the tangents of the weights and of the activations), so
@@ -175,10 +179,12 @@ def memory_budget() -> float:
     return DEVICE_MEMORY_FRACTION * limit if limit else DEFAULT_MEMORY_BYTES
 
 
-def jacobian_cost(n1: int, n2: int, symmetric: bool, o: int, q: int, p: int, leaves: int, fwd: Forward,
-                  bwd: Forward, itemsize: int, batched: bool) -> Cost:
-    """Jacobian contraction (module docstring); ``leaves``: selected parameter leaves (one kernel-sized
-    term each); ``bwd``: one backward pass w.r.t. the selected leaves (:func:`backward_cost`); ``batched``:
+def jacobian_cost(n1: int, n2: int, symmetric: bool, o: int, q: int, p: int, groups: int, share: float,
+                  fwd: Forward, bwd: Forward, itemsize: int, batched: bool) -> Cost:
+    """Jacobian contraction (module docstring); ``groups``: products the contraction makes
+    (:func:`linfit.ntk._contract.groups`, one kernel-sized term each); ``share``: the part of a symmetric
+    contraction's multiply-adds computed (:func:`linfit.ntk._contract.symmetric_share`, 1 when ``x2`` is given);
+    ``bwd``: one backward pass w.r.t. the selected leaves (:func:`backward_cost`); ``batched``:
     ``vmap_axes=None`` (whole-batch backward passes)."""
     sizes = (n1,) if symmetric else (n1, n2)
     if batched:
@@ -186,8 +192,8 @@ def jacobian_cost(n1: int, n2: int, symmetric: bool, o: int, q: int, p: int, lea
     else:
         make = fwd.passes(sum(sizes)) + bwd.passes(sum(sizes) * o)
     jac = sum(sizes) * o * p
-    cost = make + ELEMENT_MACS * jac + n1 * n2 * q * p + ELEMENT_MACS * leaves * n1 * n2 * q
-    return Cost(cost, itemsize * (jac + n1 * n2 * q))
+    cost = make + ELEMENT_MACS * jac + share * n1 * n2 * q * p + ELEMENT_MACS * groups * n1 * n2 * q
+    return Cost(cost, itemsize * (2 * jac + n1 * n2 * q))
 
 
 def products_cost(n1: int, n2: int, o: int, p: int, fwd: Forward, itemsize: int, batched: bool) -> Cost:

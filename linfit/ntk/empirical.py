@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
-from linfit.ntk._contract import normalize_axes, transpose_kernel
+from linfit.ntk._contract import GROUP_BUDGET_SHARE, groups, normalize_axes, symmetric_share, transpose_kernel
 from linfit.ntk.cost import (
     Cost,
     backward_cost,
@@ -237,10 +237,13 @@ class NtkFn:
         o, q = math.prod(leaf.shape[1:]), output_pairs(leaf.shape, trace, diag)
         p, fwd, itemsize = self.num_params(params), forward_cost(f_k, params, x1), leaf.dtype.itemsize
         bwd = backward_cost(f_k, params, x1, as_predicate(self.params_filter), False, fwd)
-        leaves = len(jax.tree_util.tree_leaves(split_params(params, self.params_filter)[0]))
+        selected = jax.tree_util.tree_leaves(split_params(params, self.params_filter)[0])
+        block_bytes = [n1 * o * a.size * a.dtype.itemsize for a in selected]
+        products = len(groups(block_bytes, GROUP_BUDGET_SHARE * memory_budget()))
+        share = symmetric_share(n1, leaf.ndim, trace) if x2 is None else 1.0
         batched = self.vmap_axes is None
         costs = {
-            "jacobian": jacobian_cost(n1, n2, x2 is None, o, q, p, leaves, fwd, bwd, itemsize, batched),
+            "jacobian": jacobian_cost(n1, n2, x2 is None, o, q, p, products, share, fwd, bwd, itemsize, batched),
             "products": products_cost(n1, n2, o, p, fwd, itemsize, batched),
         }
         if not batched and leaf.ndim == 2:  # structured factorises [N, O] outputs of independent samples

@@ -12,8 +12,8 @@ device count ``D``) and the row blocks grouped into *panels* of ``k`` blocks who
             J_c = the panel's block if c is in the panel, else computed now
             Θ[R_b, c] = contract(J_b, J_c) for every panel block b (upper triangle only when x2 = None)
 
-``contract`` is one matrix product over the parameter axis (:func:`linfit.ntk.structured_contract.
-contract_gradients`): ``Θ[i, j] = (1/O) Σ_{o,p} J[i,o,p] J[j,o,p]`` traced, ``Θ[i, j, o, o'] = Σ_p J[i,o,p]
+``contract`` is one matrix product over the parameter axis (:func:`linfit.ntk._contract.contract_jacobians`):
+``Θ[i, j] = (1/O) Σ_{o,p} J[i,o,p] J[j,o,p]`` traced, ``Θ[i, j, o, o'] = Σ_p J[i,o,p]
 J[j,o',p]`` untraced, ``[i, j, o]`` diagonal (neural-tangents' conventions, as :func:`empirical_ntk_fn`).
 The Jacobian rows come from :func:`linfit.ntk.structured.per_sample_jacobian_fn`. With ``K = ceil(N / (kC))``
 panels a symmetric kernel computes about ``N (K + 1) / 2`` sample Jacobians instead of ``N² / t``.
@@ -49,10 +49,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from linfit.errors import ShapeError
+from linfit.ntk._contract import contract_jacobians, normalize_axes
 from linfit.ntk.empirical import NtkFn
 from linfit.ntk.sharding import Tile, _global, pair_spec
-from linfit.ntk.structured import JACOBIAN_CHUNK, _mode, per_sample_jacobian_fn
-from linfit.ntk.structured_contract import contract_gradients
+from linfit.ntk.structured import JACOBIAN_CHUNK, per_sample_jacobian_fn
 from linfit.ntk.tiling import DEFAULT_MEMORY_BUDGET_BYTES
 
 #: Samples per device in one block unless the budget asks for fewer.
@@ -226,7 +226,6 @@ class _Programs(NamedTuple):
 def _programs(ntk_fn: NtkFn, mesh: Mesh) -> _Programs:
     """The three compiled programs for ``ntk_fn`` on ``mesh`` (cached: one compilation per block shape)."""
     axis = mesh.axis_names[0]
-    mode = _mode(ntk_fn.trace_axes, ntk_fn.diagonal_axes)
     rows_fn = per_sample_jacobian_fn(ntk_fn.f, params_filter=ntk_fn.params_filter)
     jacobian = jax.jit(jax.shard_map(rows_fn, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis),
                                      check_vma=False))
@@ -238,9 +237,10 @@ def _programs(ntk_fn: NtkFn, mesh: Mesh) -> _Programs:
                     donate_argnums=0)
     gather = jax.jit(lambda j: j, out_shardings=NamedSharding(mesh, P()))
 
+    trace, diag = normalize_axes(ntk_fn.trace_axes, ntk_fn.diagonal_axes, 2)
+
     def contract(j_rows, j_cols):
-        kernel = contract_gradients(j_rows, j_cols, mode)
-        return kernel / j_rows.shape[1] if mode == "trace" else kernel
+        return contract_jacobians([j_rows], [j_cols], j_rows.shape[:2], trace, diag)
 
     contract = jax.jit(jax.shard_map(contract, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis),
                                      check_vma=False))

@@ -49,16 +49,13 @@ import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
+from linfit.ntk._contract import contract_jacobians, symmetric_share
 from linfit.ntk._memo import memoised
 from linfit.ntk.cost import ELEMENT_MACS, Cost, Forward, backward_cost
 from linfit.ntk.structured_contract import (
-    SYMMETRIC_MAX_BLOCKS,
-    SYMMETRIC_MIN_BLOCK,
     Mode,
     Route,
     choose_route,
-    contract_gradients,
-    contract_gradients_symmetric,
     contract_gram,
     layer_gradient,
     output_pairs,
@@ -187,10 +184,10 @@ def structured_cost(
     Each gram-route layer costs its :func:`~linfit.ntk.structured_contract.route_costs`; each gradient-route
     kernel its layer gradients ``N_J·O·S·K·C`` and their ``N_J·O·K·C`` elements. All gradient-type blocks
     (those kernels, factorised biases, the leaves that fall back to Jacobian contraction) are contracted at
-    once: ``N1·N2·Q·P_grad``, times the share of blocks :func:`contract_gradients_symmetric` computes when
-    ``x2 = None``. Every kernel term writes ``N1·N2·Q`` elements. Derivatives: one forward and ``O`` backward
-    passes to the layer outputs and the leaves that fall back per sample (each
-    :func:`linfit.ntk.cost.backward_cost` w.r.t. the inputs and those leaves, ``≈ F``).
+    once: ``N1·N2·Q·P_grad``, times :func:`linfit.ntk._contract.symmetric_share` when ``x2 = None``. Every
+    kernel term writes ``N1·N2·Q`` elements. Derivatives: one forward and ``O`` backward passes to the layer
+    outputs and the leaves that fall back per sample (each :func:`linfit.ntk.cost.backward_cost` w.r.t. the
+    inputs and those leaves, ``≈ F``).
     Peak: the gradient-type blocks ``N_J·O·P_grad``, the layer inputs and cotangents ``N_J·Σ (S·K + O·S·C)``,
     the largest gram block. ``fwd``: one sample's forward pass (:func:`linfit.ntk.cost.forward_cost`).
     """
@@ -203,8 +200,7 @@ def structured_cost(
     if not plan.layers:
         return None
     o, q = plan.o, output_pairs(mode, plan.o)
-    blocks = min(SYMMETRIC_MAX_BLOCKS, n1 // SYMMETRIC_MIN_BLOCK) if symmetric else 1
-    share = (blocks + 1) / (2 * blocks) if blocks > 1 else 1.0
+    share = symmetric_share(n1, 2, (1,) if mode == "trace" else ()) if symmetric else 1.0
     selected, _ = split_params(params, params_filter)
     sizes = {path_str(p): math.prod(jnp.shape(a)) for p, a in jax.tree_util.tree_flatten_with_path(selected)[0]}
     grad_params = sum(sizes[path] for path in plan.fallback)
@@ -285,30 +281,25 @@ def _features(f: ApplyFn, params: Any, x: Any, plan: _Plan, vmap_axes: int | Non
     return grads, grams
 
 
-def _concat(blocks: list[jax.Array]) -> jax.Array:
-    return jnp.concatenate(blocks, axis=-1) if len(blocks) > 1 else blocks[0]
-
-
 def _kernel(
     grads1, grams1, grads2, grams2, keys: Sequence[str], plan: _Plan, symmetric: bool
 ) -> jax.Array:
-    """The kernel of the blocks under ``keys``: one contraction over all their gradient-type blocks,
-    plus each gram-route layer; traced kernels divided by ``O``. ``symmetric``: the two sides are the
-    same samples (``x2 = None``), so only half the gradient contraction is computed."""
+    """The kernel of the blocks under ``keys``: one contraction over all their gradient-type blocks
+    (:func:`linfit.ntk._contract.contract_jacobians`; ``symmetric``: the two sides are the same samples,
+    ``x2 = None``), plus each gram-route layer; traced kernels averaged over the ``O`` outputs."""
     blocks1 = [b for k in keys for b in grads1.get(k, [])]
-    blocks2 = [b for k in keys for b in grads2.get(k, [])]
-    terms = []
-    if blocks1 and symmetric:
-        terms.append(contract_gradients_symmetric(_concat(blocks1), plan.mode))
-    elif blocks1:
-        terms.append(contract_gradients(_concat(blocks1), _concat(blocks2), plan.mode))
-    for k in keys:
-        terms += [
-            contract_gram(p1, g1, p2, g2, plan.mode)
-            for (p1, g1), (p2, g2) in zip(grams1.get(k, []), grams2.get(k, []))
-        ]
-    total = sum(terms[1:], terms[0])
-    return total / plan.o if plan.mode == "trace" else total
+    blocks2 = None if symmetric else [b for k in keys for b in grads2.get(k, [])]
+    grams = [
+        contract_gram(p1, g1, p2, g2, plan.mode)
+        for k in keys
+        for (p1, g1), (p2, g2) in zip(grams1.get(k, []), grams2.get(k, []))
+    ]
+    total = sum(grams[1:], grams[0]) / (plan.o if plan.mode == "trace" else 1) if grams else None
+    if blocks1:
+        trace, diag = {"full": ((), ()), "trace": ((1,), ()), "diag": ((), (1,))}[plan.mode]
+        grad = contract_jacobians(blocks1, blocks2, (blocks1[0].shape[0], plan.o), trace, diag)
+        total = grad if total is None else total + grad
+    return total
 
 
 def _build(
@@ -482,6 +473,6 @@ def per_sample_jacobian_fn(
         n = batch_size(x, "x")
         plan = _make_plan(f, params, x, n, n, "full", params_filter, 0, "gradient")
         grads, _ = _features(f, params, x, plan, 0)
-        return _concat([b for k in plan.keys for b in grads.get(k, [])])
+        return jnp.concatenate([b for k in plan.keys for b in grads.get(k, [])], axis=-1)
 
     return jax.jit(rows)

@@ -6,7 +6,7 @@ For a layer with per-sample inputs ``P [N, S, K]`` and output cotangents ``G [N,
     Θ_W(x_i, x_j)[o, o'] = <P_iᵀ G_{i,o}, P_jᵀ G_{j,o'}> = Σ_{s,t} (P_i P_jᵀ)[s,t] (G_{i,o} G_{j,o'}ᵀ)[s,t].
 
 * ``"gradient"`` route: form the per-sample layer gradient ``D_{i,o} = P_iᵀ G_{i,o}`` ``[K·C]`` by one
-  einsum, then contract ``D`` with ``D``.
+  einsum, then contract ``D`` with ``D`` (:func:`linfit.ntk._contract.contract_jacobians`).
   FLOPs ≈ (N1 + N2)·O·S·K·C + N1·N2·Q·K·C, memory ≈ (N1 + N2)·O·K·C.
 * ``"gram"`` route: the input Gram ``A = P_i P_jᵀ`` ``[N1, N2, S, S]`` and the cotangent Gram
   ``H = G G`` over ``C``, multiplied and summed over positions.
@@ -23,7 +23,6 @@ by ``O``), ``"diag"`` ``[N1, N2, O]``.
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Literal
 
 import jax
@@ -34,16 +33,10 @@ from linfit.ntk.cost import ELEMENT_MACS
 Mode = Literal["full", "trace", "diag"]
 Route = Literal["gram", "gradient"]
 
-#: ``x2 = None``: the gradient contraction is split into row blocks of at least this many samples and
-#: only blocks on or above the diagonal are computed (``B(B + 1)/2`` of ``B²`` products).
-SYMMETRIC_MIN_BLOCK = 64
-SYMMETRIC_MAX_BLOCKS = 8
-
 #: The gram route may use at most this many times the memory of the larger of the gradient route's
 #: working set and the output kernel.
 GRAM_MEMORY_FACTOR = 4
 
-_GRAD_SPEC = {"full": "iap,jbp->ijab", "trace": "iap,jap->ij", "diag": "iap,jap->ija"}
 _COT_GRAM_SPEC = {
     "full": "iasc,jbtc->ijabst",
     "trace": "iasc,jatc->ijst",
@@ -100,45 +93,6 @@ def layer_gradient(p: jax.Array, g: jax.Array, groups: int = 1) -> jax.Array:
         d = jnp.einsum("isjk,iasjc->iajkc", p.reshape(n, s, groups, k // groups),
                        g.reshape(n, o, s, groups, c // groups))
     return d.reshape(n, o, -1)
-
-
-def contract_gradients(d1: jax.Array, d2: jax.Array, mode: Mode) -> jax.Array:
-    """``Σ_p D1[i,a,p] D2[j,b,p]`` for ``D [N, O, P]``, kept as the mode says (traced: summed over ``a = b``)."""
-    return jnp.einsum(_GRAD_SPEC[mode], d1, d2)
-
-
-def contract_gradients_symmetric(
-    d: jax.Array, mode: Mode, blocks: int | None = None
-) -> jax.Array:
-    """``contract_gradients(d, d, mode)`` computing only the blocks on or above the diagonal.
-
-    Θ(x_j, x_i) is Θ(x_i, x_j) with the output axes swapped, so a ``B x B`` grid of row blocks needs
-    ``B(B + 1)/2`` products. ``blocks`` defaults to ``min(SYMMETRIC_MAX_BLOCKS, N // SYMMETRIC_MIN_BLOCK)``.
-    """
-    n = d.shape[0]
-    if blocks is None:
-        blocks = min(SYMMETRIC_MAX_BLOCKS, n // SYMMETRIC_MIN_BLOCK)
-    if blocks <= 1:
-        return contract_gradients(d, d, mode)
-    edges = [round(n * r / blocks) for r in range(blocks + 1)]
-    parts = [d[lo:hi] for lo, hi in pairwise(edges)]
-    upper = {
-        (r, c): contract_gradients(parts[r], parts[c], mode)
-        for r in range(blocks)
-        for c in range(r, blocks)
-    }
-    swap = (1, 0, 3, 2) if mode == "full" else (1, 0, 2) if mode == "diag" else (1, 0)
-    rows = [
-        jnp.concatenate(
-            [
-                upper[r, c] if r <= c else upper[c, r].transpose(swap)
-                for c in range(blocks)
-            ],
-            axis=1,
-        )
-        for r in range(blocks)
-    ]
-    return jnp.concatenate(rows, axis=0)
 
 
 def contract_gram(

@@ -187,7 +187,8 @@ def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> 
 
     @jax.jit
     def projected(xb):  # [B, O, dim]
-        return jacobians(lambda p, xs: f(merge(p), xs), selected, xb, vmap_axes=0) @ projection
+        blocks = jacobians(lambda p, xs: f(merge(p), xs), selected, xb, vmap_axes=0)
+        return jnp.concatenate(blocks, axis=-1) @ projection
 
     g = _batched(projected, x, 16).astype(np.float64)
     return np.einsum("iod,jod->ij", g, g) / g.shape[1]
