@@ -18,12 +18,20 @@ fixed seeds, so both libraries see bit-identical arrays:
 * ``conv_dense``: 5x5 conv 16 (VALID) -> ReLU -> 2x2 max pool -> Dense 256 -> ReLU -> Dense 10
   (806,858 parameters).
 
+linfit's Jacobian contraction runs these very functions. Its structured derivatives factorise Flax
+``nn.Conv``/``nn.Dense`` calls (neural-tangents' work on any jaxpr), so linfit's structured, auto and
+``kernel`` runs use each function's Flax twin (:func:`flax_twin`: the same layers on the same parameter tree);
+the error column checks that every kernel equals neural-tangents'.
+
 Inputs ``x [N, 32, 32, 3]`` float32, ``x2=None``, ``vmap_axes=0``; traced = ``trace_axes=(-1,)`` (kernel
 ``[N, N]``), untraced = ``trace_axes=()`` (``[N, N, 10, 10]``). Every (library, implementation) runs in its
 own subprocess, the two libraries alternating within a row (nt jacobian, linfit jacobian, nt structured,
 linfit structured, linfit auto): one warm-up call (compile; reported separately), then the median of
 ``--repeats`` calls of the jitted kernel. Each worker saves its kernel; the parent reports the largest
-relative Frobenius error of every kernel against neural-tangents' Jacobian contraction of the same run.
+relative Frobenius error of every kernel against neural-tangents' Jacobian contraction of the same run. A last
+linfit process runs ``linfit.ntk.kernel`` (the large-N entry point, ``"auto"`` kernel function) once under
+``--budget-gib``, planning included, and reports its plan and its peak RSS growth over the budget (the
+planner's memory estimate must hold).
 
     python benchmarks/vs_neural_tangents.py --quick
     python benchmarks/vs_neural_tangents.py                      # the rows of issue 14's table
@@ -59,7 +67,11 @@ RUNS = (
     ("nt", "structured"),
     ("linfit", "structured"),
     ("linfit", "auto"),
+    ("linfit", "kernel"),
 )
+#: Per-process memory budget of the ``linfit.ntk.kernel`` run (``--budget-gib``): below the whole untraced
+#: kernel's program at N = 512, so the planner has to tile.
+DEFAULT_BUDGET_GIB = 2.0
 DEFAULT_NT_PYTHON = "/tmp/ntenv/bin/python"
 
 
@@ -122,6 +134,32 @@ MODELS = {
 }
 
 
+def flax_twin(model: str):
+    """The same function as a Flax module, ``f(params, x)`` on :func:`make_params`'s tree (layers named like its
+    keys), for linfit's structured derivatives, which factorise Flax ``nn.Conv``/``nn.Dense`` calls."""
+    import flax.linen as nn
+
+    pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    class Cnn94k(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i, width in ((1, 32), (2, 64), (3, 128)):
+                x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", name=f"conv{i}")(x))
+                x = pool(x) if i < 3 else x
+            return nn.Dense(10, name="head")(x.mean(axis=(1, 2)))
+
+    class ConvDense(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="conv")(x)))
+            x = nn.relu(nn.Dense(256, name="dense1")(x.reshape(x.shape[0], -1)))
+            return nn.Dense(10, name="dense2")(x)
+
+    module = {"cnn94k": Cnn94k, "conv_dense": ConvDense}[model]()
+    return lambda params, x: module.apply({"params": params}, x)
+
+
 def make_params(model: str) -> dict:
     """Seeded NumPy float32 parameters: He-normal kernels (fan-in), small normal biases."""
     import numpy as np
@@ -167,13 +205,57 @@ def _ntk_fn(lib: str, impl: str, f, traced: bool):
     return fn, f"linfit {getattr(linfit, '__version__', 'dev')}, jax {jax.__version__}"
 
 
+def _linfit_model(model: str, impl: str):
+    """linfit's Jacobian contraction runs the plain function itself; its structured derivatives (and ``auto``,
+    which may pick them) run the Flax twin of the same function."""
+    return MODELS[model][0] if impl == "jacobian" else flax_twin(model)
+
+
+def _rss_bytes() -> int:
+    """This process's resident set now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def kernel_worker(model: str, n: int, traced: bool, budget_gib: float, out: str) -> dict:
+    """``linfit.ntk.kernel`` (``"auto"`` kernel function) under a memory budget, once: its wall time (planning
+    and compilation included), its plan and the process's peak RSS growth over the budget."""
+    import resource
+
+    import jax
+    import numpy as np
+
+    import linfit
+    from linfit.ntk import empirical_ntk_fn, kernel, plan_kernel
+
+    params = jax.tree_util.tree_map(np.asarray, make_params(model))
+    x = make_inputs(n)
+    ntk_fn = empirical_ntk_fn(_linfit_model(model, "auto"), trace_axes=(-1,) if traced else (), vmap_axes=0)
+    budget = int(budget_gib * 2**30)
+    rss0 = _rss_bytes()
+    start = time.perf_counter()
+    plan = plan_kernel(ntk_fn, x, None, params, memory_budget_bytes=budget)
+    k = kernel(ntk_fn, x, None, params, plan=plan)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    np.save(out, k)
+    geometry = "x".join(str(v) for v in plan.geometry)
+    return {
+        "time_s": seconds,
+        "peak_over_budget": (peak - rss0) / budget,
+        "pick": f"{plan.strategy} {geometry}",
+        "version": f"linfit {getattr(linfit, '__version__', 'dev')}, jax {jax.__version__}",
+        "device": jax.devices()[0].device_kind,
+    }
+
+
 def worker(lib: str, impl: str, model: str, n: int, traced: bool, repeats: int, out: str) -> dict:
     """Time one (library, implementation) in this process; the kernel is saved to ``out`` (.npy)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    f = MODELS[model][0]
+    f = MODELS[model][0] if lib == "nt" else _linfit_model(model, impl)
     params = jax.tree_util.tree_map(jnp.asarray, make_params(model))
     x = jnp.asarray(make_inputs(n))
     ntk_fn, version = _ntk_fn(lib, impl, f, traced)
@@ -196,9 +278,9 @@ def worker(lib: str, impl: str, model: str, n: int, traced: bool, repeats: int, 
     }
 
 
-def run_one(python: str, lib, impl, model, n, traced, repeats, timeout, out) -> dict:
+def run_one(python: str, lib, impl, model, n, traced, repeats, timeout, out, budget_gib) -> dict:
     cmd = [python, os.path.abspath(__file__), "--worker", lib, impl, model, str(n), str(int(traced)), out]
-    cmd += ["--repeats", str(repeats)]
+    cmd += ["--repeats", str(repeats), "--budget-gib", str(budget_gib)]
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -236,11 +318,16 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up (median)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per subprocess")
     parser.add_argument("--nt-python", default=DEFAULT_NT_PYTHON, help="interpreter with neural-tangents 0.6.5")
+    parser.add_argument("--budget-gib", type=float, default=DEFAULT_BUDGET_GIB,
+                        help="memory budget of the linfit.ntk.kernel run (GiB)")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         lib, impl, model, n, traced, out = args.worker
-        print(json.dumps(worker(lib, impl, model, int(n), bool(int(traced)), args.repeats, out)))
+        if impl == "kernel":
+            print(json.dumps(kernel_worker(model, int(n), bool(int(traced)), args.budget_gib, out)))
+        else:
+            print(json.dumps(worker(lib, impl, model, int(n), bool(int(traced)), args.repeats, out)))
         return
 
     import numpy as np
@@ -250,8 +337,9 @@ def main(argv=None) -> None:
         rows = [(model, args.n, traced) for model, _, traced in rows]
     lines = [
         "| model, kernel, N | nt jacobian | nt structured | linfit jacobian | linfit structured | linfit auto "
-        "(pick) | jac linfit/nt | structured linfit/nt | auto/best | max rel. err vs nt jacobian |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(pick) | jac linfit/nt | structured linfit/nt | auto/best | max rel. err vs nt jacobian | "
+        f"linfit.ntk.kernel, {args.budget_gib:g} GiB budget (plan) | its peak RSS growth / budget |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     versions = set()
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,7 +348,7 @@ def main(argv=None) -> None:
             for lib, impl in RUNS:
                 path = os.path.join(tmp, f"{lib}_{impl}.npy")
                 python = args.nt_python if lib == "nt" else sys.executable
-                r = run_one(python, lib, impl, model, n, traced, args.repeats, args.timeout, path)
+                r = run_one(python, lib, impl, model, n, traced, args.repeats, args.timeout, path, args.budget_gib)
                 res[lib, impl] = r
                 if "error" not in r:
                     versions.add(f"{r['version']} ({r['device']})")
@@ -273,19 +361,22 @@ def main(argv=None) -> None:
                 ra, rb = res[a], res[b]
                 return "" if "error" in ra or "error" in rb else f"{ra['time_s'] / rb['time_s']:.2f}"
 
-            exact = [r["time_s"] for key, r in res.items() if key[1] != "auto" and "error" not in r]
+            exact = [r["time_s"] for key, r in res.items() if key[1] not in ("auto", "kernel") and "error" not in r]
             auto = res["linfit", "auto"]
             auto_ratio = "" if "error" in auto or not exact else f"{auto['time_s'] / min(exact):.2f}"
             ref = kernels.get(("nt", "jacobian"))
             errs = [_rel_err(k, ref) for key, k in kernels.items() if ref is not None and key != ("nt", "jacobian")]
             label = f"{model}, {'traced' if traced else 'untraced'}, {n}"
             auto_cell = _fmt(auto) + ("" if "error" in auto else f" ({auto['pick']})")
+            tiled = res["linfit", "kernel"]
+            tiled_cell = _fmt(tiled) + ("" if "error" in tiled else f" ({tiled['pick']})")
+            tiled_peak = "" if "error" in tiled else f"{tiled['peak_over_budget']:.2f}"
             lines.append(
                 f"| {label} | {_fmt(res['nt', 'jacobian'])} | {_fmt(res['nt', 'structured'])} | "
                 f"{_fmt(res['linfit', 'jacobian'])} | {_fmt(res['linfit', 'structured'])} | {auto_cell} | "
                 f"{ratio(('linfit', 'jacobian'), ('nt', 'jacobian'))} | "
                 f"{ratio(('linfit', 'structured'), ('nt', 'structured'))} | {auto_ratio} | "
-                f"{f'{max(errs):.1e}' if errs else ''} |"
+                f"{f'{max(errs):.1e}' if errs else ''} | {tiled_cell} | {tiled_peak} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
     print("\n".join(lines))
