@@ -123,7 +123,8 @@ def check_tree(f: Callable, params: Any, x: Any, params_filter: ParamsFilter) ->
         raise TreeMismatchError(
             f"f(params, x) failed for params with paths/shapes {describe(params)} and x of per-sample "
             f"shape {jax.tree_util.tree_map(lambda a: jnp.shape(a)[1:], x)}: the params tree (or the input) "
-            f"does not match what f expects. Original error: {type(err).__name__}: {err}"
+            f"does not match what f expects (x is [N, ...]: a single sample needs its batch axis, x[None]). "
+            f"Original error: {type(err).__name__}: {err}"
         ) from err
     selected = set(leaf_paths(split_params(params, params_filter)[0]))
     extra = [p for p in unread if p in selected]
