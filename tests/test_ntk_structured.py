@@ -306,7 +306,7 @@ def test_block_contraction_against_numpy(mode, n, monkeypatch):
     d = [rng.normal(size=(n, 3, p)).astype(np.float32) for p in sizes]
     cap = 20 * n * 3 * 4
     monkeypatch.setattr(_contract, "GROUP_BUDGET_SHARE", cap / memory_budget())
-    assert groups([p * n * 3 * 4 for p in sizes], cap) == [[0], [1], [2, 3], [4], [5, 6]]
+    assert groups([p * n * 3 * 4 for p in sizes]) == [[0], [1], [2, 3], [4], [5, 6]]
     e = [rng.normal(size=(5, 3, p)).astype(np.float32) for p in sizes]
     trace, diag = {"full": ((), ()), "trace": ((1,), ()), "diag": ((), (1,))}[mode]
 

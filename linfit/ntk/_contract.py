@@ -123,9 +123,11 @@ def symmetric_share(n: int, out_ndim: int, trace: Axes) -> float:
     return (blocks + 1) / (2 * blocks)
 
 
-def groups(nbytes: Sequence[int], cap: float) -> list[list[int]]:
+def groups(nbytes: Sequence[int]) -> list[list[int]]:
     """Indices of the Jacobian blocks (``nbytes`` each, in order) contracted together: consecutive blocks while
-    their sum stays within ``cap`` bytes, a larger block alone."""
+    their sum stays within :data:`GROUP_BUDGET_SHARE` of :func:`linfit.ntk.cost.memory_budget`, a larger block
+    alone."""
+    cap = GROUP_BUDGET_SHARE * memory_budget()
     result: list[list[int]] = []
     pending: list[int] = []
     for i, size in enumerate(nbytes):
@@ -175,7 +177,7 @@ def contract_jacobians(
       ``[N1, N2, ...]`` in the module's layout, the dtype of the blocks.
     """
     out_ndim = len(out_shape)
-    index = groups([b.size * b.dtype.itemsize for b in j1], GROUP_BUDGET_SHARE * memory_budget())
+    index = groups([b.size * b.dtype.itemsize for b in j1])
     g1 = _grouped(j1, index)
     n = g1[0].shape[0]
     num = symmetric_blocks(n, out_ndim, trace)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
 from linfit.ntk._checks import batch_size, check_finite, check_independent, check_pair, check_tree, signature
-from linfit.ntk._contract import GROUP_BUDGET_SHARE, groups, normalize_axes, symmetric_share, transpose_kernel
+from linfit.ntk._contract import groups, normalize_axes, symmetric_share, transpose_kernel
 from linfit.ntk.cost import (
     Cost,
     backward_cost,
@@ -239,7 +239,7 @@ class NtkFn:
         bwd = backward_cost(f_k, params, x1, as_predicate(self.params_filter), False, fwd)
         selected = jax.tree_util.tree_leaves(split_params(params, self.params_filter)[0])
         block_bytes = [n1 * o * a.size * a.dtype.itemsize for a in selected]
-        products = len(groups(block_bytes, GROUP_BUDGET_SHARE * memory_budget()))
+        products = len(groups(block_bytes))
         share = symmetric_share(n1, leaf.ndim, trace) if x2 is None else 1.0
         batched = self.vmap_axes is None
         costs = {

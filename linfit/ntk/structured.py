@@ -58,6 +58,7 @@ from linfit.ntk.structured_contract import (
     choose_route,
     contract_gram,
     layer_gradient,
+    mode_axes,
     output_pairs,
     route_costs,
 )
@@ -200,7 +201,7 @@ def structured_cost(
     if not plan.layers:
         return None
     o, q = plan.o, output_pairs(mode, plan.o)
-    share = symmetric_share(n1, 2, (1,) if mode == "trace" else ()) if symmetric else 1.0
+    share = symmetric_share(n1, 2, mode_axes(mode)[0]) if symmetric else 1.0
     selected, _ = split_params(params, params_filter)
     sizes = {path_str(p): math.prod(jnp.shape(a)) for p, a in jax.tree_util.tree_flatten_with_path(selected)[0]}
     grad_params = sum(sizes[path] for path in plan.fallback)
@@ -296,8 +297,7 @@ def _kernel(
     ]
     total = sum(grams[1:], grams[0]) / (plan.o if plan.mode == "trace" else 1) if grams else None
     if blocks1:
-        trace, diag = {"full": ((), ()), "trace": ((1,), ()), "diag": ((), (1,))}[plan.mode]
-        grad = contract_jacobians(blocks1, blocks2, (blocks1[0].shape[0], plan.o), trace, diag)
+        grad = contract_jacobians(blocks1, blocks2, (blocks1[0].shape[0], plan.o), *mode_axes(plan.mode))
         total = grad if total is None else total + grad
     return total
 

@@ -49,6 +49,12 @@ _GRAM_SPEC = {
 }
 
 
+def mode_axes(mode: Mode) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(trace_axes, diagonal_axes)`` of an ``[N, O]`` output for ``mode``, normalised as in
+    :func:`linfit.ntk._contract.normalize_axes`."""
+    return {"full": ((), ()), "trace": ((1,), ()), "diag": ((), (1,))}[mode]
+
+
 def output_pairs(mode: Mode, o: int) -> int:
     """``Q``: output pairs per sample pair, ``O²`` (full) or ``O`` (trace, diag)."""
     return o * o if mode == "full" else o
