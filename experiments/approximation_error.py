@@ -2,7 +2,8 @@
 
 Deshpande et al. 2021 (arXiv 2102.00084, §2, Proposition 1) predict fine-tuning with the closed-form MSE
 dynamics of the model linearized at the pre-trained weights. This script measures, on the embedded zoo, how far
-that prediction is from real fine-tuning, over training steps:
+that prediction is from real fine-tuning, over training steps, on any zoo (``--zoo``: the embedded one by default,
+``imagenet`` for the real ImageNet backbones, each at its own input size and normalisation, or a TOML file):
 
 (a) CLOSED FORM: ``linfit.dynamics.LinearizedDynamics`` on the exact fine-tuning NTK of the model with its new
     head (untraced, ``[N·O, N·O]``: the specific head makes the kernel differ across logits, so the traced
@@ -16,7 +17,7 @@ that prediction is from real fine-tuning, over training steps:
     ``finetune(mode="linearized", loss="ce")`` (GD in parameter space) like (a) against (b).
 
 Protocol. Every run is full-batch gradient descent (no momentum, no weight decay, constant step η, BatchNorm
-frozen in evaluation mode, as the linearized model has it) from one fresh ``lecun_normal`` 10-way head. Time
+frozen in evaluation mode, as the linearized model has it) from one fresh ``lecun_normal`` head with one output per target class. Time
 axes: ``finetune`` minimises the MEAN over samples of ½‖f(x) − onehot(y)‖², so a step η on it is a step η/N on
 the dynamics' loss ½ Σ over samples and outputs: (a) uses ``learning_rate = η/N`` and ``train_loss/N``.
 ``finetune``'s ``train_loss[e]`` is the loss before step e (full batch: at the weights after e steps) and its
@@ -30,6 +31,11 @@ Measured, for each loss (MSE: (a) vs (c)-MSE; CE: (a-CE) vs (c)-CE): the relativ
 real run's final test accuracy over all (model, subset) candidates of one (task, regime, c) - do the linearized
 dynamics rank the candidates as fine-tuning does?
 
+Where the linearization holds: with ``η_dyn = η/N`` the step on the summed loss, ``τ = η_dyn·λ_max·t`` (``t`` in steps,
+``τ = c·t``) is the dimensionless time of the fastest kernel mode; the report gives, per subset, loss and ``c``, the
+largest relative loss error over ``τ ≤ T`` for several ``T``, and ``τ`` at the break - if the linearization's error
+were a function of ``τ`` alone, the rows of different ``c`` would agree.
+
 Regimes: ``5shot`` and ``20shot`` as the tasks define them; ``full`` is capped at ``Settings.full_per_class``
 (30) training images per class, drawn class-balanced by ``Task.scoring_set``, so the untraced kernels stay
 ``[3000, 3000]``.
@@ -38,6 +44,9 @@ Usage::
 
     python experiments/approximation_error.py            # the study (~1.5 h on 2 busy shared CPU cores)
     python experiments/approximation_error.py --quick --out-dir /tmp/ae   # smoke test
+    # a real ImageNet backbone (227 px) on a two-class task of real photos
+    python experiments/approximation_error.py --zoo imagenet --models imagenet/squeezenet1_1 --tasks lfw_faces \
+        --regimes 5shot 20shot --test-per-class 20 --out-dir experiments/approximation_error_imagenet
 
     # as it was run: one process per task (they share the cores better), then one merging pass
     python experiments/approximation_error.py --tasks digits_sk --cache-dir /tmp/ae2_cache --out-dir /tmp/d &
@@ -66,24 +75,28 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import spearmanr
 
-from linfit import models, zoo
+from linfit import models
 from linfit.data import load_task
 from linfit.data.sampling import scoring_subset
 from linfit.dynamics import LinearizedDynamics, linearized_ce_trajectory
 from linfit.finetune import FinetuneConfig, finetune
 from linfit.tree import leaf_paths, split_params
+from linfit.zoo.source import load_zoo
 
 HERE = Path(__file__).resolve().parent
 BREAK_THRESHOLD = 0.10  # relative training-loss error at which the linearization counts as broken
 JAC_CHUNK = 25  # samples per compiled per-sample-Jacobian call (every set size below is a multiple of it)
 BLOCK_VERSION = 2  # part of a cached block's file name: 2 = blocks holding the cross-entropy prediction
 LOSSES = ("mse", "ce")
+TAUS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # τ = η_dyn·λ_max·t at which the report reads the error off
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """One study: every (model, task, regime, subset, lr fraction) gets (a), (a-CE), (c)-MSE and (c)-CE."""
+    """One study: every (model, task, regime, subset, lr fraction) gets (a), (a-CE), (c)-MSE and (c)-CE; the check
+    (b) runs for the first model on the first task, every regime and subset, at the first lr fraction."""
 
+    zoo: str = "embedded"  # linfit.zoo.source.load_zoo: "embedded", "imagenet" or a TOML file
     models: tuple[str, ...] = ("resnet8/generalist", "resnet8/mnist/from-generalist", "resnet8/fashion/scratch")
     tasks: tuple[str, ...] = ("digits_sk", "fashion_rot")
     regimes: tuple[str, ...] = ("5shot", "20shot", "full")
@@ -92,8 +105,6 @@ class Settings:
     lr_fractions: tuple[float, ...] = (0.3, 1.0)
     steps: int = 30
     test_per_class: int = 10
-    check_model: str = "resnet8/generalist"  # (b) is run for this model on this task, every regime and subset
-    check_task: str = "digits_sk"
     seed: int = 0
 
 
@@ -229,15 +240,16 @@ def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = Fa
     given, and read back instead of rerun when already there; ``cached_only``: skip blocks not stored); returns ``{"runs": [...], "checks": [...], "seconds": float}``."""
     start = time.perf_counter()
     runs, checks, skipped = [], [], []
-    loaded = {name: zoo.load(name) for name in s.models}
+    entries = {entry.name: entry for entry in load_zoo(s.zoo)}
+    unknown = [name for name in s.models if name not in entries]
+    if unknown:
+        raise SystemExit(f"models {unknown} are not in zoo {s.zoo!r}; it has {', '.join(entries)}")
     for task_name in s.tasks:
         for regime in s.regimes:
             task = load_task(f"{task_name}:{regime}", seed=s.seed)
             idx = scoring_subset(task.test.y, per_class=s.test_per_class, seed=s.seed)
             train = task.scoring_set(per_class=s.full_per_class, seed=s.seed) if regime == "full" else task.train
-            x, y = train.x, train.y
-            x_test, y_test = task.test.x[idx], task.test.y[idx]
-            data = (x, y, x_test, y_test)
+            y, y_test = train.y, task.test.y[idx]
             for model_name in s.models:
                 block = None if cache_dir is None else cache_dir / (
                     f"{task_name}_{regime}_{model_name.replace('/', '_')}_{s.steps}_v{BLOCK_VERSION}.pkl")
@@ -250,10 +262,11 @@ def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = Fa
                     skipped.append(f"{task_name}:{regime} {model_name}")
                     continue
                 n_runs, n_checks = len(runs), len(checks)
-                zm = loaded[model_name]
+                entry = entries[model_name]
+                x, x_test = entry.preprocessing.prepare(train.x), entry.preprocessing.prepare(task.test.x[idx])
+                data = (x, y, x_test, y_test)
                 key = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0)
-                model, variables = models.replace_head(zm.model, zm.variables, task.num_classes, key,
-                                                       init="lecun_normal")
+                model, variables = models.replace_head(*entry.load(), task.num_classes, key, init="lecun_normal")
                 filters = models.param_subsets(model, variables["params"])
                 t0 = time.perf_counter()
                 kernels = subset_kernels(model, variables, x, x_test, {k: filters[k] for k in s.subsets})
@@ -279,7 +292,7 @@ def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = Fa
                             f"{err['ce']:.3f}; acc lin/real mse {pred['mse']['test_acc'][-1]:.3f}/"
                             f"{real['mse']['test_acc'][-1]:.3f} ce {pred['ce']['test_acc'][-1]:.3f}/"
                             f"{real['ce']['test_acc'][-1]:.3f}")
-                        if model_name == s.check_model and task_name == s.check_task and c == s.lr_fractions[0]:
+                        if model_name == s.models[0] and task_name == s.tasks[0] and c == s.lr_fractions[0]:
                             lin = {loss: gd_run(model, variables, data, filters[subset], mode="linearized",
                                                 loss=loss, lr=lr, steps=s.steps) for loss in LOSSES}
                             checks.append({**common, "pred": pred, "linearized": lin})
@@ -350,13 +363,32 @@ def summarize(study: dict, s: Settings) -> dict:
                               "mse_vs_ce": _spearman(acc["mse_lin"], acc["ce_real"]),
                               "ce": _spearman(acc["ce_lin"], acc["ce_real"]),
                               "real_mse_vs_ce": _spearman(acc["mse_real"], acc["ce_real"])})
+    tau = []
+    for subset in s.subsets:
+        for loss in LOSSES:
+            for c in s.lr_fractions:
+                g = [row[loss] for row in rows if (row["subset"], row["c"]) == (subset, c)]
+                if g:
+                    breaks = [c * m["break"] for m in g if m["break"] is not None]
+                    tau.append({"subset": subset, "loss": loss, "c": c, "runs": len(g),
+                                "max_err": {t: tau_max_error([m["err"] for m in g], c, t) for t in TAUS},
+                                "broken": len(breaks), "tau_break": float(np.median(breaks)) if breaks else None})
     checks = [{**{k: ch[k] for k in ("model", "task", "regime", "subset", "c")},
                **{loss: {"loss_diff": float(np.max(rel_error(ch["pred"][loss]["loss"], ch["linearized"][loss]["loss"]))),
                          "acc_diff": float(np.max(np.abs(ch["pred"][loss]["test_acc"]
                                                          - ch["linearized"][loss]["test_acc"])))}
                   for loss in LOSSES}}
               for ch in study["checks"]]
-    return {"rows": rows, "agg": agg, "ranks": ranks, "checks": checks}
+    return {"rows": rows, "agg": agg, "ranks": ranks, "checks": checks, "tau": tau}
+
+
+def tau_max_error(errors: list[np.ndarray], c: float, tau: float) -> float | None:
+    """Largest relative loss error over the runs ``errors`` (each ``[steps]``, the error at step ``k``, i.e. at
+    ``τ = c·k``) up to ``τ``; ``None`` where the runs stop before reaching ``τ``."""
+    last = int(np.floor(tau / c + 1e-9))
+    if last >= min(len(e) for e in errors):
+        return None
+    return float(max(np.max(e[: last + 1]) for e in errors))
 
 
 def plot(summary: dict, study: dict, s: Settings, out_dir: Path) -> list[str]:
@@ -445,12 +477,12 @@ def write_markdown(summary: dict, study: dict, s: Settings, figures: list[str], 
         "",
         "## Setup",
         "",
-        f"- Models (embedded zoo, each with a fresh `lecun_normal` 10-way head, same key for all): "
-        f"{', '.join(f'`{m}`' for m in s.models)}.",
+        f"- Models (zoo `{s.zoo}`, each at its own input size and normalisation, with a fresh `lecun_normal` head "
+        f"of one output per class, same key for all): {', '.join(f'`{m}`' for m in s.models)}.",
         f"- Tasks: {', '.join(f'`{t}`' for t in s.tasks)} in regimes "
         f"{', '.join(_regime_label(r, s) for r in s.regimes)} (seed {s.seed}); regime `full` is capped at "
         f"{s.full_per_class} training images per class (class-balanced, `Task.scoring_set`) so the untraced "
-        f"kernels stay small (10 classes: N = {10 * s.full_per_class}, [N·O, N·O] = [{100 * s.full_per_class}]²); "
+        f"kernels stay small (C classes: N = {s.full_per_class}·C, [N·O, N·O] = [{s.full_per_class}·C²]²); "
         f"test accuracy on "
         f"a class-balanced subset of the test split, {s.test_per_class} images per class.",
         f"- Parameter subsets (`linfit.models.param_subsets`): {', '.join(s.subsets)}.",
@@ -503,6 +535,25 @@ def write_markdown(summary: dict, study: dict, s: Settings, figures: list[str], 
             cells.append(f"{m['err_end_median']:.3f} | {m['err_end_max']:.3f} | {m['drop_err_median']:.3f} | "
                          f"{m['broken']}/{a['runs']} | {bm} | {m['gap']:.3f}")
         lines.append(f"| {_regime_label(a['regime'], s)} | {a['subset']} | {a['runs']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Where the linearization holds, in τ = η·t·λ_max/N",
+        "",
+        "τ = c·t is the dimensionless time of the kernel's fastest mode (η/N the step on the summed loss, t in GD "
+        "steps). Per subset, loss and c: the largest relative training-loss error over all runs (models, tasks, "
+        f"regimes) up to τ (– : the runs stop earlier), the runs whose error ever exceeds {BREAK_THRESHOLD:.0%} and "
+        "the median τ at that break. If the error were a function of τ alone, the rows of one subset and loss "
+        "would agree across c.",
+        "",
+        "| subset | loss | c | runs | " + " | ".join(f"max err, τ ≤ {t:g}" for t in TAUS)
+        + " | broken | med. τ at break |",
+        "|---|---|---|---|" + "---|" * (len(TAUS) + 2),
+    ]
+    for t in summary["tau"]:
+        cells = " | ".join("–" if v is None else f"{v:.3f}" for v in t["max_err"].values())
+        tb = "–" if t["tau_break"] is None else f"{t['tau_break']:.2g}"
+        lines.append(f"| {t['subset']} | {t['loss'].upper()} | {t['c']:g} | {t['runs']} | {cells} | "
+                     f"{t['broken']}/{t['runs']} | {tb} |")
     lines += [
         "",
         "## Ranking: Spearman between linearized and real final test accuracy",
@@ -566,6 +617,23 @@ def findings(summary: dict, s: Settings) -> list[str]:
                            f"decrease median {np.median(drops):.3f}; "
                            f"{len(breaks)}/{len(g)} runs exceed {BREAK_THRESHOLD:.0%}{when}. Final test accuracy, "
                            f"linearized minus real: {gaps.mean():+.3f} (mean |·| {np.abs(gaps).mean():.3f}).")
+    for loss in LOSSES:
+        for subset in s.subsets:
+            g = [t for t in summary["tau"] if (t["subset"], t["loss"]) == (subset, loss)]
+            within, end = [], "the longest run ends there"  # τ of TAUS up to which every run that reaches it holds
+            for tau in TAUS:
+                reached = [t["max_err"][tau] for t in g if t["max_err"][tau] is not None]
+                if not reached:
+                    break
+                if max(reached) > BREAK_THRESHOLD:
+                    end = f"some run passes {BREAK_THRESHOLD:.0%} before τ = {tau:g}"
+                    break
+                within.append(tau)
+            else:
+                end = "as far as the table reads"
+            out.append(f"- {loss.upper()}, `{subset}`: every run within {BREAK_THRESHOLD:.0%} of real fine-tuning "
+                       + (f"up to τ = η·t·λ_max/N = {within[-1]:g} ({end})" if within else
+                          f"not even up to τ = {TAUS[0]:g}") + ".")
     for key, what in (("mse", "MSE prediction vs real MSE"), ("mse_vs_ce", "MSE prediction vs real CE"),
                       ("ce", "CE prediction vs real CE"), ("real_mse_vs_ce", "real MSE vs real CE (reference)")):
         rho = np.array([r[key] for r in summary["ranks"]])
@@ -585,6 +653,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="GD steps per run (default: the setting's)")
     parser.add_argument("--tasks", nargs="+", default=None, help="target tasks (default: the setting's)")
     parser.add_argument("--regimes", nargs="+", default=None, help="regimes (default: the setting's)")
+    parser.add_argument("--zoo", default=None, help="embedded (default), imagenet or a zoo TOML file")
+    parser.add_argument("--subsets", nargs="+", default=None, help="parameter subsets, nested (default: the setting's)")
+    parser.add_argument("--lr-fractions", nargs="+", type=float, default=None,
+                        help="c in η = c·N/λ_max (default: the setting's)")
+    parser.add_argument("--test-per-class", type=int, default=None,
+                        help="test images per class (default: the setting's)")
     parser.add_argument("--cached-only", action="store_true",
                         help="with --cache-dir: report only the blocks already stored (a cut-short study)")
     parser.add_argument("--models", nargs="+", default=None, help="zoo models (default: the setting's)")
@@ -592,14 +666,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="store each (task, regime, model) block here and reuse stored ones on a rerun")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else Settings()
-    if args.steps is not None:
-        s = dataclasses.replace(s, steps=args.steps)
-    if args.tasks is not None:
-        s = dataclasses.replace(s, tasks=tuple(args.tasks))
-    if args.regimes is not None:
-        s = dataclasses.replace(s, regimes=tuple(args.regimes))
-    if args.models is not None:
-        s = dataclasses.replace(s, models=tuple(args.models))
+    overrides = {"zoo": args.zoo, "steps": args.steps, "test_per_class": args.test_per_class,
+                 **{key: None if value is None else tuple(value) for key, value in
+                    (("tasks", args.tasks), ("regimes", args.regimes), ("models", args.models),
+                     ("subsets", args.subsets), ("lr_fractions", args.lr_fractions))}}
+    s = dataclasses.replace(s, **{key: value for key, value in overrides.items() if value is not None})
     if args.cache_dir is not None:
         args.cache_dir.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.environ.get("LINFIT_JAX_CACHE", "/tmp/linfit_jax_cache"))

@@ -92,11 +92,22 @@ def test_break_step_and_rel_error():
     assert ae.break_step(err[:2]) is None
 
 
+def test_tau_max_error_reads_steps_up_to_tau_over_c():
+    """Step k is at τ = c·k: with c = 0.5, τ ≤ 1 covers steps 0-2; a τ past the shortest run's last step is None."""
+    errors = [np.array([0.0, 0.01, 0.02, 0.5, 0.6]), np.array([0.0, 0.03, 0.01, 0.02])]
+    assert ae.tau_max_error(errors, 0.5, 1.0) == 0.03      # steps 0, 1, 2 of both runs
+    assert ae.tau_max_error(errors, 0.5, 1.5) == 0.5       # steps 0-3: the first run's step 3
+    assert ae.tau_max_error(errors, 0.5, 2.0) is None      # step 4 is past the second run
+    assert ae.tau_max_error(errors, 1.0, 0.5) == 0.0       # step 0 only
+
+
 def test_quick_study_runs_and_writes_report(tmp_path):
     out = ae.main(["--quick", "--steps", "2", "--models", "resnet8/generalist", "--regimes", "full",
                    "--out-dir", str(tmp_path)])
     text = (tmp_path / "approximation_error.md").read_text()
-    assert "## Ranking" in text and "## Check" in text and "full (≤5/class)" in text
+    assert "## Ranking" in text and "## Check" in text and "full (≤5/class)" in text and "τ = η·t·λ_max/N" in text
+    assert {(t["subset"], t["loss"]) for t in out["tau"]} == {(sub, loss) for sub in ("head", "all")
+                                                              for loss in ("mse", "ce")}
     assert all((tmp_path / name).stat().st_size > 0 for name in
                ("approximation_error_curves.png", "approximation_error_relerr.png", "approximation_error_ranking.png"))
     # regime "full" is capped class-balanced: 5 per class x 10 classes
