@@ -175,7 +175,10 @@ def _saved_inputs(work: Path, stem: str) -> dict:
 
 
 def _record_key(model: str, phase: str, impl: str, subset: str, args) -> str:
-    """What a recorded phase was run with: model, N, input side, phase, settings that change its result."""
+    """What a recorded phase was run with: model, N, input side, phase, settings that change its result (for
+    ``scores``, the kernels' subsets it reads: a rerun with another subset scores again)."""
+    if phase == "scores":
+        subset = "+".join(sorted(args.subsets))
     return "|".join(map(str, (model, args.n[0], args.size, phase, impl, subset, args.memory_budget,
                               args.head_samples, args.seed)))
 
