@@ -28,7 +28,7 @@ from linfit.errors import ShapeError, UnknownNameError
 from linfit.models import create, features_fn, init, param_subsets
 from linfit.models.compiled import head_logits, penultimate_features
 from linfit.scores.lgc import PAPER_PROJECTION_DIM, lgc_kernel
-from linfit.scores.registry import INPUT_NAMES
+from linfit.scores.registry import INPUT_NAMES, SOURCE_INPUTS
 from linfit.timing import Stopwatch
 
 
@@ -161,7 +161,7 @@ def extract_inputs(
         raise UnknownNameError(f"unknown score inputs {sorted(unknown)}; known: {list(INPUT_NAMES)}")
     if "probe_features" in needs and task is None:
         raise ShapeError("the input 'probe_features' (RSA) needs the task-level inputs: pass task=TaskInputs(...)")
-    if needs & {"source_class_means", "source_class_counts"} and source_data is None:
+    if needs & SOURCE_INPUTS and source_data is None:
         raise ShapeError("Domain Similarity's inputs need the model's source data: pass source_data=(x, y)")
     inputs: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -193,7 +193,7 @@ def extract_inputs(
     if "ntk_last_conv_projected" in needs:
         timed("ntk_last_conv_projected", lambda: lgc_kernel(model, variables, x, params_filter=last_conv,
                                                             projection_dim=PAPER_PROJECTION_DIM, **kernel_options))
-    if needs & {"source_class_means", "source_class_counts"}:
+    if needs & SOURCE_INPUTS:
         with Stopwatch() as watch:
             inputs["source_class_means"], inputs["source_class_counts"] = _source_statistics(
                 model, variables, *source_data, batch_size)

@@ -30,6 +30,7 @@ from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES
 from linfit.dynamics import LinearizedDynamics
 from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
+from linfit.scores.registry import SOURCE_INPUTS
 from linfit.scores.summaries import SUMMARY
 from linfit.zoo.source import ZooEntry, check_source_domains, load_zoo
 from linfit.timing import Stopwatch
@@ -196,7 +197,7 @@ def select(
             if entry.preprocessing not in prepared:
                 prepared[entry.preprocessing] = entry.preprocessing.prepare(subset.x)
             source = None
-            if needs & {"source_class_means", "source_class_counts"}:
+            if needs & SOURCE_INPUTS:
                 source_x, source_y = source_sample(entry.source_domain, seed=seed)
                 source = (entry.preprocessing.prepare(source_x), source_y)
         load_seconds += loading.run_seconds

@@ -48,6 +48,7 @@ from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.finetune import PAPER_LEARNING_RATES, FinetuneConfig, GridProtocol, finetune_grid
 from linfit.models import features_fn
+from linfit.scores.registry import SOURCE_INPUTS
 from linfit.select import DEFAULT_SCORES
 from linfit.timing import Stopwatch
 from linfit.zoo.source import ZOO_NAMES, ZooEntry, check_source_domains, load_zoo
@@ -347,7 +348,7 @@ def _compute_scores(unit: Unit, config: BenchConfig, weights_dir) -> dict:
     registered = [score_registry.get(name) for name in unit.parts]
     needs = set().union(*(s.needs for s in registered))
     source = None
-    if needs & {"source_class_means", "source_class_counts"}:
+    if needs & SOURCE_INPUTS:
         source_x, source_y = source_sample(entry.source_domain, seed=cfg["seed"])
         source = (entry.preprocessing.prepare(source_x), source_y)
     watch = Stopwatch().start()

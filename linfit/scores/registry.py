@@ -46,6 +46,9 @@ INPUT_NAMES = (
     "key",
 )
 
+SOURCE_INPUTS = frozenset({"source_class_means", "source_class_counts"})
+"""The inputs computed from the source dataset's images (Domain Similarity)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Score:

@@ -195,8 +195,9 @@ def check_source_domains(entries: list[ZooEntry], scores) -> None:
       ConfigError: naming the scores, up to five such models and the fix.
     """
     from linfit.data import catalog
+    from linfit.scores.registry import SOURCE_INPUTS  # the callers hold the scores; the zoo alone does not need them
 
-    users = [s.name for s in scores if {"source_class_means", "source_class_counts"} & set(s.needs)]
+    users = [s.name for s in scores if SOURCE_INPUTS & set(s.needs)]
     if not users:
         return
     known = {"union", *catalog.names("source")}  # "union": the generalist's, all source domains
