@@ -27,7 +27,7 @@ abstract from ``jax.eval_shape`` so large models need not be initialised) and ra
 ``CheckpointError`` listing all missing, unexpected and mis-shaped keys. Nothing is ever downloaded.
 
 Integrity: a file that cannot be decoded (truncated, not msgpack, not a zip) raises ``CheckpointError``
-naming it; every reader passes the tensors it read to :func:`check_finite`, so NaN / inf weights fail at
+naming it; every reader passes the tensors it read to :func:`check_weights`, so NaN, inf and impossibly large weights fail at
 load; where a manifest records a content hash (the zoo's ``manifest.json``), :func:`check_sha256`
 compares it with the file's (:func:`file_sha256`) before anything is decoded.
 """
@@ -59,18 +59,23 @@ _TORCH_LEAF = {
 }
 _TORCH_IGNORED_SUFFIXES = ("num_batches_tracked",)
 _MAX_LISTED = 10
+MAX_ABS_WEIGHT = 1e10
+"""The largest weight magnitude a checkpoint may hold. No trained network has a larger one, while about 40 % of
+random float32 bit patterns (garbled bytes) decode to one: :func:`check_weights` rejects them."""
 
 
 # --------------------------------------------------------------------------- integrity
 
 
-def check_finite(tensors: Mapping[str, Any], source: str) -> None:
-    """Raise ``CheckpointError`` if any floating tensor read from a checkpoint holds NaN or ±inf.
+def check_weights(tensors: Mapping[str, Any], source: str) -> None:
+    """Raise ``CheckpointError`` if any floating tensor read from a checkpoint holds NaN, ±inf or a value above
+    :data:`MAX_ABS_WEIGHT` in absolute value.
 
     Call it on the tensors exactly as read from the file, before any dtype conversion, layout change or
     mapping onto a model, so the message names them as the file does. Every reader in this module does;
     a reader of another format (e.g. a PyTorch state dict) should too, after converting its tensors to
-    numpy. A corrupted file otherwise loads silently and yields finite-looking but meaningless scores.
+    numpy. A corrupted file otherwise loads silently and yields finite-looking but meaningless scores. Garbled
+    bytes that decode to plausible values are caught only by a recorded sha256 (``check_sha256``).
 
     Args:
       tensors: the tensors of one file, nested (``{"params": {"conv1": {"kernel": arr}}}``, as in a linfit
@@ -81,8 +86,8 @@ def check_finite(tensors: Mapping[str, Any], source: str) -> None:
       source: what the message names as the origin, usually the file path.
 
     Raises:
-      CheckpointError: naming ``source`` and each non-finite tensor with its count of NaN and inf entries
-        (the first 10 tensors, and how many more).
+      CheckpointError: naming ``source`` and each bad tensor with its count of NaN, inf and oversized entries
+        and its largest finite magnitude (the first 10 tensors, and how many more).
     """
     bad = []
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(dict(tensors))[0]:
@@ -90,14 +95,20 @@ def check_finite(tensors: Mapping[str, Any], source: str) -> None:
         if not jnp.issubdtype(arr.dtype, jnp.inexact):
             continue
         finite = np.isfinite(arr)
-        if not finite.all():
+        magnitude = np.abs(np.where(finite, arr, 0))
+        holds_huge = float(jnp.finfo(arr.dtype).max) > MAX_ABS_WEIGHT  # float16 cannot: its finite max is 65504
+        huge = int(np.count_nonzero(magnitude > MAX_ABS_WEIGHT)) if holds_huge else 0
+        if huge or not finite.all():
             nan = int(np.isnan(arr).sum())
-            bad.append(f"{path_str(key_path)} ({nan} NaN, {arr.size - int(finite.sum()) - nan} inf of {arr.size})")
+            inf = arr.size - int(finite.sum()) - nan
+            bad.append(f"{path_str(key_path)} ({nan} NaN, {inf} inf, {huge} above {MAX_ABS_WEIGHT:.0e} of "
+                       f"{arr.size}; largest finite {float(magnitude.max(initial=0)):.2g})")
     if bad:
         more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise CheckpointError(
-            f"{source}: non-finite weights in {len(bad)} tensor(s): {', '.join(bad[:_MAX_LISTED])}{more}. "
-            "The file is corrupted or was saved from a diverged model; restore it from its source or re-export it."
+            f"{source}: impossible weights (NaN, inf or above {MAX_ABS_WEIGHT:.0e} in absolute value) in {len(bad)} "
+            f"tensor(s): {', '.join(bad[:_MAX_LISTED])}{more}. The file is corrupted or was saved from a diverged "
+            "model; restore it from its source or re-export it."
         )
 
 
@@ -214,10 +225,10 @@ def load(path: str | os.PathLike, *, target: Mapping[str, Any] | None = None) ->
 
     Raises:
       CheckpointError: unreadable file (missing, truncated, not a linfit msgpack); a NaN / inf tensor
-        (:func:`check_finite`); or (with ``target``) missing / unexpected / mis-shaped keys.
+        (:func:`check_weights`); or (with ``target``) missing / unexpected / mis-shaped keys.
     """
     variables = _read_payload(path)["variables"]
-    check_finite(variables, str(path))
+    check_weights(variables, str(path))
     if target is not None:
         try:
             check_same_structure(dict(target), variables, what=f"variables in {path}")
@@ -240,7 +251,7 @@ def load_metadata(path: str | os.PathLike) -> dict:
 
 
 def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Flat name -> array from a ``.safetensors`` or ``.npz`` file, checked finite (:func:`check_finite`)."""
+    """Flat name -> array from a ``.safetensors`` or ``.npz`` file, checked (:func:`check_weights`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -266,7 +277,7 @@ def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"unsupported checkpoint suffix {path.suffix!r} for {path}; expected .safetensors or .npz"
         )
-    check_finite(arrays, str(path))
+    check_weights(arrays, str(path))
     return arrays
 
 
@@ -394,7 +405,7 @@ def load_torchvision(path: str | os.PathLike, model: Any, variables: Mapping[str
 
     Raises:
       CheckpointError: unreadable file (missing, truncated, not a zip / safetensors); a NaN / inf tensor
-        (:func:`check_finite`); keys missing for some model leaf; file keys the model does not use (other
+        (:func:`check_weights`); keys missing for some model leaf; file keys the model does not use (other
         than ``*.num_batches_tracked``); shapes that differ after the layout conversion.
     """
     return load_torch_state_dict(_read_arrays(path), model, variables, source=str(path))

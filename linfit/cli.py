@@ -46,6 +46,8 @@ class _Parser(argparse.ArgumentParser):
                     options.update(parser._option_string_actions)
         hints = []
         for word in message[len(prefix):].split():
+            if word.split("=")[0] in self._option_string_actions:  # an option of `linfit` itself, after the command
+                return f"; {word.split('=')[0]} goes before the command: `{self.prog} {word} <command> ...`"
             close = difflib.get_close_matches(word.split("=")[0], sorted(options), n=1, cutoff=0.6)
             if word.startswith("-") and close:
                 hints.append(f"{close[0]} (for {word})")

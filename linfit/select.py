@@ -28,7 +28,7 @@ from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
 from linfit.data.detect import require_classes
 from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
 from linfit.dynamics import LinearizedDynamics
-from linfit.errors import ConfigError, check_known
+from linfit.errors import ConfigError, NonFiniteError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.scores.registry import SOURCE_INPUTS
 from linfit.scores.summaries import SUMMARY
@@ -201,17 +201,22 @@ def select(
                 source_x, source_y = source_sample(entry.source_domain, seed=seed)
                 source = (entry.preprocessing.prepare(source_x), source_y)
         load_seconds += loading.run_seconds
-        inputs, seconds = extract_inputs(model, variables, prepared[entry.preprocessing], needs, task=task_inputs,
-                                         source_data=source, seed=seed, model_name=entry.name, task_name=task_name,
-                                         head_samples=head_samples)
+        try:
+            inputs, seconds = extract_inputs(model, variables, prepared[entry.preprocessing], needs, task=task_inputs,
+                                             source_data=source, seed=seed, model_name=entry.name,
+                                             task_name=task_name, head_samples=head_samples)
+            row = {"model": entry.name, "reference": entry.reference}
+            for score in registered:
+                with Stopwatch() as scoring:
+                    row[score.name] = score(subset.y, **inputs)
+                row[f"seconds_{score.name}"] = scoring.run_seconds
+        except NonFiniteError as err:
+            raise NonFiniteError(f"model {entry.name} (checkpoint {entry.path}): {err}. Its weights passed the load "
+                                 "checks, so they overflow in its forward pass: the file is probably damaged - "
+                                 "restore it, and record its sha256 in the zoo file to catch any change") from err
         seconds.pop("source_class_counts", None)  # computed together with the class means, timed once
         for key, value in seconds.items():
             input_seconds[key] = input_seconds.get(key, 0.0) + value
-        row = {"model": entry.name, "reference": entry.reference}
-        for score in registered:
-            with Stopwatch() as scoring:
-                row[score.name] = score(subset.y, **inputs)
-            row[f"seconds_{score.name}"] = scoring.run_seconds
         rows.append(row)
         if "ntk" in inputs:
             curves[entry.name] = _loss_curve(inputs["ntk"], subset.y)
@@ -304,7 +309,9 @@ def format_table(selection: Selection, *, top: int = 3, timing: bool = True) -> 
         label = row.model + (" *" if row.reference else "")
         cells = "".join(f"{row[n]:>{_column_width(n)}.4f} #{row[f'rank_{n}']:<3d}" for n in names)
         lines.append(f"{label:{model_width}s}{cells}".rstrip())
-    lines += ["* the generalist (reference) model", "", "Scores:"]
+    if table.reference.any():
+        lines.append("* the reference model (e.g. the generalist)")
+    lines += ["", "Scores:"]
     name_width = max(len(n) for n in names)
     for n in names:
         score = score_registry.get(n)

@@ -45,7 +45,7 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
-from linfit.checkpoints import check_finite
+from linfit.checkpoints import check_weights
 from linfit.errors import CheckpointError
 
 __all__ = ["read_numpy_pickle", "read_torch_checkpoint"]
@@ -233,7 +233,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             struct.error, zipfile.BadZipFile, OSError, RecursionError) as err:
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {err} (only tensors inside "
                               "dicts, lists and tuples are read; save model.state_dict(), not the model)") from None
-    check_finite(arrays, str(path))
+    check_weights(arrays, str(path))
     return arrays
 
 
@@ -270,7 +270,7 @@ def read_numpy_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: cannot be read as a pickle of numpy arrays: {err}") from None
     if not arrays:
         raise CheckpointError(f"{path}: the pickle holds no numpy arrays")
-    check_finite(arrays, str(path))
+    check_weights(arrays, str(path))
     return arrays
 
 

@@ -361,7 +361,7 @@ def test_big_vision_npz_round_trip_and_strictness(tmp_path):
 # ----------------------------------------------------------------------------- integrity: non-finite, garbled
 
 
-def test_check_finite_names_each_bad_tensor_with_its_counts():
+def test_check_weights_names_each_bad_tensor_with_its_counts():
     nested = {
         "params": {
             "conv": {"kernel": np.array([[1.0, np.nan], [np.inf, -np.inf]], np.float16)},
@@ -371,14 +371,33 @@ def test_check_finite_names_each_bad_tensor_with_its_counts():
         "batch_stats": {"count": np.array([2**31 - 1], np.int32)},
     }
     with pytest.raises(CheckpointError) as err:
-        checkpoints.check_finite(nested, "some/file.msgpack")
+        checkpoints.check_weights(nested, "some/file.msgpack")
     message = str(err.value)
     assert message.startswith("some/file.msgpack:")
-    assert "params/conv/kernel (1 NaN, 2 inf of 4)" in message and "params/bias (2 NaN, 0 inf of 3)" in message
+    assert "params/conv/kernel (1 NaN, 2 inf, 0 above 1e+10 of 4; largest finite 1)" in message
+    assert "params/bias (2 NaN, 0 inf, 0 above 1e+10 of 3; largest finite 1)" in message
     assert "params/ok" not in message and "batch_stats" not in message
-    with pytest.raises(CheckpointError, match=r"layer1\.0\.conv1\.weight \(0 NaN, 1 inf of 2\)"):
-        checkpoints.check_finite({"layer1.0.conv1.weight": np.array([1.0, 1e309])}, "w.safetensors")
-    checkpoints.check_finite({"a": np.zeros(3), "b": np.arange(3)}, "fine")  # finite: no error
+    with pytest.raises(CheckpointError, match=r"layer1\.0\.conv1\.weight \(0 NaN, 1 inf, 0 above 1e\+10 of 2"):
+        checkpoints.check_weights({"layer1.0.conv1.weight": np.array([1.0, 1e309])}, "w.safetensors")
+    # finite but impossibly large: what garbled bytes decode to
+    with pytest.raises(CheckpointError, match=r"w \(0 NaN, 0 inf, 1 above 1e\+10 of 3; largest finite 4\.5e\+24\)"):
+        checkpoints.check_weights({"w": np.array([0.5, -4.5e24, 1e10], np.float32)}, "w.msgpack")
+    checkpoints.check_weights({"a": np.zeros(3), "b": np.arange(3), "c": np.array([-1e10, 3e4])}, "fine")
+
+
+def test_garbled_float32_bytes_are_caught_by_their_magnitude():
+    """64 random bytes (16 float32 values) written over a weight tensor: the check rejects them for 200 of 200
+    seeds (each value exceeds 1e10 or is NaN/inf with probability ~0.37, so 16 all pass with ~6e-4)."""
+    caught = 0
+    for seed in range(200):
+        weights = np.random.default_rng(seed).normal(0, 0.1, 256).astype(np.float32)
+        start = np.random.default_rng(seed).integers(0, 240)
+        weights[start : start + 16] = np.frombuffer(np.random.default_rng(seed + 1000).bytes(64), np.float32)
+        try:
+            checkpoints.check_weights({"kernel": weights}, "w.msgpack")
+        except CheckpointError:
+            caught += 1
+    assert caught == 200
 
 
 def _poison(flat: dict, key: str, value: float) -> dict:

@@ -61,6 +61,7 @@ def _error(argv, capsys) -> str:
     (["select", "--plot", "/nonexistent/dir/x.png", "--models", *TWO], "no folder '/nonexistent/dir' to save"),
     (["select", "--sed", "3", "--models", *TWO], "unrecognized arguments: --sed 3; did you mean --seed (for --sed)?"),
     (["bench", "--db", "x.sqlite", "--shrad", "1/2"], "did you mean --shard (for --shrad)?"),
+    (["select", "--models", *TWO, "--debug"], "--debug goes before the command: `linfit --debug <command> ...`"),
 ])
 def test_select_errors_are_one_line_in_cli_terms_before_any_work(argv, expected, capsys, no_work):
     line = _error(argv, capsys)

@@ -182,6 +182,8 @@ GOOD = '[[model]]\nname = "a"\narchitecture = "small_cnn"\noptions = { width = 4
     (GOOD.replace('format = "msgpack"\n', ""), "missing key(s) ['format']"),
     (GOOD.replace("a.msgpack", "nothere.msgpack"), "nothere.msgpack does not exist"),
     (GOOD.replace('"small_cnn"', '"resnet9"'), "unknown architecture 'resnet9'"),
+    (GOOD.replace('"small_cnn"', '"resnet8"'),
+     'the embedded zoo\'s \'resnet8\' is architecture = "cifar_resnet8" with options = { width = 8 }'),
     (GOOD.replace('"msgpack"', '"onnx"'), "unknown format 'onnx'"),
     (GOOD + "reference = true\n" + GOOD.replace('"a"', '"b"') + "reference = true\n", "2 models have reference"),
     (GOOD + GOOD, "both named 'a'"),
@@ -222,7 +224,7 @@ def test_load_checks_sha256_then_finiteness(tmp_path):
     variables["params"]["conv1"]["kernel"][0, 0, 0, 0] = np.nan
     checkpoints.save(tmp_path / "a.msgpack", variables)
     (entry,) = load_zoo(_zoo_with(tmp_path, GOOD, files=()))
-    with pytest.raises(CheckpointError, match="non-finite weights"):
+    with pytest.raises(CheckpointError, match="impossible weights"):
         entry.load()
 
 
@@ -377,6 +379,27 @@ def test_select_own_zoo_on_own_images_each_model_at_its_own_preprocessing(zoo_di
     for entry in load_zoo(root / "zoo.toml"):
         np.testing.assert_allclose(seen[entry.name], _pil_prepare(subset.x, entry.preprocessing), rtol=0,
                                    atol=1e-5 / min(entry.preprocessing.std), err_msg=entry.name)
+
+
+def test_select_names_the_model_whose_inputs_are_not_finite(zoo_dir, png_folder, monkeypatch, capsys):
+    """Weights that pass the load checks but overflow in the forward pass: the error names the model and its file."""
+    import linfit.select as select_module
+
+    root, _ = zoo_dir
+    real = select_module.extract_inputs
+
+    def overflowing(model, variables, x, *args, model_name, **kwargs):
+        inputs, seconds = real(model, variables, x, *args, model_name=model_name, **kwargs)
+        if model_name == "resnet/pth":
+            inputs["features"] = np.full_like(inputs["features"], np.inf)
+        return inputs, seconds
+
+    monkeypatch.setattr(select_module, "extract_inputs", overflowing)
+    assert main(["select", "--zoo", str(root / "zoo.toml"), "--models", "cnn/gray", "resnet/pth", "--data",
+                 str(png_folder), "--regime", "5shot", "--scores", "lfc", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "model resnet/pth (checkpoint " in err and "resnet.pth): features contains" in err
+    assert "record its sha256" in err and "Traceback" not in err
 
 
 def test_select_json_ranks_the_toml_zoo(zoo_dir, png_folder, capsys):

@@ -2,7 +2,7 @@
 
 The committed zoo lives in ``linfit/zoo/weights/`` (``manifest.json`` plus one float16 linfit checkpoint per
 model, see :mod:`linfit.zoo.builder`); ``weights_dir`` points at another build. ``load`` checks a weight file
-against the sha256 the manifest records for it before decoding it, then rejects NaN / inf weights.
+against the sha256 the manifest records for it before decoding it, then rejects NaN, inf and impossibly large weights.
 """
 
 from __future__ import annotations
@@ -90,12 +90,12 @@ def load(name: str, *, weights_dir=None) -> ZooModel:
     """Load the zoo model ``name`` (see :func:`names`) from a zoo build (default: the committed zoo).
 
     The weight file's sha256 is checked against the one ``manifest.json`` records for it (hashing the whole
-    committed zoo takes milliseconds), then its tensors are checked finite (``checkpoints.check_finite``).
+    committed zoo takes milliseconds), then its tensors are checked (``checkpoints.check_weights``).
 
     Raises:
       UnknownNameError: ``name`` is not a zoo model.
       CheckpointError: its weight file is missing, differs from the manifest's sha256, cannot be decoded,
-        holds NaN / inf weights, or does not match the architecture.
+        holds NaN, inf or impossibly large weights, or does not match the architecture.
     """
     path = Path(weights_dir or WEIGHTS_DIR) / spec.entry(name).file_name
     expected = _recorded_sha256(weights_dir, path.name)

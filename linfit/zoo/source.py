@@ -21,7 +21,7 @@ reference flag, source domain), from one of three sources (:func:`load_zoo`):
     std = [1.0]                                #   to "RGB", mean to 0 and std to 1 per channel
 
 ``select``, the benchmark and the reports take any of these lists. Every load checks the recorded sha256 (when
-there is one) before decoding, and every reader rejects NaN / inf weights (``linfit.checkpoints.check_finite``).
+there is one) before decoding, and every reader rejects NaN, inf and impossibly large weights (``linfit.checkpoints.check_weights``).
 
 Example::
 
@@ -259,7 +259,12 @@ def _entry(toml: Path, index: int, table: dict) -> ZooEntry:
 
     arch, fmt = table["architecture"], table["format"]
     if arch not in models.names():
-        raise ConfigError(f"{where}: unknown architecture {arch!r}; linfit.models registers "
+        from linfit.zoo.spec import ARCHITECTURES
+
+        embedded = ARCHITECTURES.get(arch)
+        hint = ("" if embedded is None else f" (the embedded zoo's {arch!r} is architecture = "
+                f"\"{embedded.base}\" with options = {{ {', '.join(f'{k} = {v}' for k, v in embedded.kwargs.items())} }})")
+        raise ConfigError(f"{where}: unknown architecture {arch!r}{hint}; linfit.models registers "
                           f"{', '.join(models.names())}")
     if fmt not in FORMATS:
         raise ConfigError(f"{where}: unknown format {fmt!r}; known: "
