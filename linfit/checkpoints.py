@@ -224,8 +224,8 @@ def load(path: str | os.PathLike, *, target: Mapping[str, Any] | None = None) ->
         have exactly its paths and shapes.
 
     Raises:
-      CheckpointError: unreadable file (missing, truncated, not a linfit msgpack); a NaN / inf tensor
-        (:func:`check_weights`); or (with ``target``) missing / unexpected / mis-shaped keys.
+      CheckpointError: unreadable file (missing, truncated, not a linfit msgpack); an impossible tensor (NaN, inf,
+        above 1e10; :func:`check_weights`); or (with ``target``) missing / unexpected / mis-shaped keys.
     """
     variables = _read_payload(path)["variables"]
     check_weights(variables, str(path))
@@ -404,8 +404,8 @@ def load_torchvision(path: str | os.PathLike, model: Any, variables: Mapping[str
       A new variables tree (float32 ``jax.Array`` leaves) with every leaf taken from the file.
 
     Raises:
-      CheckpointError: unreadable file (missing, truncated, not a zip / safetensors); a NaN / inf tensor
-        (:func:`check_weights`); keys missing for some model leaf; file keys the model does not use (other
+      CheckpointError: unreadable file (missing, truncated, not a zip / safetensors); an impossible tensor (NaN, inf,
+        above 1e10; :func:`check_weights`); keys missing for some model leaf; file keys the model does not use (other
         than ``*.num_batches_tracked``); shapes that differ after the layout conversion.
     """
     return load_torch_state_dict(_read_arrays(path), model, variables, source=str(path))

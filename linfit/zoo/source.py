@@ -107,8 +107,8 @@ class ZooEntry:
         classes as the checkpoint's classifier, and its float32 variables.
 
         Raises:
-          CheckpointError: the file is missing, differs from its sha256, cannot be decoded, holds NaN / inf
-            weights, or does not match the architecture (missing, unexpected, mis-shaped tensors).
+          CheckpointError: the file is missing, differs from its sha256, cannot be decoded, holds NaN, inf or
+            impossibly large weights, or does not match the architecture (missing, unexpected, mis-shaped tensors).
           UnknownNameError: the architecture is not registered in ``linfit.models``.
         """
         if self.format == "embedded":
