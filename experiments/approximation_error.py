@@ -1,9 +1,9 @@
 """How well does the linearized model predict real fine-tuning? (the study the paper did not run)
 
 Deshpande et al. 2021 (arXiv 2102.00084, §2, Proposition 1) predict fine-tuning with the closed-form MSE
-dynamics of the model linearized at the pre-trained weights. This script measures, on the embedded zoo, how far
-that prediction is from real fine-tuning, over training steps, on any zoo (``--zoo``: the embedded one by default,
-``imagenet`` for the real ImageNet backbones, each at its own input size and normalisation, or a TOML file):
+dynamics of the model linearized at the pre-trained weights. This script measures how far that prediction is from
+real fine-tuning, over training steps, on any zoo (``--zoo``: the embedded one by default, ``imagenet`` for the real
+ImageNet backbones, each at its own input size and normalisation, or a TOML file):
 
 (a) CLOSED FORM: ``linfit.dynamics.LinearizedDynamics`` on the exact fine-tuning NTK of the model with its new
     head (untraced, ``[N·O, N·O]``: the specific head makes the kernel differ across logits, so the traced
@@ -17,8 +17,8 @@ that prediction is from real fine-tuning, over training steps, on any zoo (``--z
     ``finetune(mode="linearized", loss="ce")`` (GD in parameter space) like (a) against (b).
 
 Protocol. Every run is full-batch gradient descent (no momentum, no weight decay, constant step η, BatchNorm
-frozen in evaluation mode, as the linearized model has it) from one fresh ``lecun_normal`` head with one output per target class. Time
-axes: ``finetune`` minimises the MEAN over samples of ½‖f(x) − onehot(y)‖², so a step η on it is a step η/N on
+frozen in evaluation mode, as the linearized model has it) from one fresh ``lecun_normal`` head, one output per
+target class. Time axes: ``finetune`` minimises the MEAN over samples of ½‖f(x) − onehot(y)‖², so a step η on it is a step η/N on
 the dynamics' loss ½ Σ over samples and outputs: (a) uses ``learning_rate = η/N`` and ``train_loss/N``.
 ``finetune``'s ``train_loss[e]`` is the loss before step e (full batch: at the weights after e steps) and its
 test metrics come after step e+1; both sides are compared at those same step counts. The step size is set per
@@ -237,7 +237,8 @@ def break_step(err: np.ndarray, threshold: float = BREAK_THRESHOLD) -> int | Non
 
 def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = False, log=print) -> dict:
     """Run every configuration of ``s`` (each (task, regime, model) block is stored in ``cache_dir`` if
-    given, and read back instead of rerun when already there; ``cached_only``: skip blocks not stored); returns ``{"runs": [...], "checks": [...], "seconds": float}``."""
+    given, and read back instead of rerun when already there; ``cached_only``: skip blocks not stored); returns ``{"runs": [...], "checks": [...], "skipped": [...], "reused": [...], "seconds": float}`` (skipped:
+    blocks not run; reused: blocks read from the cache)."""
     start = time.perf_counter()
     runs, checks, skipped, reused = [], [], [], []
     entries = {entry.name: entry for entry in load_zoo(s.zoo)}
