@@ -130,11 +130,13 @@ def groups(nbytes: Sequence[int]) -> list[list[int]]:
     cap = GROUP_BUDGET_SHARE * memory_budget()
     result: list[list[int]] = []
     pending: list[int] = []
+    pending_bytes = 0
     for i, size in enumerate(nbytes):
-        if pending and sum(nbytes[j] for j in pending) + size > cap:
+        if pending and pending_bytes + size > cap:
             result.append(pending)
-            pending = []
+            pending, pending_bytes = [], 0
         pending.append(i)
+        pending_bytes += size
     return result + [pending] if pending else result
 
 

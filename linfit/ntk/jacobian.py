@@ -11,7 +11,8 @@ when samples are independent (``vmap_axes=0``), with the convolution and max-poo
 ``x2=None`` (``Theta(x1, x1)``, symmetric) and an output axis left untraced: only the row blocks on or above
 the diagonal are multiplied (:data:`linfit.ntk._contract.SYMMETRIC_MAX_BLOCKS`; 37.5 % fewer multiply-adds
 from 256 samples). Memory: ``(N1 + N2) * O * P`` numbers for ``O`` outputs per sample and ``P`` parameters
-(``N1 * O * P`` when ``x2 is None``).
+(``N1 * O * P`` when ``x2 is None``), and up to as much again for the contraction's concatenated groups
+(:func:`linfit.ntk.cost.jacobian_cost` counts both).
 """
 
 from __future__ import annotations
