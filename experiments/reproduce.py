@@ -6,6 +6,7 @@ figures with ``linfit.bench.report``.
 
     python experiments/reproduce.py --preset evidence20-resnet8    # the converged multi-seed ground truth (issue 13)
     python experiments/reproduce.py --preset evidence20-resnet8 --tasks font_digits hebrew   # a balanced part
+    python experiments/reproduce.py --preset evidence20-resnet8 --draws 0   # every task's first k-shot draw
     python experiments/reproduce.py --preset smoke        # 3 models, 2 tasks, 5-shot, a few SGD steps (a minute)
     python experiments/reproduce.py --preset full --report-only   # the report of the committed store
 
@@ -90,8 +91,9 @@ def architecture_models(architecture: str, *, multibn: bool = True) -> tuple[str
     return tuple(n for n in zoo.names() if n.startswith(f"{architecture}/") and (multibn or "/multibn/" not in n))
 
 
-def preset(name: str, tasks: tuple[str, ...] | None = None) -> BenchConfig:
-    """The grid of a preset (see the module docstring); ``tasks`` replaces the preset's target tasks."""
+def preset(name: str, tasks: tuple[str, ...] | None = None, draws: tuple[int, ...] | None = None) -> BenchConfig:
+    """The grid of a preset (see the module docstring); ``tasks`` replaces the preset's target tasks and ``draws``
+    its k-shot draws (a part of the grid: the units' keys do not depend on which part computed them)."""
     if name not in PRESETS:
         raise SystemExit(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     targets = tuple(embedded.target_domains())
@@ -112,7 +114,9 @@ def preset(name: str, tasks: tuple[str, ...] | None = None) -> BenchConfig:
         config = BenchConfig(models=models, tasks=targets[:2], regimes=("5shot",), scores=("lfc", "logme", "leep"),
                              per_class=5, learning_rates=(0.01,), finetune_seeds=(0, 1),
                              protocol=GridProtocol(window=5, max_steps=20, max_extensions=0))
-    return config if tasks is None else dataclasses.replace(config, tasks=tuple(tasks))
+    if tasks is not None:
+        config = dataclasses.replace(config, tasks=tuple(tasks))
+    return config if draws is None else dataclasses.replace(config, seeds=tuple(draws))
 
 
 def default_paths(name: str) -> tuple[pathlib.Path, pathlib.Path]:
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="evidence20-resnet8", choices=PRESETS)
     parser.add_argument("--tasks", nargs="+", default=None, help="run these target tasks only (a part of the grid)")
+    parser.add_argument("--draws", nargs="+", type=int, default=None,
+                        help="run these k-shot draws only (a part of the grid), e.g. --draws 0")
     parser.add_argument("--db", default=None, help="SQLite store (default: see the module docstring)")
     parser.add_argument("--out", default=None, help="report folder (default: next to the store, same stem)")
     parser.add_argument("--shard", default="0/1")
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     default_db, default_out = default_paths(args.preset)
     db, out = pathlib.Path(args.db or default_db), pathlib.Path(args.out or default_out)
-    config = preset(args.preset, args.tasks)
+    config = preset(args.preset, args.tasks, args.draws)
     if not args.report_only:
         with ResultStore(db) as store:
             done = run_bench(config, store, shard=parse_shard(args.shard), progress=True)

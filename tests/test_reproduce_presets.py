@@ -1,0 +1,28 @@
+"""experiments/reproduce.py: a part of a preset's grid (``--tasks``, ``--draws``) is a subset of its units, so the
+parts of a resumable run fill one store."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from linfit.bench.grid import units
+
+_PATH = Path(__file__).resolve().parent.parent / "experiments" / "reproduce.py"
+_spec = importlib.util.spec_from_file_location("reproduce", _PATH)
+reproduce = importlib.util.module_from_spec(_spec)
+sys.modules["reproduce"] = reproduce
+_spec.loader.exec_module(reproduce)
+
+
+def _keys(config):
+    return {(u.kind, u.config["task"], u.config["seed"], u.config["model"]): u.key for u in units(config)}
+
+
+def test_a_part_of_the_evidence_grid_has_the_whole_grids_keys():
+    whole = _keys(reproduce.preset("evidence20-resnet8"))
+    part = _keys(reproduce.preset("evidence20-resnet8", ("hebrew", "font_digits"), (0,)))
+    models = reproduce.architecture_models("resnet8")
+    assert set(part) == {(kind, task, 0, model) for kind in ("scores", "finetune")
+                         for task in ("hebrew", "font_digits") for model in models}
+    assert all(whole[coords] == key for coords, key in part.items())
+    assert len(whole) == 2 * len(models) * 11 * len(reproduce.EVIDENCE_KSHOT_SEEDS)
