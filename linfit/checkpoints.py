@@ -46,7 +46,7 @@ import numpy as np
 from flax import serialization
 
 from linfit.errors import CheckpointError, TreeMismatchError
-from linfit.tree import check_same_structure, path_str
+from linfit.tree import check_same_structure, describe_mismatch, path_str
 
 FORMAT = "linfit"
 VERSION = 1
@@ -312,13 +312,9 @@ def _fill(
             )
         leaves.append(jnp.asarray(arr, leaf.dtype))
     unexpected = sorted(k for k in arrays if k not in used and not ignored(k))
-    if missing or unexpected or misshaped:
-        parts = [
-            f"{label} ({len(items)}): {items}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-            if items
-        ]
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+    summary = describe_mismatch(missing, unexpected, misshaped)
+    if summary:
+        raise CheckpointError(f"{source} does not match the model ({len(flat)} leaves): {summary}")
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

@@ -125,19 +125,27 @@ def split_params(params: Any, params_filter: ParamsFilter) -> tuple[dict, Callab
     return selected, merge
 
 
+MISMATCH_SHOWN = 4
+"""How many paths of each kind (missing, unexpected, mis-shaped) a mismatch message names."""
+
+
+def describe_mismatch(missing: Sequence[str], unexpected: Sequence[str], misshaped: Sequence[str]) -> str:
+    """``"2 missing (a, b); 1 mis-shaped (c …)"``: each non-empty kind counted, its first ``MISMATCH_SHOWN``
+    entries named (a checkpoint of another architecture gives a short message, not every leaf); ``""`` when all
+    three are empty."""
+    kinds = {"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped}
+    return "; ".join(f"{len(items)} {kind} ({', '.join(items[:MISMATCH_SHOWN])}"
+                     f"{', …' if len(items) > MISMATCH_SHOWN else ''})" for kind, items in kinds.items() if items)
+
+
 def check_same_structure(reference: Any, other: Any, what: str = "params") -> None:
-    """Raise ``TreeMismatchError`` unless ``other`` has the paths and leaf shapes of ``reference``."""
+    """Raise ``TreeMismatchError`` unless ``other`` has the paths and leaf shapes of ``reference``; the message is
+    ``describe_mismatch``'s (sorted paths)."""
     ref = {path_str(p): getattr(l, "shape", ()) for p, l in jax.tree_util.tree_flatten_with_path(reference)[0]}
     got = {path_str(p): getattr(l, "shape", ()) for p, l in jax.tree_util.tree_flatten_with_path(other)[0]}
-    missing = sorted(set(ref) - set(got))
-    unexpected = sorted(set(got) - set(ref))
-    misshaped = sorted(f"{k}: expected {ref[k]}, got {got[k]}" for k in set(ref) & set(got) if ref[k] != got[k])
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected}")
-        if misshaped:
-            parts.append(f"mis-shaped {misshaped}")
-        raise TreeMismatchError(f"{what} do not match the reference tree: " + "; ".join(parts))
+    misshaped = sorted(f"{k}: {tuple(got[k])} instead of {tuple(ref[k])}" for k in set(ref) & set(got)
+                       if ref[k] != got[k])
+    summary = describe_mismatch(sorted(set(ref) - set(got)), sorted(set(got) - set(ref)), misshaped)
+    if summary:
+        raise TreeMismatchError(f"{what} do not match the expected {len(ref)} leaves: {summary}. Were they saved "
+                                f"from another architecture, width or number of classes?")

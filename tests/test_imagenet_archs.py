@@ -342,15 +342,15 @@ def test_strict_mapping_names_missing_unexpected_and_misshaped_keys():
     arrays.pop("_blocks.3._bn1.running_var")
     arrays["_blocks.3._extra.weight"] = np.zeros(3, np.float32)
     arrays["_fc.bias"] = np.zeros(999, np.float32)
-    with pytest.raises(CheckpointError, match=r"missing \(1\).*_blocks\.3\._bn1\.running_var.*unexpected \(1\).*"
-                                              r"_blocks\.3\._extra\.weight.*mis-shaped \(1\).*_fc\.bias"):
+    with pytest.raises(CheckpointError, match=r"1 missing \(_blocks\.3\._bn1\.running_var.*1 unexpected \("
+                                              r"_blocks\.3\._extra\.weight\); 1 mis-shaped \(_fc\.bias"):
         load("efficientnet_lite0", arrays)
     arrays = dict(raw_weights("squeezenet1_1"))
     arrays.pop("fire5/expand3x3.1")
-    with pytest.raises(CheckpointError, match=r"missing \(1\).*fire5/expand3x3\.1"):
+    with pytest.raises(CheckpointError, match=r"1 missing \(fire5/expand3x3\.1"):
         load("squeezenet1_1", arrays)
     # MobileNetV2's file has no classifier: loading it as if it had one names the head's keys.
     model = models.create("mobilenet_v2", 1000)
     template = jax.eval_shape(lambda: models.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
-    with pytest.raises(CheckpointError, match=r"missing \(2\).*classifier\.1\.weight"):
+    with pytest.raises(CheckpointError, match=r"2 missing \(.*classifier\.1\.weight"):
         checkpoints.load_torch_state_dict(raw_weights("mobilenet_v2"), model, template)

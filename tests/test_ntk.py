@@ -308,3 +308,19 @@ def test_jacobian_x2_none_in_symmetric_blocks_matches_brute_force(n):
     ):
         got = empirical_ntk_fn(f, implementation="jacobian", **kwargs)(x1, None, params)
         assert_kernel_close(got, expect)
+
+
+def test_mismatch_message_counts_every_kind_and_names_the_first_few():
+    """A tree of another width: every leaf mis-shaped, the message counts them and names MISMATCH_SHOWN of them."""
+    from linfit.tree import MISMATCH_SHOWN, check_same_structure
+
+    reference = {f"Dense_{i}": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)} for i in range(6)}
+    wider = {f"Dense_{i}": {"kernel": jnp.ones((3, 5)), "bias": jnp.ones(5)} for i in range(6)}
+    wider["extra"] = jnp.ones(2)
+    del wider["Dense_5"]["bias"]
+    with pytest.raises(TreeMismatchError) as err:
+        check_same_structure(reference, wider, what="variables in w.msgpack")
+    message = str(err.value)
+    assert message.startswith("variables in w.msgpack do not match the expected 12 leaves: 1 missing (Dense_5/bias); "
+                              "1 unexpected (extra); 11 mis-shaped (Dense_0/bias: (5,) instead of (3,), ")
+    assert message.count("instead of") == MISMATCH_SHOWN and ", …)" in message
