@@ -27,9 +27,9 @@ from linfit.data.detect import data_kind
 from linfit.errors import CheckpointError, ConfigError, DatasetError, LinfitError
 from linfit.tree import path_str
 from linfit.zoo.preprocessing import Preprocessing
-from linfit.zoo.source import EMBEDDED_PREPROCESSING, load_zoo
+from linfit.zoo.source import EMBEDDED_PREPROCESSING, load_zoo, sniff_format
 from tests.test_checkpoints import torch_resnet_state
-from tests.test_torch_pickle import ODict, tensor, write_legacy
+from tests.test_torch_pickle import ODict, tensor, write_legacy, write_zip
 
 TORCHVISION = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -242,6 +242,33 @@ def test_architecture_mismatch_and_headless_files_are_checkpoint_errors(tmp_path
         wide.load()
     with pytest.raises(CheckpointError, match="no classifier tensor 'fc.weight'"):
         nohead.load()
+
+
+
+def test_a_misdeclared_format_is_named_with_the_fix(zoo_dir, tmp_path):
+    """Each file's bytes are recognised (torch.save's zip layout too), and a reader's failure on a file of another
+    format says which one and how to declare it."""
+    root, written = zoo_dir
+    w = root / "w"
+    state = written["state"]
+    storages = {str(i): np.ascontiguousarray(a).reshape(-1) for i, a in enumerate(state.values())}
+    write_zip(tmp_path / "zip.pth", ODict({name: tensor(storages, str(i), 0, a.shape, (1,) * a.ndim, legacy=False)
+                                           for i, (name, a) in enumerate(state.items())}), storages)
+    (tmp_path / "text.txt").write_text("not weights")
+    assert [sniff_format(p) for p in (w / "cnn.msgpack", w / "cnn.npz", w / "resnet.safetensors", w / "resnet.pth",
+                                      tmp_path / "zip.pth", tmp_path / "text.txt", tmp_path / "absent")] == [
+        "msgpack", "npz", "safetensors", "pth", "pth", None, None]
+    body = "".join(f'[[model]]\nname = "{name}"\narchitecture = "{arch}"\noptions = {{ width = 4{extra} }}\n'
+                   f'format = "{declared}"\npath = "{w / file}"\ninput_size = 16\n'
+                   for name, arch, extra, declared, file in (
+                       ("st-as-msgpack", "cifar_resnet8", "", "msgpack", "resnet.safetensors"),
+                       ("msgpack-as-st", "small_cnn", ", depth = 2", "safetensors", "cnn.msgpack"),
+                       ("pth-as-npz", "cifar_resnet8", "", "npz", "resnet.pth")))
+    (tmp_path / "zoo.toml").write_text(body, encoding="utf-8")
+    for entry, actual in zip(load_zoo(tmp_path / "zoo.toml"), ("safetensors", "msgpack", "pth")):
+        with pytest.raises(CheckpointError, match=f'look like format {actual!r}.*set format = "{actual}" for '
+                                                  f"{entry.name!r}"):
+            entry.load()
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -50,7 +50,7 @@ from linfit.errors import CheckpointError, ConfigError
 from linfit.zoo.preprocessing import CHANNEL_ORDERS, Preprocessing
 
 __all__ = ["EMBEDDED_PREPROCESSING", "FORMATS", "ZOO_NAMES", "ZooEntry", "check_source_domains",
-           "declared_preprocessing", "load_zoo"]
+           "declared_preprocessing", "load_zoo", "sniff_format"]
 
 ZOO_NAMES = ("embedded", "imagenet")
 """The built-in zoos :func:`load_zoo` knows by name; anything else is a TOML file."""
@@ -121,7 +121,43 @@ class ZooEntry:
 
             check_sha256(self.path, self.sha256, recorded_in="its zoo file",
                          remedy=f"restore the file of {self.name!r}, or correct its sha256")
-        return _READERS[self.format](self)
+        try:
+            return _READERS[self.format](self)
+        except CheckpointError as err:
+            looks_like = sniff_format(self.path)
+            if looks_like is None or looks_like == self.format:
+                raise
+            raise CheckpointError(f"{str(err).rstrip('.')}. The file's bytes look like format {looks_like!r} ({FORMATS[looks_like]}), "
+                                  f"not {self.format!r}: set format = \"{looks_like}\" for {self.name!r} in the zoo "
+                                  f"file") from None
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The key of :data:`FORMATS` that a file's first bytes point to, or ``None`` when they point to none or the file
+    cannot be read: a zip archive holding ``.npy`` members is ``"npz"``, one holding a ``data.pkl`` is ``"pth"``
+    (torch.save's zip layout); a pickle stream (first byte 0x80) is ``"pth"`` (the legacy layout); an 8-byte
+    little-endian length followed by ``{`` is ``"safetensors"``; a msgpack map (first byte 0x80–0x8f, 0xde or 0xdf)
+    is ``"msgpack"``. Used only to hint at a mis-declared format after a reader failed."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if any(n.endswith(".npy") for n in names):
+                return "npz"
+            return "pth" if any(n.endswith("data.pkl") for n in names) else None
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pth"
+    if head[:1] and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
+        return "msgpack"
+    return None
 
 
 def load_zoo(spec: str | os.PathLike = "embedded", *, weights_dir=None) -> list[ZooEntry]:
