@@ -127,9 +127,9 @@ class ZooEntry:
             looks_like = sniff_format(self.path)
             if looks_like is None or looks_like == self.format:
                 raise
-            raise CheckpointError(f"{str(err).rstrip('.')}. The file's bytes look like format {looks_like!r} ({FORMATS[looks_like]}), "
-                                  f"not {self.format!r}: set format = \"{looks_like}\" for {self.name!r} in the zoo "
-                                  f"file") from None
+            raise CheckpointError(f"{str(err).rstrip('.')}. The file's bytes look like format {looks_like!r} "
+                                  f"({FORMATS[looks_like]}), not {self.format!r}: set format = \"{looks_like}\" for "
+                                  f"{self.name!r} in the zoo file") from None
 
 
 def sniff_format(path: str | os.PathLike) -> str | None:
