@@ -110,6 +110,29 @@ def test_rademacher_rows_give_the_exact_last_conv_kernel_at_any_k(name):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
+def test_projected_kernel_is_the_brute_force_jacobian_times_the_documented_projection(small):
+    """The paper's projected LGC (§3.2): the selected columns of the brute-force Jacobian (W = I head), in the
+    parameters' leaf order, times P = normal(key, [P_sel, dim]) / sqrt(dim), then Σ_o g_io·g_jo / D."""
+    model, variables, x = small
+    last_conv = models.param_subsets(model, variables["params"])["last_conv"]
+    dim, key = 50, jax.random.PRNGKey(7)
+    got = lgc_kernel(model, variables, x, params_filter=last_conv, projection_dim=dim, key=key)
+
+    width = variables["params"]["head"]["kernel"].shape[0]
+    model_d, vars_d = models.replace_head(model, variables, width, jax.random.PRNGKey(0), init="zeros")
+    vars_d["params"]["head"]["kernel"] = jnp.eye(width)
+    apply_fn, params = models.logits_fn(model_d, vars_d)
+    flat, unravel = ravel_pytree(params)
+    jac = np.asarray(jax.jacrev(lambda v: apply_fn(unravel(v), x))(flat), np.float64)  # [N, D, P]
+    keep = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.full(leaf.shape, re.search(last_conv, path_str(path)) is not None), params)
+    columns = np.flatnonzero(np.asarray(ravel_pytree(keep)[0]))
+    projection = np.asarray(jax.random.normal(key, (columns.size, dim)), np.float64) / np.sqrt(dim)
+    g = jac[:, :, columns] @ projection  # [N, D, dim]
+    expected = np.einsum("iod,jod->ij", g, g) / width
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("option", [{"head_samples": 4000}, {"projection_dim": 20000}])
 def test_monte_carlo_variants_approximate_the_exact_kernel(small, option):
     model, variables, x = small

@@ -180,18 +180,35 @@ def _row_groups(heads: jax.Array, per_call: int) -> list[jax.Array]:
 
 
 def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> np.ndarray:
-    """Traced kernel from per-sample gradients randomly projected to ``dim`` dimensions (paper §3.2)."""
-    selected, merge = split_params(params, params_filter)
+    """Traced kernel from per-sample gradients randomly projected to ``dim`` dimensions (paper §3.2): with
+    ``g_i [O, dim]`` the projected gradients of sample i, ``K_ij = Σ_o g_io · g_jo / O``. The projection
+    ``[P, dim]`` (P selected parameters) is drawn from ``key`` on every call and passed to the compiled function
+    as an argument, like the weights, so every model of an architecture reuses one compilation."""
+    selected, _ = split_params(params, params_filter)
     size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(selected))
     projection = jax.random.normal(key, (size, dim)) / jnp.sqrt(dim)
-
-    @jax.jit
-    def projected(xb):  # [B, O, dim]
-        blocks = jacobians(lambda p, xs: f(merge(p), xs), selected, xb, vmap_axes=0)
-        return jnp.concatenate(blocks, axis=-1) @ projection
-
-    g = _batched(projected, x, 16).astype(np.float64)
+    projected = _projected_gradients(f, tuple(params_filter))
+    g = _batched(lambda xb: projected(params, projection, xb), x, PROJECTION_BATCH).astype(np.float64)
     return np.einsum("iod,jod->ij", g, g) / g.shape[1]
+
+
+PROJECTION_BATCH = 16
+"""Samples per call of the projected gradients (their float32 Jacobian blocks, ``[16, O, P]``, stay small)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _projected_gradients(f: Callable, params_filter: tuple[str, ...]) -> Callable:
+    """jit ``(params, projection [P, dim], xb [B, ...]) -> [B, O, dim]``: the per-sample Jacobian of ``f`` in the
+    parameters ``params_filter`` selects, each leaf's block ``[B, O, P_leaf]`` times its rows of ``projection``
+    (leaf order of ``jax.tree_util.tree_leaves``), summed, so the blocks are never concatenated."""
+
+    def projected(params, projection, xb):
+        selected, merge = split_params(params, list(params_filter))
+        blocks = jacobians(lambda p, xs: f(merge(p), xs), selected, xb, vmap_axes=0)
+        starts = np.cumsum([0] + [block.shape[-1] for block in blocks])
+        return sum(block @ projection[start:end] for block, start, end in zip(blocks, starts[:-1], starts[1:]))
+
+    return jax.jit(projected)
 
 
 def lgc(kernel, labels) -> float:
