@@ -22,8 +22,8 @@ Presets ``evidence20-resnet8`` / ``evidence20-densenet``: one architecture of th
 the multi-BN experts included; one reference model, its generalist, per task group: an architecture is one
 store) × every embedded target task × ``EVIDENCE_KSHOT_SEEDS`` k-shot draws, 20-shot, scores ``SCORES`` on
 ``EVIDENCE_SCORING_PER_CLASS`` images per class. Each writes ``experiments/evidence_20shot_<architecture>.sqlite``
-and its report next to it. ``--tasks`` runs a part (a rerun with more tasks continues; the report covers the
-complete task groups).
+and its report next to it. ``--tasks`` and ``--draws`` run a part (a rerun with more continues; the report
+covers the task groups that hold every model of the preset, and lists the others).
 
 Presets ``full`` and ``resnet8`` are the grids of the committed stores ``reproduce_full.sqlite`` and
 ``reproduce_resnet8.sqlite``, which were fine-tuned with the earlier protocol (a few epochs, one seed, no refit:
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         (out / "progress.md").write_text("\n".join([f"# Progress of preset `{args.preset}`", "",
                                                       *progress(store, preset(args.preset))]))
         try:
-            path = write_report(store, out, accuracy=args.accuracy, manifest=zoo.manifest(), notes=notes)
+            path = write_report(store, out, accuracy=args.accuracy, manifest=zoo.manifest(), notes=notes,
+                                models=preset(args.preset).models)
         except LinfitError as err:  # no complete task group yet: the progress file says what is there
             print(f"no report yet: {err}")
         else:

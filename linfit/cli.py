@@ -228,7 +228,8 @@ def _report(args: argparse.Namespace) -> int:
     from linfit.bench.store import read_stores
 
     with read_stores(args.db) as store:  # the committed zoo's manifest adds baselines and clusters for its models
-        path = write_report(store, args.out, accuracy=args.accuracy, settings=args.setting, manifest=zoo.manifest())
+        path = write_report(store, args.out, accuracy=args.accuracy, settings=args.setting, manifest=zoo.manifest(),
+                            models=args.models)
     print(f"report written to {path}")
     return 0
 
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ground truth: lr chosen on validation (default) or on test (the paper)")
     report.add_argument("--setting", action="append", default=None,
                         help="report this setting id (repeat: one per kind) when a store holds several")
+    report.add_argument("--models", nargs="+", default=None,
+                        help="the zoo every reported task group must hold (default: every model fine-tuned in the "
+                             "stores); give the grid's models while it is still running")
     report.set_defaults(run=_report)
 
     add_zoo_commands(commands)

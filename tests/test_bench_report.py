@@ -42,10 +42,35 @@ def test_ranking_frame_matches_hand_computation(store):
 
 
 def test_incomplete_group_is_left_out(store):
-    store.put("finetune/d/t1", "finetune", {"accuracy": 99.0, "seconds": 1.0},
-              config={"model": "d", "task": "t1", "regime": "20shot", "seed": 0})
+    for task in ("t1", "t2"):
+        cfg = {"model": "d", "task": task, "regime": "20shot", "seed": 0}
+        store.put(f"finetune/d/{task}", "finetune", {"accuracy": 99.0, "seconds": 1.0}, config=cfg)
+    store.put("scores/d/t2", "scores", {"scores": {"oracle": 99.0, "inverse": -99.0},
+                                             "timings": {"oracle": 0.5, "inverse": 1.0}}, config={
+        "model": "d", "task": "t2", "regime": "20shot", "seed": 0})
     ranking = ranking_frame(store)
     assert set(ranking[ranking.score == "oracle"].task) == {"t2"}  # t1 lacks the scores of model d
+    assert len(ranking[(ranking.score == "oracle")]) == 1 and ranking.trials_to_best.max() <= 5
+
+
+def test_a_group_short_of_the_planned_zoo_is_left_out_and_listed(store, tmp_path):
+    """While a grid runs, the group being computed holds fewer models than the zoo: with the planned ``models``
+    it is left out (and named in the report) instead of being ranked as a smaller zoo."""
+    everything = ranking_frame(store)
+    assert set(everything.task) == {"t1", "t2"}
+    planned = ["gen", "a", "b", "c", "d"]  # "d" is not fine-tuned yet on any task
+    assert ranking_frame(store, models=planned).empty
+    with pytest.raises(LinfitError, match="no complete"):
+        write_report(store, tmp_path / "none", models=planned)
+    store.put("finetune/d/t2", "finetune", {"accuracy": 1.0, "seconds": 1.0},
+              config={"model": "d", "task": "t2", "regime": "20shot", "seed": 0})
+    store.put("scores/d/t2", "scores", {"scores": {"oracle": 1.0, "inverse": -1.0},
+                                            "timings": {"oracle": 0.5, "inverse": 1.0}},
+              config={"model": "d", "task": "t2", "regime": "20shot", "seed": 0})
+    assert set(ranking_frame(store, models=planned).task) == {"t2"}
+    report = write_report(store, tmp_path / "report", models=planned).read_text()
+    assert "1 complete task groups" in report
+    assert "Left out as incomplete (1 task groups): t1/20shot/0 (4 of 5 models fine-tuned)." in report
 
 
 def test_costs_relative_to_one_reference_finetuning(store):

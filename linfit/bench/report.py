@@ -163,18 +163,52 @@ def _frames(store: ResultStore, settings: Collection[str] | None,
             _one_setting(finetune_frame(store), "finetune", known, settings))
 
 
-def ranking_frame(store: ResultStore, *, accuracy: str = "accuracy",
-                  settings: Collection[str] | None = None) -> pd.DataFrame:
-    """Ranking metrics of every score on every complete (task, regime, seed) group, for one fine-tuning and one
-    scoring setting (``settings``: ids choosing them; ``LinfitError`` when a kind has several, see the module
-    docstring).
+def ranking_frame(store: ResultStore, *, accuracy: str = "accuracy", settings: Collection[str] | None = None,
+                  models: Collection[str] | None = None) -> pd.DataFrame:
+    """Ranking metrics of every score on every complete (task, regime, seed) group (``complete_groups``: the zoo
+    is ``models``, or every model fine-tuned in the store), for one fine-tuning and one scoring setting
+    (``settings``: ids choosing them; ``LinfitError`` when a kind has several, see the module docstring).
 
-    A group is complete when every fine-tuned model of the group has every score of the group and exactly one
-    reference model is among them. ``accuracy`` picks the ground truth column (``"accuracy"``: lr chosen on
-    validation; ``"oracle_accuracy"``: the paper's lr chosen on test).
-    Oracle rows ``best`` and ``worst`` carry the best/worst gain in ``top1_gain``/``top3_gain``.
+    A group is ranked when, besides, exactly one reference model is among its models. ``accuracy`` picks the
+    ground truth column (``"accuracy"``: lr chosen on validation; ``"oracle_accuracy"``: the paper's lr chosen on
+    test). Oracle rows ``best`` and ``worst`` carry the best/worst gain in ``top1_gain``/``top3_gain``.
     """
-    return _ranking(*_frames(store, settings), accuracy)
+    scores, finetune, _ = complete_groups(*_frames(store, settings), models)
+    return _ranking(scores, finetune, accuracy)
+
+
+def complete_groups(scores: pd.DataFrame, finetune: pd.DataFrame, models: Collection[str] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The rows of the complete (task, regime, seed) groups of ``scores_frame`` / ``finetune_frame``, and one
+    sentence per group left out.
+
+    The zoo is ``models`` (a grid's planned models: give it while the grid is running, or the group being
+    computed looks complete with the models it has so far), else every model fine-tuned anywhere in
+    ``finetune``; rows of models outside it are dropped. A group is complete when every model of the zoo is
+    fine-tuned in it and every score stored for any model of the group is stored for all of them.
+    """
+    zoo = set(finetune.model) if models is None else set(models)
+    finetune = finetune[finetune.model.isin(zoo)]
+    scores = scores[scores.model.isin(zoo)]
+    keep, left_out = [], []
+    for key, ft in finetune.groupby(GROUP):
+        sc = scores[(scores[GROUP] == pd.Series(dict(zip(GROUP, key)))).all(axis=1)]
+        tuned = set(ft.model)
+        lacking = sorted({score for score, group in sc.groupby("score") if not tuned <= set(group.model)})
+        if tuned == zoo and not lacking:
+            keep.append(key)
+            continue
+        what = f"{len(tuned)} of {len(zoo)} models fine-tuned"
+        left_out.append(f"{'/'.join(map(str, key))} ({what}" + (f"; some of them lack the scores "
+                                                                f"{', '.join(lacking)})" if lacking else ")"))
+    kept = pd.MultiIndex.from_tuples(keep, names=GROUP) if keep else None
+
+    def rows(frame):
+        if kept is None:
+            return frame.iloc[:0]
+        return frame[pd.MultiIndex.from_frame(frame[GROUP]).isin(kept)]
+
+    return rows(scores), rows(finetune), left_out
 
 
 def _ranking(scores: pd.DataFrame, finetune: pd.DataFrame, accuracy: str) -> pd.DataFrame:
@@ -210,7 +244,8 @@ COMPILE_ROWS = {"scores": "compile: scores", "finetune": "compile: fine-tuning"}
 """The cost table's rows of JAX tracing and XLA compilation, charged once per architecture (``cost_frame``)."""
 
 
-def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None) -> pd.DataFrame:
+def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None,
+               models: Collection[str] | None = None) -> pd.DataFrame:
     """Selection cost over the whole zoo relative to fine-tuning the reference model once (the paper's Table 3),
     per regime: one row per score (``relative_cost``: the summed seconds of that score over the zoo's models on a
     task, inputs included, mean over the (task, seed) groups, divided by the mean seconds of one fine-tuning of
@@ -219,12 +254,12 @@ def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None) -
     once per architecture: per group and architecture the largest ``compile_seconds`` of its units (the one unit
     that compiled; parts computed together share one), summed over the architectures, mean over the groups, on
     the same scale. In older stores every unit's seconds include whatever it compiled and there are no compile
-    rows. One setting per kind, as ``ranking_frame``.
+    rows. One setting per kind and only complete groups (``models``), as ``ranking_frame``.
 
     Returns:
       Columns ``regime``, ``score``, ``relative_cost``.
     """
-    return _costs(*_frames(store, settings))
+    return _costs(*complete_groups(*_frames(store, settings), models)[:2])
 
 
 def _costs(scores: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
@@ -388,22 +423,24 @@ def _gram_section(store: ResultStore, out: pathlib.Path, chosen: set[str]) -> li
 
 def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: str = "accuracy",
                  settings: Collection[str] | None = None, manifest: Mapping | None = None,
-                 notes: Sequence[str] = ()) -> pathlib.Path:
+                 notes: Sequence[str] = (), models: Collection[str] | None = None) -> pathlib.Path:
     """Write ``report.md`` plus the figures (Fig. 4-style top-3 gains per regime, Fig. 6-style summary, Fig. 8-style
     feature Grams when the store holds them) into ``out_dir``, all computed from ``store``, for one fine-tuning
     and one scoring setting (``settings``, see the module docstring), which the report names. Each regime starts
     with the bootstrap intervals and paired differences of ``linfit.bench.uncertainty``; with a zoo
     ``manifest`` (``linfit.zoo.manifest()``) holding every model of the store, also the trivial baselines and the
     per-cluster results. ``notes``: Markdown paragraphs placed under the header (e.g. what the run left out).
+    ``models``: the zoo a task group must hold to be reported (``complete_groups``; default: every model fine-tuned
+    in the store); the report lists the groups it left out.
     Returns the report's path. Raises ``LinfitError`` (before creating ``out_dir``) when the store has no complete
     task group or several settings of a kind."""
     from linfit.bench import uncertainty
 
     known = settings_frame(store)
-    scores, finetune = _frames(store, settings, known)
+    scores, finetune, left_out = complete_groups(*_frames(store, settings, known), models)
     ranking = _ranking(scores, finetune, accuracy)
     summary = summary_frame(ranking)
-    models, no_models = uncertainty.model_metadata(manifest, sorted(set(finetune.model)))
+    metadata, no_models = uncertainty.model_metadata(manifest, sorted(set(finetune.model)))
     costs = _costs(scores, finetune)
     configs = known[known.setting.isin({*scores.setting, *finetune.setting})].replace({"kind": KINDS})
     out = pathlib.Path(out_dir)
@@ -415,12 +452,14 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
              "linfit version is recorded with each unit, not part of its identity):", "",
              _markdown(configs, index=False), ""]
     lines += [line for note in notes for line in (note, "")]
+    if left_out:
+        lines += [f"Left out as incomplete ({len(left_out)} task groups): {'; '.join(left_out)}.", ""]
     if no_models:
         lines += [f"No trivial baselines or per-cluster results: {no_models}.", ""]
     for regime, table in summary.groupby("regime"):
         table = table.drop(columns="regime").replace({"score": {"random": "random (one draw)"}})
         lines += [f"## Regime `{regime}`: averages over tasks", ""]
-        lines += uncertainty.regime_section(scores, finetune, regime, accuracy, models)
+        lines += uncertainty.regime_section(scores, finetune, regime, accuracy, metadata)
         lines += [f"### Other metrics (`{regime}`, point estimates)", "",
                   "Kendall τ, Pearson r and regret are not bootstrapped; `random (one draw)` is the stored single "
                   "draw of the `random` score, `best`/`worst` the oracle picks.", "",
