@@ -110,13 +110,19 @@ def test_rademacher_rows_give_the_exact_last_conv_kernel_at_any_k(name):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-def test_projected_kernel_is_the_brute_force_jacobian_times_the_documented_projection(small):
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_projected_kernel_is_the_brute_force_jacobian_times_the_documented_projection(small, blocks):
     """The paper's projected LGC (§3.2): the selected columns of the brute-force Jacobian (W = I head), in the
-    parameters' leaf order, times P = normal(key, [P_sel, dim]) / sqrt(dim), then Σ_o g_io·g_jo / D."""
+    parameters' leaf order, times R = normal(key, [P_sel, dim]) / sqrt(dim), then Σ_o g_io·g_jo / D; under a
+    memory budget that holds a third of R, R's column blocks are drawn from fold_in(key, c)."""
     model, variables, x = small
     last_conv = models.param_subsets(model, variables["params"])["last_conv"]
-    dim, key = 50, jax.random.PRNGKey(7)
-    got = lgc_kernel(model, variables, x, params_filter=last_conv, projection_dim=dim, key=key)
+    dim, key = 51, jax.random.PRNGKey(7)
+    size = sum(leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+               if re.search(last_conv, path_str(path)))
+    budget = 4 * size * (dim // blocks)
+    got = lgc_kernel(model, variables, x, params_filter=last_conv, projection_dim=dim, key=key,
+                     memory_budget_bytes=budget)
 
     width = variables["params"]["head"]["kernel"].shape[0]
     model_d, vars_d = models.replace_head(model, variables, width, jax.random.PRNGKey(0), init="zeros")
@@ -127,7 +133,12 @@ def test_projected_kernel_is_the_brute_force_jacobian_times_the_documented_proje
     keep = jax.tree_util.tree_map_with_path(
         lambda path, leaf: jnp.full(leaf.shape, re.search(last_conv, path_str(path)) is not None), params)
     columns = np.flatnonzero(np.asarray(ravel_pytree(keep)[0]))
-    projection = np.asarray(jax.random.normal(key, (columns.size, dim)), np.float64) / np.sqrt(dim)
+    assert columns.size == size
+    if blocks == 1:
+        projection = np.asarray(jax.random.normal(key, (size, dim)), np.float64) / np.sqrt(dim)
+    else:
+        projection = np.concatenate([np.asarray(jax.random.normal(jax.random.fold_in(key, c), (size, dim // blocks)),
+                                                np.float64) for c in range(blocks)], axis=1) / np.sqrt(dim)
     g = jac[:, :, columns] @ projection  # [N, D, dim]
     expected = np.einsum("iod,jod->ij", g, g) / width
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

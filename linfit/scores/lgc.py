@@ -33,7 +33,8 @@ row per call on EfficientNet-Lite0 at 224 px with all 3.4 M backbone parameters 
 ``benchmarks/RESULTS.md`` §8). The price of a call is one forward pass per sample.
 ``projection_dim`` adds the paper's random projection of the per-sample gradients (a Johnson-Lindenstrauss
 estimate of the same kernel; it materialises per-sample gradients of the selected subset, so use it with the
-last-conv subset as the paper does).
+last-conv subset as the paper does). The projection, P x 10,000 float32 numbers for P selected parameters, is drawn
+in column blocks that fit the memory budget, the gradients computed once per block.
 
 Variants registered: ``"lgc"`` (gradients w.r.t. the last convolution's kernel, the kernel computed exactly,
 input ``"ntk_last_conv"``), ``"lgc_paper"`` (the paper's estimate of that kernel: the same gradients randomly
@@ -115,7 +116,7 @@ def lgc_kernel(
       key: PRNG key for ``head_samples`` / ``projection_dim``.
       implementation: NTK implementation; ``"auto"`` takes the cheapest exact one by
         :mod:`linfit.ntk.cost` (see :func:`linfit.ntk.empirical_ntk_fn`).
-      memory_budget_bytes: memory per device for the NTK (``linfit.ntk.kernel``).
+      memory_budget_bytes: memory per device for the NTK (``linfit.ntk.kernel``), and for the random projection.
       batch_size: forward-pass batch size of the features.
       features: ``[N, D]`` the backbone's penultimate features of ``x``
         (``linfit.models.compiled.penultimate_features``) when already computed; computed here if ``None``.
@@ -147,7 +148,8 @@ def lgc_kernel(
             heads = heads / jnp.sqrt(phi.shape[1])
         if projection_dim is not None:
             tree = tree if heads is None else {**tree, "heads": heads}
-            kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key)
+            kernel += _projected_kernel(_feature_map(body), tree, x, list(body_filter), projection_dim, key,
+                                        memory_budget_bytes)
         else:
             ntk_fn = _feature_ntk(body, body_filter, implementation)
             per_call = None if heads is None else rows_per_call(
@@ -179,17 +181,29 @@ def _row_groups(heads: jax.Array, per_call: int) -> list[jax.Array]:
     return [heads[:, start : start + per_call] for start in range(0, heads.shape[1], per_call)]
 
 
-def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array) -> np.ndarray:
+def _projected_kernel(f, params, x, params_filter, dim: int, key: jax.Array,
+                      memory_budget_bytes: int) -> np.ndarray:
     """Traced kernel from per-sample gradients randomly projected to ``dim`` dimensions (paper §3.2): with
-    ``g_i [O, dim]`` the projected gradients of sample i, ``K_ij = Σ_o g_io · g_jo / O``. The projection
-    ``[P, dim]`` (P selected parameters) is drawn from ``key`` on every call and passed to the compiled function
-    as an argument, like the weights, so every model of an architecture reuses one compilation."""
+    ``g_i [O, dim]`` the gradients of sample i times the projection ``R [P, dim]`` (P selected parameters, i.i.d.
+    N(0, 1/dim) entries), ``K_ij = Σ_o g_io · g_jo / O``.
+
+    R is drawn in column blocks of at most ``memory_budget_bytes`` (float32), and K is the sum of the blocks'
+    kernels: one block drawn from ``key`` when all of R fits, else block c from ``fold_in(key, c)``, each pass
+    computing the gradients again (a 224 px backbone's 400,000-parameter last convolution would need 16 GB for R
+    at once). Each block is an argument of one cached compilation, like the weights, so every model of an
+    architecture reuses it."""
     selected, _ = split_params(params, params_filter)
     size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(selected))
-    projection = jax.random.normal(key, (size, dim)) / jnp.sqrt(dim)
+    width = max(1, min(dim, memory_budget_bytes // (4 * size)))
+    blocks = [(start, min(dim, start + width)) for start in range(0, dim, width)]
     projected = _projected_gradients(f, tuple(params_filter))
-    g = _batched(lambda xb: projected(params, projection, xb), x, PROJECTION_BATCH).astype(np.float64)
-    return np.einsum("iod,jod->ij", g, g) / g.shape[1]
+    kernel = np.zeros((x.shape[0], x.shape[0]))
+    for c, (start, stop) in enumerate(blocks):
+        block_key = key if len(blocks) == 1 else jax.random.fold_in(key, c)
+        projection = jax.random.normal(block_key, (size, stop - start)) / jnp.sqrt(dim)
+        g = _batched(lambda xb: projected(params, projection, xb), x, PROJECTION_BATCH).astype(np.float64)
+        kernel += np.einsum("iod,jod->ij", g, g)
+    return kernel / g.shape[1]
 
 
 PROJECTION_BATCH = 16
