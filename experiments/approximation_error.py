@@ -73,7 +73,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import binomtest, spearmanr
 
 from linfit import models
 from linfit.data import load_task
@@ -376,13 +376,17 @@ def summarize(study: dict, s: Settings) -> dict:
                     tau.append({"subset": subset, "loss": loss, "c": c, "runs": len(g),
                                 "max_err": {t: tau_max_error([m["err"] for m in g], c, t) for t in TAUS},
                                 "broken": len(breaks), "tau_break": float(np.median(breaks)) if breaks else None})
+    within = [{"subset": subset, "loss": loss,
+               "within": {t: tau_within([(row[loss]["err"], row["c"]) for row in rows if row["subset"] == subset], t)
+                          for t in TAUS}}
+              for subset in s.subsets for loss in LOSSES if any(row["subset"] == subset for row in rows)]
     checks = [{**{k: ch[k] for k in ("model", "task", "regime", "subset", "c")},
                **{loss: {"loss_diff": float(np.max(rel_error(ch["pred"][loss]["loss"], ch["linearized"][loss]["loss"]))),
                          "acc_diff": float(np.max(np.abs(ch["pred"][loss]["test_acc"]
                                                          - ch["linearized"][loss]["test_acc"])))}
                   for loss in LOSSES}}
               for ch in study["checks"]]
-    return {"rows": rows, "agg": agg, "ranks": ranks, "checks": checks, "tau": tau}
+    return {"rows": rows, "agg": agg, "ranks": ranks, "checks": checks, "tau": tau, "within": within}
 
 
 def tau_max_error(errors: list[np.ndarray], c: float, tau: float) -> float | None:
@@ -392,6 +396,20 @@ def tau_max_error(errors: list[np.ndarray], c: float, tau: float) -> float | Non
     if last >= min(len(e) for e in errors):
         return None
     return float(max(np.max(e[: last + 1]) for e in errors))
+
+
+def tau_within(runs: list[tuple[np.ndarray, float]], tau: float,
+               threshold: float = BREAK_THRESHOLD) -> tuple[int, int]:
+    """``(k, n)``: of the ``n`` runs ``(errors [steps], c)`` that reach ``τ`` (step ``⌊τ/c⌋`` exists), the ``k`` whose
+    relative loss error stays at most ``threshold`` up to it."""
+    reached = [e[: int(np.floor(tau / c + 1e-9)) + 1] for e, c in runs if int(np.floor(tau / c + 1e-9)) < len(e)]
+    return sum(bool(np.max(e) <= threshold) for e in reached), len(reached)
+
+
+def share_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of a share observed as ``k`` of ``n``."""
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def plot(summary: dict, study: dict, s: Settings, out_dir: Path) -> list[str]:
@@ -561,6 +579,20 @@ def write_markdown(summary: dict, study: dict, s: Settings, figures: list[str], 
                      f"{t['broken']}/{t['runs']} | {tb} |")
     lines += [
         "",
+        f"Runs within {BREAK_THRESHOLD:.0%} of real fine-tuning up to τ, every c together (τ absorbs c): k of the n "
+        "runs that reach τ, with the 95 % Clopper-Pearson interval of that share (models, tasks, regimes and c "
+        "counted as independent runs).",
+        "",
+        "| subset | loss | " + " | ".join(f"τ ≤ {t:g}" for t in TAUS) + " |",
+        "|---|---|" + "---|" * len(TAUS),
+    ]
+    for w in summary["within"]:
+        cells = []
+        for k, n in w["within"].values():
+            cells.append("–" if n == 0 else "{}/{} [{:.2f}, {:.2f}]".format(k, n, *share_interval(k, n)))
+        lines.append(f"| {w['subset']} | {w['loss'].upper()} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## Ranking: Spearman between linearized and real final test accuracy",
         "",
         "Over the (model, subset) candidates of each (task, regime, c) (NaN: fewer than 3 candidates or a constant "
@@ -636,8 +668,14 @@ def findings(summary: dict, s: Settings) -> list[str]:
                 within.append(tau)
             else:
                 end = "as far as the table reads"
+            share = ""
+            if within:
+                (w,) = [w for w in summary["within"] if (w["subset"], w["loss"]) == (subset, loss)]
+                k, n = w["within"][within[-1]]
+                share = " ({}/{} runs; 95 % interval of the share of runs within it there: [{:.2f}, {:.2f}])".format(
+                    k, n, *share_interval(k, n))
             out.append(f"- {loss.upper()}, `{subset}`: every run within {BREAK_THRESHOLD:.0%} of real fine-tuning "
-                       + (f"up to τ = η·t·λ_max/N = {within[-1]:g} ({end})" if within else
+                       + (f"up to τ = η·t·λ_max/N = {within[-1]:g} ({end}){share}" if within else
                           f"not even up to τ = {TAUS[0]:g}") + ".")
     for key, what in (("mse", "MSE prediction vs real MSE"), ("mse_vs_ce", "MSE prediction vs real CE"),
                       ("ce", "CE prediction vs real CE"), ("real_mse_vs_ce", "real MSE vs real CE (reference)")):
