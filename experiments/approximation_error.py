@@ -668,15 +668,15 @@ def findings(summary: dict, s: Settings) -> list[str]:
                 within.append(tau)
             else:
                 end = "as far as the table reads"
-            share = ""
             if within:
                 (w,) = [w for w in summary["within"] if (w["subset"], w["loss"]) == (subset, loss)]
                 k, n = w["within"][within[-1]]
-                share = " ({}/{} runs; 95 % interval of the share of runs within it there: [{:.2f}, {:.2f}])".format(
-                    k, n, *share_interval(k, n))
+                reach = "up to τ = η·t·λ_max/N = {:g} ({} runs reach it, 95 % interval of the share within {:.0%} " \
+                        "there: [{:.2f}, {:.2f}]; {})".format(within[-1], n, BREAK_THRESHOLD, *share_interval(k, n), end)
+            else:
+                reach = f"not even up to τ = {TAUS[0]:g}"
             out.append(f"- {loss.upper()}, `{subset}`: every run within {BREAK_THRESHOLD:.0%} of real fine-tuning "
-                       + (f"up to τ = η·t·λ_max/N = {within[-1]:g} ({end}){share}" if within else
-                          f"not even up to τ = {TAUS[0]:g}") + ".")
+                       f"{reach}.")
     for key, what in (("mse", "MSE prediction vs real MSE"), ("mse_vs_ce", "MSE prediction vs real CE"),
                       ("ce", "CE prediction vs real CE"), ("real_mse_vs_ce", "real MSE vs real CE (reference)")):
         rho = np.array([r[key] for r in summary["ranks"]])
