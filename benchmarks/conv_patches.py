@@ -2,7 +2,8 @@
 
 The structured NTK (:mod:`linfit.ntk.structured`) reads every convolution's input patches ``P [N, S, K]``.
 ``lax.conv_general_dilated_patches`` builds them with an identity convolution, ``S·K²`` multiply-adds per sample;
-:func:`linfit.ntk.structured_layers.conv_patches` copies one strided slice per kernel offset, ``S·K`` copies.
+:func:`linfit.ntk.patches.patches` (behind ``structured_layers.conv_patches`` and the per-sample kernel gradients of
+:mod:`linfit.ntk.vjp_rules`) copies one strided slice per kernel offset, ``S·K`` copies.
 Both give the same array bit for bit (checked here on every row). Rows: the 3x3 convolutions of the embedded
 zoo's resnet8 at the default scoring subset (N = 200, 28x28), and 3x3 and 1x1 convolutions of
 EfficientNet-Lite0 / MobileNetV2 at 224 px (N = 16). Each program is compiled first, then the two alternate

@@ -37,7 +37,6 @@ caller differentiates such leaves by Jacobian contraction instead (see :func:`fi
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,10 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.linen.dtypes import promote_dtype as _default_promote_dtype
-from jax import lax
 from jax.extend.core import get_opaque_trace_state
 
 from linfit.ntk._usage import unread_leaves
+from linfit.ntk.patches import patches
 from linfit.tree import path_str
 
 Interceptor = Callable[..., Any]
@@ -183,17 +182,9 @@ def _conv_padding(
 
 
 def conv_patches(module: nn.Conv, inputs: jax.Array) -> jax.Array:
-    """Input patches of a Conv call, ``[B, *batch, *spatial, C_in] -> [B, S, K]``.
-
-    ``S`` = prod(batch)·prod(output spatial), ``K`` = prod(kernel_size)·C_in in channel-major order (the
-    channels of a group, hence each group's patch, are contiguous), the layout of
-    ``lax.conv_general_dilated_patches``. Exact copies of the input: one strided slice of the padded input per
-    kernel offset, ``S·K`` copies where the identity convolution of ``conv_general_dilated_patches`` costs
-    ``S·K²`` multiply-adds (1.3-1.6x slower for the embedded zoo's 3x3 kernels on a CPU,
-    ``benchmarks/conv_patches.py``).
-    A convolution with input (transposed) dilation takes ``conv_general_dilated_patches``
-    (``Precision.HIGHEST``, so accelerators do not round the copies).
-    """
+    """Input patches of a Conv call, ``[B, *batch, *spatial, C_in] -> [B, S, K]``: ``S`` = prod(batch)·prod(output
+    spatial), ``K`` = prod(kernel_size)·C_in in channel-major order (:func:`linfit.ntk.patches.patches`, after the
+    module's own 'CIRCULAR', 'REFLECT' or 'CAUSAL' padding)."""
     size = _kernel_size(module)
     n = len(size)
     lead = inputs.shape[0]
@@ -201,33 +192,9 @@ def conv_patches(module: nn.Conv, inputs: jax.Array) -> jax.Array:
     pre_pads, pad_mode, padding = _conv_padding(module)
     if pre_pads is not None:
         x = jnp.pad(x, [(0, 0)] + pre_pads + [(0, 0)], mode=pad_mode)
-    strides = _as_tuple(module.strides, n)
-    dilation = _as_tuple(module.kernel_dilation, n)
-    if _as_tuple(module.input_dilation, n) != (1,) * n:
-        spatial = "DHW"[-n:]
-        patches = lax.conv_general_dilated_patches(
-            x,
-            filter_shape=size,
-            window_strides=strides,
-            padding=padding,
-            lhs_dilation=_as_tuple(module.input_dilation, n),
-            rhs_dilation=dilation,
-            dimension_numbers=("N" + spatial + "C", "OI" + spatial, "N" + spatial + "C"),
-            precision=lax.Precision.HIGHEST,
-        )
-        return patches.reshape(lead, -1, patches.shape[-1])
-    window = [(k - 1) * d + 1 for k, d in zip(size, dilation)]
-    pads = lax.padtype_to_pads(x.shape[1:-1], window, strides, padding) if isinstance(padding, str) else padding
-    if any(lo or hi for lo, hi in pads):
-        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
-    out = [(size_in - w) // s + 1 for size_in, w, s in zip(x.shape[1:-1], window, strides)]
-    slices = []
-    for offset in itertools.product(*(range(k) for k in size)):
-        start = [o * d for o, d in zip(offset, dilation)]
-        limit = [b + (m - 1) * s + 1 for b, m, s in zip(start, out, strides)]
-        slices.append(lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *strides, 1)))
-    patches = jnp.stack(slices, axis=-1) if len(slices) > 1 else slices[0][..., None]  # [B', *out, C_in, k]
-    return patches.reshape(lead, -1, patches.shape[-2] * patches.shape[-1])
+    found = patches(x, size, _as_tuple(module.strides, n), padding, _as_tuple(module.input_dilation, n),
+                    _as_tuple(module.kernel_dilation, n))
+    return found.reshape(lead, -1, found.shape[-1])
 
 
 def layer_inputs(layer: Layer, acts: Sequence[jax.Array]) -> jax.Array:

@@ -35,6 +35,8 @@ from jax import lax
 from jax.extend.core import Literal
 from jax.extend.core.primitives import conv_general_dilated_p, reduce_window_max_p
 
+from linfit.ntk.patches import patches
+
 #: Names of the ``jax.jit`` call primitive (``pjit`` before jax 0.7).
 _JIT_NAMES = frozenset({"jit", "pjit"})
 
@@ -42,27 +44,20 @@ _JIT_NAMES = frozenset({"jit", "pjit"})
 def _kernel_gradient(lhs: jax.Array, g: jax.Array, rhs: jax.Array, params: dict) -> jax.Array:
     """``∂<g, conv(lhs, W)>/∂W`` at ``W = rhs`` (its layout and dtype), by patches and one ``einsum``.
 
-    ``lhs``, ``g`` in the convolution's own layouts (``params["dimension_numbers"]``); the patches come from
-    ``lax.conv_general_dilated_patches`` (channel-major, then kernel offsets), at ``Precision.HIGHEST``.
+    ``lhs``, ``g`` in the convolution's own layouts (``params["dimension_numbers"]``); the patches
+    (:func:`linfit.ntk.patches.patches`: channel-major, then kernel offsets) are exact copies of ``lhs``.
     """
     lhs_spec, rhs_spec, out_spec = params["dimension_numbers"]
     groups = params["feature_group_count"]
-    a = jnp.transpose(lhs, lhs_spec)  # [B, C_in, *spatial]
+    a = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))  # [B, *spatial, C_in]
     gc = jnp.transpose(g, out_spec)  # [B, C_out, *out_spatial]
     window = tuple(rhs.shape[d] for d in rhs_spec[2:])
-    patches = lax.conv_general_dilated_patches(
-        a,
-        filter_shape=window,
-        window_strides=params["window_strides"],
-        padding=params["padding"],
-        lhs_dilation=params["lhs_dilation"],
-        rhs_dilation=params["rhs_dilation"],
-        precision=lax.Precision.HIGHEST,
-    )  # [B, C_in * prod(window), *out_spatial]
-    b, c_in, c_out = a.shape[0], a.shape[1], gc.shape[1]
-    p = patches.reshape(b, groups, c_in // groups, math.prod(window), -1)
+    p = patches(a, window, params["window_strides"], params["padding"], params["lhs_dilation"],
+                params["rhs_dilation"])  # [B, *out_spatial, C_in * prod(window)]
+    b, c_in, c_out = a.shape[0], a.shape[-1], gc.shape[1]
+    p = p.reshape(b, -1, groups, c_in // groups, math.prod(window))
     gg = gc.reshape(b, groups, c_out // groups, -1)
-    dw = jnp.einsum("bjiks,bjos->joik", p, gg, precision=lax.Precision.HIGHEST)
+    dw = jnp.einsum("bsjik,bjos->joik", p, gg, precision=lax.Precision.HIGHEST)
     dw = dw.reshape((c_out, c_in // groups, *window))  # canonical [O, I, *window]
     inverse = [rhs_spec.index(d) for d in range(len(rhs_spec))]
     return jnp.transpose(dw, inverse).astype(rhs.dtype)
