@@ -42,6 +42,8 @@ import argparse
 import dataclasses
 import pathlib
 
+import numpy as np
+
 from linfit import zoo
 from linfit.bench.grid import BenchConfig, run_bench, units
 from linfit.bench.report import write_report
@@ -140,10 +142,17 @@ def progress(store, config: BenchConfig) -> list[str]:
                         f"{'yes' if rec['bracketed'] else 'no'} | {', '.join(map(str, rec['steps']))} | "
                         f"{sum(rec['converged'])}/{len(rec['converged'])} | "
                         f"{', '.join(f'{a:.1f}' for a in rec['accuracy_per_seed'])} | {rec['seconds']:.0f} |")
+    seconds = [store.get(u.key)["record"]["seconds"] for u in tuned if store.has(u.key)]
+    left = ""
+    if seconds:
+        median = float(np.median(seconds))
+        left = (f" Median fine-tuning unit: {median:.0f} s (compilation excluded), so the {len(tuned) - len(rows)} "
+                f"left need about {median * (len(tuned) - len(rows)) / 3600:.0f} hours of one such process, "
+                f"scores not counted.")
     return [f"Stored: {done} of {len(parts)} planned results ({100 * done / len(parts):.1f} %) of the grid "
             f"({len(config.models)} models × {len(config.tasks)} tasks × {len(config.seeds)} k-shot draws × "
             f"{len(config.regimes)} regime; a scores unit counts once per score); fine-tuning units "
-            f"{len(rows)} of {len(tuned)} ({100 * len(rows) / len(tuned):.1f} %).", "",
+            f"{len(rows)} of {len(tuned)} ({100 * len(rows) / len(tuned):.1f} %).{left}", "",
             "| model | task | k-shot draw | chosen η | bracketed | refit steps per seed | converged | test accuracy "
             "per seed (%) | seconds |", "|---|---|---:|---:|---|---|---|---|---:|", *rows, ""]
 
