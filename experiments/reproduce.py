@@ -25,6 +25,12 @@ store) × every embedded target task × ``EVIDENCE_KSHOT_SEEDS`` k-shot draws, 2
 and its report next to it. ``--tasks`` and ``--draws`` run a part (a rerun with more continues; the report
 covers the task groups that hold every model of the preset, and lists the others).
 
+Preset ``evidence20-imagenet``: the same protocol on the five real ImageNet backbones (``linfit.zoo``'s
+``imagenet`` zoo, each model at its own resolution; it has no generalist, so the report's top-k gains are over the
+zoo's mean accuracy) × ``IMAGENET_TASKS`` × the k-shot draws, scores ``IMAGENET_SCORES``. It needs an accelerator:
+one fine-tuning unit is tens of CPU-hours on a 2-core machine (an epoch of 250 images at 224 px costs
+MobileNetV2 219 CPU s, ``benchmarks/RESULTS.md`` §8e, and a unit trains 18 runs of up to 500 steps of 32 images).
+
 Presets ``full`` and ``resnet8`` are the grids of the committed stores ``reproduce_full.sqlite`` and
 ``reproduce_resnet8.sqlite``, which were fine-tuned with the earlier protocol (a few epochs, one seed, no refit:
 their settings record it); rerunning them now computes new units with the protocol above. Preset ``full``: the
@@ -51,6 +57,7 @@ from linfit.bench.store import ResultStore, parse_shard, part_key, read_stores
 from linfit.data import embedded
 from linfit.errors import LinfitError
 from linfit.finetune import GridProtocol
+from linfit.zoo.source import load_zoo
 
 HERE = pathlib.Path(__file__).resolve().parent
 SCORES = ("lfc", "lgc", "lgc_paper", "lgc_all", "linearized_loss", "linearized_cv_accuracy", "logme", "leep", "nce",
@@ -84,7 +91,16 @@ MISSING = (
     "in the evidence stores (`evidence_20shot_*.sqlite`).")
 """Said in the report of the committed stores: the scores they lack."""
 
-PRESETS = ("evidence20-resnet8", "evidence20-densenet", "full", "resnet8", "smoke")
+IMAGENET_SCORES = tuple(s for s in SCORES if s != "domain_similarity")
+"""The scores of preset ``evidence20-imagenet``: Domain Similarity reads source-domain images, which the ImageNet
+zoo does not ship."""
+
+IMAGENET_TASKS = (*embedded.target_domains(), "lfw_faces")
+"""The real-backbone task set without an optional package: the embedded targets as RGB at each model's own
+resolution, and scikit-image's faces vs non-faces (add ``elpv`` with ``--tasks`` once ``elpv-dataset`` is
+installed)."""
+
+PRESETS = ("evidence20-resnet8", "evidence20-densenet", "evidence20-imagenet", "full", "resnet8", "smoke")
 
 
 def architecture_models(architecture: str, *, multibn: bool = True) -> tuple[str, ...]:
@@ -100,7 +116,11 @@ def preset(name: str, tasks: tuple[str, ...] | None = None, draws: tuple[int, ..
         raise SystemExit(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     targets = tuple(embedded.target_domains())
     finetuning = dict(finetune_seeds=FINETUNE_SEEDS, protocol=PROTOCOL)
-    if name.startswith("evidence20-"):
+    if name == "evidence20-imagenet":
+        config = BenchConfig(zoo="imagenet", models=tuple(e.name for e in load_zoo("imagenet")),
+                             tasks=IMAGENET_TASKS, regimes=("20shot",), seeds=EVIDENCE_KSHOT_SEEDS,
+                             scores=IMAGENET_SCORES, per_class=EVIDENCE_SCORING_PER_CLASS, **finetuning)
+    elif name.startswith("evidence20-"):
         config = BenchConfig(models=architecture_models(name.split("-")[1]), tasks=targets, regimes=("20shot",),
                              seeds=EVIDENCE_KSHOT_SEEDS, scores=SCORES, per_class=EVIDENCE_SCORING_PER_CLASS,
                              **finetuning)

@@ -154,3 +154,26 @@ def test_report_names_its_settings_and_refuses_to_average_across_them(store, tmp
     assert f'| fine-tuning | {two} | {{"epochs": 2}} | 8 |' in text and f"| fine-tuning | {empty} |" not in text
     with pytest.raises(LinfitError, match="no unit of the store has setting 0123"):
         ranking_frame(store, settings=["0123"])
+
+
+def test_a_zoo_without_a_reference_is_ranked_with_gains_over_its_mean_accuracy(tmp_path):
+    """The ImageNet zoo has no generalist: gains are over the mean accuracy of the group's models, costs over a
+    mean fine-tuning, and the report says so."""
+    s = ResultStore(tmp_path / "noref.sqlite")
+    for task, models in ACC.items():
+        for model, acc in models.items():
+            cfg = {"model": model, "task": task, "regime": "20shot", "seed": 0, "reference": False}
+            s.put(f"finetune/{model}/{task}", "finetune", {"accuracy": acc, "seconds": 10.0 + acc / 10}, config=cfg)
+            record = {"scores": {n: SCORES[n][task][model] for n in SCORES}, "timings": {"oracle": 0.5, "inverse": 1.0}}
+            s.put(f"scores/{model}/{task}", "scores", record, config=cfg)
+    ranking = ranking_frame(s).set_index(["task", "score"])
+    assert ranking.loc[("t1", "oracle"), "top1_gain"] == pytest.approx(80.0 - (70 + 80 + 60 + 75) / 4)
+    assert ranking.loc[("t2", "inverse"), "top1_gain"] == pytest.approx(40.0 - (50 + 40 + 55 + 45) / 4)
+    assert ranking.loc[("t1", "oracle"), "spearman"] == pytest.approx(1.0)
+    costs = cost_frame(s).set_index("score").relative_cost
+    mean_seconds = sum(10.0 + a / 10 for models in ACC.values() for a in models.values()) / 8
+    assert costs["oracle"] == pytest.approx(4 * 0.5 / mean_seconds)
+    report = write_report(s, tmp_path / "report").read_text()
+    assert "Top-k gains: no task group has a reference model" in report
+    assert "one fine-tuning of a model (mean over the zoo: it has no reference)" in report
+    s.close()

@@ -117,6 +117,24 @@ def test_random_row_of_the_bootstrap_is_the_expectation_on_each_task():
     np.testing.assert_allclose(result.estimate[-1], expected, rtol=1e-12, atol=1e-12)
 
 
+def test_without_a_reference_the_gains_are_over_the_mean_accuracy_of_the_models():
+    """A zoo without a generalist (reference=None): each gain is measured against the models' mean accuracy, so
+    Random's expected top-1 gain is exactly 0; scipy / metrics.ranking_metrics / enumeration as above."""
+    rng = np.random.default_rng(5)
+    tasks = [_task(rng, f"t{i}", m=5, images=20, reference=None) for i in range(3)]
+    result = st.bootstrap(tasks, ["a", "b", "c"], replicates=10, rng=0, ks=KS)
+    per_score, per_random = [], []
+    for task in tasks:
+        acc = 100.0 * task.correct.mean(axis=(1, 2))
+        per_score.append([[*(getattr(ranking_metrics(row, acc, acc.mean()), m) for m in result.metrics)]
+                          for row in task.scores])
+        rho, tau, trials, gains = _brute_force_random(tuple(acc), acc.mean())
+        per_random.append([rho, tau, trials, *(gains[k - 1] for k in KS)])
+    np.testing.assert_allclose(result.estimate[:3], np.mean(per_score, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(result.estimate[-1], np.mean(per_random, axis=0), rtol=1e-12, atol=1e-12)
+    assert result.estimate[-1][result.metrics.index("top1_gain")] == pytest.approx(0.0, abs=1e-12)
+
+
 # ------------------------------------------------------------------------------------------- the bootstrap
 
 

@@ -26,3 +26,12 @@ def test_a_part_of_the_evidence_grid_has_the_whole_grids_keys():
                          for task in ("hebrew", "font_digits") for model in models}
     assert all(whole[coords] == key for coords, key in part.items())
     assert len(whole) == 2 * len(models) * 11 * len(reproduce.EVIDENCE_KSHOT_SEEDS)
+
+
+def test_the_imagenet_evidence_preset_plans_every_backbone_without_source_image_scores():
+    config = reproduce.preset("evidence20-imagenet")
+    planned = units(config)
+    assert {u.config["model"] for u in planned} == set(config.models) and len(config.models) == 5
+    assert not any(u.config["reference"] for u in planned)  # no generalist: gains over the zoo's mean
+    assert "domain_similarity" not in config.scores and "lgc_paper" in config.scores
+    assert len(planned) == 2 * 5 * len(reproduce.IMAGENET_TASKS) * len(reproduce.EVIDENCE_KSHOT_SEEDS)

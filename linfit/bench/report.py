@@ -169,9 +169,11 @@ def ranking_frame(store: ResultStore, *, accuracy: str = "accuracy", settings: C
     is ``models``, or every model fine-tuned in the store), for one fine-tuning and one scoring setting
     (``settings``: ids choosing them; ``LinfitError`` when a kind has several, see the module docstring).
 
-    A group is ranked when, besides, exactly one reference model is among its models. ``accuracy`` picks the
-    ground truth column (``"accuracy"``: lr chosen on validation; ``"oracle_accuracy"``: the paper's lr chosen on
-    test). Oracle rows ``best`` and ``worst`` carry the best/worst gain in ``top1_gain``/``top3_gain``.
+    A group is ranked when, besides, at most one reference model is among its models; the gains are over its
+    accuracy, or over the mean accuracy of the group's models when there is none (a zoo without a generalist, such
+    as the ImageNet zoo). ``accuracy`` picks the ground truth column (``"accuracy"``: lr chosen on validation;
+    ``"oracle_accuracy"``: the paper's lr chosen on test). Oracle rows ``best`` and ``worst`` carry the
+    best/worst gain in ``top1_gain``/``top3_gain``.
     """
     scores, finetune, _ = complete_groups(*_frames(store, settings), models)
     return _ranking(scores, finetune, accuracy)
@@ -216,10 +218,10 @@ def _ranking(scores: pd.DataFrame, finetune: pd.DataFrame, accuracy: str) -> pd.
     for key, ft in finetune.groupby(GROUP):
         refs = ft[ft.reference]
         sc = scores.merge(ft[["model", *GROUP]], on=["model", *GROUP])
-        if len(refs) != 1 or sc.empty:
+        if len(refs) > 1 or sc.empty:
             continue
-        reference = float(refs[accuracy].iloc[0])
         acc = ft.set_index("model")[accuracy]
+        reference = float(refs[accuracy].iloc[0]) if len(refs) else float(acc.mean())
         ident = dict(zip(GROUP, key))
         for name, group in sc.groupby("score"):
             if set(group.model) != set(acc.index):
@@ -249,7 +251,7 @@ def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None,
     """Selection cost over the whole zoo relative to fine-tuning the reference model once (the paper's Table 3),
     per regime: one row per score (``relative_cost``: the summed seconds of that score over the zoo's models on a
     task, inputs included, mean over the (task, seed) groups, divided by the mean seconds of one fine-tuning of
-    the reference model), ``brute_force`` (fine-tuning every model), and, in stores that keep compilation apart
+    the reference model, or of any model in a zoo without one), ``brute_force`` (fine-tuning every model), and, in stores that keep compilation apart
     (records with ``compile_seconds``; their ``seconds`` then exclude it), ``COMPILE_ROWS``: compilation charged
     once per architecture: per group and architecture the largest ``compile_seconds`` of its units (the one unit
     that compiled; parts computed together share one), summed over the architectures, mean over the groups, on
@@ -265,7 +267,7 @@ def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None,
 def _costs(scores: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for regime, ft in finetune.groupby("regime"):
-        unit = ft[ft.reference].seconds.mean()
+        unit = _reference_seconds(ft)
         per_task = ft.groupby(["task", "seed"]).seconds.sum().mean()
         rows.append({"regime": regime, "score": "brute_force", "relative_cost": per_task / unit})
         sc = scores[scores.regime == regime]
@@ -280,15 +282,22 @@ def _costs(scores: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _reference_seconds(finetune: pd.DataFrame) -> float:
+    """Mean seconds of one fine-tuning of the reference model, or of any model in a zoo without a reference."""
+    refs = finetune[finetune.reference]
+    return float((refs if len(refs) else finetune).seconds.mean())
+
+
 def _cost_section(costs: pd.DataFrame, finetune: pd.DataFrame) -> list[str]:
     """The report's cost table (``cost_frame``) with what it is relative to and how compilation is charged."""
     table = costs.pivot_table(index="score", columns="regime", values="relative_cost")
     order = [s for s in table.index if s not in COMPILE_ROWS.values()] + [
         s for s in COMPILE_ROWS.values() if s in table.index]
-    reference = finetune[finetune.reference].groupby("regime").seconds.mean()
+    reference = {regime: _reference_seconds(ft) for regime, ft in finetune.groupby("regime")}
+    which = "the reference model" if finetune.reference.any() else "a model (mean over the zoo: it has no reference)"
     lines = ["## Selection cost relative to one fine-tuning of the reference model", "",
-             "Seconds over the whole zoo per task (mean over tasks), divided by one fine-tuning of the reference "
-             "model (" + ", ".join(f"{r}: {s:.1f} s" for r, s in reference.items()) + ")."]
+             f"Seconds over the whole zoo per task (mean over tasks), divided by one fine-tuning of {which} ("
+             + ", ".join(f"{r}: {s:.1f} s" for r, s in reference.items()) + ")."]
     if any(s in table.index for s in COMPILE_ROWS.values()):
         lines[-1] += (" Scores and fine-tuning exclude JAX compilation, shown in the `compile:` rows, charged once "
                       "per architecture and task (it does not grow with the number of models).")

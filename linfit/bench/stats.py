@@ -75,7 +75,9 @@ class TaskData:
       name: the task's name (used in messages and in ``BootstrapResult.scheme``).
       scores: ``[S, M]`` float, score ``s`` of model ``m`` (higher = predicted better); rows follow the
         ``score_names`` given to ``bootstrap``.
-      reference: index in ``0..M-1`` of the reference (generalist) model the top-k gains are measured against.
+      reference: index in ``0..M-1`` of the reference (generalist) model the top-k gains are measured against,
+        or ``None`` for a zoo without one: the gains are then over the mean accuracy of the M models (what a
+        uniformly random pick gets on average).
       correct: ``[M, R, I]`` bool (or 0/1), whether model ``m`` fine-tuned with seed ``r`` classifies test image
         ``i`` correctly; ``None`` when only accuracies are known.
       accuracies: ``[M]`` float, test accuracy in percent; used only when ``correct`` is ``None``.
@@ -89,7 +91,7 @@ class TaskData:
 
     name: str
     scores: np.ndarray
-    reference: int
+    reference: int | None
     correct: np.ndarray | None = None
     accuracies: np.ndarray | None = None
 
@@ -117,11 +119,12 @@ class TaskData:
             if not np.all(np.isfinite(accuracies)):
                 raise NonFiniteError(f"task {self.name!r}: accuracies must be finite")
             object.__setattr__(self, "accuracies", accuracies)
-        if not 0 <= int(self.reference) < m:
-            raise ShapeError(f"task {self.name!r}: reference must be a model index in 0..{m - 1}; "
-                             f"got {self.reference}")
+        if self.reference is not None:
+            if not 0 <= int(self.reference) < m:
+                raise ShapeError(f"task {self.name!r}: reference must be a model index in 0..{m - 1} or None; "
+                                 f"got {self.reference}")
+            object.__setattr__(self, "reference", int(self.reference))
         object.__setattr__(self, "scores", scores)
-        object.__setattr__(self, "reference", int(self.reference))
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -189,18 +192,23 @@ def _trials_to_best(scores: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return np.where(best[:, None, :], value, np.inf).min(-1)
 
 
-def _top_k_gain(scores: np.ndarray, acc: np.ndarray, reference: int, k: int) -> np.ndarray:
+def _reference_accuracy(acc: np.ndarray, reference: int | None) -> np.ndarray:
+    """``[N, M] -> [N]``: the reference model's accuracy, or the models' mean accuracy without one."""
+    return acc.mean(-1) if reference is None else acc[:, reference]
+
+
+def _top_k_gain(scores: np.ndarray, acc: np.ndarray, reference: int | None, k: int) -> np.ndarray:
     """Best accuracy among the k top-scored models (stable ties, ``metrics.top_k_accuracy``) minus the
-    reference's."""
+    reference's (``_reference_accuracy``)."""
     top = np.stack([score_order(row)[:k] for row in scores])  # [S, k]
-    return acc[:, top].max(-1) - acc[:, reference][:, None]
+    return acc[:, top].max(-1) - _reference_accuracy(acc, reference)[:, None]
 
 
 def _metric_names(ks: Sequence[int]) -> tuple[str, ...]:
     return ("spearman", "weighted_tau", "trials_to_best", *(f"top{k}_gain" for k in ks))
 
 
-def _metrics(scores: np.ndarray, acc: np.ndarray, reference: int, ks: Sequence[int]) -> np.ndarray:
+def _metrics(scores: np.ndarray, acc: np.ndarray, reference: int | None, ks: Sequence[int]) -> np.ndarray:
     """``[N, S, K]``: the metrics of ``_metric_names(ks)`` for every score row and accuracy row."""
     columns = [_spearman(scores, acc), _weighted_tau(scores, acc), _trials_to_best(scores, acc)]
     columns += [_top_k_gain(scores, acc, reference, k) for k in ks]
@@ -244,7 +252,7 @@ def _expected_weighted_tau(acc: np.ndarray, orderings: np.ndarray) -> tuple[np.n
     return mean, stderr
 
 
-def _random_metrics(acc: np.ndarray, reference: int, ks: Sequence[int],
+def _random_metrics(acc: np.ndarray, reference: int | None, ks: Sequence[int],
                     orderings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``([N, K], [N])``: each metric's expectation over a uniformly random ordering of the models, and the
     standard error of its weighted τ (the mean over ``orderings [P, M]``; exact when they are all M!
@@ -253,7 +261,7 @@ def _random_metrics(acc: np.ndarray, reference: int, ks: Sequence[int],
     best = (acc == acc.max(-1, keepdims=True)).sum(-1)
     tau, tau_stderr = _expected_weighted_tau(acc, orderings)
     columns = [np.zeros(acc.shape[0]), tau, (m + 1) / (best + 1.0)]
-    columns += [_expected_top_k_max(acc, k) - acc[:, reference] for k in ks]
+    columns += [_expected_top_k_max(acc, k) - _reference_accuracy(acc, reference) for k in ks]
     return np.stack(columns, axis=-1), tau_stderr
 
 

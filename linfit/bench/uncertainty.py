@@ -66,8 +66,10 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
       accuracy: the ground-truth column (``"accuracy"`` or ``"oracle_accuracy"``).
       models: ``{model name: baseline metadata}`` (``stats.BASELINE_KEYS``) to add the baseline rows; every
         model of the regime must be in it.
-      kinds: keep only the models of these kinds (a zoo cluster; needs ``models``); the reference index of a
-        group without its reference is then 0 and its gains are meaningless (use no top-k).
+      kinds: keep only the models of these kinds (a zoo cluster; needs ``models``).
+
+    A group without a reference model (a cluster without the generalist, a zoo without one such as the ImageNet
+    zoo) has ``reference=None``: its top-k gains are over the mean accuracy of its models (``stats.TaskData``).
 
     The stored score ``DRAWN_RANDOM`` (one random draw) is not among the score names: Random enters the
     bootstrap as its exact expectation.
@@ -82,7 +84,7 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
         group = group.sort_values("model")
         if kinds is not None:
             group = group[[models[m]["kind"] in kinds for m in group.model]]
-        if group.reference.sum() > 1 or len(group) < 2 or (kinds is None and group.reference.sum() != 1):
+        if group.reference.sum() > 1 or len(group) < 2:
             continue
         values = (sc[(sc.task == task) & (sc.seed == seed)]
                   .pivot(index="score", columns="model", values="value").reindex(columns=group.model))
@@ -111,7 +113,7 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
             truth = {"accuracies": group[accuracy].to_numpy(dtype=np.float64)}
         else:
             truth = {"correct": np.stack(correct)}  # [M, R, I]
-        reference = int(np.flatnonzero(group.reference.to_numpy())[0]) if group.reference.any() else 0
+        reference = int(np.flatnonzero(group.reference.to_numpy())[0]) if group.reference.any() else None
         tasks.append(stats.TaskData(f"{task}/seed{seed}" if several_seeds else str(task), rows, reference, **truth))
     names += tuple(BASELINE_PREFIX + name for name in baselines)
     if several_seeds:
@@ -174,6 +176,10 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
              f"{result.scheme}.", ""]
     if all(t.correct is None for t in tasks):
         lines += [f"Per-image data: {NO_IMAGES}.", ""]
+    if any(t.reference is None for t in tasks):
+        lines += [f"Top-k gains: {'no' if all(t.reference is None for t in tasks) else 'some'} task group has a "
+                  "reference model, so there the gains are over the mean accuracy of the group's models (what a "
+                  "uniformly random pick gets on average).", ""]
     lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
     lines += [f"`{stats.RANDOM}` is the exact expectation of a uniformly random ordering (weighted τ: exact without "
               "tied accuracies); `baseline: …` rows rank the models by metadata only (`linfit.bench.stats."
