@@ -251,12 +251,12 @@ def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None,
     """Selection cost over the whole zoo relative to fine-tuning the reference model once (the paper's Table 3),
     per regime: one row per score (``relative_cost``: the summed seconds of that score over the zoo's models on a
     task, inputs included, mean over the (task, seed) groups, divided by the mean seconds of one fine-tuning of
-    the reference model, or of any model in a zoo without one), ``brute_force`` (fine-tuning every model), and, in stores that keep compilation apart
-    (records with ``compile_seconds``; their ``seconds`` then exclude it), ``COMPILE_ROWS``: compilation charged
-    once per architecture: per group and architecture the largest ``compile_seconds`` of its units (the one unit
-    that compiled; parts computed together share one), summed over the architectures, mean over the groups, on
-    the same scale. In older stores every unit's seconds include whatever it compiled and there are no compile
-    rows. One setting per kind and only complete groups (``models``), as ``ranking_frame``.
+    the reference model, or of any model in a zoo without one), ``brute_force`` (fine-tuning every model), and,
+    in stores that keep compilation apart (records with ``compile_seconds``; their ``seconds`` then exclude it),
+    ``COMPILE_ROWS``: compilation charged once per architecture: per group and architecture the largest
+    ``compile_seconds`` of its units (the one unit that compiled; parts computed together share one), summed
+    over the architectures, mean over the groups, on the same scale. In older stores every unit's seconds include
+    whatever it compiled and there are no compile rows. One setting per kind and only complete groups (``models``), as ``ranking_frame``.
 
     Returns:
       Columns ``regime``, ``score``, ``relative_cost``.
