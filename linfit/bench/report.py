@@ -256,7 +256,8 @@ def cost_frame(store: ResultStore, *, settings: Collection[str] | None = None,
     ``COMPILE_ROWS``: compilation charged once per architecture: per group and architecture the largest
     ``compile_seconds`` of its units (the one unit that compiled; parts computed together share one), summed
     over the architectures, mean over the groups, on the same scale. In older stores every unit's seconds include
-    whatever it compiled and there are no compile rows. One setting per kind and only complete groups (``models``), as ``ranking_frame``.
+    whatever it compiled and there are no compile rows. One setting per kind and only complete groups
+    (``models``), as ``ranking_frame``.
 
     Returns:
       Columns ``regime``, ``score``, ``relative_cost``.
