@@ -351,21 +351,28 @@ def _plot_summary(summary: pd.DataFrame, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def gram_selection(store: ResultStore, *,
-                   settings: Collection[str] | None = None) -> list[tuple[str, str, list[dict]]]:
+def gram_selection(store: ResultStore, *, settings: Collection[str] | None = None,
+                   models: Collection[str] | None = None) -> list[tuple[str, str, list[dict]]]:
     """The Fig. 8 panels: per (task, regime), the fine-tuned units of the lowest seed that hold a ``"gram"``,
     reduced to the reference model and the model with the best fine-tuned accuracy (one unit when they coincide
     or no reference has a Gram). Returns ``[(task, regime, [{"model", "accuracy", "gram"}, ...])]`` sorted by
-    (task, regime); units without ``"gram"`` (older stores) are ignored. One fine-tuning setting, as
-    ``ranking_frame``."""
-    return _grams(store, set(_frames(store, settings)[1].setting))
+    (task, regime); units without ``"gram"`` (older stores) are ignored. One fine-tuning setting and only
+    complete groups (``models``), as ``ranking_frame``."""
+    finetune = complete_groups(*_frames(store, settings), models)[1]
+    return _grams(store, set(finetune.setting), _group_keys(finetune))
 
 
-def _grams(store: ResultStore, chosen: set[str]) -> list[tuple[str, str, list[dict]]]:
+def _group_keys(frame: pd.DataFrame) -> set[tuple]:
+    """The (task, regime, seed) groups of a frame."""
+    return set(frame[GROUP].itertuples(index=False, name=None))
+
+
+def _grams(store: ResultStore, chosen: set[str], groups_kept: set[tuple]) -> list[tuple[str, str, list[dict]]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for unit in store.units("finetune"):
         cfg, rec = unit["config"], unit["record"]
-        if "gram" in rec and setting_id("finetune", cfg) in chosen:
+        key = (cfg["task"], cfg["regime"], cfg.get("seed", 0))
+        if "gram" in rec and setting_id("finetune", cfg) in chosen and key in groups_kept:
             groups.setdefault((cfg["task"], cfg["regime"]), []).append(
                 {**_ids(cfg, "finetune"), "accuracy": rec["accuracy"], "gram": rec["gram"]})
     selection = []
@@ -410,9 +417,10 @@ def _plot_grams(panels: list[dict], title: str, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def _gram_section(store: ResultStore, out: pathlib.Path, chosen: set[str]) -> list[str]:
-    """The report's Fig. 8 section for the fine-tuning settings ``chosen`` (empty when no unit holds a Gram)."""
-    selection = _grams(store, chosen)
+def _gram_section(store: ResultStore, out: pathlib.Path, finetune: pd.DataFrame) -> list[str]:
+    """The report's Fig. 8 section for the fine-tuning setting and groups of ``finetune`` (empty when no unit holds
+    a Gram)."""
+    selection = _grams(store, set(finetune.setting), _group_keys(finetune))
     if not selection:
         return []
     lines = ["## Feature Gram matrices before and after fine-tuning (the paper's Fig. 8)", "",
@@ -483,7 +491,7 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     _plot_summary(summary, out / "trials_spearman.png")
     lines += ["## Trials-to-best and Spearman", "", "![trials and spearman](trials_spearman.png)", ""]
     lines += _cost_section(costs, finetune)
-    lines += _gram_section(store, out, set(finetune.setting))
+    lines += _gram_section(store, out, finetune)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
