@@ -196,13 +196,13 @@ def complete_groups(scores: pd.DataFrame, finetune: pd.DataFrame, models: Collec
     for key, ft in finetune.groupby(GROUP):
         sc = scores[(scores[GROUP] == pd.Series(dict(zip(GROUP, key)))).all(axis=1)]
         tuned = set(ft.model)
-        lacking = sorted({score for score, group in sc.groupby("score") if not tuned <= set(group.model)})
-        if tuned == zoo and not lacking:
+        scored = [set(group.model) for _, group in sc.groupby("score")]
+        unscored = tuned - set.intersection(*scored) if scored else set()
+        if tuned == zoo and not unscored:
             keep.append(key)
             continue
-        what = f"{len(tuned)} of {len(zoo)} models fine-tuned"
-        left_out.append(f"{'/'.join(map(str, key))} ({what}" + (f"; some of them lack the scores "
-                                                                f"{', '.join(lacking)})" if lacking else ")"))
+        left_out.append(f"{'/'.join(map(str, key))} ({len(tuned)} of {len(zoo)} models fine-tuned"
+                        + (f", {len(unscored)} of them without every score)" if unscored else ")"))
     kept = pd.MultiIndex.from_tuples(keep, names=GROUP) if keep else None
 
     def rows(frame):
