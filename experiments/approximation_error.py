@@ -389,10 +389,15 @@ def summarize(study: dict, s: Settings) -> dict:
     return {"rows": rows, "agg": agg, "ranks": ranks, "checks": checks, "tau": tau, "within": within}
 
 
+def _last_step(tau: float, c: float) -> int:
+    """The last step ``k`` with ``c·k <= τ`` (``τ = c·k``; 1e-9 absorbs the round-off of ``τ / c``)."""
+    return int(np.floor(tau / c + 1e-9))
+
+
 def tau_max_error(errors: list[np.ndarray], c: float, tau: float) -> float | None:
     """Largest relative loss error over the runs ``errors`` (each ``[steps]``, the error at step ``k``, i.e. at
     ``τ = c·k``) up to ``τ``; ``None`` where the runs stop before reaching ``τ``."""
-    last = int(np.floor(tau / c + 1e-9))
+    last = _last_step(tau, c)
     if last >= min(len(e) for e in errors):
         return None
     return float(max(np.max(e[: last + 1]) for e in errors))
@@ -402,7 +407,7 @@ def tau_within(runs: list[tuple[np.ndarray, float]], tau: float,
                threshold: float = BREAK_THRESHOLD) -> tuple[int, int]:
     """``(k, n)``: of the ``n`` runs ``(errors [steps], c)`` that reach ``τ`` (step ``⌊τ/c⌋`` exists), the ``k`` whose
     relative loss error stays at most ``threshold`` up to it."""
-    reached = [e[: int(np.floor(tau / c + 1e-9)) + 1] for e, c in runs if int(np.floor(tau / c + 1e-9)) < len(e)]
+    reached = [e[: last + 1] for e, last in ((e, _last_step(tau, c)) for e, c in runs) if last < len(e)]
     return sum(bool(np.max(e) <= threshold) for e in reached), len(reached)
 
 

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       *progress(store, preset(args.preset))]))
         try:
             path = write_report(store, out, accuracy=args.accuracy, manifest=zoo.manifest(), notes=notes,
-                                models=preset(args.preset).models)
+                                models=config.models)
         except LinfitError as err:  # no complete task group yet: the progress file says what is there
             print(f"no report yet: {err}")
         else:

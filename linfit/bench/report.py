@@ -193,8 +193,9 @@ def complete_groups(scores: pd.DataFrame, finetune: pd.DataFrame, models: Collec
     finetune = finetune[finetune.model.isin(zoo)]
     scores = scores[scores.model.isin(zoo)]
     keep, left_out = [], []
+    scores_of = dict(tuple(scores.groupby(GROUP)))
     for key, ft in finetune.groupby(GROUP):
-        sc = scores[(scores[GROUP] == pd.Series(dict(zip(GROUP, key)))).all(axis=1)]
+        sc = scores_of.get(key, scores.iloc[:0])
         tuned = set(ft.model)
         scored = [set(group.model) for _, group in sc.groupby("score")]
         unscored = tuned - set.intersection(*scored) if scored else set()
