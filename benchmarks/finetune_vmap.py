@@ -6,7 +6,7 @@ Usage::
     JAX_PLATFORMS=cpu python benchmarks/finetune_vmap.py --model resnet8/latin/scratch --task greek:20shot
 
 All strategies run the same protocol in one process: the search over L learning rates × S seeds on the fit split
-and the refit of the S seeds on the whole training set, with a fixed step budget (``rel_tol = abs_tol = 0`` and no
+and the refit of the S seeds on the whole training set, with a fixed step budget (``patience`` as long as the budget and no
 grid extension, so every run takes exactly ``--steps`` steps and every strategy does identical work). Each strategy
 first runs once with a budget of one window (a warm-up that compiles every function of the timed run, since shapes
 do not depend on the budget); then the timed runs alternate between the strategies ``--repeats`` times. Reported:
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     config = FinetuneConfig.paper(batch_size=args.batch_size, milestones=())
 
     def run(strategy: str, steps: int):
-        protocol = GridProtocol(window=args.window, max_steps=steps, rel_tol=0.0, abs_tol=0.0, max_extensions=0)
+        protocol = GridProtocol(window=args.window, max_steps=steps, patience=steps // args.window, max_extensions=0)
         start = time.perf_counter()
         result = finetune_grid(candidate.model, candidate.variables, task.train.x, task.train.y, task.test.x,
                                task.test.y, config=config, lrs=args.lrs, seeds=args.seeds, protocol=protocol,

@@ -54,8 +54,8 @@ def test_vmapped_program_equals_runs_one_after_another():
     model = BNNet(3)
     variables = model.init(jax.random.PRNGKey(3), x[:2])
     cfg = FinetuneConfig.paper(batch_size=5, milestones=(), eval_batch_size=7)
-    protocol = GridProtocol(window=4, max_steps=24, rel_tol=0.02, abs_tol=0.0, extend_factor=4.0, max_extensions=1,
-                            val_fraction=0.2)
+    protocol = GridProtocol(window=4, max_steps=24, rel_tol=0.02, abs_tol=0.0, patience=1, extend_factor=4.0,
+                            max_extensions=1, val_fraction=0.2)
     lrs, seeds = (1e-4, 0.01, 0.03, 0.1), (0, 1, 2)
     runs = {s: finetune_grid(model, variables, x, y, x_test, y_test, config=cfg, lrs=lrs, seeds=seeds,
                              protocol=protocol, strategy=s) for s in ("vmap", "sequential")}
@@ -84,10 +84,11 @@ def _assert_same_runs(vm, seq):
 
 
 def _expected_stop(lr, protocol):
-    """(steps, converged, diverged) from the closed-form per-step loss ½ρ^{2t}; inf once a sum over the batch of 12
-    such losses would overflow float32."""
+    """(steps, converged, diverged) from the closed-form per-step loss ½ρ^{2t} under early stopping: converged after
+    ``patience`` consecutive windows whose mean is not below best − (rel_tol·|best| + abs_tol); inf once a sum over
+    the batch of 12 such losses would overflow float32."""
     rho = 1.0 - lr / C
-    previous = np.nan
+    best, stale = np.inf, 0
     for j in range(protocol.max_steps // protocol.window):
         t = np.arange(j * protocol.window, (j + 1) * protocol.window)
         with np.errstate(over="ignore"):
@@ -95,34 +96,41 @@ def _expected_stop(lr, protocol):
         current = np.inf if np.any(loss * 12 > np.finfo(np.float32).max) else loss.mean()
         if not np.isfinite(current):
             return (j + 1) * protocol.window, False, True
-        if np.isfinite(previous):
-            gap, threshold = abs(current - previous), protocol.rel_tol * abs(previous) + protocol.abs_tol
-            assert abs(gap - threshold) > 1e-3 * threshold, "a test case too close to the threshold"
-            if gap <= threshold:
-                return (j + 1) * protocol.window, True, False
-        previous = current
+        if np.isinf(best):
+            best = current
+            continue
+        threshold = best - (protocol.rel_tol * abs(best) + protocol.abs_tol)
+        assert abs(current - threshold) > 1e-3 * abs(threshold), "a test case too close to the threshold"
+        if current < threshold:
+            best, stale = current, 0
+        else:
+            stale += 1
+        if stale >= protocol.patience:
+            return (j + 1) * protocol.window, True, False
     return protocol.max_steps, False, False
 
 
 def test_convergence_criterion_matches_the_closed_form_loss():
-    """η = 0.04: slow, stops at the budget; η = 1: converges (ρ = 0.75); η = 8: ρ = −1, a loss constant at ½,
-    converged after two windows; η = 4100: ρ = −1024, overflows at step 7, diverged."""
+    """η = 0.04: slow, stops at the budget; η = 1: converges (ρ = 0.75) three windows after its last improvement;
+    η = 8: ρ = −1, a loss constant at ½, converged after 1 + 3 windows; η = 4100: ρ = −1024, overflows at step 7,
+    diverged."""
     x, y, variables = _one_hot_task()
-    protocol = GridProtocol(window=4, max_steps=40, rel_tol=0.0, abs_tol=1e-3, max_extensions=0, val_fraction=0.25)
+    protocol = GridProtocol(window=4, max_steps=40, rel_tol=0.0, abs_tol=1e-3, patience=3, max_extensions=0,
+                            val_fraction=0.25)
     lrs = (0.04, 1.0, 8.0, 4100.0)
     cfg = FinetuneConfig(batch_size=64, **PLAIN_GD)
     result = finetune_grid(Linear(C), variables, x, y, x, y, config=cfg, lrs=lrs, seeds=(0,), protocol=protocol)
     expected = [_expected_stop(lr, protocol) for lr in lrs]
-    assert expected == [(40, False, False), (20, True, False), (8, True, False), (8, False, True)]
+    assert expected == [(40, False, False), (28, True, False), (16, True, False), (8, False, True)]
     assert result.search_steps[:, 0].tolist() == [e[0] for e in expected]
     assert result.search_converged[:, 0].tolist() == [e[1] for e in expected]
     assert result.search_diverged[:, 0].tolist() == [e[2] for e in expected]
     assert np.isnan(result.val_accuracy[3, 0]) and not result.search_test_correct[3].any()
     # η = 1 is the only one that learns within the budget; its refit on all 16 images follows the same closed form.
-    assert result.chosen_lr == 1.0 and result.steps.tolist() == [20] and result.converged.tolist() == [True]
+    assert result.chosen_lr == 1.0 and result.steps.tolist() == [28] and result.converged.tolist() == [True]
     # float32 forms the residual ρ^t = 1 − w_t by cancellation: an absolute error of a few ulp(1) ≈ 1e-7 on
-    # ρ^19 ≈ 4e-3, so the loss (∝ ρ^{2t}) carries a relative error up to ~1e-4.
-    np.testing.assert_allclose(result.train_loss, [0.5 * np.mean(0.75 ** (2.0 * np.arange(16, 20)))], rtol=5e-4)
+    # ρ^24…ρ^27 ≈ 1e-3…4e-4, so the loss (∝ ρ^{2t}) carries a relative error up to ~1e-3.
+    np.testing.assert_allclose(result.train_loss, [0.5 * np.mean(0.75 ** (2.0 * np.arange(24, 28)))], rtol=5e-3)
 
 
 @pytest.mark.parametrize(

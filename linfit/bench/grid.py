@@ -73,8 +73,8 @@ class BenchConfig:
       batch_size, learning_rates, finetune_seeds, protocol: the fine-tuning ground truth
         (``linfit.finetune.finetune_grid``): the paper's optimiser (SGD, Nesterov momentum 0.9, weight decay
         1e-4, a new LeCun-normal head) at a constant step size on minibatches of ``batch_size``, every
-        (η, seed) of ``learning_rates`` × ``finetune_seeds`` trained until its window-mean training loss is
-        stationary (``protocol``: window, step budget, tolerances), the grid extended while the best η sits on
+        (η, seed) of ``learning_rates`` × ``finetune_seeds`` trained until its window-mean training loss stops
+        improving (``protocol``: window, patience, step budget, tolerances), the grid extended while the best η sits on
         an edge, η chosen by the mean validation accuracy over the seeds on a held-out 20 % of the training
         split, then every seed refit with that η on the whole training split. ``protocol`` may be given as a
         mapping of ``GridProtocol`` fields (a JSON round trip of the config).

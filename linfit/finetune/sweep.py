@@ -14,9 +14,15 @@ PyTorch-style SGD direction, same modes and BatchNorm handling) at a constant st
    per-image test correctness is returned, so intervals can be bootstrapped over images and seeds exactly.
 
 **Steps and convergence.** Training is measured in SGD steps and checked once per window of K = ``window``
-steps: with L_j the mean minibatch loss of window j, a run has *converged* after window j ≥ 1 when
-``|L_j − L_{j−1}| <= rel_tol · |L_{j−1}| + abs_tol`` (its loss is stationary), has *diverged* when L_j is not
-finite, and otherwise stops at ``max_steps``. A stopped run keeps its parameters from then on.
+steps. With L_j the mean minibatch loss of window j and B_j the best window mean so far (B_0 = L_0; B_j = L_j
+when L_j improves on it, ``L_j < B_{j−1} − (rel_tol · |B_{j−1}| + abs_tol)``, else B_{j−1}), a run has
+*converged* after the ``patience``-th consecutive window that does not improve on its best (early stopping on the
+training loss), has *diverged* when L_j is not finite, and otherwise stops at ``max_steps``. A stopped run keeps
+its parameters from then on. Requiring no progress for several windows, rather than two consecutive windows of
+equal loss, keeps a run at a large η from stopping on a plateau it would have left. With the latter criterion, 7 of
+the 258 refit runs of the first 86 units of the 20-shot evidence grid (resnet8, window 25) stopped after 75–275 steps
+at a training loss ≥ 10× a sibling seed's, 5–43 points of test accuracy below it; with ``patience = 3`` the refits
+of the four worst units all stopped at a training loss ≤ 0.004, their seeds within 0.7 points of each other.
 
 **Data order.** Seed s trains from the head ``fold_in(PRNGKey(s), 0)`` (when ``config.head_init`` is set) on
 minibatches of B = min(batch_size, N) samples: step k takes the ``(k mod E)``-th block of B indices of
@@ -72,8 +78,10 @@ class GridProtocol:
     Attributes:
       window: K, the steps between two convergence checks (and the steps of one compiled call).
       max_steps: the step budget of every run; a positive multiple of ``window``.
-      rel_tol, abs_tol: converged when two consecutive window-mean losses differ by at most
-        ``rel_tol · |previous| + abs_tol`` (loss units: nats for ``"ce"``).
+      rel_tol, abs_tol: a window improves on the best window-mean loss B when its mean is below
+        ``B − (rel_tol · |B| + abs_tol)`` (loss units: nats for ``"ce"``).
+      patience: converged after this many consecutive windows without an improvement (a fixed budget of
+        ``max_steps``: ``patience >= max_steps // window``, as the first window always improves).
       extend_factor: the ratio (> 1) between an edge η and the η added beyond it.
       max_extensions: at most this many η added below the grid, and as many above.
       val_fraction: the share of each class held out for choosing η.
@@ -83,6 +91,7 @@ class GridProtocol:
     max_steps: int = 2000
     rel_tol: float = 1e-2
     abs_tol: float = 1e-3
+    patience: int = 3
     extend_factor: float = 3.0
     max_extensions: int = 3
     val_fraction: float = 0.2
@@ -95,6 +104,8 @@ class GridProtocol:
             )
         if not (self.rel_tol >= 0 and self.abs_tol >= 0):
             raise ConfigError(f"rel_tol and abs_tol must be >= 0; got {self.rel_tol}, {self.abs_tol}")
+        if self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 window; got {self.patience}")
         if not self.extend_factor > 1 or self.max_extensions < 0:
             raise ConfigError(
                 f"need extend_factor > 1 and max_extensions >= 0; got {self.extend_factor}, {self.max_extensions}"
@@ -167,10 +178,10 @@ def batch_indices(data_key: jax.Array, step, n: int, batch_size: int) -> jax.Arr
     return jax.lax.dynamic_slice_in_dim(perm, (step % per_epoch) * batch_size, batch_size)
 
 
-def window_converged(previous: np.ndarray, current: np.ndarray, rel_tol: float, abs_tol: float) -> np.ndarray:
-    """``|current − previous| <= rel_tol·|previous| + abs_tol`` elementwise; False where ``previous`` is NaN."""
+def improves(best: np.ndarray, current: np.ndarray, rel_tol: float, abs_tol: float) -> np.ndarray:
+    """``current < best − (rel_tol·|best| + abs_tol)`` elementwise; True where ``best`` is +inf (no window yet)."""
     with np.errstate(invalid="ignore"):
-        return np.isfinite(previous) & (np.abs(current - previous) <= rel_tol * np.abs(previous) + abs_tol)
+        return np.isposinf(best) | (current < best - (rel_tol * np.abs(best) + abs_tol))
 
 
 @dataclasses.dataclass
@@ -234,6 +245,8 @@ def _minibatch(data_key: jax.Array, step, x, y, batch_size: int) -> tuple[jax.Ar
 def _train(run_window: Callable, num_runs: int, protocol: GridProtocol) -> dict[str, np.ndarray]:
     """Drive ``run_window(k0, active [R]) -> losses [R, K]`` window by window under the convergence criterion."""
     previous = np.full(num_runs, np.nan)
+    best = np.full(num_runs, np.inf)
+    stale = np.zeros(num_runs, np.int64)  # consecutive windows without an improvement
     steps = np.zeros(num_runs, np.int64)
     converged = np.zeros(num_runs, bool)
     diverged = np.zeros(num_runs, bool)
@@ -241,8 +254,10 @@ def _train(run_window: Callable, num_runs: int, protocol: GridProtocol) -> dict[
     for k0 in range(0, protocol.max_steps, protocol.window):
         current = np.asarray(run_window(k0, active), np.float64).mean(axis=1)
         now_diverged = active & ~np.isfinite(current)
-        now_converged = active & ~now_diverged & window_converged(previous, current, protocol.rel_tol,
-                                                                    protocol.abs_tol)
+        better = active & improves(best, current, protocol.rel_tol, protocol.abs_tol)
+        best = np.where(better, current, best)
+        stale = np.where(better, 0, stale + active)
+        now_converged = active & ~now_diverged & (stale >= protocol.patience)
         steps[active] += protocol.window
         previous = np.where(active, current, previous)
         diverged |= now_diverged
