@@ -216,3 +216,5 @@ def test_clear_errors():
         grid(strategy="parallel")
     with pytest.raises(ConfigError, match="multiple of window"):
         GridProtocol(window=3, max_steps=10)
+    with pytest.raises(ConfigError, match="patience"):
+        GridProtocol(patience=0)
