@@ -73,9 +73,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import binomtest, spearmanr
+from scipy.stats import spearmanr
 
 from linfit import models
+from linfit.bench.stats import share_interval
 from linfit.data import load_task
 from linfit.data.sampling import scoring_subset
 from linfit.dynamics import LinearizedDynamics, linearized_ce_trajectory
@@ -409,12 +410,6 @@ def tau_within(runs: list[tuple[np.ndarray, float]], tau: float,
     relative loss error stays at most ``threshold`` up to it."""
     reached = [e[: last + 1] for e, last in ((e, _last_step(tau, c)) for e, c in runs) if last < len(e)]
     return sum(bool(np.max(e) <= threshold) for e in reached), len(reached)
-
-
-def share_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Clopper-Pearson (exact binomial) interval of a share observed as ``k`` of ``n``."""
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
-    return float(ci.low), float(ci.high)
 
 
 def plot(summary: dict, study: dict, s: Settings, out_dir: Path) -> list[str]:

@@ -121,15 +121,10 @@ def test_quick_study_runs_and_writes_report(tmp_path):
                         for r in head for loss in ("mse", "ce"))
 
 
-def test_runs_within_the_threshold_up_to_tau_and_the_exact_share_interval():
+def test_runs_within_the_threshold_up_to_tau():
     runs = [(np.array([0.0, 0.02, 0.03, 0.5]), 0.5), (np.array([0.01, 0.2]), 1.0), (np.array([0.0] * 10), 0.25)]
     assert ae.tau_within(runs, 0.5) == (3, 3)   # steps 0-1, 0, 0-2: all ≤ 0.1
     assert ae.tau_within(runs, 1.0) == (2, 3)   # the second run's step 1 is 0.2
     assert ae.tau_within(runs, 1.5) == (1, 3)   # the first run passes 0.1 at step 3
     assert ae.tau_within(runs, 2.0) == (1, 1)   # the first two runs stop before τ = 2
     assert ae.tau_within(runs, 5.0) == (0, 0)
-    # Clopper-Pearson at k = n: [(α/2)^(1/n), 1]; at k = 0: [0, 1 − (α/2)^(1/n)]
-    low, high = ae.share_interval(4, 4)
-    assert np.isclose(low, 0.025 ** 0.25) and high == 1.0
-    low, high = ae.share_interval(0, 5)
-    assert low == 0.0 and np.isclose(high, 1 - 0.025 ** 0.2)

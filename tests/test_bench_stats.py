@@ -305,3 +305,15 @@ def test_zoo_baseline_metadata_from_the_committed_manifest():
         st.zoo_baseline_metadata(manifest, ["resnet8/nope"])
     with pytest.raises(LinfitError, match="per_domain"):
         st.zoo_baseline_metadata({**manifest, "train_config": {"per_domain": None}}, names)
+
+
+def test_share_interval_is_the_exact_binomial_interval():
+    # Clopper-Pearson at k = n: [(α/2)^(1/n), 1]; at k = 0: [0, 1 − (α/2)^(1/n)]; inside: the beta quantiles.
+    low, high = st.share_interval(4, 4)
+    assert np.isclose(low, 0.025 ** 0.25) and high == 1.0
+    low, high = st.share_interval(0, 5)
+    assert low == 0.0 and np.isclose(high, 1 - 0.025 ** 0.2)
+    low, high = st.share_interval(3, 10)
+    assert np.isclose(low, sps.beta.ppf(0.025, 3, 8)) and np.isclose(high, sps.beta.ppf(0.975, 4, 7))
+    with pytest.raises(ConfigError, match="0 <= k <= n"):
+        st.share_interval(3, 2)

@@ -39,6 +39,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from linfit.bench import ground_truth
 from linfit.bench.metrics import ranking_metrics
 from linfit.bench.store import ResultStore, setting, setting_id, unpack_bools
 from linfit.errors import LinfitError
@@ -62,7 +63,9 @@ def scores_frame(store: ResultStore) -> pd.DataFrame:
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
     """One row per fine-tuned (model, task, regime, seed, setting): accuracy, oracle accuracy, seconds, and
     ``test_correct`` (``[R, I]`` bool: per fine-tuning seed, per test image; ``R = 1`` for records of one run;
-    ``None`` in stores written before it was recorded).
+    ``None`` in stores written before it was recorded); the protocol's outcome where the record has it
+    (``linfit.bench.grid.finetune_record``; NaN or ``None`` otherwise): ``lr`` (the chosen η), ``bracketed``,
+    and per refit run ``accuracy_per_seed`` (percent), ``steps`` and ``converged`` (``[R]`` arrays).
 
     Raises ``LinfitError`` when a unit's per-image correctness does not average to its accuracy."""
     rows = []
@@ -83,10 +86,17 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
                 "seconds": rec["seconds"],
                 "compile_seconds": rec.get("compile_seconds", np.nan),
                 "test_correct": correct,
+                "lr": rec.get("lr", np.nan),
+                "bracketed": rec.get("bracketed"),
+                **{key: None if key not in rec else np.asarray(rec[key]) for key in _PER_SEED},
             }
         )
     return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "accuracy", "oracle_accuracy", "seconds", "compile_seconds",
-                                       "test_correct"])
+                                       "test_correct", "lr", "bracketed", *_PER_SEED])
+
+
+_PER_SEED = ("accuracy_per_seed", "steps", "converged")
+"""Per-refit-run fields of a ``finetune_grid`` record that ``finetune_frame`` keeps as arrays."""
 
 
 def _test_correct(record: dict) -> np.ndarray | None:
@@ -475,6 +485,7 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
         lines += [f"Left out as incomplete ({len(left_out)} task groups): {'; '.join(left_out)}.", ""]
     if no_models:
         lines += [f"No trivial baselines or per-cluster results: {no_models}.", ""]
+    lines += ground_truth.section(finetune, GROUP)
     for regime, table in summary.groupby("regime"):
         table = table.drop(columns="regime").replace({"score": {"random": "random (one draw)"}})
         lines += [f"## Regime `{regime}`: averages over tasks", ""]

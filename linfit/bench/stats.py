@@ -562,6 +562,18 @@ BASELINE_KEYS = ("kind", "reference", "source_images", "source_accuracy")
 """Keys every model-metadata dict given to ``baseline_scores`` must have (see there)."""
 
 
+def share_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval ``(low, high)`` in [0, 1] of a share observed as ``k`` of ``n``.
+
+    Raises:
+      ConfigError: not ``0 <= k <= n`` with ``n >= 1``.
+    """
+    if not 0 <= k <= n or n < 1:
+        raise ConfigError(f"a share needs 0 <= k <= n and n >= 1; got k={k}, n={n}")
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def baseline_scores(models: Sequence[Mapping]) -> dict[str, np.ndarray]:
     """Score vectors of trivial model-selection rules, to be ranked like any score.
 
