@@ -285,8 +285,13 @@ def test_baseline_scores_from_metadata():
     np.testing.assert_array_equal(scores["source_images"], [800, 100, 100])
     np.testing.assert_array_equal(scores["source_accuracy"], [0.7, 0.9, 0.95])
     np.testing.assert_array_equal(scores["reference_first"], [1, 0, 0])
-    with pytest.raises(ShapeError, match="source_accuracy"):
-        st.baseline_scores([{k: v for k, v in m.items() if k != "source_accuracy"} for m in models])
+    # A zoo records only what applies to it (the ImageNet zoo: its published top-1): only those baselines.
+    top1 = st.baseline_scores([{"name": "a", "source_accuracy": 75.1}, {"name": "b", "source_accuracy": 58.2}])
+    assert list(top1) == ["source_accuracy"]
+    with pytest.raises(ShapeError, match="same keys"):
+        st.baseline_scores([models[0], {k: v for k, v in models[1].items() if k != "source_accuracy"}, models[2]])
+    with pytest.raises(ShapeError, match="at least one"):
+        st.baseline_scores([{"name": "a"}, {"name": "b"}])
 
 
 def test_zoo_baseline_metadata_from_the_committed_manifest():

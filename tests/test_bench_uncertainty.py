@@ -33,11 +33,11 @@ def _scores(task):
     return {"oracle": acc, "inverse": -acc, **({} if task == "t2" else {"partial": acc})}  # partial: not in t2
 
 
-def _store(path, per_image: bool):
+def _store(path, per_image: bool, models=MODELS):
     store = ResultStore(path)
     for task in CORRECT_COUNTS:
         correct, acc, scores = _correct(task), _accuracy(task), _scores(task)
-        for m, model in enumerate(MODELS):
+        for m, model in enumerate(models):
             cfg = {"model": model, "task": task, "regime": "20shot", "seed": 0, "reference": model == "gen"}
             record = {"accuracy": acc[m], "seconds": 1.0}
             if per_image:
@@ -153,6 +153,23 @@ def test_baselines_and_clusters_from_manifest(tmp_path):
     assert scratch["oracle"] == [(1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
     assert scratch["inverse"][0] == (-1.0, -1.0, -1.0) and scratch["inverse"][2] == (2.0, 2.0, 2.0)
     assert "Models the generalist and the experts initialised from it (3 per task)" in text
+
+
+def test_imagenet_backbones_get_their_published_top1_as_the_one_baseline(tmp_path):
+    from linfit.zoo.imagenet import published_top1
+
+    top1 = published_top1()
+    names = sorted(top1)  # the report's model order; no generalist, so no reference model
+    with _store(tmp_path / "i.sqlite", per_image=True, models=names) as store:
+        text = write_report(store, tmp_path / "r", manifest=MANIFEST).read_text()
+    table = _table(text, "## Regime `20shot`")
+    assert [row for row in table if row.startswith("baseline:")] == ["baseline: source_accuracy"]
+    assert "Models the experts trained from scratch" not in text  # no kinds, no clusters
+    assert "`source_accuracy` is each backbone's published ImageNet top-1" in text
+    # Spearman of ranking by top-1, by hand (no ties on either side), averaged over the three tasks
+    ranks = np.argsort(np.argsort([top1[n] for n in names]))
+    rho = [np.corrcoef(ranks, np.argsort(np.argsort(_accuracy(task))))[0, 1] for task in CORRECT_COUNTS]
+    assert table["baseline: source_accuracy"][0][0] == pytest.approx(np.mean(rho), abs=0.005)
 
 
 def test_per_image_correctness_round_trips_through_the_store(tmp_path):

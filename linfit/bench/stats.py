@@ -558,8 +558,12 @@ def separated_pairs(result: BootstrapResult, metric: str) -> list[Difference]:
 # -------------------------------------------------------------------------------------------- trivial baselines
 
 
-BASELINE_KEYS = ("kind", "reference", "source_images", "source_accuracy")
-"""Keys every model-metadata dict given to ``baseline_scores`` must have (see there)."""
+BASELINES = {"from_generalist": "kind", "source_images": "source_images", "source_accuracy": "source_accuracy",
+             "reference_first": "reference"}
+"""Each trivial baseline of ``baseline_scores`` and the model-metadata key it reads."""
+
+BASELINE_KEYS = tuple(BASELINES.values())
+"""The model-metadata keys ``baseline_scores`` reads (see there)."""
 
 
 def share_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -578,38 +582,41 @@ def baseline_scores(models: Sequence[Mapping]) -> dict[str, np.ndarray]:
     """Score vectors of trivial model-selection rules, to be ranked like any score.
 
     Args:
-      models: M dicts, one per model in the task's model order, with keys
-        ``kind`` (str: ``"generalist"``, ``"scratch"``, ``"from-generalist"`` or ``"multibn"``, as
-        ``linfit.zoo.spec.KINDS``), ``reference`` (bool: the generalist the gains are measured against),
-        ``source_images`` (int: labelled source images of the model's last training stage) and
-        ``source_accuracy`` (float: top-1 accuracy on its own source test split, e.g. the zoo manifest's).
+      models: M dicts, one per model in the task's model order, all with the same keys of ``BASELINE_KEYS``
+        (a zoo records what applies to it): ``kind`` (str: ``"generalist"``, ``"scratch"``,
+        ``"from-generalist"`` or ``"multibn"``, as ``linfit.zoo.spec.KINDS``), ``reference`` (bool: the
+        generalist the gains are measured against), ``source_images`` (int: labelled source images of the model's
+        last training stage) and ``source_accuracy`` (float: top-1 accuracy on its own source test split, e.g.
+        the zoo manifest's, or an ImageNet backbone's published ImageNet top-1).
 
     Returns:
-      ``{name: [M] float}`` with
+      ``{name: [M] float}``, one entry per key present (``BASELINES``):
       ``from_generalist`` (1 for the generalist and the experts initialised from it, else 0),
       ``source_images`` (more source data = predicted better), ``source_accuracy`` (better on its own source =
-      predicted better; the analogue of ranking ImageNet models by their ImageNet top-1) and ``reference_first``
+      predicted better; for an ImageNet zoo, ranking by ImageNet top-1) and ``reference_first``
       (1 for the reference, 0 for the others: "always fine-tune the generalist first").
       These scores tie many models: trials-to-best averages over the ties, top-k keeps the given model order
       among them (``linfit.bench.metrics``).
 
     Raises:
-      ShapeError: fewer than 2 models, or a dict without one of ``BASELINE_KEYS``.
+      ShapeError: fewer than 2 models, no key of ``BASELINE_KEYS``, or models that differ in which they have.
       NonFiniteError: a non-finite ``source_images`` or ``source_accuracy``.
     """
     if len(models) < 2:
         raise ShapeError(f"baseline scores need at least 2 models; got {len(models)}")
-    for i, model in enumerate(models):
-        missing = [key for key in BASELINE_KEYS if key not in model]
-        if missing:
-            raise ShapeError(f"model {i} ({model.get('name', '?')}) lacks {', '.join(missing)}; every model dict "
-                             f"needs {', '.join(BASELINE_KEYS)}")
-    out = {
-        "from_generalist": np.array([float(m["kind"] in ("generalist", "from-generalist")) for m in models]),
-        "source_images": np.array([float(m["source_images"]) for m in models]),
-        "source_accuracy": np.array([float(m["source_accuracy"]) for m in models]),
-        "reference_first": np.array([float(bool(m["reference"])) for m in models]),
+    keys = [tuple(key for key in BASELINE_KEYS if key in model) for model in models]
+    if not keys[0] or len(set(keys)) != 1:
+        i = next((i for i, k in enumerate(keys) if k != keys[0]), 0)
+        raise ShapeError(f"every model dict needs the same keys of {', '.join(BASELINE_KEYS)} (at least one); "
+                         f"model 0 ({models[0].get('name', '?')}) has {list(keys[0])}, model {i} "
+                         f"({models[i].get('name', '?')}) has {list(keys[i])}")
+    rules = {
+        "from_generalist": lambda m: float(m["kind"] in ("generalist", "from-generalist")),
+        "source_images": lambda m: float(m["source_images"]),
+        "source_accuracy": lambda m: float(m["source_accuracy"]),
+        "reference_first": lambda m: float(bool(m["reference"])),
     }
+    out = {name: np.array([rules[name](m) for m in models]) for name, key in BASELINES.items() if key in keys[0]}
     if not all(np.all(np.isfinite(v)) for v in out.values()):
         raise NonFiniteError("source_images and source_accuracy must be finite for every model")
     return out

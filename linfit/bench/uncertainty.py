@@ -9,9 +9,10 @@ left out and named), and its ground truth, the per-seed per-image test correctne
 when every model of the group has it with one shape and the report's ground truth is ``"accuracy"``, else the
 stored accuracies (only task resampling then moves the group; the section says so).
 
-Model metadata (``linfit.bench.stats.zoo_baseline_metadata`` of a zoo manifest) adds the trivial baselines
-(``linfit.bench.stats.baseline_scores``, rows ``baseline: <name>``) and the results within each zoo cluster:
-the generalist with the experts initialised from it, and the experts trained from scratch. Within a cluster the
+Model metadata (``model_metadata``: a zoo manifest's records, or the ImageNet backbones' published top-1) adds
+the trivial baselines (``linfit.bench.stats.baseline_scores``, rows ``baseline: <name>``) and, for a zoo whose
+records give each model's kind, the results within each zoo cluster: the generalist with the experts initialised
+from it, and the experts trained from scratch. Within a cluster the
 reference model is not always present, so the cluster tables give Spearman, weighted τ and trials-to-best only.
 """
 
@@ -181,10 +182,12 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
                   "reference model, so there the gains are over the mean accuracy of the group's models (what a "
                   "uniformly random pick gets on average).", ""]
     lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
+    kinds = models is not None and all("kind" in m for m in models.values())  # else the ImageNet backbones
+    top1 = "; `source_accuracy` is each backbone's published ImageNet top-1" if models is not None and not kinds else ""
     lines += [f"`{stats.RANDOM}` is the exact expectation of a uniformly random ordering (weighted τ: exact without "
               "tied accuracies); `baseline: …` rows rank the models by metadata only (`linfit.bench.stats."
-              "baseline_scores`).", "", _markdown(interval_table(result)), ""]
-    if models is not None:
+              f"baseline_scores`{top1}).", "", _markdown(interval_table(result)), ""]
+    if kinds:  # zoo clusters are kinds of models
         lines += _cluster_lines(scores, finetune, regime, accuracy, models)
     lines += [f"### Paired differences (`{regime}`)", "",
               "Each difference is computed on the same bootstrap replicates for both rows. With this many pairs, "
@@ -209,8 +212,14 @@ def _cluster_lines(scores, finetune, regime, accuracy, models) -> list[str]:
 
 
 def model_metadata(manifest: Mapping | None, names: Sequence[str]) -> tuple[dict[str, dict] | None, str | None]:
-    """``({name: baseline metadata}, None)`` for the models ``names`` from a zoo ``manifest``, or ``(None, why)``
-    when there is no manifest or it lacks one of them."""
+    """``({name: baseline metadata}, None)`` for the models ``names``, or ``(None, why)``: the packaged ImageNet
+    backbones' published top-1 (``linfit.zoo.imagenet.published_top1``, their one baseline) when every name is
+    one of them, else a zoo ``manifest``'s records (``stats.zoo_baseline_metadata``) when it holds them all."""
+    from linfit.zoo.imagenet import published_top1
+
+    top1 = published_top1()
+    if names and all(name in top1 for name in names):
+        return {name: {"name": name, "source_accuracy": top1[name]} for name in names}, None
     if manifest is None:
         return None, "no zoo manifest given"
     known = {entry["name"] for entry in manifest["models"]}

