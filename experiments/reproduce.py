@@ -52,9 +52,10 @@ import pathlib
 import numpy as np
 
 from linfit import zoo
+from linfit.bench import ground_truth
 from linfit.bench.grid import BenchConfig, run_bench, units
-from linfit.bench.report import write_report
-from linfit.bench.store import ResultStore, parse_shard, part_key, read_stores
+from linfit.bench.report import finetune_frame, write_report
+from linfit.bench.store import ResultStore, parse_shard, part_key, read_stores, setting_id
 from linfit.data import embedded
 from linfit.errors import LinfitError
 from linfit.finetune import GridProtocol
@@ -156,8 +157,9 @@ def default_paths(name: str) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def progress(store, config: BenchConfig) -> list[str]:
-    """Markdown: how much of the grid ``config`` the store holds (units and score parts), and every stored
-    fine-tuning unit's protocol outcome (chosen η, bracketing, steps, convergence, accuracy per seed, seconds)."""
+    """Markdown: how much of the grid ``config`` the store holds (units and score parts), the ground-truth summary
+    of its stored fine-tuning units (``linfit.bench.ground_truth``) and each one's protocol outcome (chosen η,
+    bracketing, steps, convergence, accuracy per seed, seconds)."""
     planned = units(config)
     parts = [part_key(u.key, p) if u.parts else u.key for u in planned for p in (u.parts or (None,))]
     done = sum(store.has(key) for key in parts)
@@ -177,11 +179,15 @@ def progress(store, config: BenchConfig) -> list[str]:
         left = (f" Median fine-tuning unit: {median:.0f} s (compilation excluded), so the {len(tuned) - len(rows)} "
                 f"left need about {median * (len(tuned) - len(rows)) / 3600:.0f} hours of one such process, "
                 f"scores not counted.")
+    stored = finetune_frame(store)
+    stored = stored[stored.setting.isin({setting_id("finetune", u.config) for u in tuned})]
+    health = ground_truth.section(stored) if len(stored) else []
     return [f"Stored: {done} of {len(parts)} planned results ({100 * done / len(parts):.1f} %) of the grid "
             f"({len(config.models)} models × {len(config.tasks)} tasks × {len(config.seeds)} k-shot draws × "
             f"{len(config.regimes)} regime; a scores unit counts once per score); fine-tuning units "
             f"{len(rows)} of {len(tuned)} ({100 * len(rows) / len(tuned):.1f} %).{left}", "",
-            "| model | task | k-shot draw | chosen η | bracketed | refit steps per seed | converged | test accuracy "
+            "Every stored fine-tuning unit of the grid, complete task group or not:", "", *health,
+            "## Fine-tuning units", "", "| model | task | k-shot draw | chosen η | bracketed | refit steps per seed | converged | test accuracy "
             "per seed (%) | seconds |", "|---|---|---:|---:|---|---|---|---|---:|", *rows, ""]
 
 
