@@ -14,7 +14,8 @@ Fine-tuning ground truth (``linfit.bench.grid.BenchConfig``, ``linfit.finetune.f
 optimiser at a constant step size, a learning-rate grid (``EVIDENCE_LEARNING_RATES`` on the embedded zoo, the
 paper's 0.01, 0.005, 0.001 on the ImageNet zoo) widened ×3 at an edge that wins, up to ``PROTOCOL.max_extensions``
 times per side, ``FINETUNE_SEEDS`` seeds per unit, each run trained until its window-mean training loss has not
-improved on its best by more than 1 % (+1e-3 nats) for ``PROTOCOL.patience`` windows of ``PROTOCOL.window`` steps or
+improved on its best by more than 1 % (+1e-3 nats) for ``PROTOCOL.patience`` windows of ``PROTOCOL.window`` steps
+twice, its step size divided by 10 after the first time (reduce-on-plateau, then early stopping), or
 ``PROTOCOL.max_steps`` steps have passed, η chosen on the mean validation accuracy of the seeds (20 % of the training
 split), then every seed refit on the whole training split; per-seed per-image test correctness is stored, so the
 report bootstraps over images, seeds and tasks.
@@ -70,9 +71,10 @@ SCORES = ("lfc", "lgc", "lgc_paper", "lgc_all", "linearized_loss", "linearized_c
 FINETUNE_SEEDS = (0, 1, 2)
 """Fine-tuning seeds of every unit."""
 
-PROTOCOL = GridProtocol(window=25, max_steps=1000, patience=3, max_extensions=4)
-"""Convergence checked every 25 SGD steps: converged after 3 windows (75 steps) without progress, at most 1000 steps
-(≈ 160 epochs of a 20-shot, 10-class task at batch 32); the η grid widened at most 4 times per side."""
+PROTOCOL = GridProtocol()
+"""``linfit.finetune.GridProtocol``'s defaults: convergence checked every 25 SGD steps; after 2 windows (50 steps)
+without progress the step size is divided by 10, after 2 more the run has converged; at most 1000 steps (≈ 160
+epochs of a 20-shot, 10-class task at batch 32); the η grid widened at most 4 times per side."""
 
 EVIDENCE_LEARNING_RATES = (0.03, 0.09, 0.27)
 """The initial η grid of the embedded-zoo evidence presets. With the paper's (0.01, 0.005, 0.001), 37 of the first 86
@@ -174,7 +176,7 @@ def progress(store, config: BenchConfig) -> list[str]:
                         f"{', '.join(f'{a:.1f}' for a in rec['accuracy_per_seed'])} | {rec['seconds']:.0f} |")
     seconds = [store.get(u.key)["record"]["seconds"] for u in tuned if store.has(u.key)]
     left = ""
-    if seconds:
+    if seconds and len(rows) < len(tuned):
         median = float(np.median(seconds))
         left = (f" Median fine-tuning unit: {median:.0f} s (compilation excluded), so the {len(tuned) - len(rows)} "
                 f"left need about {median * (len(tuned) - len(rows)) / 3600:.0f} hours of one such process, "

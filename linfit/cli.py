@@ -299,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--per-class", type=_positive_int, default=25)
     bench.add_argument("--finetune-seeds", nargs="+", type=int, default=[0, 1, 2],
                        help="fine-tuning seeds of every unit (its ground truth is their mean)")
-    bench.add_argument("--max-steps", type=_positive_int, default=2000,
-                       help="SGD step budget of a fine-tuning run that has not converged (a multiple of 50)")
+    bench.add_argument("--max-steps", type=_positive_int, default=1000,
+                       help="SGD step budget of a fine-tuning run that has not converged (a multiple of the "
+                            "25-step convergence window; default 1000)")
     bench.add_argument("--max-train-per-class", type=_positive_int, default=None,
                        help="cap the full regime (CPU budget)")
     bench.add_argument("--shard", default="0/1", help="i/n: this process's share of the grid (own --db each)")
@@ -312,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="result stores, merged: existing files or quoted globs ('results/*.sqlite')")
     report.add_argument("--out", required=True, help="output folder")
     report.add_argument("--accuracy", default="accuracy", choices=["accuracy", "oracle_accuracy"],
-                        help="ground truth: lr chosen on validation (default) or on test (the paper)")
+                        help="ground truth: lr chosen on validation, then refit (default), or the best test "
+                             "accuracy over the lr searched, as the paper (its runs train on the fit split only)")
     report.add_argument("--setting", action="append", default=None,
                         help="report this setting id (repeat: one per kind) when a store holds several")
     report.add_argument("--models", nargs="+", default=None,

@@ -108,6 +108,7 @@ def test_interval_table_matches_direct_bootstrap_and_hand(tmp_path):
     assert uncertainty.NO_IMAGES not in text
     assert "left out of the intervals (missing or not finite in some task group): partial" in text
     assert "| random (one draw) |" in text  # the stored draw is kept, labelled, outside the intervals
+    assert "**Caution: 3 task groups only.**" in text  # fewer than FEW_TASKS = 5
 
 
 def test_paired_differences_listed_when_interval_excludes_zero(tmp_path):

@@ -60,10 +60,12 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
                                                    lrs.value_counts().sort_index().items()) or "not recorded"))
         converged = _present(units.converged)
         if converged:
-            flat = np.concatenate(converged).astype(bool)
+            for runs, flags in (("refit", converged), ("search", _present(units.search_converged))):
+                flat = np.concatenate(flags).astype(bool) if flags else np.zeros(0, bool)
+                if flat.size:
+                    rows.append((f"{runs} runs stopped by the convergence criterion (the rest: diverged or the step "
+                                 "budget)", _share(int(flat.sum()), flat.size)))
             steps = np.concatenate(_present(units.steps))
-            rows.append(("refit runs converged (the rest stopped at the step budget)", _share(int(flat.sum()),
-                                                                                               flat.size)))
             rows.append(("refit steps: median (min–max)", f"{np.median(steps):.0f} ({steps.min()}–{steps.max()})"))
         else:
             rows.append(("refit runs converged", "not recorded"))
@@ -80,7 +82,7 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
         correct = units.test_correct
         if all(c is not None for c in correct):
             se = units.assign(se=[standard_error(c) for c in correct])
-            rows.append(("standard error of a unit's accuracy: median (max), points",
+            rows.append(("standard error of a unit's accuracy over test images (seeds fixed): median (max), points",
                          f"{se.se.median():.2f} ({se.se.max():.2f})"))
             ties = 0
             for _, group in se.groupby(list(groups)):
@@ -88,7 +90,7 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
                 best = ordered.iloc[0]
                 ties += bool(len(ordered) > 1 and best.accuracy - ordered.iloc[1].accuracy <= best.se)
             total = se.groupby(list(groups)).ngroups
-            rows.append(("task groups whose runner-up is within one standard error of the best model",
+            rows.append(("task groups whose runner-up is within one such standard error of the best model",
                          _share(ties, total)))
         else:
             rows.append(("standard error of a unit's accuracy", "per-image correctness not recorded"))

@@ -45,6 +45,10 @@ from linfit.bench.store import ResultStore, setting, setting_id, unpack_bools
 from linfit.errors import LinfitError
 
 GROUP = ["task", "regime", "seed"]
+GROUND_TRUTHS = {"accuracy": "lr chosen on validation, then refit on the whole training split",
+                 "oracle_accuracy": "the best test accuracy over the lr searched, as the paper; in stores of "
+                                    "`finetune_grid` those runs trained on the fit split only"}
+"""The two ground truths a report can rank against, as the report names them."""
 KINDS = {"finetune": "fine-tuning", "scores": "scoring"}
 
 
@@ -65,7 +69,8 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
     ``test_correct`` (``[R, I]`` bool: per fine-tuning seed, per test image; ``R = 1`` for records of one run;
     ``None`` in stores written before it was recorded); the protocol's outcome where the record has it
     (``linfit.bench.grid.finetune_record``; NaN or ``None`` otherwise): ``lr`` (the chosen η), ``bracketed``,
-    and per refit run ``accuracy_per_seed`` (percent), ``steps`` and ``converged`` (``[R]`` arrays).
+    per refit run ``accuracy_per_seed`` (percent), ``steps`` and ``converged`` (``[R]`` arrays), and
+    ``search_converged`` (``[L·R]``, every search run).
 
     Raises ``LinfitError`` when a unit's per-image correctness does not average to its accuracy."""
     rows = []
@@ -88,15 +93,15 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
                 "test_correct": correct,
                 "lr": rec.get("lr", np.nan),
                 "bracketed": rec.get("bracketed"),
-                **{key: None if key not in rec else np.asarray(rec[key]) for key in _PER_SEED},
+                **{key: None if key not in rec else np.ravel(rec[key]) for key in _PER_RUN},
             }
         )
     return pd.DataFrame(rows, columns=[*_ID_COLUMNS, "accuracy", "oracle_accuracy", "seconds", "compile_seconds",
-                                       "test_correct", "lr", "bracketed", *_PER_SEED])
+                                       "test_correct", "lr", "bracketed", *_PER_RUN])
 
 
-_PER_SEED = ("accuracy_per_seed", "steps", "converged")
-"""Per-refit-run fields of a ``finetune_grid`` record that ``finetune_frame`` keeps as arrays."""
+_PER_RUN = ("accuracy_per_seed", "steps", "converged", "search_converged")
+"""Per-run fields of a ``finetune_grid`` record that ``finetune_frame`` keeps as flat arrays."""
 
 
 def _test_correct(record: dict) -> np.ndarray | None:
@@ -475,7 +480,7 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# linfit benchmark report", "",
-             f"Ground truth: `{accuracy}` ({'lr chosen on validation' if accuracy == 'accuracy' else 'lr chosen on test, as the paper'}).",
+             f"Ground truth: `{accuracy}` ({GROUND_TRUTHS[accuracy]}).",
              f"Store: `{'`, `'.join(pathlib.Path(s).name for s in store.sources)}`; {ranking.groupby(['task', 'regime', 'seed']).ngroups} complete task groups.", "",
              "Every number below comes from the units of these settings (the id is part of each unit's key; the "
              "linfit version is recorded with each unit, not part of its identity):", "",

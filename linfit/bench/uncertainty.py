@@ -35,6 +35,9 @@ SEED = 0
 
 CONFIDENCE = 0.95
 
+FEW_TASKS = 5
+"""Below this many task groups a regime's section warns that its intervals cannot cover task-to-task variation."""
+
 KS = (1, 3)
 """The k of the top-k gains (each used when every group has at least k models)."""
 
@@ -175,6 +178,10 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
     result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks)
     lines = [f"Mean over {len(tasks)} tasks with {CONFIDENCE:.0%} bootstrap intervals. Resampling: "
              f"{result.scheme}.", ""]
+    if len(tasks) < FEW_TASKS:
+        lines += [f"**Caution: {len(tasks)} task group{'s' if len(tasks) > 1 else ''} only.** A bootstrap over so few "
+                  "tasks cannot estimate how much the scores' rankings vary from task to task: these intervals and "
+                  "the paired differences below describe these tasks, not the task population.", ""]
     if all(t.correct is None for t in tasks):
         lines += [f"Per-image data: {NO_IMAGES}.", ""]
     if any(t.reference is None for t in tasks):

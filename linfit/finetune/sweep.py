@@ -14,17 +14,22 @@ PyTorch-style SGD direction, same modes and BatchNorm handling) at a constant st
    per-image test correctness is returned, so intervals can be bootstrapped over images and seeds exactly.
 
 **Steps and convergence.** Training is measured in SGD steps and checked once per window of K = ``window``
-steps. With L_j the mean minibatch loss of window j and B_j the best window mean so far (B_0 = L_0; B_j = L_j
-when L_j improves on it, ``L_j < B_{j−1} − (rel_tol · |B_{j−1}| + abs_tol)``, else B_{j−1}), a run has
-*converged* after the ``patience``-th consecutive window that does not improve on its best (early stopping on the
-training loss), has *diverged* when L_j is not finite, and otherwise stops at ``max_steps``. A stopped run keeps
-its parameters from then on. Requiring no progress for several windows, rather than two consecutive windows of
-equal loss, keeps a run at a large η from stopping on a plateau it would have left. With the latter criterion, 7 of
-the 258 refit runs of the first 86 units of the 20-shot evidence grid (resnet8, window 25) stopped after 75–275 steps
-at a training loss ≥ 10× a sibling seed's, 5–43 points of test accuracy below it. Of five of their six units rerun
-with ``patience = 3``, four refit every seed to a training loss ≤ 0.004, within 0.7 points of each other; in the fifth
-(latin_lower, arrows/from-generalist, η = 0.27) two seeds still settled at a loss ≈ 0.06, 5–11 points below the
-third: at a large η, SGD can hold such a level for good, and the spread of the seeds carries it into the intervals.
+steps. L_j is the mean over window j of the minibatch losses that its K steps compute before their updates (the
+data loss of ``config.loss`` in the mode's training forward pass, BatchNorm on the minibatch in ``"train"`` mode;
+weight decay is not in it). B_j is the best window mean so far: B_0 = L_0, and B_j = L_j when L_j *improves* on
+it, ``L_j < B_{j−1} − (rel_tol · |B_{j−1}| + abs_tol)``, else B_{j−1}. A run reaches a *plateau* after the
+``patience``-th consecutive window without an improvement; at its first ``decays`` plateaus its step size is
+multiplied by ``decay_factor`` (and the count of windows without an improvement restarts, B kept), and at the
+next it has *converged* (reduce-on-plateau, then early stopping, both on the training loss). A run whose loss is
+not finite has *diverged*; one that reaches neither stops at ``max_steps`` (a plateau in the budget's last window
+counts as converged). A stopped run keeps its parameters from then on.
+
+Why the decay: at the large η that validation often picks, SGD can hold a loss level for several windows and then
+leave it. Stopping there left one unit in six to eight of the 20-shot evidence grid (resnet8, window 25) with a
+refit seed 5.6–50 points of test accuracy below its best sibling, mostly at 3–100× its training loss: 9 of 55 units
+with ``patience = 3`` and no decay, 10 of 86 when runs stopped at two windows of equal loss. Rerun with one decay
+by 0.1 and ``patience = 2``, six of them (gaps of 5.6–44.6 points before) refit all three seeds within 0.9 points of
+each other.
 
 **Data order.** Seed s trains from the head ``fold_in(PRNGKey(s), 0)`` (when ``config.head_init`` is set) on
 minibatches of B = min(batch_size, N) samples: step k takes the ``(k mod E)``-th block of B indices of
@@ -82,20 +87,26 @@ class GridProtocol:
       max_steps: the step budget of every run; a positive multiple of ``window``.
       rel_tol, abs_tol: a window improves on the best window-mean loss B when its mean is below
         ``B − (rel_tol · |B| + abs_tol)`` (loss units: nats for ``"ce"``).
-      patience: converged after this many consecutive windows without an improvement (a fixed budget of
-        ``max_steps``: ``patience >= max_steps // window``, as the first window always improves).
+      patience: the consecutive windows without an improvement that make a plateau. To train every run for
+        exactly ``max_steps`` (a fixed budget), give ``patience >= max_steps // window``: the first window always
+        improves, so no plateau can be reached.
+      decays: how many plateaus multiply the step size by ``decay_factor`` before the next one ends the run
+        (0: the first plateau ends it).
+      decay_factor: the step-size factor (in (0, 1)) at each decay.
       extend_factor: the ratio (> 1) between an edge η and the η added beyond it.
       max_extensions: at most this many η added below the grid, and as many above.
       val_fraction: the share of each class held out for choosing η.
     """
 
-    window: int = 50
-    max_steps: int = 2000
+    window: int = 25
+    max_steps: int = 1000
     rel_tol: float = 1e-2
     abs_tol: float = 1e-3
-    patience: int = 3
+    patience: int = 2
+    decays: int = 1
+    decay_factor: float = 0.1
     extend_factor: float = 3.0
-    max_extensions: int = 3
+    max_extensions: int = 4
     val_fraction: float = 0.2
 
     def __post_init__(self):
@@ -108,6 +119,8 @@ class GridProtocol:
             raise ConfigError(f"rel_tol and abs_tol must be >= 0; got {self.rel_tol}, {self.abs_tol}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1 window; got {self.patience}")
+        if self.decays < 0 or not 0.0 < self.decay_factor < 1.0:
+            raise ConfigError(f"need decays >= 0 and 0 < decay_factor < 1; got {self.decays}, {self.decay_factor}")
         if not self.extend_factor > 1 or self.max_extensions < 0:
             raise ConfigError(
                 f"need extend_factor > 1 and max_extensions >= 0; got {self.extend_factor}, {self.max_extensions}"
@@ -245,7 +258,8 @@ def _minibatch(data_key: jax.Array, step, x, y, batch_size: int) -> tuple[jax.Ar
 
 
 def _train(run_window: Callable, num_runs: int, protocol: GridProtocol) -> dict[str, np.ndarray]:
-    """Drive ``run_window(k0, active [R]) -> losses [R, K]`` window by window under the convergence criterion."""
+    """Drive ``run_window(k0, active [R], scale [R]) -> losses [R, K]`` window by window under the convergence
+    criterion; ``scale`` is each run's step size relative to its η (``decay_factor ** decays so far``)."""
     previous = np.full(num_runs, np.nan)
     best = np.full(num_runs, np.inf)
     stale = np.zeros(num_runs, np.int64)  # consecutive windows without an improvement
@@ -253,13 +267,20 @@ def _train(run_window: Callable, num_runs: int, protocol: GridProtocol) -> dict[
     converged = np.zeros(num_runs, bool)
     diverged = np.zeros(num_runs, bool)
     active = np.ones(num_runs, bool)
+    scale = np.ones(num_runs)  # each run's step size relative to its η
+    decayed = np.zeros(num_runs, np.int64)
     for k0 in range(0, protocol.max_steps, protocol.window):
-        current = np.asarray(run_window(k0, active), np.float64).mean(axis=1)
+        current = np.asarray(run_window(k0, active, scale), np.float64).mean(axis=1)
         now_diverged = active & ~np.isfinite(current)
         better = active & improves(best, current, protocol.rel_tol, protocol.abs_tol)
         best = np.where(better, current, best)
         stale = np.where(better, 0, stale + active)
-        now_converged = active & ~now_diverged & (stale >= protocol.patience)
+        plateau = active & ~now_diverged & (stale >= protocol.patience)
+        decay = plateau & (decayed < protocol.decays)
+        scale = np.where(decay, scale * protocol.decay_factor, scale)
+        decayed += decay
+        stale = np.where(decay, 0, stale)
+        now_converged = plateau & ~decay
         steps[active] += protocol.window
         previous = np.where(active, current, previous)
         diverged |= now_diverged
@@ -278,9 +299,10 @@ def _fit(trainer, runs: _Runs, x, y, batch_size: int, protocol: GridProtocol, st
         state = runs.state
         lrs = jnp.asarray(runs.lrs, jnp.float32)
 
-        def window_fn(k0, active):
+        def window_fn(k0, active, scale):
             nonlocal state
-            state, losses = run_window(state, runs.anchor, lrs, runs.keys, x, y, k0, jnp.asarray(active))
+            state, losses = run_window(state, runs.anchor, lrs * jnp.asarray(scale, jnp.float32), runs.keys, x, y,
+                                       k0, jnp.asarray(active))
             return losses
 
         record = _train(window_fn, num_runs, protocol)  # before reading ``state``, which it advances
@@ -290,11 +312,12 @@ def _fit(trainer, runs: _Runs, x, y, batch_size: int, protocol: GridProtocol, st
     for r in range(num_runs):
         state, anchor, lr, key = _take(runs.state, r), _take(runs.anchor, r), float(runs.lrs[r]), runs.keys[r]
 
-        def window_fn(k0, active):
+        def window_fn(k0, active, scale):
             nonlocal state
             losses = []
             for k in range(k0, k0 + protocol.window):
-                state, loss = trainer.step(state, anchor, *_minibatch(key, k, x, y, batch_size), lr)
+                state, loss = trainer.step(state, anchor, *_minibatch(key, k, x, y, batch_size),
+                                           lr * float(scale[0]))
                 losses.append(loss)
             return jnp.stack(losses)[None]
 

