@@ -133,7 +133,7 @@ def test_parc_needs_two_pca_dimensions():
 
 def fisher_pass_via_eigenvectors(x, y, shrinkage=None):
     """The paper's route: generalised eigenvectors of (S_b, S_w shrunk), loops over classes."""
-    c, (n, d) = y.max() + 1, x.shape
+    c, d = y.max() + 1, x.shape[1]
     priors = np.array([np.mean(y == k) for k in range(c)])
     means = np.stack([x[y == k].mean(axis=0) for k in range(c)])
     sw = sum(priors[k] * np.cov(x[y == k].T, bias=True) for k in range(c))
