@@ -25,7 +25,7 @@ not finite has *diverged*; one that reaches neither stops at ``max_steps`` (a pl
 counts as converged). A stopped run keeps its parameters from then on.
 
 Why the decay: at the large η that validation often picks, SGD can hold a loss level for several windows and then
-leave it. Stopping there left one unit in six to eight of the 20-shot evidence grid (resnet8, window 25) with a
+leave it. Stopping there left one unit in six to nine of the 20-shot evidence grid (resnet8, window 25) with a
 refit seed 5.6–50 points of test accuracy below its best sibling, mostly at 3–100× its training loss: 9 of 55 units
 with ``patience = 3`` and no decay, 10 of 86 when runs stopped at two windows of equal loss. Rerun with one decay
 by 0.1 and ``patience = 2``, six of them (gaps of 5.6–44.6 points before) refit all three seeds within 0.9 points of
