@@ -166,15 +166,15 @@ def progress(store, config: BenchConfig) -> list[str]:
     parts = [part_key(u.key, p) if u.parts else u.key for u in planned for p in (u.parts or (None,))]
     done = sum(store.has(key) for key in parts)
     tuned = [u for u in planned if u.kind == "finetune"]
-    rows = []
+    rows, seconds = [], []
     for unit in tuned:
         if store.has(unit.key):
             rec = store.get(unit.key)["record"]
+            seconds.append(rec["seconds"])
             rows.append(f"| {unit.config['model']} | {unit.config['task']} | {unit.config['seed']} | {rec['lr']:g} | "
                         f"{'yes' if rec['bracketed'] else 'no'} | {', '.join(map(str, rec['steps']))} | "
                         f"{sum(rec['converged'])}/{len(rec['converged'])} | "
                         f"{', '.join(f'{a:.1f}' for a in rec['accuracy_per_seed'])} | {rec['seconds']:.0f} |")
-    seconds = [store.get(u.key)["record"]["seconds"] for u in tuned if store.has(u.key)]
     left = ""
     if seconds and len(rows) < len(tuned):
         median = float(np.median(seconds))
@@ -189,7 +189,8 @@ def progress(store, config: BenchConfig) -> list[str]:
             f"{len(config.regimes)} regime; a scores unit counts once per score); fine-tuning units "
             f"{len(rows)} of {len(tuned)} ({100 * len(rows) / len(tuned):.1f} %).{left}", "",
             "Every stored fine-tuning unit of the grid, complete task group or not:", "", *health,
-            "## Fine-tuning units", "", "| model | task | k-shot draw | chosen η | bracketed | refit steps per seed | converged | test accuracy "
+            "## Fine-tuning units", "",
+            "| model | task | k-shot draw | chosen η | bracketed | refit steps per seed | converged | test accuracy "
             "per seed (%) | seconds |", "|---|---|---:|---:|---|---|---|---|---:|", *rows, ""]
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from linfit.bench.report import _markdown
 from linfit.bench.stats import share_interval
 
 STRAGGLER_POINTS = 5.0
@@ -72,7 +73,7 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
         per_seed = _present(units.accuracy_per_seed)
         if per_seed and max(len(a) for a in per_seed) > 1:
             spread = np.array([np.ptp(a) for a in per_seed])
-            straggler = sum(bool(np.max(a) - np.min(a) > STRAGGLER_POINTS) for a in per_seed)
+            straggler = int((spread > STRAGGLER_POINTS).sum())
             rows.append(("seed spread of a unit's accuracy: median (max), points",
                          f"{np.median(spread):.1f} ({spread.max():.1f})"))
             rows.append((f"units with a seed > {STRAGGLER_POINTS:g} points below their best seed",
@@ -94,7 +95,7 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
                          _share(ties, total)))
         else:
             rows.append(("standard error of a unit's accuracy", "per-image correctness not recorded"))
-        table = "\n".join(["| quantity | value |", "|---|---|", *(f"| {q} | {v} |" for q, v in rows)])
+        table = _markdown(pd.DataFrame(rows, columns=["quantity", "value"]), index=False)
         lines += [f"## Ground truth (`{regime}`)", "",
                   "How good the fine-tuned accuracies that every score is ranked against are "
                   "(`linfit.bench.ground_truth`; shares with their exact binomial interval).", "", table, ""]

@@ -39,7 +39,6 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from linfit.bench import ground_truth
 from linfit.bench.metrics import ranking_metrics
 from linfit.bench.store import ResultStore, setting, setting_id, unpack_bools
 from linfit.errors import LinfitError
@@ -468,7 +467,7 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     in the store); the report lists the groups it left out.
     Returns the report's path. Raises ``LinfitError`` (before creating ``out_dir``) when the store has no complete
     task group or several settings of a kind."""
-    from linfit.bench import uncertainty
+    from linfit.bench import ground_truth, uncertainty  # both build on this module
 
     known = settings_frame(store)
     scores, finetune, left_out = complete_groups(*_frames(store, settings, known), models)

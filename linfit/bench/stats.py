@@ -558,11 +558,15 @@ def separated_pairs(result: BootstrapResult, metric: str) -> list[Difference]:
 # -------------------------------------------------------------------------------------------- trivial baselines
 
 
-BASELINES = {"from_generalist": "kind", "source_images": "source_images", "source_accuracy": "source_accuracy",
-             "reference_first": "reference"}
-"""Each trivial baseline of ``baseline_scores`` and the model-metadata key it reads."""
+BASELINES = {
+    "from_generalist": ("kind", lambda m: float(m["kind"] in ("generalist", "from-generalist"))),
+    "source_images": ("source_images", lambda m: float(m["source_images"])),
+    "source_accuracy": ("source_accuracy", lambda m: float(m["source_accuracy"])),
+    "reference_first": ("reference", lambda m: float(bool(m["reference"]))),
+}
+"""Each trivial baseline of ``baseline_scores``: the model-metadata key it reads and its score of one model."""
 
-BASELINE_KEYS = tuple(BASELINES.values())
+BASELINE_KEYS = tuple(key for key, _ in BASELINES.values())
 """The model-metadata keys ``baseline_scores`` reads (see there)."""
 
 
@@ -610,13 +614,7 @@ def baseline_scores(models: Sequence[Mapping]) -> dict[str, np.ndarray]:
         raise ShapeError(f"every model dict needs the same keys of {', '.join(BASELINE_KEYS)} (at least one); "
                          f"model 0 ({models[0].get('name', '?')}) has {list(keys[0])}, model {i} "
                          f"({models[i].get('name', '?')}) has {list(keys[i])}")
-    rules = {
-        "from_generalist": lambda m: float(m["kind"] in ("generalist", "from-generalist")),
-        "source_images": lambda m: float(m["source_images"]),
-        "source_accuracy": lambda m: float(m["source_accuracy"]),
-        "reference_first": lambda m: float(bool(m["reference"])),
-    }
-    out = {name: np.array([rules[name](m) for m in models]) for name, key in BASELINES.items() if key in keys[0]}
+    out = {name: np.array([rule(m) for m in models]) for name, (key, rule) in BASELINES.items() if key in keys[0]}
     if not all(np.all(np.isfinite(v)) for v in out.values()):
         raise NonFiniteError("source_images and source_accuracy must be finite for every model")
     return out
