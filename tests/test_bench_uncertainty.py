@@ -154,6 +154,15 @@ def test_baselines_and_clusters_from_manifest(tmp_path):
     assert scratch["oracle"] == [(1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
     assert scratch["inverse"][0] == (-1.0, -1.0, -1.0) and scratch["inverse"][2] == (2.0, 2.0, 2.0)
     assert "Models the generalist and the experts initialised from it (3 per task)" in text
+    # a baseline constant on a cluster's models (here: all but source accuracy among the scratch models) ranks
+    # them as Random does: left out of that cluster's table, and said so there only
+    assert set(scratch) == {"oracle", "inverse", "random (expectation)", "baseline: source_accuracy"}
+    # source accuracy ranks sa (87) above sb (86): Spearman +1 on t1 and t3 (sa better), -1 on t2
+    assert scratch["baseline: source_accuracy"][0][0] == pytest.approx(1 / 3, abs=0.005)
+    general = _table(text, "Models the generalist and the experts initialised from it (3 per task)")
+    assert "baseline: from_generalist" not in general and "baseline: reference_first" in general
+    assert text.count("left out: baseline: from_generalist, baseline: reference_first, baseline: source_images") == 1
+    assert text.count("left out: baseline: from_generalist (the same value") == 1
 
 
 def test_imagenet_backbones_get_their_published_top1_as_the_one_baseline(tmp_path):

@@ -105,12 +105,17 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
     if left_out:
         notes.append(f"left out of the intervals (missing or not finite in some task group): {', '.join(left_out)}")
     several_seeds = len({seed for _, seed, *_ in groups}) > 1
-    tasks, baselines = [], ()
-    for task, seed, group, values in groups:
+    bases = [stats.baseline_scores([models[m] for m in group.model]) if models is not None else {}
+             for _, _, group, _ in groups]
+    constant = {name for name in bases[0] if all(np.ptp(base[name]) == 0 for base in bases)}
+    baselines = tuple(sorted(set(bases[0]) - constant))
+    if constant:
+        notes.append(f"left out: {', '.join(BASELINE_PREFIX + name for name in sorted(constant))} (the same value "
+                     "for every model of every task group: it ranks them as `random (expectation)` does)")
+    tasks = []
+    for (task, seed, group, values), base in zip(groups, bases):
         rows = values.loc[list(names)].to_numpy(dtype=np.float64)
-        if models is not None:
-            base = stats.baseline_scores([models[m] for m in group.model])
-            baselines = tuple(sorted(base))
+        if baselines:
             rows = np.vstack([rows, *(base[name][None, :] for name in baselines)])
         correct = list(group.test_correct) if accuracy == "accuracy" else [None]
         if any(c is None for c in correct) or len({c.shape for c in correct}) != 1:
@@ -195,26 +200,28 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
               "tied accuracies); `baseline: …` rows rank the models by metadata only (`linfit.bench.stats."
               f"baseline_scores`{top1}).", "", _markdown(interval_table(result)), ""]
     if kinds:  # zoo clusters are kinds of models
-        lines += _cluster_lines(scores, finetune, regime, accuracy, models)
+        lines += _cluster_lines(scores, finetune, regime, accuracy, models, shown=notes)
     lines += [f"### Paired differences (`{regime}`)", "",
               "Each difference is computed on the same bootstrap replicates for both rows. With this many pairs, "
               f"about {1 - CONFIDENCE:.0%} of the pairs without a real difference are listed by chance.", ""]
     return lines + difference_lines(result)
 
 
-def _cluster_lines(scores, finetune, regime, accuracy, models) -> list[str]:
+def _cluster_lines(scores, finetune, regime, accuracy, models, shown: Sequence[str]) -> list[str]:
+    """The per-cluster tables, each with the notes of its own ``regime_tasks`` not already ``shown``."""
     lines = [f"### Within each zoo cluster (`{regime}`)", "",
              "Rankings of the models of one cluster only (top-k gains: see the table across the zoo, the reference "
              "model is not in every cluster).", ""]
     for index, (label, kinds) in enumerate(CLUSTERS.items()):
-        tasks, names, _ = regime_tasks(scores, finetune, regime, accuracy, models, kinds=kinds)
+        tasks, names, notes = regime_tasks(scores, finetune, regime, accuracy, models, kinds=kinds)
         if not tasks:
             lines += [f"Models {label}: fewer than 2 in every task group.", ""]
             continue
         result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED + 1 + index, confidence=CONFIDENCE,
                                  ks=())
-        lines += [f"Models {label} ({tasks[0].scores.shape[1]} per task):", "", _markdown(interval_table(result)),
-                  ""]
+        lines += [f"Models {label} ({tasks[0].scores.shape[1]} per task):", ""]
+        own = [f"Note: {note}." for note in notes if note not in shown]
+        lines += own + ([""] if own else []) + [_markdown(interval_table(result)), ""]
     return lines
 
 
