@@ -229,3 +229,24 @@ def test_malformed_or_inconsistent_correctness_is_a_clear_error(tmp_path):
                                                "test_correct": pack_bools(np.ones(4, bool))}, config=cfg)
         with pytest.raises(LinfitError, match="gives 100.0000 % but its accuracy is 50.0000 %"):
             finetune_frame(store)
+
+
+def test_question_tables_give_every_pair_with_its_interval(tmp_path, monkeypatch):
+    monkeypatch.setattr(uncertainty, "QUESTION", ("oracle", ("inverse", "absent")))
+    with _store(tmp_path / "b.sqlite", per_image=True) as store:
+        text = write_report(store, tmp_path / "r", manifest=MANIFEST).read_text()
+    section = text[text.index("### Paired differences that answer"):]
+    # oracle ranks exactly by accuracy, inverse exactly against it: ρ and τ gaps 2 on every task, trials 5 − 1
+    row = next(line for line in section.splitlines() if line.startswith("| oracle − inverse |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert [float(re.match(r"\**(\S+) \[", c).group(1)) for c in cells[:3]] == [2.0, 2.0, 4.0]
+    assert all(c.startswith("**") for c in cells[:3])  # each excludes 0
+    assert "absent" not in section  # a score the store lacks is left out
+    direct = _direct()
+    gap = stats.difference(direct, "inverse", "oracle", "trials_to_best")
+    assert cells[2] == f"**{gap.estimate:.1f} [{gap.low:.1f}, {gap.high:.1f}]**"
+    # against the 4 baselines: oracle's ρ is 1 on every replicate, no baseline ranks every task exactly
+    table = section[section.index("Does a score beat the trivial baselines"):]
+    header = next(line for line in table.splitlines() if line.startswith("| score |"))
+    assert header.count("Spearman − baseline: ") == 4
+    assert "Above every baseline (each interval excludes 0): oracle." in table

@@ -55,6 +55,10 @@ NO_IMAGES = ("no per-image test correctness in the store (units written before i
              "leave out the noise of the finite test sets")
 """Said in the report when no group has per-image data (the fall-back to resampling tasks only)."""
 
+QUESTION = ("linearized_loss", ("lfc", "lgc", "lgc_paper", "lgc_all"))
+"""The paper's question (Deshpande et al. 2021, §5): does the closed-form linearized loss (first) rank fine-tuning
+better than LFC and LGC (the others)? Each report answers it with paired differences, significant or not."""
+
 LABELS = {"spearman": "Spearman", "weighted_tau": "weighted τ", "trials_to_best": "trials-to-best",
           "top1_gain": "top-1 gain", "top3_gain": "top-3 gain"}
 
@@ -173,6 +177,45 @@ def difference_lines(result: stats.BootstrapResult) -> list[str]:
     return lines
 
 
+def _gap(result: stats.BootstrapResult, better: str, other: str, metric: str) -> stats.Difference:
+    """``better - other``, for trials-to-best ``other - better``: positive when ``better`` ranks better."""
+    if metric == "trials_to_best":
+        return stats.difference(result, other, better, metric)
+    return stats.difference(result, better, other, metric)
+
+
+def _gap_cell(d: stats.Difference) -> str:
+    cell = _cell(d.estimate, d.low, d.high, _digits(d.metric))
+    return f"**{cell}**" if d.excludes_zero else cell
+
+
+def question_lines(result: stats.BootstrapResult, regime: str) -> list[str]:
+    """Markdown answering the report's two questions with paired differences and their intervals, whether or
+    not they exclude zero: the closed-form linearized loss against LFC and LGC (``QUESTION``), and every score
+    against every trivial baseline in Spearman. Bold: the interval excludes 0."""
+    first, others = QUESTION
+    others = [o for o in others if o in result.scores]
+    lines = [f"### Paired differences that answer the benchmark's questions (`{regime}`)", "",
+             "Positive: the first score ranks fine-tuning better (for trials-to-best: it needs fewer trials); "
+             f"{result.confidence:.0%} intervals on the same replicates as above; **bold**: the interval excludes 0.",
+             ""]
+    if first in result.scores and others:
+        rows = [{"pair": f"{first} − {other}",
+                 **{LABELS.get(m, m): _gap_cell(_gap(result, first, other, m)) for m in result.metrics}}
+                for other in others]
+        lines += ["Does the closed-form linearized loss rank better than LFC and LGC?", "",
+                  _markdown(pd.DataFrame(rows)), ""]
+    baselines = [s for s in result.scores if s.startswith(BASELINE_PREFIX)]
+    scores = [s for s in interval_table(result).score if s not in baselines and s != stats.RANDOM]
+    if baselines and scores:
+        rows = [{"score": s, **{f"Spearman − {b}": _gap_cell(_gap(result, s, b, "spearman")) for b in baselines}}
+                for s in scores]
+        every = [s for s in scores if all(_gap(result, s, b, "spearman").low > 0 for b in baselines)]
+        lines += ["Does a score beat the trivial baselines (Spearman)?", "", _markdown(pd.DataFrame(rows)), "",
+                  f"Above every baseline (each interval excludes 0): {', '.join(every) if every else 'none'}.", ""]
+    return lines
+
+
 def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accuracy: str,
                    models: Mapping[str, Mapping] | None) -> list[str]:
     """The Markdown of one regime's statistics: intervals across the zoo, per cluster, paired differences."""
@@ -199,6 +242,7 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
     lines += [f"`{stats.RANDOM}` is the exact expectation of a uniformly random ordering (weighted τ: exact without "
               "tied accuracies); `baseline: …` rows rank the models by metadata only (`linfit.bench.stats."
               f"baseline_scores`{top1}).", "", _markdown(interval_table(result)), ""]
+    lines += question_lines(result, regime)
     if kinds:  # zoo clusters are kinds of models
         lines += _cluster_lines(scores, finetune, regime, accuracy, models, shown=notes)
     lines += [f"### Paired differences (`{regime}`)", "",
