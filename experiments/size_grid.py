@@ -9,13 +9,13 @@ Reads a committed benchmark store, takes one regime's task groups as the report 
 * ``s²``, the spread of the observed ρ_t over the T tasks (sample variance, T − 1 in the denominator), and
   ``σ²_b = max(s² − mean_t v_t, 0)``, the part of it that is real task-to-task variation.
 
-The report's interval (tasks and images resampled, ``linfit.bench.uncertainty``) has, for T tasks drawn like
-these, a half-width of about ``h(T) = z · sqrt((s² + v̄) / T)`` (z = 1.96; the resampled tasks carry their noise
-once in s² and once more from the image resample, Davison & Hinkley 1997, §3.8), so it reaches ``H`` at
-``T ≥ z² (s² + v̄) / H²``. Conditional on the tasks (``resample_tasks=False``: could noise alone produce the
-numbers?) the half-width is ``z · sqrt(v̄ / T)``; the noise of an average over R seeds falls at best as 1/R (and
-not at all for the part that the shared test images cause), so ``z² v̄ / (R H²)`` tasks is a lower bound there.
-The script prints both, per score, with the bootstrap's own half-width at the store's T as a check of ``h(T)``.
+The report's interval (tasks resampled, each with its accuracies as measured: ``linfit.bench.stats``, "Which
+levels to resample") has, for T tasks drawn like these, a half-width of about ``h(T) = z · s / sqrt(T)`` (z =
+1.96; s² already holds each task's measurement noise once), so it reaches ``H`` at ``T ≥ z² s² / H²``. With
+noise-free ground truth (infinitely many test images and seeds) it would take ``z² σ²_b / H²`` tasks: the gap
+between the two is what more seeds and test images could buy. The script prints both, per score, with the
+bootstrap's own half-width at the store's T as a check of ``h(T)``, and the same for the paired differences
+against ``PAIRED_WITH``.
 
     python experiments/size_grid.py --db experiments/reproduce_full.sqlite --regime 20shot
 """
@@ -82,29 +82,29 @@ def main(argv=None) -> None:
     per_task = np.array([[spearmanr(row, t.accuracy).statistic for row in t.scores] for t in tasks])  # [T, S]
     noise_replicates = [task_noise(t, chosen, i) for i, t in enumerate(tasks)]  # T × [B, S]
     noise = np.array([r.var(axis=0, ddof=1) for r in noise_replicates])  # [T, S]
-    check = stats.bootstrap(tasks, chosen, replicates=REPLICATES, rng=0, ks=(), random_baseline=False)
+    check = stats.bootstrap(tasks, chosen, replicates=REPLICATES, rng=0, ks=(), random_baseline=False,
+                            resample_images=False)
     n_tasks, seeds = len(tasks), {t.correct.shape[1] for t in tasks if t.correct is not None}
     print(f"store {args.db}, regime {args.regime}: T = {n_tasks} task groups, fine-tuning seeds per unit {seeds}")
     print(*notes, sep="\n")
     print("| score | mean ρ | s (task sd) | sqrt(v̄) (noise sd) | σ_b (real task sd) | half-width at T: bootstrap "
-          "/ formula | T for ±0.05 (tasks resampled) | T·R for ±0.05 (tasks fixed) |")
+          "/ formula | T for ±0.05 | T for ±0.05 with noise-free ground truth |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for j, name in enumerate(chosen):
         s2 = per_task[:, j].var(ddof=1)
         vbar = noise[:, j].mean()
         sigma_b = math.sqrt(max(s2 - vbar, 0.0))
         low, high = np.quantile(check.replicates[:, j, 0], [0.025, 0.975])
-        formula = Z * math.sqrt((s2 + vbar) / n_tasks)
-        need = math.ceil(Z**2 * (s2 + vbar) / TARGET**2)
-        need_fixed = math.ceil(Z**2 * vbar / TARGET**2)
+        formula = Z * math.sqrt(s2 / n_tasks)
         print(f"| {name} | {per_task[:, j].mean():.2f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
-              f"{sigma_b:.3f} | {(high - low) / 2:.3f} / {formula:.3f} | {need} | {need_fixed} |")
+              f"{sigma_b:.3f} | {(high - low) / 2:.3f} / {formula:.3f} | {math.ceil(Z**2 * s2 / TARGET**2)} | "
+              f"{math.ceil(Z**2 * sigma_b**2 / TARGET**2)} |")
 
     base = chosen.index(PAIRED_WITH)
     print(f"\nPaired differences ρ({PAIRED_WITH}) − ρ(score): the same decomposition on the per-task differences "
           "(the task-to-task spread that two scores share cancels)")
     print("| score | mean Δρ | s (task sd of Δρ) | sqrt(v̄) | half-width at T: bootstrap / formula | "
-          "T for ±0.05 (tasks resampled) |")
+          "T for ±0.05 |")
     print("|---|---:|---:|---:|---:|---:|")
     for j, name in enumerate(chosen):
         if j == base:
@@ -115,8 +115,7 @@ def main(argv=None) -> None:
         replicate_delta = check.replicates[:, base, 0] - check.replicates[:, j, 0]
         low, high = np.quantile(replicate_delta, [0.025, 0.975])
         print(f"| {name} | {delta.mean():+.3f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
-              f"{(high - low) / 2:.3f} / {Z * math.sqrt((s2 + vbar) / n_tasks):.3f} | "
-              f"{math.ceil(Z**2 * (s2 + vbar) / TARGET**2)} |")
+              f"{(high - low) / 2:.3f} / {Z * math.sqrt(s2 / n_tasks):.3f} | {math.ceil(Z**2 * s2 / TARGET**2)} |")
 
 
 if __name__ == "__main__":

@@ -68,11 +68,12 @@ def _table(text, heading):
 
 def _direct(ks=(1, 3)):
     """``stats.bootstrap`` on TaskData written out here: the scores a report must use (random's draw and the
-    score missing in t2 left out), models in name order, per-image correctness [M, 1, I]."""
+    score missing in t2 left out), models in name order, per-image correctness [M, 1, I]; three tasks, fewer than
+    ``FEW_TASKS``, so held fixed while their images are resampled."""
     tasks = [stats.TaskData(task, np.stack([_scores(task)[s] for s in ("inverse", "oracle")]), MODELS.index("gen"),
                             correct=_correct(task)[:, None, :]) for task in CORRECT_COUNTS]
     return stats.bootstrap(tasks, ("inverse", "oracle"), replicates=uncertainty.REPLICATES, rng=uncertainty.SEED,
-                           confidence=uncertainty.CONFIDENCE, ks=ks)
+                           confidence=uncertainty.CONFIDENCE, ks=ks, resample_tasks=False)
 
 
 def _hand():

@@ -7,7 +7,9 @@ bootstrap: its models in name order, the scores every group has (a score missing
 left out and named), and its ground truth, the per-seed per-image test correctness of the chosen learning rate
 (``"test_correct"`` of a fine-tuning record, ``linfit.bench.grid.finetune_record``; ``[R, I]``, R fine-tuning seeds)
 when every model of the group has it with one shape and the report's ground truth is ``"accuracy"``, else the
-stored accuracies (only task resampling then moves the group; the section says so).
+stored accuracies. The intervals resample tasks, each with its accuracies as measured; a regime with fewer than
+``FEW_TASKS`` groups (and per-image data) holds its tasks fixed and resamples their test images and seeds instead
+(``linfit.bench.stats``, "Which levels to resample"; the section says which).
 
 Model metadata (``model_metadata``: a zoo manifest's records, or the ImageNet backbones' published top-1) adds
 the trivial baselines (``linfit.bench.stats.baseline_scores``, rows ``baseline: <name>``) and, for a zoo whose
@@ -36,7 +38,16 @@ SEED = 0
 CONFIDENCE = 0.95
 
 FEW_TASKS = 5
-"""Below this many task groups a regime's section warns that its intervals cannot cover task-to-task variation."""
+"""From this many task groups on, a regime's intervals resample tasks (each with its accuracies as measured); below
+it they hold the tasks fixed and resample test images and seeds, and the section warns that they cannot cover
+task-to-task variation (``linfit.bench.stats``, "Which levels to resample")."""
+
+
+def _scheme(tasks: Sequence[stats.TaskData]) -> dict[str, bool]:
+    """The ``stats.bootstrap`` levels of a section (``FEW_TASKS``): tasks fixed and images resampled only for
+    fewer than ``FEW_TASKS`` task groups that have per-image data."""
+    fixed = len(tasks) < FEW_TASKS and any(t.correct is not None for t in tasks)
+    return {"resample_tasks": not fixed, "resample_images": fixed}
 
 KS = (1, 3)
 """The k of the top-k gains (each used when every group has at least k models)."""
@@ -51,9 +62,9 @@ CLUSTERS = {"the generalist and the experts initialised from it": ("generalist",
 """Zoo clusters: the model kinds (``linfit.zoo.spec.KINDS``) each holds."""
 
 NO_IMAGES = ("no per-image test correctness in the store (units written before it was recorded, or a ground "
-             "truth other than the chosen learning rate's accuracy): the intervals resample tasks only, so they "
-             "leave out the noise of the finite test sets")
-"""Said in the report when no group has per-image data (the fall-back to resampling tasks only)."""
+             "truth other than the chosen learning rate's accuracy): the intervals resample tasks, each with its "
+             "accuracies as measured")
+"""Said in the report when no group has per-image data."""
 
 QUESTION = ("linearized_loss", ("lfc", "lgc", "lgc_paper", "lgc_all"))
 """The paper's question (Deshpande et al. 2021, §5): does the closed-form linearized loss (first) rank fine-tuning
@@ -223,13 +234,21 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
     if not tasks:
         return ["No complete task group: no intervals.", ""]
     ks = tuple(k for k in KS if all(k <= t.scores.shape[1] for t in tasks))
-    result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks)
+    result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks,
+                             **_scheme(tasks))
     lines = [f"Mean over {len(tasks)} tasks with {CONFIDENCE:.0%} bootstrap intervals. Resampling: "
              f"{result.scheme}.", ""]
     if len(tasks) < FEW_TASKS:
-        lines += [f"**Caution: {len(tasks)} task group{'s' if len(tasks) > 1 else ''} only.** A bootstrap over so few "
-                  "tasks cannot estimate how much the scores' rankings vary from task to task: these intervals and "
-                  "the paired differences below describe these tasks, not the task population.", ""]
+        caution = (f"**Caution: {len(tasks)} task group{'s' if len(tasks) > 1 else ''} only.** A bootstrap over so "
+                   "few tasks cannot estimate how much the scores' rankings vary from task to task")
+        if _scheme(tasks)["resample_images"]:
+            caution += (", so these intervals and the paired differences below hold the tasks fixed and resample only "
+                        "their test images and fine-tuning seeds: they describe the measurement noise of these tasks, "
+                        "not the task population (and resampling the images again pulls rank correlations towards 0, "
+                        "so the intervals sit low).")
+        else:
+            caution += ": these intervals and the paired differences below describe these tasks, not the population."
+        lines += [caution, ""]
     if all(t.correct is None for t in tasks):
         lines += [f"Per-image data: {NO_IMAGES}.", ""]
     if any(t.reference is None for t in tasks):
@@ -262,7 +281,7 @@ def _cluster_lines(scores, finetune, regime, accuracy, models, shown: Sequence[s
             lines += [f"Models {label}: fewer than 2 in every task group.", ""]
             continue
         result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED + 1 + index, confidence=CONFIDENCE,
-                                 ks=())
+                                 ks=(), **_scheme(tasks))
         lines += [f"Models {label} ({tasks[0].scores.shape[1]} per task):", ""]
         own = [f"Note: {note}." for note in notes if note not in shown]
         lines += own + ([""] if own else []) + [_markdown(interval_table(result)), ""]
