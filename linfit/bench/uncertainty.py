@@ -45,7 +45,7 @@ task-to-task variation (``linfit.bench.stats``, "Which levels to resample")."""
 
 def _scheme(tasks: Sequence[stats.TaskData]) -> dict[str, bool]:
     """The ``stats.bootstrap`` levels of a section (``FEW_TASKS``): tasks fixed and images resampled only for
-    fewer than ``FEW_TASKS`` task groups that have per-image data."""
+    fewer than ``FEW_TASKS`` task groups of which some have per-image data (the others then stay as measured)."""
     fixed = len(tasks) < FEW_TASKS and any(t.correct is not None for t in tasks)
     return {"resample_tasks": not fixed, "resample_images": fixed}
 
@@ -125,8 +125,9 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
     constant = {name for name in bases[0] if all(np.ptp(base[name]) == 0 for base in bases)}
     baselines = tuple(sorted(set(bases[0]) - constant))
     if constant:
-        notes.append(f"left out: {', '.join(BASELINE_PREFIX + name for name in sorted(constant))} (the same value "
-                     "for every model of every task group: it ranks them as `random (expectation)` does)")
+        notes.append(f"left out: {', '.join(BASELINE_PREFIX + name for name in sorted(constant))} (within each task "
+                     "group the same value for every model: in Spearman, weighted τ and trials-to-best it ranks them "
+                     "as `random (expectation)` does)")
     tasks = []
     for (task, seed, group, values), base in zip(groups, bases):
         rows = values.loc[list(names)].to_numpy(dtype=np.float64)
@@ -207,9 +208,11 @@ def question_lines(result: stats.BootstrapResult, regime: str) -> list[str]:
     first, others = QUESTION
     others = [o for o in others if o in result.scores]
     lines = [f"### Paired differences that answer the benchmark's questions (`{regime}`)", "",
-             "Positive: the first score ranks fine-tuning better (for trials-to-best: it needs fewer trials); "
-             f"{result.confidence:.0%} intervals on the same replicates as above; **bold**: the interval excludes 0.",
-             ""]
+             "Positive: the first score ranks fine-tuning better. For trials-to-best the cell is the second score's "
+             "trials minus the first's (positive: the first needs fewer). "
+             f"{result.confidence:.0%} intervals on the same replicates as above (same resampling, same caution); "
+             f"**bold**: the interval excludes 0, which about {1 - result.confidence:.0%} of the pairs without a "
+             "real difference do by chance.", ""]
     if first in result.scores and others:
         rows = [{"pair": f"{first} − {other}",
                  **{LABELS.get(m, m): _gap_cell(_gap(result, first, other, m)) for m in result.metrics}}
@@ -244,10 +247,12 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
         if _scheme(tasks)["resample_images"]:
             caution += (", so these intervals and the paired differences below hold the tasks fixed and resample only "
                         "their test images and fine-tuning seeds: they describe the measurement noise of these tasks, "
-                        "not the task population (and resampling the images again pulls rank correlations towards 0, "
-                        "so the intervals sit low).")
+                        "not the task population. The observed values already contain that noise once, and "
+                        "resampling the images adds it again, which pulls rank correlations towards 0: each interval "
+                        "is shifted towards 0, with the point estimate near its end farther from 0.")
         else:
-            caution += ": these intervals and the paired differences below describe these tasks, not the population."
+            caution += (": with no per-image data these intervals resample the few tasks themselves, which makes them "
+                        "too narrow to trust; they describe these tasks, not the population.")
         lines += [caution, ""]
     if all(t.correct is None for t in tasks):
         lines += [f"Per-image data: {NO_IMAGES}.", ""]
