@@ -10,12 +10,12 @@ Reads a committed benchmark store, takes one regime's task groups as the report 
   ``σ²_b = max(s² − mean_t v_t, 0)``, the part of it that is real task-to-task variation.
 
 The report's interval (tasks resampled, each with its accuracies as measured: ``linfit.bench.stats``, "Which
-levels to resample") has, for T tasks drawn like these, a half-width of about ``h(T) = z · s / sqrt(T)`` (z =
-1.96; s² already holds each task's measurement noise once), so it reaches ``H`` at ``T ≥ z² s² / H²``. With
-noise-free ground truth (infinitely many test images and seeds) it would take ``z² σ²_b / H²`` tasks: the gap
-between the two is what more seeds and test images could buy. The script prints both, per score, with the
-bootstrap's own half-width at the store's T as a check of ``h(T)``, and the same for the paired differences
-against ``PAIRED_WITH``.
+levels to resample"; expanded percentile bounds) has, for T tasks drawn like these, a half-width of about
+``h(T) = t_{T−1} · s / sqrt(T)`` (t_{T−1} the t quantile at 0.975; s² already holds each task's measurement
+noise once), so it reaches ``H`` at the smallest such T with ``h(T) ≤ H``. With noise-free ground truth
+(infinitely many test images and seeds) s² would be σ²_b: the gap between the two is what more seeds and test
+images could buy. The script prints both, per score, with the bootstrap's own half-width at the store's T as a
+check of ``h(T)``, and the same for the paired differences against ``PAIRED_WITH``.
 
     python experiments/size_grid.py --db experiments/reproduce_full.sqlite --regime 20shot
 """
@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 from scipy.stats import spearmanr
+from scipy.stats import t as t_dist
 
 from linfit.bench import stats
 from linfit.bench.report import finetune_frame, scores_frame
@@ -37,7 +38,6 @@ from linfit.data import load_task
 SCORES = ("lfc", "lgc", "lgc_all", "linearized_loss", "linearized_cv_accuracy", "leep", "logme", "h_score")
 """The scores whose intervals the issue asks to size."""
 
-Z = 1.959964
 TARGET = 0.05
 PAIRED_WITH = "linearized_loss"
 """The score the paired differences are taken against (the issue's question: does it beat LFC and LGC?)."""
@@ -68,6 +68,19 @@ def task_noise(task: stats.TaskData, names: list[str], seed: int) -> np.ndarray:
     return result.replicates[:, :, 0]
 
 
+def half_width(variance: float, n_tasks: int) -> float:
+    """``t_{T-1}(0.975) · s / sqrt(T)``: the report's expanded percentile interval of a mean over T tasks."""
+    return float(t_dist.ppf(0.975, n_tasks - 1)) * math.sqrt(variance / n_tasks)
+
+
+def tasks_needed(variance: float) -> int:
+    """The smallest T whose ``half_width`` is at most ``TARGET``."""
+    n_tasks = 2
+    while half_width(variance, n_tasks) > TARGET:
+        n_tasks += 1
+    return n_tasks
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default="experiments/reproduce_full.sqlite")
@@ -94,11 +107,10 @@ def main(argv=None) -> None:
         s2 = per_task[:, j].var(ddof=1)
         vbar = noise[:, j].mean()
         sigma_b = math.sqrt(max(s2 - vbar, 0.0))
-        low, high = np.quantile(check.replicates[:, j, 0], [0.025, 0.975])
-        formula = Z * math.sqrt(s2 / n_tasks)
+        low, high = check.low[j, 0], check.high[j, 0]
         print(f"| {name} | {per_task[:, j].mean():.2f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
-              f"{sigma_b:.3f} | {(high - low) / 2:.3f} / {formula:.3f} | {math.ceil(Z**2 * s2 / TARGET**2)} | "
-              f"{math.ceil(Z**2 * sigma_b**2 / TARGET**2)} |")
+              f"{sigma_b:.3f} | {(high - low) / 2:.3f} / {half_width(s2, n_tasks):.3f} | {tasks_needed(s2)} | "
+              f"{tasks_needed(sigma_b**2)} |")
 
     base = chosen.index(PAIRED_WITH)
     print(f"\nPaired differences ρ({PAIRED_WITH}) − ρ(score): the same decomposition on the per-task differences "
@@ -113,9 +125,9 @@ def main(argv=None) -> None:
         s2 = delta.var(ddof=1)
         vbar = np.mean([np.var(r[:, base] - r[:, j], ddof=1) for r in noise_replicates])
         replicate_delta = check.replicates[:, base, 0] - check.replicates[:, j, 0]
-        low, high = np.quantile(replicate_delta, [0.025, 0.975])
+        low, high = np.quantile(replicate_delta, [check.alpha / 2, 1 - check.alpha / 2])
         print(f"| {name} | {delta.mean():+.3f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
-              f"{(high - low) / 2:.3f} / {Z * math.sqrt(s2 / n_tasks):.3f} | {math.ceil(Z**2 * s2 / TARGET**2)} |")
+              f"{(high - low) / 2:.3f} / {half_width(s2, n_tasks):.3f} | {tasks_needed(s2)} |")
 
 
 if __name__ == "__main__":
