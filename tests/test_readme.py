@@ -38,3 +38,48 @@ def test_readme_python_example_runs_and_matches_the_closed_form(capsys):
     np.testing.assert_allclose(printed, expected, rtol=1e-6)  # numpy prints 8 decimals of values >= 0.1
     score = float(out.split("linearized_loss: ")[1].split()[0])
     assert score == pytest.approx(-expected[1], rel=1e-6)
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading)[1].split("\n## ")[0]
+
+
+def _rows(text: str, heading: str) -> dict[str, dict[str, str]]:
+    """``{score id: {column: cell}}`` of the first Markdown table after ``heading``; a row's id is the backticked
+    name in its first cell (README) or the whole first cell (report)."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| score |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = re.search(r"`([^`]+)`", cells[0])
+        rows[name.group(1) if name else cells[0]] = dict(zip(header[1:], cells[1:]))
+    return rows
+
+
+def test_readme_results_are_the_committed_reports():
+    """Every interval the README's results cite is in the report it names, and its tables are the report's rows:
+    README's numbers are regenerated from the stores by ``experiments/reproduce.py``, not typed."""
+    readme = (ROOT / "README.md").read_text()
+    results = _section(readme, "## Results on the embedded benchmark")
+    path = re.search(r"\((experiments/evidence_20shot_\w+/report\.md)\)", results).group(1)
+    report = (ROOT / path).read_text().replace("**", "")
+    cited = re.findall(r"−?-?\d+\.\d+ \[−?-?\d+\.\d+, −?-?\d+\.\d+\]", results)
+    assert len(cited) > 50
+    missing = [c for c in cited if c.replace("−", "-") not in report]
+    assert not missing, missing
+    headline = _rows(results, "| score | Spearman |")
+    across = _rows(report, "## Regime `20shot`")
+    assert set(headline) == set(across)
+    for name, cells in headline.items():
+        for column in ("Spearman", "weighted τ", "trials-to-best", "top-3 gain"):
+            assert cells[column].replace("−", "-") == across[name][column], (name, column)
+    clusters = _rows(results, "| score | Spearman, from the generalist |")
+    for column, heading in (("Spearman, from the generalist", "Models the generalist and the experts initialised"),
+                            ("Spearman, from scratch", "Models the experts trained from scratch")):
+        within = _rows(report, heading)
+        for name, cells in clusters.items():
+            assert cells[column].replace("−", "-") == within.get(name, {}).get("Spearman", "–"), (name, column)
