@@ -31,9 +31,10 @@ interval for the mean over a new draw of tasks measured the same way. Resampling
 noise a second time, which for a linear metric only widens the interval, but for a rank correlation of nearly
 tied accuracies also *attenuates* it: the replicates' Spearman sits closer to 0 than the observed one, and the
 percentile interval with it (on the embedded evidence store's first three 20-shot task groups, near their accuracy
-ceiling, the replicates' mean was 0.05–0.13 closer to 0 for 17 of 18 scores, about the interval's half-width). ``resample_tasks=False,
-resample_images=True`` holds the T given tasks fixed and asks only what test-set (and seed) noise does to the
-numbers on them: the only scheme with meaning for very few tasks, and attenuated in the same way. With one seed
+ceiling, the replicates' mean was 0.05–0.13 closer to 0 for 17 of 18 scores, about the interval's half-width).
+``resample_tasks=False, resample_images=True`` holds the T given tasks fixed and asks only what test-set (and
+seed) noise does to the numbers on them: the only scheme with meaning for very few tasks, and attenuated in the
+same way. With one seed
 (R = 1) the seed resample is the identity. A task whose ground truth is given as plain accuracies ``[M]`` (no
 per-image data) is held fixed in step 2: only task resampling then moves it, and the result's ``scheme`` says
 so.
@@ -43,9 +44,9 @@ Intervals are percentile bootstrap intervals (Efron & Tibshirani 1993, ch. 13) a
 The American Statistician 69(4)): the percentile interval of a mean of T values is as wide as z·s·sqrt((T−1)/T)
 / √T, a normal interval with the plug-in deviation, which covers far less than its nominal level for few tasks
 (≈ 85 % for a nominal 95 % at T = 5, ≈ 93 % at T = 20), so the quantiles are taken at the level α' whose normal
-quantile is sqrt(T/(T−1))·t_{T−1}, the t interval's. ``stderr`` is the replicates' standard deviation. A paired difference between two
-scores (``difference``) uses the same replicates for both, so that the task and image draws shared by the two
-scores cancel.
+quantile is sqrt(T/(T−1))·t_{T−1}, the t interval's. ``stderr`` is the replicates' standard deviation. A paired
+difference between two scores (``difference``) uses the same replicates for both, so that the task and image
+draws shared by the two scores cancel.
 
 The Random baseline enters as its exact expectation over a uniformly random ordering of the models (row
 ``RANDOM``), recomputed on every replicate: Spearman 0, trials-to-best (M + 1)/(b + 1), top-k gain from order

@@ -42,13 +42,6 @@ FEW_TASKS = 5
 it they hold the tasks fixed and resample test images and seeds, and the section warns that they cannot cover
 task-to-task variation (``linfit.bench.stats``, "Which levels to resample")."""
 
-
-def _scheme(tasks: Sequence[stats.TaskData]) -> dict[str, bool]:
-    """The ``stats.bootstrap`` levels of a section (``FEW_TASKS``): tasks fixed and images resampled only for
-    fewer than ``FEW_TASKS`` task groups of which some have per-image data (the others then stay as measured)."""
-    fixed = len(tasks) < FEW_TASKS and any(t.correct is not None for t in tasks)
-    return {"resample_tasks": not fixed, "resample_images": fixed}
-
 KS = (1, 3)
 """The k of the top-k gains (each used when every group has at least k models)."""
 
@@ -67,8 +60,9 @@ NO_IMAGES = ("no per-image test correctness in the store (units written before i
 """Said in the report when no group has per-image data."""
 
 QUESTION = ("linearized_loss", ("lfc", "lgc", "lgc_paper", "lgc_all"))
-"""The paper's question (Deshpande et al. 2021, §5): does the closed-form linearized loss (first) rank fine-tuning
-better than LFC and LGC (the others)? Each report answers it with paired differences, significant or not."""
+"""The benchmark's question (issue 13; Deshpande et al. 2021 derive LGC and LFC as cheap proxies of the linearized
+fine-tuning loss): does the closed-form linearized loss (first) rank fine-tuning better than LFC and LGC (the
+others)? Each report answers it with paired differences, significant or not."""
 
 LABELS = {"spearman": "Spearman", "weighted_tau": "weighted τ", "trials_to_best": "trials-to-best",
           "top1_gain": "top-1 gain", "top3_gain": "top-3 gain"}
@@ -230,6 +224,13 @@ def question_lines(result: stats.BootstrapResult, regime: str) -> list[str]:
     return lines
 
 
+def _scheme(tasks: Sequence[stats.TaskData]) -> dict[str, bool]:
+    """The ``stats.bootstrap`` levels of a section (``FEW_TASKS``): tasks fixed and images resampled only for
+    fewer than ``FEW_TASKS`` task groups of which some have per-image data (the others then stay as measured)."""
+    fixed = len(tasks) < FEW_TASKS and any(t.correct is not None for t in tasks)
+    return {"resample_tasks": not fixed, "resample_images": fixed}
+
+
 def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accuracy: str,
                    models: Mapping[str, Mapping] | None) -> list[str]:
     """The Markdown of one regime's statistics: intervals across the zoo, per cluster, paired differences."""
@@ -252,7 +253,7 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
                         "is shifted towards 0, with the point estimate near its end farther from 0.")
         else:
             caution += (": with no per-image data these intervals resample the few tasks themselves, which makes them "
-                        "too narrow to trust; they describe these tasks, not the population.")
+                        "too rough to trust; they describe these tasks, not the population.")
         lines += [caution, ""]
     if all(t.correct is None for t in tasks):
         lines += [f"Per-image data: {NO_IMAGES}.", ""]
