@@ -1,6 +1,6 @@
 """How many tasks (and seeds) give a mean-Spearman 95 % interval half-width of at most 0.05? (issue 13, item 4)
 
-Reads a committed benchmark store, takes one regime's task groups as the report does
+Reads a committed benchmark store, takes one regime's complete task groups as the report does
 (``linfit.bench.uncertainty.regime_tasks``) and splits the variance of each score's task-averaged Spearman ρ into
 
 * ``v_t``, the measurement noise of task t's ρ: the variance of ρ_t over bootstrap replicates that resample only
@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 from scipy.stats import t as t_dist
 
 from linfit.bench import stats
-from linfit.bench.report import finetune_frame, scores_frame
+from linfit.bench.report import complete_groups, finetune_frame, scores_frame
 from linfit.bench.store import read_stores
 from linfit.bench.uncertainty import regime_tasks
 from linfit.data import load_task
@@ -87,8 +87,9 @@ def main(argv=None) -> None:
     parser.add_argument("--regime", default="20shot")
     args = parser.parse_args(argv)
     with read_stores(args.db) as store:
-        scores, finetune = scores_frame(store), finetune_frame(store)
+        scores, finetune, left_out = complete_groups(scores_frame(store), finetune_frame(store))
     tasks, names, notes = regime_tasks(scores, finetune, args.regime, "accuracy")
+    notes += [f"left out as incomplete: {group}" for group in left_out]
     rows = [names.index(s) for s in SCORES if s in names]
     chosen = [names[r] for r in rows]
     tasks = [with_images(t, rows, args.regime, i) for i, t in enumerate(tasks)]
@@ -124,8 +125,8 @@ def main(argv=None) -> None:
         delta = per_task[:, base] - per_task[:, j]
         s2 = delta.var(ddof=1)
         vbar = np.mean([np.var(r[:, base] - r[:, j], ddof=1) for r in noise_replicates])
-        replicate_delta = check.replicates[:, base, 0] - check.replicates[:, j, 0]
-        low, high = np.quantile(replicate_delta, [check.alpha / 2, 1 - check.alpha / 2])
+        gap = stats.difference(check, PAIRED_WITH, name, "spearman")
+        low, high = gap.low, gap.high
         print(f"| {name} | {delta.mean():+.3f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
               f"{(high - low) / 2:.3f} / {half_width(s2, n_tasks):.3f} | {tasks_needed(s2)} |")
 
