@@ -545,14 +545,14 @@ def _scheme(replicates: int, resample_tasks: bool, resample_images: bool, tasks:
     clauses = [f"percentile bootstrap{expanded}, {replicates} replicates",
                f"tasks resampled with replacement ({len(tasks)} per replicate)" if resample_tasks
                else f"the {len(tasks)} tasks held fixed"]
-    if len(fixed) < len(tasks) and resample_images:
+    per_image = len(fixed) < len(tasks)
+    if per_image and resample_images:
         clauses.append("test images and fine-tuning seeds resampled with replacement, paired across models"
                        + (" (one seed: seed-to-seed variance not included)" if seeds == {1} else ""))
-    elif len(fixed) < len(tasks):
+    elif per_image:
         clauses.append("each task's accuracies as measured on its test images and fine-tuning seeds (their noise "
                        "is in the spread of the per-task metrics that the task resample draws from)")
-        fixed = []
-    if fixed:
+    if fixed and (resample_images or not per_image):  # else every task is held as measured anyway
         clauses.append(f"no per-image data for {', '.join(fixed)}: their accuracies held fixed"
                        + (", so only task resampling moves them" if resample_tasks else ""))
     clauses.append("scores held fixed")

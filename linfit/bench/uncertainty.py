@@ -214,11 +214,14 @@ def question_lines(result: stats.BootstrapResult, regime: str) -> list[str]:
         lines += ["Does the closed-form linearized loss rank better than LFC and LGC?", "",
                   _markdown(pd.DataFrame(rows)), ""]
     baselines = [s for s in result.scores if s.startswith(BASELINE_PREFIX)]
-    scores = [s for s in interval_table(result).score if s not in baselines and s != stats.RANDOM]
+    spearman = result.metrics.index("spearman")
+    scores = sorted((s for s in result.scores if s not in baselines and s != stats.RANDOM),
+                    key=lambda s: (-result.estimate[result.scores.index(s), spearman], s))  # interval_table's order
     if baselines and scores:
-        rows = [{"score": s, **{f"Spearman − {b}": _gap_cell(_gap(result, s, b, "spearman")) for b in baselines}}
+        gaps = {s: [_gap(result, s, b, "spearman") for b in baselines] for s in scores}
+        rows = [{"score": s, **{f"Spearman − {b}": _gap_cell(d) for b, d in zip(baselines, gaps[s])}}
                 for s in scores]
-        every = [s for s in scores if all(_gap(result, s, b, "spearman").low > 0 for b in baselines)]
+        every = [s for s in scores if all(d.low > 0 for d in gaps[s])]
         lines += ["Does a score beat the trivial baselines (Spearman)?", "", _markdown(pd.DataFrame(rows)), "",
                   f"Above every baseline (each interval excludes 0): {', '.join(every) if every else 'none'}.", ""]
     return lines
@@ -238,14 +241,14 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
     if not tasks:
         return ["No complete task group: no intervals.", ""]
     ks = tuple(k for k in KS if all(k <= t.scores.shape[1] for t in tasks))
-    result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks,
-                             **_scheme(tasks))
+    scheme = _scheme(tasks)
+    result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks, **scheme)
     lines = [f"Mean over {len(tasks)} tasks with {CONFIDENCE:.0%} bootstrap intervals. Resampling: "
              f"{result.scheme}.", ""]
     if len(tasks) < FEW_TASKS:
         caution = (f"**Caution: {len(tasks)} task group{'s' if len(tasks) > 1 else ''} only.** A bootstrap over so "
                    "few tasks cannot estimate how much the scores' rankings vary from task to task")
-        if _scheme(tasks)["resample_images"]:
+        if scheme["resample_images"]:
             caution += (", so these intervals and the paired differences below hold the tasks fixed and resample only "
                         "their test images and fine-tuning seeds: they describe the measurement noise of these tasks, "
                         "not the task population. The observed values already contain that noise once, and "
