@@ -25,7 +25,10 @@ the multi-BN experts included; one reference model, its generalist, per task gro
 store) × every embedded target task × ``EVIDENCE_KSHOT_SEEDS`` k-shot draws, 20-shot, scores ``SCORES`` on
 ``EVIDENCE_SCORING_PER_CLASS`` images per class. Each writes ``experiments/evidence_20shot_<architecture>.sqlite``
 and its report next to it. ``--tasks`` and ``--draws`` run a part (a rerun with more continues; the report
-covers the task groups that hold every model of the preset, and lists the others).
+covers the task groups that hold every model of the preset, and lists the others). Presets
+``evidencefull-resnet8`` / ``evidencefull-densenet``: the same in the ``full`` regime, the whole training split of
+every task (988–1000 images; 20-shot already takes 520–760 of them on the 26–38-class tasks, 200 on the 10-class
+ones), one draw per task (``FULL_DRAWS``), into ``experiments/evidence_full_<architecture>.sqlite``.
 
 Preset ``evidence20-imagenet``: the same protocol on the five real ImageNet backbones (``linfit.zoo``'s
 ``imagenet`` zoo, each model at its own resolution; it has no generalist, so the report's top-k gains are over the
@@ -95,6 +98,11 @@ EVIDENCE_KSHOT_SEEDS = (0, 1, 2)
 """k-shot draws per task of the evidence presets: 11 tasks × 3 = 33 task groups, the number that
 ``experiments/size_grid.py`` finds for paired differences of ±0.05 (``experiments/evidence_sizing.md``)."""
 
+FULL_DRAWS = (0,)
+"""Draws per task of the full-regime evidence presets: one. The training split is the same for every draw (only
+the validation split and the fine-tuning seeds would change), so further draws are not independent task groups and
+the report's task resampling would count them as such: 11 task groups per architecture."""
+
 MISSING = (
     "Not in the committed stores `reproduce_full.sqlite` and `reproduce_resnet8.sqlite`: Domain Similarity "
     "(`domain_similarity`), RSA (`rsa`) and the paper's projected LGC (`lgc_paper`: last layer, per-sample gradients "
@@ -111,7 +119,8 @@ IMAGENET_TASKS = (*embedded.target_domains(), "lfw_faces")
 resolution, and scikit-image's faces vs non-faces (add ``elpv`` with ``--tasks`` once ``elpv-dataset`` is
 installed)."""
 
-PRESETS = ("evidence20-resnet8", "evidence20-densenet", "evidence20-imagenet", "full", "resnet8", "smoke")
+PRESETS = ("evidence20-resnet8", "evidence20-densenet", "evidencefull-resnet8", "evidencefull-densenet",
+           "evidence20-imagenet", "full", "resnet8", "smoke")
 
 
 def architecture_models(architecture: str, *, multibn: bool = True) -> tuple[str, ...]:
@@ -131,10 +140,13 @@ def preset(name: str, tasks: tuple[str, ...] | None = None, draws: tuple[int, ..
         config = BenchConfig(zoo="imagenet", models=tuple(e.name for e in load_zoo("imagenet")),
                              tasks=IMAGENET_TASKS, regimes=("20shot",), seeds=EVIDENCE_KSHOT_SEEDS,
                              scores=IMAGENET_SCORES, per_class=EVIDENCE_SCORING_PER_CLASS, **finetuning)
-    elif name.startswith("evidence20-"):
-        config = BenchConfig(models=architecture_models(name.split("-")[1]), tasks=targets, regimes=("20shot",),
-                             seeds=EVIDENCE_KSHOT_SEEDS, scores=SCORES, per_class=EVIDENCE_SCORING_PER_CLASS,
-                             learning_rates=EVIDENCE_LEARNING_RATES, **finetuning)
+    elif name.startswith(("evidence20-", "evidencefull-")):
+        full = name.startswith("evidencefull-")
+        config = BenchConfig(models=architecture_models(name.split("-")[1]), tasks=targets,
+                             regimes=("full",) if full else ("20shot",),
+                             seeds=FULL_DRAWS if full else EVIDENCE_KSHOT_SEEDS, scores=SCORES,
+                             per_class=EVIDENCE_SCORING_PER_CLASS, learning_rates=EVIDENCE_LEARNING_RATES,
+                             **finetuning)
     elif name == "full":
         config = BenchConfig(models=architecture_models("resnet8", multibn=False), tasks=targets[:8],
                              regimes=("5shot", "20shot", "full"), scores=SCORES, per_class=FULL_SCORING_PER_CLASS,
@@ -154,7 +166,11 @@ def preset(name: str, tasks: tuple[str, ...] | None = None, draws: tuple[int, ..
 
 def default_paths(name: str) -> tuple[pathlib.Path, pathlib.Path]:
     """``(store, report folder)`` of a preset."""
-    stem = f"evidence_20shot_{name.split('-')[1]}" if name.startswith("evidence20-") else f"reproduce_{name}"
+    if name.startswith("evidence"):
+        regime, architecture = name.removeprefix("evidence").split("-")
+        stem = f"evidence_{'20shot' if regime == '20' else regime}_{architecture}"
+    else:
+        stem = f"reproduce_{name}"
     return HERE / f"{stem}.sqlite", HERE / stem
 
 
@@ -182,7 +198,10 @@ def progress(store, config: BenchConfig) -> list[str]:
                 f"left need about {median * (len(tuned) - len(rows)) / 3600:.0f} hours of one such process, "
                 f"scores not counted.")
     stored = finetune_frame(store)
-    stored = stored[stored.setting.isin({setting_id("finetune", u.config) for u in tuned})]
+    planned_ids = {(u.config["model"], u.config["task"], u.config["regime"], u.config["seed"],
+                    setting_id("finetune", u.config)) for u in tuned}
+    stored = stored.loc[np.array([ids in planned_ids for ids in
+                                  zip(stored.model, stored.task, stored.regime, stored.seed, stored.setting)], bool)]
     health = ground_truth.section(stored) if len(stored) else []
     return [f"Stored: {done} of {len(parts)} planned results ({100 * done / len(parts):.1f} %) of the grid "
             f"({len(config.models)} models × {len(config.tasks)} tasks × {len(config.seeds)} k-shot draws × "

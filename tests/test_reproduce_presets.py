@@ -35,3 +35,31 @@ def test_the_imagenet_evidence_preset_plans_every_backbone_without_source_image_
     assert not any(u.config["reference"] for u in planned)  # no generalist: gains over the zoo's mean
     assert "domain_similarity" not in config.scores and "lgc_paper" in config.scores
     assert len(planned) == 2 * 5 * len(reproduce.IMAGENET_TASKS) * len(reproduce.EVIDENCE_KSHOT_SEEDS)
+
+
+def test_the_full_regime_evidence_preset_is_one_draw_of_the_whole_training_split_into_its_own_store():
+    config = reproduce.preset("evidencefull-densenet")
+    planned = units(config)
+    models = reproduce.architecture_models("densenet")
+    assert {(u.kind, u.config["task"], u.config["model"]) for u in planned} == {
+        (kind, task, model) for kind in ("scores", "finetune") for task in config.tasks for model in models}
+    assert {(u.config["regime"], u.config["seed"]) for u in planned} == {("full", 0)}
+    assert config.max_train_per_class is None and len(config.tasks) == 11
+    store, out = reproduce.default_paths("evidencefull-densenet")
+    assert (store.name, out.name) == ("evidence_full_densenet.sqlite", "evidence_full_densenet")
+    assert reproduce.default_paths("evidence20-resnet8")[0].name == "evidence_20shot_resnet8.sqlite"
+
+
+def test_progress_reports_the_planned_units_only(tmp_path):
+    from linfit.bench.store import ResultStore
+    config = reproduce.preset("smoke")
+    tuned = [u for u in units(config) if u.kind == "finetune"]
+    record = {"accuracy": 50.0, "seconds": 2.0, "lr": 0.01, "bracketed": True, "steps": [20, 20],
+              "converged": [True, True], "accuracy_per_seed": [49.0, 51.0]}
+    with ResultStore(tmp_path / "store.sqlite") as store:
+        store.put(tuned[0].key, "finetune", record, config=tuned[0].config)
+        # the same setting on a task outside the preset: another grid's unit in the same store
+        store.put("finetune/elsewhere", "finetune", record, config={**tuned[0].config, "task": "elsewhere"})
+        text = "\n".join(reproduce.progress(store, config))
+    assert f"fine-tuning units 1 of {len(tuned)} " in text
+    assert "| fine-tuning units | 1 (1 models × 1 task groups) |" in text
