@@ -1,6 +1,7 @@
 """Bootstrap intervals, paired differences, Random's expectations and baseline scores (linfit.bench.stats),
 against scipy / linfit.bench.metrics, brute-force enumeration of orderings and simulations with known truth."""
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -235,6 +236,38 @@ def test_tasks_only_fallback_matches_the_plug_in_standard_error():
     assert "no per-image data for t0" in result.scheme
     fixed = st.bootstrap(tasks, ["a", "b"], replicates=50, rng=0, resample_tasks=False, random_baseline=False)
     np.testing.assert_array_equal(fixed.replicates, np.broadcast_to(fixed.estimate, fixed.replicates.shape))
+
+
+def test_the_draws_of_one_task_are_resampled_as_one_cluster():
+    # three copies of every task in one cluster each: the copies move together, so the replicates are those of
+    # the original tasks (same cluster draws); as separate tasks they would narrow the interval by about √3
+    rng = np.random.default_rng(4)
+    tasks = [_task(rng, f"t{i}", images=50) for i in range(6)]
+    copies = [st.TaskData(f"{t.name}/draw{d}", t.scores, t.reference, correct=t.correct, cluster=t.name)
+              for t in tasks for d in range(3)]
+    kwargs = dict(replicates=400, rng=5, ks=KS, random_baseline=False, resample_images=False)
+    original, clustered = st.bootstrap(tasks, ["a", "b", "c"], **kwargs), st.bootstrap(copies, ["a", "b", "c"], **kwargs)
+    np.testing.assert_allclose(clustered.replicates, original.replicates, rtol=1e-12, atol=1e-12)
+    assert clustered.resampled_tasks == 6 and clustered.alpha == original.alpha
+    independent = st.bootstrap([dataclasses.replace(t, cluster=None) for t in copies], ["a", "b", "c"], **kwargs)
+    assert independent.resampled_tasks == 18
+    assert np.all(independent.stderr[:, 0] < 0.7 * clustered.stderr[:, 0])
+
+
+def test_a_replicate_averages_every_task_of_its_drawn_clusters():
+    # cluster a: two tasks the score ranks exactly (Spearman 1); cluster b: one it ranks backwards (-1). A
+    # replicate draws {a, a} (mean 1), {b, b} (-1) or {a, b}: (1 + 1 - 1) / 3 = 1/3, not the clusters' mean 0
+    accuracy = np.array([10.0, 20.0, 30.0, 40.0])
+    forward, backward = accuracy[None, :], -accuracy[None, :]
+    tasks = [st.TaskData("a0", forward, None, accuracies=accuracy, cluster="a"),
+             st.TaskData("a1", forward, None, accuracies=accuracy, cluster="a"),
+             st.TaskData("b0", backward, None, accuracies=accuracy, cluster="b")]
+    result = st.bootstrap(tasks, ["s"], replicates=4000, rng=0, ks=(), random_baseline=False)
+    rho = result.replicates[:, 0, result.metrics.index("spearman")]
+    values, counts = np.unique(np.round(rho, 12), return_counts=True)
+    np.testing.assert_allclose(values, [-1.0, 1 / 3, 1.0])
+    assert abs(counts[1] / rho.size - 0.5) < 4 * np.sqrt(0.25 / rho.size)  # {a, b} in either order: 1/2
+    np.testing.assert_allclose(result.estimate[0, 0], 1 / 3)
 
 
 def test_image_resample_is_paired_across_models():

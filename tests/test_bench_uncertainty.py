@@ -109,7 +109,7 @@ def test_interval_table_matches_direct_bootstrap_and_hand(tmp_path):
     assert uncertainty.NO_IMAGES not in text
     assert "left out of the intervals (missing or not finite in some task group): partial" in text
     assert "| random (one draw) |" in text  # the stored draw is kept, labelled, outside the intervals
-    assert "**Caution: 3 task groups only.**" in text  # fewer than FEW_TASKS = 5
+    assert "**Caution: 3 target tasks only.**" in text  # fewer than FEW_TASKS = 5
 
 
 def test_paired_differences_listed_when_interval_excludes_zero(tmp_path):
@@ -251,3 +251,24 @@ def test_question_tables_give_every_pair_with_its_interval(tmp_path, monkeypatch
     header = next(line for line in table.splitlines() if line.startswith("| score |"))
     assert header.count("Spearman − baseline: ") == 4
     assert "Above every baseline (each interval excludes 0): oracle." in table
+
+
+def test_the_k_shot_draws_of_a_task_form_one_cluster(tmp_path):
+    with ResultStore(tmp_path / "draws.sqlite") as store:
+        for task in CORRECT_COUNTS:
+            acc = _accuracy(task)
+            for seed in (0, 1):
+                for m, model in enumerate(MODELS):
+                    cfg = {"model": model, "task": task, "regime": "20shot", "seed": seed, "reference": model == "gen"}
+                    store.put(f"finetune/{model}/{task}/{seed}", "finetune",
+                              {"accuracy": acc[m], "seconds": 1.0, "test_correct": pack_bools(_correct(task)[m])},
+                              config=cfg)
+                    store.put(f"scores/{model}/{task}/{seed}", "scores",
+                              {"scores": {"oracle": float(acc[m])}, "timings": {"oracle": 0.1}}, config=cfg)
+        tasks, names, notes = uncertainty.regime_tasks(scores_frame(store), finetune_frame(store), "20shot",
+                                                       "accuracy", None)
+        text = write_report(store, tmp_path / "r").read_text()
+    assert sorted((t.name, t.cluster) for t in tasks) == [(f"{task}/seed{seed}", task) for task in CORRECT_COUNTS
+                                                          for seed in (0, 1)]
+    assert any("resampled together" in note for note in notes)
+    assert "Mean over 6 task groups of 3 target tasks" in text and "**Caution: 3 target tasks only.**" in text

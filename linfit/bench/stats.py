@@ -12,13 +12,16 @@ seeds, I_t test images), whose mean over seeds and images is a model's test accu
 unit). One bootstrap replicate
 
 1. draws T tasks with replacement from the T tasks (``resample_tasks=True``), so that the interval also covers
-   "which tasks happened to be in the benchmark";
+   "which tasks happened to be in the benchmark". Tasks that share a ``TaskData.cluster`` (the k-shot draws of one
+   target task: they share its test set and its classes) are drawn together: C clusters are drawn with replacement
+   from the C clusters and every task of a drawn cluster enters the replicate (a cluster bootstrap; Davison &
+   Hinkley 1997, §3.8), so that correlated tasks do not count as independent ones;
 2. (``resample_images=True``) for every drawn task (each copy of a task drawn twice independently) draws I_t test
    images with replacement and R seeds with replacement. The same image indices and the same seeds are used for
    every model of the task (a *paired* resample): models are evaluated on one shared test set, so easy and hard
    images move all accuracies together, and only that shared test set's sampling noise is represented;
 3. recomputes every model's accuracy from the drawn images and seeds, every metric of every score on the task
-   from these accuracies, and averages each metric over the drawn tasks.
+   from these accuracies, and averages each metric over the drawn tasks (over every task of the drawn clusters).
 
 Held fixed: the scores (they are computed on a scoring subset drawn from the training split, independent of the
 test set; their own sampling noise would need recomputing them and is *not* in the intervals), the reference
@@ -44,7 +47,7 @@ Intervals are percentile bootstrap intervals (Efron & Tibshirani 1993, ch. 13) a
 The American Statistician 69(4)): the percentile interval of a mean of T values is as wide as z·s·sqrt((T−1)/T)
 / √T, a normal interval with the plug-in deviation, which covers far less than its nominal level for few tasks
 (≈ 85 % for a nominal 95 % at T = 5, ≈ 93 % at T = 20), so the quantiles are taken at the level α' whose normal
-quantile is sqrt(T/(T−1))·t_{T−1}, the t interval's. ``stderr`` is the replicates' standard deviation. A paired
+quantile is sqrt(T/(T−1))·t_{T−1}, the t interval's (with clusters, T is the number of clusters C). ``stderr`` is the replicates' standard deviation. A paired
 difference between two scores (``difference``) uses the same replicates for both, so that the task and image
 draws shared by the two scores cancel.
 
@@ -93,6 +96,8 @@ class TaskData:
       correct: ``[M, R, I]`` bool (or 0/1), whether model ``m`` fine-tuned with seed ``r`` classifies test image
         ``i`` correctly; ``None`` when only accuracies are known.
       accuracies: ``[M]`` float, test accuracy in percent; used only when ``correct`` is ``None``.
+      cluster: the label of the tasks that ``bootstrap`` resamples together (e.g. the target task whose k-shot
+        draws these are); ``None``: the task is a cluster of its own.
 
     Raises:
       ShapeError: inconsistent shapes, fewer than 2 models, neither or both of ``correct``/``accuracies``, or a
@@ -106,6 +111,7 @@ class TaskData:
     reference: int | None
     correct: np.ndarray | None = None
     accuracies: np.ndarray | None = None
+    cluster: str | None = None
 
     def __post_init__(self):
         scores = np.asarray(self.scores, dtype=np.float64)
@@ -353,8 +359,8 @@ class BootstrapResult:
       estimate: ``[S', K]`` mean over the given tasks on the observed data (no resampling).
       replicates: ``[B, S', K]`` the metric means of each bootstrap replicate.
       confidence: coverage of the percentile intervals, e.g. 0.95.
-      resampled_tasks: T when tasks were resampled (the intervals are then expanded for T, see the module
-        docstring), 0 when they were held fixed.
+      resampled_tasks: C, the number of clusters (``TaskData.cluster``; T without clusters), when tasks were
+        resampled (the intervals are then expanded for C, see the module docstring), 0 when they were held fixed.
       seed: the integer seed given, or ``None`` when a ``Generator`` was passed.
       scheme: what was resampled and what was held fixed, in words (for the report).
     """
@@ -471,11 +477,14 @@ def bootstrap(tasks: Sequence[TaskData], score_names: Sequence[str], *, replicat
             raise ShapeError(f"task {task.name!r}: every k must lie in 1..M={task.scores.shape[1]}; got {ks}")
     seed = rng if isinstance(rng, (int, np.integer)) else None
     rng = np.random.default_rng(rng)
-    n_tasks = len(tasks)
-    drawn = rng.integers(0, n_tasks, (replicates, n_tasks)) if resample_tasks else np.tile(np.arange(n_tasks),
-                                                                                           (replicates, 1))
+    labels = [("task", t) if task.cluster is None else ("cluster", task.cluster) for t, task in enumerate(tasks)]
+    cluster_of = {label: c for c, label in enumerate(dict.fromkeys(labels))}
+    n_clusters = len(cluster_of)
+    drawn = (rng.integers(0, n_clusters, (replicates, n_clusters)) if resample_tasks
+             else np.tile(np.arange(n_clusters), (replicates, 1)))  # [B, C] cluster indices
     rows = len(names) + int(random_baseline)
-    per_slot = np.empty((replicates, n_tasks, rows, len(_metric_names(ks))))
+    sums = np.zeros((replicates, rows, len(_metric_names(ks))))  # per replicate: sum over its drawn tasks' copies
+    counts = np.zeros(replicates)
     observed, monte_carlo_stderr = [], [0.0]
     for t, task in enumerate(tasks):
         m = task.scores.shape[1]
@@ -492,18 +501,19 @@ def bootstrap(tasks: Sequence[TaskData], score_names: Sequence[str], *, replicat
             return np.concatenate([values, expected[:, None]], axis=1)
 
         observed.append(evaluate(task.accuracy[None, :])[0])
-        slots = np.nonzero(drawn == t)
+        copies = np.nonzero(drawn == cluster_of[labels[t]])[0]  # the replicate of each copy of this task
         if task.correct is None or not resample_images:
-            per_slot[slots] = observed[-1]
+            np.add.at(sums, copies, observed[-1])
         else:
-            per_slot[slots] = evaluate(_resampled_accuracies(task.correct, slots[0].size, rng))
+            np.add.at(sums, copies, evaluate(_resampled_accuracies(task.correct, copies.size, rng)))
+        np.add.at(counts, copies, 1)
     return BootstrapResult(
         scores=names + ((RANDOM,) if random_baseline else ()),
         metrics=_metric_names(ks),
         estimate=np.mean(observed, axis=0),
-        replicates=per_slot.mean(axis=1),
+        replicates=sums / counts[:, None, None],
         confidence=float(confidence),
-        resampled_tasks=n_tasks if resample_tasks else 0,
+        resampled_tasks=n_clusters if resample_tasks else 0,
         seed=None if seed is None else int(seed),
         scheme=_scheme(replicates, resample_tasks, resample_images, tasks)
         + (f"; Random's weighted τ per task within ±{max(monte_carlo_stderr):.3f} (one Monte Carlo standard "
@@ -541,10 +551,14 @@ def _scheme(replicates: int, resample_tasks: bool, resample_images: bool, tasks:
     """The resampling scheme in words, for the report (see the module docstring)."""
     fixed = [task.name for task in tasks if task.correct is None]
     seeds = {task.correct.shape[1] for task in tasks if task.correct is not None}
-    expanded = f" expanded for {len(tasks)} tasks (Hesterberg 2015)" if resample_tasks and len(tasks) > 1 else ""
+    clusters = {task.cluster for task in tasks if task.cluster is not None}
+    n = len(clusters) + sum(task.cluster is None for task in tasks)
+    expanded = (f" expanded for {n} {'clusters of tasks' if clusters else 'tasks'} (Hesterberg 2015)"
+                if resample_tasks and n > 1 else "")
+    resampled = (f"clusters of tasks resampled with replacement ({n} per replicate, each with all its tasks)"
+                 if clusters else f"tasks resampled with replacement ({n} per replicate)")
     clauses = [f"percentile bootstrap{expanded}, {replicates} replicates",
-               f"tasks resampled with replacement ({len(tasks)} per replicate)" if resample_tasks
-               else f"the {len(tasks)} tasks held fixed"]
+               resampled if resample_tasks else f"the {len(tasks)} tasks held fixed"]
     per_image = len(fixed) < len(tasks)
     if per_image and resample_images:
         clauses.append("test images and fine-tuning seeds resampled with replacement, paired across models"

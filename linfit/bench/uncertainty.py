@@ -3,12 +3,13 @@ scores, Random's exact expectation, trivial baselines and per-cluster results, a
 
 ``linfit.bench.stats`` does the statistics; this module turns the store's frames (``linfit.bench.report``) into its
 ``TaskData`` and the results into Markdown. Per regime, each complete (task, seed) group is one task of the
-bootstrap: its models in name order, the scores every group has (a score missing or non-finite in some group is
+bootstrap (the k-shot draws of one target task form a cluster that is resampled as a whole,
+``stats.TaskData.cluster``): its models in name order, the scores every group has (a score missing or non-finite in some group is
 left out and named), and its ground truth, the per-seed per-image test correctness of the chosen learning rate
 (``"test_correct"`` of a fine-tuning record, ``linfit.bench.grid.finetune_record``; ``[R, I]``, R fine-tuning seeds)
 when every model of the group has it with one shape and the report's ground truth is ``"accuracy"``, else the
 stored accuracies. The intervals resample tasks, each with its accuracies as measured; a regime with fewer than
-``FEW_TASKS`` groups (and per-image data) holds its tasks fixed and resamples their test images and seeds instead
+``FEW_TASKS`` target tasks (and per-image data) holds its tasks fixed and resamples their test images and seeds instead
 (``linfit.bench.stats``, "Which levels to resample"; the section says which).
 
 Model metadata (``model_metadata``: a zoo manifest's records, or the ImageNet backbones' published top-1) adds
@@ -38,7 +39,7 @@ SEED = 0
 CONFIDENCE = 0.95
 
 FEW_TASKS = 5
-"""From this many task groups on, a regime's intervals resample tasks (each with its accuracies as measured); below
+"""From this many target tasks (clusters of task groups) on, a regime's intervals resample tasks (each with its accuracies as measured); below
 it they hold the tasks fixed and resample test images and seeds, and the section warns that they cannot cover
 task-to-task variation (``linfit.bench.stats``, "Which levels to resample")."""
 
@@ -133,11 +134,18 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
         else:
             truth = {"correct": np.stack(correct)}  # [M, R, I]
         reference = int(np.flatnonzero(group.reference.to_numpy())[0]) if group.reference.any() else None
-        tasks.append(stats.TaskData(f"{task}/seed{seed}" if several_seeds else str(task), rows, reference, **truth))
+        tasks.append(stats.TaskData(f"{task}/seed{seed}" if several_seeds else str(task), rows, reference,
+                                    cluster=str(task) if several_seeds else None, **truth))
     names += tuple(BASELINE_PREFIX + name for name in baselines)
     if several_seeds:
-        notes.append("each (task, seed) group is resampled as one task, as if the seeds' groups were independent")
+        notes.append("the k-shot draws of one target task share its test set and classes, so they are resampled "
+                     "together: a replicate draws target tasks, each with all its draws")
     return tasks, names, notes
+
+
+def _clusters(tasks: Sequence[stats.TaskData]) -> int:
+    """The number of independently resampled units of ``tasks`` (``stats.TaskData.cluster``)."""
+    return len({(t.name, None) if t.cluster is None else (None, t.cluster) for t in tasks})
 
 
 def _cell(estimate: float, low: float, high: float, digits: int) -> str:
@@ -229,8 +237,9 @@ def question_lines(result: stats.BootstrapResult, regime: str) -> list[str]:
 
 def _scheme(tasks: Sequence[stats.TaskData]) -> dict[str, bool]:
     """The ``stats.bootstrap`` levels of a section (``FEW_TASKS``): tasks fixed and images resampled only for
-    fewer than ``FEW_TASKS`` task groups of which some have per-image data (the others then stay as measured)."""
-    fixed = len(tasks) < FEW_TASKS and any(t.correct is not None for t in tasks)
+    fewer than ``FEW_TASKS`` target tasks (clusters of task groups) of which some have per-image data (the others
+    then stay as measured)."""
+    fixed = _clusters(tasks) < FEW_TASKS and any(t.correct is not None for t in tasks)
     return {"resample_tasks": not fixed, "resample_images": fixed}
 
 
@@ -243,10 +252,11 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
     ks = tuple(k for k in KS if all(k <= t.scores.shape[1] for t in tasks))
     scheme = _scheme(tasks)
     result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks, **scheme)
-    lines = [f"Mean over {len(tasks)} tasks with {CONFIDENCE:.0%} bootstrap intervals. Resampling: "
-             f"{result.scheme}.", ""]
-    if len(tasks) < FEW_TASKS:
-        caution = (f"**Caution: {len(tasks)} task group{'s' if len(tasks) > 1 else ''} only.** A bootstrap over so "
+    clusters = _clusters(tasks)
+    groups = f"{len(tasks)} task groups of {clusters} target tasks" if clusters < len(tasks) else f"{len(tasks)} tasks"
+    lines = [f"Mean over {groups} with {CONFIDENCE:.0%} bootstrap intervals. Resampling: {result.scheme}.", ""]
+    if clusters < FEW_TASKS:
+        caution = (f"**Caution: {clusters} target task{'s' if clusters > 1 else ''} only.** A bootstrap over so "
                    "few tasks cannot estimate how much the scores' rankings vary from task to task")
         if scheme["resample_images"]:
             caution += (", so these intervals and the paired differences below hold the tasks fixed and resample only "
