@@ -9,6 +9,11 @@ Reads a committed benchmark store, takes one regime's complete task groups as th
 * ``s²``, the spread of the observed ρ_t over the T tasks (sample variance, T − 1 in the denominator), and
   ``σ²_b = max(s² − mean_t v_t, 0)``, the part of it that is real task-to-task variation.
 
+With several k-shot draws per target task the report resamples target tasks, each with all its draws (a cluster
+bootstrap, ``linfit.bench.stats.TaskData.cluster``): T is then the number of target tasks, ρ_t the mean over
+task t's draws, and v_t the mean of its draws' noise variances divided by their number (a lower bound: the draws
+share the task's test set, whose noise does not average out over them).
+
 The report's interval (tasks resampled, each with its accuracies as measured: ``linfit.bench.stats``, "Which
 levels to resample"; expanded percentile bounds) has, for T tasks drawn like these, a half-width of about
 ``h(T) = t_{T−1} · s / sqrt(T)`` (t_{T−1} the t quantile at 0.975; s² already holds each task's measurement
@@ -58,7 +63,7 @@ def with_images(task: stats.TaskData, rows: list[int], regime: str, seed: int) -
         rng = np.random.default_rng(seed)
         hits = np.rint(task.accuracies / 100 * images).astype(int)
         correct = np.stack([rng.permutation(np.arange(images) < k) for k in hits])[:, None, :]
-    return stats.TaskData(task.name, task.scores[rows], task.reference, correct=correct)
+    return stats.TaskData(task.name, task.scores[rows], task.reference, correct=correct, cluster=task.cluster)
 
 
 def task_noise(task: stats.TaskData, names: list[str], seed: int) -> np.ndarray:
@@ -66,6 +71,18 @@ def task_noise(task: stats.TaskData, names: list[str], seed: int) -> np.ndarray:
     result = stats.bootstrap([task], names, replicates=REPLICATES, rng=seed, ks=(), resample_tasks=False,
                              random_baseline=False)
     return result.replicates[:, :, 0]
+
+
+def by_target_task(values: np.ndarray, tasks: list[stats.TaskData], noise: bool = False) -> np.ndarray:
+    """``[T, ...]``: the mean of ``values [G, ...]`` over the task groups (k-shot draws) of each target task
+    (``TaskData.cluster``; a group without one is a target task of its own), in first-seen order; with ``noise``
+    the mean divided by the number of draws (the variance of a mean of independent draws)."""
+    labels = [(t.name, None) if t.cluster is None else (None, t.cluster) for t in tasks]
+    means = []
+    for label in dict.fromkeys(labels):
+        members = np.array([own == label for own in labels])
+        means.append(values[members].mean(axis=0) / (members.sum() if noise else 1))
+    return np.array(means)
 
 
 def half_width(variance: float, n_tasks: int) -> float:
@@ -93,13 +110,15 @@ def main(argv=None) -> None:
     rows = [names.index(s) for s in SCORES if s in names]
     chosen = [names[r] for r in rows]
     tasks = [with_images(t, rows, args.regime, i) for i, t in enumerate(tasks)]
-    per_task = np.array([[spearmanr(row, t.accuracy).statistic for row in t.scores] for t in tasks])  # [T, S]
-    noise_replicates = [task_noise(t, chosen, i) for i, t in enumerate(tasks)]  # T × [B, S]
-    noise = np.array([r.var(axis=0, ddof=1) for r in noise_replicates])  # [T, S]
+    per_group = np.array([[spearmanr(row, t.accuracy).statistic for row in t.scores] for t in tasks])  # [G, S]
+    noise_replicates = [task_noise(t, chosen, i) for i, t in enumerate(tasks)]  # G × [B, S]
+    per_task = by_target_task(per_group, tasks)  # [T, S]
+    noise = by_target_task(np.array([r.var(axis=0, ddof=1) for r in noise_replicates]), tasks, noise=True)
     check = stats.bootstrap(tasks, chosen, replicates=REPLICATES, rng=0, ks=(), random_baseline=False,
                             resample_images=False)
-    n_tasks, seeds = len(tasks), {t.correct.shape[1] for t in tasks if t.correct is not None}
-    print(f"store {args.db}, regime {args.regime}: T = {n_tasks} task groups, fine-tuning seeds per unit {seeds}")
+    n_tasks, seeds = len(per_task), {t.correct.shape[1] for t in tasks if t.correct is not None}
+    print(f"store {args.db}, regime {args.regime}: T = {n_tasks} target tasks ({len(tasks)} task groups), "
+          f"fine-tuning seeds per unit {seeds}")
     print(*notes, sep="\n")
     print("| score | mean ρ | s (task sd) | sqrt(v̄) (noise sd) | σ_b (real task sd) | half-width at T: bootstrap "
           "/ formula | T for ±0.05 | T for ±0.05 with noise-free ground truth |")
@@ -124,7 +143,8 @@ def main(argv=None) -> None:
             continue
         delta = per_task[:, base] - per_task[:, j]
         s2 = delta.var(ddof=1)
-        vbar = np.mean([np.var(r[:, base] - r[:, j], ddof=1) for r in noise_replicates])
+        vbar = by_target_task(np.array([np.var(r[:, base] - r[:, j], ddof=1) for r in noise_replicates]), tasks,
+                              noise=True).mean()
         gap = stats.difference(check, PAIRED_WITH, name, "spearman")
         low, high = gap.low, gap.high
         print(f"| {name} | {delta.mean():+.3f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
