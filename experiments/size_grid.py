@@ -77,10 +77,10 @@ def by_target_task(values: np.ndarray, tasks: list[stats.TaskData], noise: bool 
     """``[T, ...]``: the mean of ``values [G, ...]`` over the task groups (k-shot draws) of each target task
     (``TaskData.cluster``; a group without one is a target task of its own), in first-seen order; with ``noise``
     the mean divided by the number of draws (the variance of a mean of independent draws)."""
-    labels = [(t.name, None) if t.cluster is None else (None, t.cluster) for t in tasks]
+    cluster_of = np.array(stats.clusters(tasks))
     means = []
-    for label in dict.fromkeys(labels):
-        members = np.array([own == label for own in labels])
+    for cluster in range(cluster_of.max() + 1):
+        members = cluster_of == cluster
         means.append(values[members].mean(axis=0) / (members.sum() if noise else 1))
     return np.array(means)
 

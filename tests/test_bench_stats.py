@@ -246,7 +246,8 @@ def test_the_draws_of_one_task_are_resampled_as_one_cluster():
     copies = [st.TaskData(f"{t.name}/draw{d}", t.scores, t.reference, correct=t.correct, cluster=t.name)
               for t in tasks for d in range(3)]
     kwargs = dict(replicates=400, rng=5, ks=KS, random_baseline=False, resample_images=False)
-    original, clustered = st.bootstrap(tasks, ["a", "b", "c"], **kwargs), st.bootstrap(copies, ["a", "b", "c"], **kwargs)
+    original = st.bootstrap(tasks, ["a", "b", "c"], **kwargs)
+    clustered = st.bootstrap(copies, ["a", "b", "c"], **kwargs)
     np.testing.assert_allclose(clustered.replicates, original.replicates, rtol=1e-12, atol=1e-12)
     assert clustered.resampled_tasks == 6 and clustered.alpha == original.alpha
     independent = st.bootstrap([dataclasses.replace(t, cluster=None) for t in copies], ["a", "b", "c"], **kwargs)
@@ -256,7 +257,8 @@ def test_the_draws_of_one_task_are_resampled_as_one_cluster():
 
 def test_a_replicate_averages_every_task_of_its_drawn_clusters():
     # cluster a: two tasks the score ranks exactly (Spearman 1); cluster b: one it ranks backwards (-1). A
-    # replicate draws {a, a} (mean 1), {b, b} (-1) or {a, b}: (1 + 1 - 1) / 3 = 1/3, not the clusters' mean 0
+    # replicate draws {a, a} (mean 1), {b, b} (-1) or {a, b}: every cluster counts once, (1 + -1) / 2 = 0, not the
+    # mean over the three tasks 1/3
     accuracy = np.array([10.0, 20.0, 30.0, 40.0])
     forward, backward = accuracy[None, :], -accuracy[None, :]
     tasks = [st.TaskData("a0", forward, None, accuracies=accuracy, cluster="a"),
@@ -265,16 +267,33 @@ def test_a_replicate_averages_every_task_of_its_drawn_clusters():
     result = st.bootstrap(tasks, ["s"], replicates=4000, rng=0, ks=(), random_baseline=False)
     rho = result.replicates[:, 0, result.metrics.index("spearman")]
     values, counts = np.unique(np.round(rho, 12), return_counts=True)
-    np.testing.assert_allclose(values, [-1.0, 1 / 3, 1.0])
+    np.testing.assert_allclose(values, [-1.0, 0.0, 1.0], atol=1e-12)
     assert abs(counts[1] / rho.size - 0.5) < 4 * np.sqrt(0.25 / rho.size)  # {a, b} in either order: 1/2
-    np.testing.assert_allclose(result.estimate[0, 0], 1 / 3)
+    np.testing.assert_allclose(result.estimate[0, 0], 0.0, atol=1e-12)
+
+
+def test_the_tasks_of_a_cluster_share_their_test_images_in_the_resample():
+    # two draws of one task: model 0 is right on complementary halves of the shared test set, model 1 never; with
+    # no reference the top-1 gain of the score that ranks model 0 first is acc0 / 2 per draw, so the cluster's
+    # mean is (acc0_a + acc0_b) / 4 = 25 on every replicate if, and only if, both draws see the same images
+    right = np.arange(60) < 30
+    draws = [st.TaskData(f"t/draw{d}", np.array([[1.0, 0.0]]), None, cluster="t",
+                         correct=np.stack([mask, np.zeros(60, bool)])[:, None, :])
+             for d, mask in enumerate([right, ~right])]
+    kwargs = dict(replicates=300, rng=0, ks=(1,), random_baseline=False, resample_tasks=False)
+    result = st.bootstrap(draws, ["s"], **kwargs)
+    gain = result.metrics.index("top1_gain")
+    shared = result.replicates[:, 0, gain]
+    np.testing.assert_allclose(shared, 25.0, rtol=1e-12)
+    independent = st.bootstrap([dataclasses.replace(d, cluster=None) for d in draws], ["s"], **kwargs)
+    assert independent.replicates[:, 0, gain].std() > 1
 
 
 def test_image_resample_is_paired_across_models():
     rng = np.random.default_rng(5)
     a = rng.random((1, 2, 60)) < 0.6
     correct = np.concatenate([a, ~a, a], axis=0)  # model 1 is wrong exactly where model 0 is right
-    acc = st._resampled_accuracies(correct, 300, rng)
+    acc = st._resampled_accuracies(correct, st._counts(rng.integers(0, 60, (300, 60)), 60), rng)
     np.testing.assert_allclose(acc[:, 0] + acc[:, 1], 100.0, rtol=1e-12)
     np.testing.assert_array_equal(acc[:, 0], acc[:, 2])  # exactly equal: ties survive the resample
     assert acc[:, 0].std() > 1  # it does resample

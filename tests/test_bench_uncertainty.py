@@ -268,7 +268,7 @@ def test_the_k_shot_draws_of_a_task_form_one_cluster(tmp_path):
         tasks, names, notes = uncertainty.regime_tasks(scores_frame(store), finetune_frame(store), "20shot",
                                                        "accuracy", None)
         text = write_report(store, tmp_path / "r").read_text()
-    assert sorted((t.name, t.cluster) for t in tasks) == [(f"{task}/seed{seed}", task) for task in CORRECT_COUNTS
+    assert sorted((t.name, t.cluster) for t in tasks) == [(f"{task}/draw{seed}", task) for task in CORRECT_COUNTS
                                                           for seed in (0, 1)]
     assert any("resampled together" in note for note in notes)
     assert "Mean over 6 task groups of 3 target tasks" in text and "**Caution: 3 target tasks only.**" in text

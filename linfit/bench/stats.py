@@ -14,14 +14,18 @@ unit). One bootstrap replicate
 1. draws T tasks with replacement from the T tasks (``resample_tasks=True``), so that the interval also covers
    "which tasks happened to be in the benchmark". Tasks that share a ``TaskData.cluster`` (the k-shot draws of one
    target task: they share its test set and its classes) are drawn together: C clusters are drawn with replacement
-   from the C clusters and every task of a drawn cluster enters the replicate (a cluster bootstrap; Davison &
-   Hinkley 1997, §3.8), so that correlated tasks do not count as independent ones;
+   from the C clusters and every task of a drawn cluster enters the replicate with weight 1/(its cluster's size)
+   (a cluster bootstrap; Davison & Hinkley 1997, §3.8), so that correlated tasks do not count as independent ones
+   and a target task with three draws weighs as much as one with a single draw;
 2. (``resample_images=True``) for every drawn task (each copy of a task drawn twice independently) draws I_t test
    images with replacement and R seeds with replacement. The same image indices and the same seeds are used for
    every model of the task (a *paired* resample): models are evaluated on one shared test set, so easy and hard
-   images move all accuracies together, and only that shared test set's sampling noise is represented;
+   images move all accuracies together, and only that shared test set's sampling noise is represented. The tasks
+   of one cluster whose per-image data have the same number of images are taken to share their test set (the
+   k-shot draws of a target task do): their images are drawn with the same indices, their seeds separately;
 3. recomputes every model's accuracy from the drawn images and seeds, every metric of every score on the task
-   from these accuracies, and averages each metric over the drawn tasks (over every task of the drawn clusters).
+   from these accuracies, and averages each metric over the drawn clusters, a cluster's value being the mean over
+   its tasks.
 
 Held fixed: the scores (they are computed on a scoring subset drawn from the training split, independent of the
 test set; their own sampling noise would need recomputing them and is *not* in the intervals), the reference
@@ -356,7 +360,8 @@ class BootstrapResult:
     Attributes:
       scores: the S' score names (the given ones, then ``RANDOM`` when included).
       metrics: the K metric names (``spearman``, ``weighted_tau``, ``trials_to_best``, ``top{k}_gain``).
-      estimate: ``[S', K]`` mean over the given tasks on the observed data (no resampling).
+      estimate: ``[S', K]`` mean over the given tasks on the observed data (no resampling); with clusters
+        (``TaskData.cluster``) the mean over clusters of the mean over each cluster's tasks.
       replicates: ``[B, S', K]`` the metric means of each bootstrap replicate.
       confidence: coverage of the percentile intervals, e.g. 0.95.
       resampled_tasks: C, the number of clusters (``TaskData.cluster``; T without clusters), when tasks were
@@ -477,16 +482,16 @@ def bootstrap(tasks: Sequence[TaskData], score_names: Sequence[str], *, replicat
             raise ShapeError(f"task {task.name!r}: every k must lie in 1..M={task.scores.shape[1]}; got {ks}")
     seed = rng if isinstance(rng, (int, np.integer)) else None
     rng = np.random.default_rng(rng)
-    labels = [("task", t) if task.cluster is None else ("cluster", task.cluster) for t, task in enumerate(tasks)]
-    cluster_of = {label: c for c, label in enumerate(dict.fromkeys(labels))}
-    n_clusters = len(cluster_of)
+    cluster_of = clusters(tasks)
+    n_clusters = max(cluster_of) + 1
+    size = np.bincount(cluster_of)
     drawn = (rng.integers(0, n_clusters, (replicates, n_clusters)) if resample_tasks
              else np.tile(np.arange(n_clusters), (replicates, 1)))  # [B, C] cluster indices
     rows = len(names) + int(random_baseline)
-    sums = np.zeros((replicates, rows, len(_metric_names(ks))))  # per replicate: sum over its drawn tasks' copies
-    counts = np.zeros(replicates)
+    sums = np.zeros((replicates, rows, len(_metric_names(ks))))  # per replicate: weighted sum over drawn tasks
     observed, monte_carlo_stderr = [], [0.0]
-    for t, task in enumerate(tasks):
+    shared_images = {}  # cluster -> [copies, I] image counts: the tasks of a cluster share one test set
+    for t, task in sorted(enumerate(tasks), key=lambda item: cluster_of[item[0]]):
         m = task.scores.shape[1]
         exact = math.factorial(m) <= random_orderings  # enumerating all orderings is then no dearer
         orderings = _orderings(m, random_orderings, m if exact else 0, rng) if random_baseline else None
@@ -500,18 +505,22 @@ def bootstrap(tasks: Sequence[TaskData], score_names: Sequence[str], *, replicat
                 monte_carlo_stderr.append(float(stderr.max()))
             return np.concatenate([values, expected[:, None]], axis=1)
 
-        observed.append(evaluate(task.accuracy[None, :])[0])
-        copies = np.nonzero(drawn == cluster_of[labels[t]])[0]  # the replicate of each copy of this task
+        weight = 1.0 / size[cluster_of[t]]  # every cluster weighs 1: the mean of its tasks
+        observed.append(weight * evaluate(task.accuracy[None, :])[0])
+        copies = np.nonzero(drawn == cluster_of[t])[0]  # the replicate of each copy of this task's cluster
         if task.correct is None or not resample_images:
             np.add.at(sums, copies, observed[-1])
         else:
-            np.add.at(sums, copies, evaluate(_resampled_accuracies(task.correct, copies.size, rng)))
-        np.add.at(counts, copies, 1)
+            images = task.correct.shape[2]
+            key = (cluster_of[t], images)
+            if key not in shared_images:
+                shared_images[key] = _counts(rng.integers(0, images, (copies.size, images)), images)
+            np.add.at(sums, copies, weight * evaluate(_resampled_accuracies(task.correct, shared_images[key], rng)))
     return BootstrapResult(
         scores=names + ((RANDOM,) if random_baseline else ()),
         metrics=_metric_names(ks),
-        estimate=np.mean(observed, axis=0),
-        replicates=sums / counts[:, None, None],
+        estimate=np.sum(observed, axis=0) / n_clusters,
+        replicates=sums / n_clusters,
         confidence=float(confidence),
         resampled_tasks=n_clusters if resample_tasks else 0,
         seed=None if seed is None else int(seed),
@@ -519,6 +528,14 @@ def bootstrap(tasks: Sequence[TaskData], score_names: Sequence[str], *, replicat
         + (f"; Random's weighted τ per task within ±{max(monte_carlo_stderr):.3f} (one Monte Carlo standard "
            f"error over {random_orderings} orderings)" if max(monte_carlo_stderr) > 0 else ""),
     )
+
+
+def clusters(tasks: Sequence[TaskData]) -> list[int]:
+    """The cluster index of each task (``TaskData.cluster``), numbered in first-seen order; a task without a
+    cluster label is a cluster of its own."""
+    labels = [(None, t) if task.cluster is None else (task.cluster, None) for t, task in enumerate(tasks)]
+    index = {label: c for c, label in enumerate(dict.fromkeys(labels))}
+    return [index[label] for label in labels]
 
 
 def expanded_alpha(alpha: float, n: int) -> float:
@@ -530,11 +547,12 @@ def expanded_alpha(alpha: float, n: int) -> float:
     return float(2 * sps.norm.sf(math.sqrt(n / (n - 1)) * sps.t.ppf(1 - alpha / 2, n - 1)))
 
 
-def _resampled_accuracies(correct: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``[n, M]`` accuracies (percent) of n paired resamples: images and seeds drawn with replacement, the same
-    draws for every model. Integer counts are summed exactly, so equal accuracies stay exactly equal."""
+def _resampled_accuracies(correct: np.ndarray, image_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[n, M]`` accuracies (percent) of n paired resamples of ``correct [M, R, I]``: the images of
+    ``image_counts [n, I]`` (how often each was drawn) and seeds drawn here with replacement, the same draws for
+    every model. Integer counts are summed exactly, so equal accuracies stay exactly equal."""
     m, r, i = correct.shape
-    image_counts = _counts(rng.integers(0, i, (n, i)), i)  # [n, I]
+    n = image_counts.shape[0]
     seed_counts = _counts(rng.integers(0, r, (n, r)), r)  # [n, R]
     per_seed = (image_counts @ correct.reshape(m * r, i).T.astype(np.float64)).reshape(n, m, r)
     return 100.0 * np.einsum("nmr,nr->nm", per_seed, seed_counts) / (r * i)
@@ -551,12 +569,13 @@ def _scheme(replicates: int, resample_tasks: bool, resample_images: bool, tasks:
     """The resampling scheme in words, for the report (see the module docstring)."""
     fixed = [task.name for task in tasks if task.correct is None]
     seeds = {task.correct.shape[1] for task in tasks if task.correct is not None}
-    clusters = {task.cluster for task in tasks if task.cluster is not None}
-    n = len(clusters) + sum(task.cluster is None for task in tasks)
-    expanded = (f" expanded for {n} {'clusters of tasks' if clusters else 'tasks'} (Hesterberg 2015)"
+    grouped = any(task.cluster is not None for task in tasks)
+    n = len(set(clusters(tasks)))
+    expanded = (f" expanded for {n} {'clusters of tasks' if grouped else 'tasks'} (Hesterberg 2015)"
                 if resample_tasks and n > 1 else "")
-    resampled = (f"clusters of tasks resampled with replacement ({n} per replicate, each with all its tasks)"
-                 if clusters else f"tasks resampled with replacement ({n} per replicate)")
+    resampled = (f"clusters of tasks resampled with replacement ({n} per replicate, each with all its tasks, "
+                 "weighted so that every cluster counts once)" if grouped
+                 else f"tasks resampled with replacement ({n} per replicate)")
     clauses = [f"percentile bootstrap{expanded}, {replicates} replicates",
                resampled if resample_tasks else f"the {len(tasks)} tasks held fixed"]
     per_image = len(fixed) < len(tasks)

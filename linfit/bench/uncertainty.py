@@ -134,7 +134,7 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
         else:
             truth = {"correct": np.stack(correct)}  # [M, R, I]
         reference = int(np.flatnonzero(group.reference.to_numpy())[0]) if group.reference.any() else None
-        tasks.append(stats.TaskData(f"{task}/seed{seed}" if several_seeds else str(task), rows, reference,
+        tasks.append(stats.TaskData(f"{task}/draw{seed}" if several_seeds else str(task), rows, reference,
                                     cluster=str(task) if several_seeds else None, **truth))
     names += tuple(BASELINE_PREFIX + name for name in baselines)
     if several_seeds:
@@ -144,8 +144,8 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
 
 
 def _clusters(tasks: Sequence[stats.TaskData]) -> int:
-    """The number of independently resampled units of ``tasks`` (``stats.TaskData.cluster``)."""
-    return len({(t.name, None) if t.cluster is None else (None, t.cluster) for t in tasks})
+    """The number of independently resampled units of ``tasks`` (``stats.clusters``)."""
+    return len(set(stats.clusters(tasks)))
 
 
 def _cell(estimate: float, low: float, high: float, digits: int) -> str:
