@@ -45,10 +45,13 @@ def report_rows(report: str, heading: str) -> dict[str, dict[str, str]]:
     """``{row name: {column: cell}}`` of the first Markdown table after the line that starts with ``heading``.
 
     Raises:
-      ValueError: ``heading`` is not in the report, or no table follows it.
+      ValueError: no line starts with ``heading``, or no table follows it.
     """
-    lines = report[report.index(heading):].splitlines()[1:]
-    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    lines = report.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    start = next((i for i in range(at + 1, len(lines)) if lines[i].startswith("| ")), None) if at is not None else None
+    if start is None:
+        raise ValueError(f"no table under a line starting with {heading!r} in the report")
     header = [cell.strip() for cell in lines[start].strip("|").split("|")]
     rows = {}
     for line in lines[start + 2:]:

@@ -11,14 +11,15 @@ figures with ``linfit.bench.report``.
     python experiments/reproduce.py --preset full --report-only   # the report of the committed store
 
 Fine-tuning ground truth (``linfit.bench.grid.BenchConfig``, ``linfit.finetune.finetune_grid``): the paper's
-optimiser at a constant step size, a learning-rate grid (``EVIDENCE_LEARNING_RATES`` on the embedded zoo, the
+optimiser (SGD with Nesterov momentum), a learning-rate grid (``EVIDENCE_LEARNING_RATES`` on the embedded zoo, the
 paper's 0.01, 0.005, 0.001 on the ImageNet zoo) widened ×3 at an edge that wins, up to ``PROTOCOL.max_extensions``
 times per side, ``FINETUNE_SEEDS`` seeds per unit, each run trained until its window-mean training loss has not
 improved on its best by more than 1 % (+1e-3 nats) for ``PROTOCOL.patience`` windows of ``PROTOCOL.window`` steps
 twice, its step size divided by 10 after the first time (reduce-on-plateau, then early stopping), or
 ``PROTOCOL.max_steps`` steps have passed, η chosen on the mean validation accuracy of the seeds (20 % of the training
 split), then every seed refit on the whole training split; per-seed per-image test correctness is stored, so the
-report bootstraps over images, seeds and tasks.
+report can resample images and seeds as well as tasks (it resamples target tasks, each with its accuracies as
+measured, and images and seeds only when there are too few tasks: ``linfit.bench.uncertainty``).
 
 Presets ``evidence20-resnet8`` / ``evidence20-densenet``: one architecture of the embedded zoo (all its models,
 the multi-BN experts included; one reference model, its generalist, per task group: an architecture is one
@@ -31,13 +32,14 @@ every task (988–1000 images; 20-shot already takes 520–760 of them on the 26
 ones), one draw per task (``FULL_DRAWS``), into ``experiments/evidence_full_<architecture>.sqlite``. Measured on
 the 2-core development machine beside a running grid: resnet8's mnist expert initialised from the generalist on
 digits_sk takes 206 s in the full regime against 102 s at 20-shot (the same 4 η tried; 400–425 refit steps against
-225–300), so an architecture's 275 full-regime units need about 10–16 hours of one process.
+225–300), so resnet8's 275 full-regime units (densenet's 187) need about 10–16 hours (7–11) of one process.
 
 Preset ``evidence20-imagenet``: the same protocol on the five real ImageNet backbones (``linfit.zoo``'s
 ``imagenet`` zoo, each model at its own resolution; it has no generalist, so the report's top-k gains are over the
 zoo's mean accuracy) × ``IMAGENET_TASKS`` × the k-shot draws, scores ``IMAGENET_SCORES``. It needs an accelerator:
 one fine-tuning unit is tens of CPU-hours on a 2-core machine (an epoch of 250 images at 224 px costs
-MobileNetV2 219 CPU s, ``benchmarks/RESULTS.md`` §8e, and a unit trains 18 runs of up to 500 steps of 32 images).
+MobileNetV2 219 CPU s, ``benchmarks/RESULTS.md`` §8e, and a unit trains at least 12 runs, 3 η × 3 seeds then 3
+refits, 3 more per extension of the η grid, each of up to 1000 steps of 32 images).
 
 Presets ``full`` and ``resnet8`` are the grids of the committed stores ``reproduce_full.sqlite`` and
 ``reproduce_resnet8.sqlite``, which were fine-tuned with the earlier protocol (a few epochs, one seed, no refit:
@@ -98,8 +100,10 @@ EVIDENCE_SCORING_PER_CLASS = 10
 """Scoring images per class of the evidence presets (paper: 25; the NTK scores' cost grows with its square)."""
 
 EVIDENCE_KSHOT_SEEDS = (0, 1, 2)
-"""k-shot draws per task of the evidence presets: 11 tasks × 3 = 33 task groups, the number that
-``experiments/size_grid.py`` finds for paired differences of ±0.05 (``experiments/evidence_sizing.md``)."""
+"""k-shot draws per task of the evidence presets: 11 tasks × 3 = 33 task groups. The report resamples the 11 target
+tasks, each with its draws (a cluster bootstrap): the draws average what changes between them (training images,
+scoring subset, seeds), not the shared test set's noise; ``experiments/evidence_sizing.md`` bounds what that gives
+on the paired differences (±0.03–0.08)."""
 
 FULL_DRAWS = (0,)
 """Draws per task of the full-regime evidence presets: one. The training split is the same for every draw (only
@@ -178,9 +182,9 @@ def default_paths(name: str) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def progress(store, config: BenchConfig) -> list[str]:
-    """Markdown: how much of the grid ``config`` the store holds (units and score parts), the ground-truth summary
-    of its stored fine-tuning units (``linfit.bench.ground_truth``) and each one's protocol outcome (chosen η,
-    bracketing, steps, convergence, accuracy per seed, seconds)."""
+    """Markdown lines: how much of the grid ``config`` the store holds (units and score parts), the ground-truth
+    summary of the stored fine-tuning units it plans (``linfit.bench.ground_truth``) and each one's protocol
+    outcome (chosen η, bracketing, steps, convergence, accuracy per seed, seconds)."""
     planned = units(config)
     parts = [part_key(u.key, p) if u.parts else u.key for u in planned for p in (u.parts or (None,))]
     done = sum(store.has(key) for key in parts)
@@ -207,8 +211,9 @@ def progress(store, config: BenchConfig) -> list[str]:
                                   zip(stored.model, stored.task, stored.regime, stored.seed, stored.setting)], bool)]
     health = ground_truth.section(stored) if len(stored) else []
     return [f"Stored: {done} of {len(parts)} planned results ({100 * done / len(parts):.1f} %) of the grid "
-            f"({len(config.models)} models × {len(config.tasks)} tasks × {len(config.seeds)} k-shot draws × "
-            f"{len(config.regimes)} regime; a scores unit counts once per score); fine-tuning units "
+            f"({len(config.models)} models × {len(config.tasks)} tasks × {len(config.seeds)} draw"
+            f"{'s' if len(config.seeds) > 1 else ''} × {' / '.join(config.regimes)}; a scores unit counts once per "
+            "score); fine-tuning units "
             f"{len(rows)} of {len(tuned)} ({100 * len(rows) / len(tuned):.1f} %).{left}", "",
             "Every stored fine-tuning unit of the grid, complete task group or not:", "", *health,
             "## Fine-tuning units", "",

@@ -130,7 +130,7 @@ def main(argv=None) -> None:
         low, high = check.low[j, 0], check.high[j, 0]
         print(f"| {name} | {per_task[:, j].mean():.2f} | {math.sqrt(s2):.3f} | {math.sqrt(vbar):.3f} | "
               f"{sigma_b:.3f} | {(high - low) / 2:.3f} / {half_width(s2, n_tasks):.3f} | {tasks_needed(s2)} | "
-              f"{tasks_needed(sigma_b**2)} |")
+              f"{tasks_needed(sigma_b**2) if sigma_b > 0 else '– (no spread beyond the noise)'} |")
 
     base = chosen.index(PAIRED_WITH)
     print(f"\nPaired differences ρ({PAIRED_WITH}) − ρ(score): the same decomposition on the per-task differences "
