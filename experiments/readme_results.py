@@ -23,7 +23,7 @@ DISPLAY = {"lfc": "LFC", "lgc": "LGC (last conv, exact)", "lgc_paper": "LGC (pap
            "linearized_cv_accuracy": "linearized CV accuracy", "leep": "LEEP", "nce": "NCE", "logme": "LogME",
            "h_score": "H-score", "sfda": "SFDA", "gbc": "GBC", "transrate": "TransRate", "parc": "PARC",
            "linear_probe": "linear probe", "feature_metrics": "Feature Metrics (stand-in)",
-           "domain_similarity": "Domain Similarity", "rsa": "RSA", "random (expectation)": "Random (exact expectation)",
+           "domain_similarity": "Domain Similarity", "rsa": "RSA", "random (expectation)": "Random (expectation)",
            "baseline: from_generalist": "initialised from the generalist",
            "baseline: source_accuracy": "source accuracy", "baseline: source_images": "source images",
            "baseline: reference_first": "generalist first, rest tied"}

@@ -67,7 +67,7 @@ def test_readme_results_are_the_committed_reports():
     results = _section(readme, "## Results on the embedded benchmark")
     path = re.search(r"\((experiments/evidence_20shot_\w+/report\.md)\)", results).group(1)
     report = (ROOT / path).read_text().replace("**", "")
-    cited = re.findall(r"−?-?\d+\.\d+ \[−?-?\d+\.\d+, −?-?\d+\.\d+\]", results)
+    cited = re.findall(r"−?-?\d+\.\d+ \[−?-?\d+\.\d+, −?-?\d+\.\d+\]", re.sub(r"\s+", " ", results))
     assert len(cited) > 50
     missing = [c for c in cited if c.replace("−", "-") not in report]
     assert not missing, missing
