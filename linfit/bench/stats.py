@@ -46,14 +46,14 @@ same way. With one seed
 per-image data) is held fixed in step 2: only task resampling then moves it, and the result's ``scheme`` says
 so.
 
-Intervals are percentile bootstrap intervals (Efron & Tibshirani 1993, ch. 13) at ``confidence`` from
-``replicates`` replicates; when tasks are resampled they are *expanded* percentile intervals (Hesterberg 2015,
-The American Statistician 69(4)): the percentile interval of a mean of T values is as wide as z·s·sqrt((T−1)/T)
-/ √T, a normal interval with the plug-in deviation, which covers far less than its nominal level for few tasks
-(≈ 85 % for a nominal 95 % at T = 5, ≈ 93 % at T = 20), so the quantiles are taken at the level α' whose normal
-quantile is sqrt(T/(T−1))·t_{T−1}, the t interval's (with clusters, T is the number of clusters C). ``stderr`` is the replicates' standard deviation. A paired
-difference between two scores (``difference``) uses the same replicates for both, so that the task and image
-draws shared by the two scores cancel.
+Intervals are percentile bootstrap intervals (Efron & Tibshirani 1993, ch. 13) at ``confidence`` from ``replicates``
+replicates; when tasks are resampled they are *expanded* percentile intervals (Hesterberg 2015, The American
+Statistician 69(4)): the percentile interval of a mean of T values is as wide as z·s·sqrt((T−1)/T) / √T, a normal
+interval with the plug-in deviation, which covers far less than its nominal level for few tasks (≈ 85 % for a nominal
+95 % at T = 5, ≈ 93 % at T = 20), so the quantiles are taken at the level α' whose normal quantile is
+sqrt(T/(T−1))·t_{T−1}, the t interval's (with clusters, T is the number of clusters C). ``stderr`` is the replicates'
+standard deviation. A paired difference between two scores (``difference``) uses the same replicates for both, so that
+the task and image draws shared by the two scores cancel.
 
 The Random baseline enters as its exact expectation over a uniformly random ordering of the models (row
 ``RANDOM``), recomputed on every replicate: Spearman 0, trials-to-best (M + 1)/(b + 1), top-k gain from order

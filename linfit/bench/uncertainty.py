@@ -2,15 +2,15 @@
 scores, Random's exact expectation, trivial baselines and per-cluster results, all from a benchmark store.
 
 ``linfit.bench.stats`` does the statistics; this module turns the store's frames (``linfit.bench.report``) into its
-``TaskData`` and the results into Markdown. Per regime, each complete (task, seed) group is one task of the
-bootstrap (the k-shot draws of one target task form a cluster that is resampled as a whole,
-``stats.TaskData.cluster``): its models in name order, the scores every group has (a score missing or non-finite in some group is
-left out and named), and its ground truth, the per-seed per-image test correctness of the chosen learning rate
-(``"test_correct"`` of a fine-tuning record, ``linfit.bench.grid.finetune_record``; ``[R, I]``, R fine-tuning seeds)
-when every model of the group has it with one shape and the report's ground truth is ``"accuracy"``, else the
-stored accuracies. The intervals resample tasks, each with its accuracies as measured; a regime with fewer than
-``FEW_TASKS`` target tasks (and per-image data) holds its tasks fixed and resamples their test images and seeds instead
-(``linfit.bench.stats``, "Which levels to resample"; the section says which).
+``TaskData`` and the results into Markdown. Per regime, each complete (task, seed) group is one task of the bootstrap
+(the k-shot draws of one target task form a cluster that is resampled as a whole, ``stats.TaskData.cluster``): its
+models in name order, the scores every group has (a score missing or non-finite in some group is left out and named),
+and its ground truth, the per-seed per-image test correctness of the chosen learning rate (``"test_correct"`` of a
+fine-tuning record, ``linfit.bench.grid.finetune_record``; ``[R, I]``, R fine-tuning seeds) when every model of the
+group has it with one shape and the report's ground truth is ``"accuracy"``, else the stored accuracies. The intervals
+resample tasks, each with its accuracies as measured; a regime with fewer than ``FEW_TASKS`` target tasks (and
+per-image data) holds its tasks fixed and resamples their test images and seeds instead (``linfit.bench.stats``,
+"Which levels to resample"; the section says which).
 
 Model metadata (``model_metadata``: a zoo manifest's records, or the ImageNet backbones' published top-1) adds
 the trivial baselines (``linfit.bench.stats.baseline_scores``, rows ``baseline: <name>``) and, for a zoo whose
@@ -39,9 +39,9 @@ SEED = 0
 CONFIDENCE = 0.95
 
 FEW_TASKS = 5
-"""From this many target tasks (clusters of task groups) on, a regime's intervals resample tasks (each with its accuracies as measured); below
-it they hold the tasks fixed and resample test images and seeds, and the section warns that they cannot cover
-task-to-task variation (``linfit.bench.stats``, "Which levels to resample")."""
+"""From this many target tasks (clusters of task groups) on, a regime's intervals resample tasks (each with its
+accuracies as measured); below it they hold the tasks fixed and resample test images and seeds, and the section
+warns that they cannot cover task-to-task variation (``linfit.bench.stats``, "Which levels to resample")."""
 
 KS = (1, 3)
 """The k of the top-k gains (each used when every group has at least k models)."""
