@@ -103,7 +103,7 @@ EVIDENCE_KSHOT_SEEDS = (0, 1, 2)
 """k-shot draws per task of the evidence presets: 11 tasks × 3 = 33 task groups. The report resamples the 11 target
 tasks, each with its draws (a cluster bootstrap): the draws average what changes between them (training images,
 scoring subset, seeds), not the shared test set's noise; ``experiments/evidence_sizing.md`` bounds what that gives
-on the paired differences (±0.03–0.08)."""
+on the paired differences (±0.04–0.07)."""
 
 FULL_DRAWS = (0,)
 """Draws per task of the full-regime evidence presets: one. The training split is the same for every draw (only
