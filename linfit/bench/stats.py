@@ -490,8 +490,8 @@ def bootstrap(tasks: Sequence[TaskData], score_names: Sequence[str], *, replicat
     rows = len(names) + int(random_baseline)
     sums = np.zeros((replicates, rows, len(_metric_names(ks))))  # per replicate: weighted sum over drawn tasks
     observed, monte_carlo_stderr = [], [0.0]
-    shared_images = {}  # cluster -> [copies, I] image counts: the tasks of a cluster share one test set
-    for t, task in sorted(enumerate(tasks), key=lambda item: cluster_of[item[0]]):
+    shared_images = {}  # (cluster, I) -> [copies, I] image counts: the tasks of a cluster share one test set
+    for t, task in enumerate(tasks):
         m = task.scores.shape[1]
         exact = math.factorial(m) <= random_orderings  # enumerating all orderings is then no dearer
         orderings = _orderings(m, random_orderings, m if exact else 0, rng) if random_baseline else None
