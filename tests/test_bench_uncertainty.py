@@ -164,6 +164,23 @@ def test_baselines_and_clusters_from_manifest(tmp_path):
     assert "baseline: from_generalist" not in general and "baseline: reference_first" in general
     assert text.count("left out: baseline: from_generalist, baseline: reference_first, baseline: source_images") == 1
     assert text.count("left out: baseline: from_generalist (within each task group") == 1
+    assert "Models the multi-BN experts" not in text  # a cluster the zoo has no model of is not shown
+
+
+def test_the_multi_bn_experts_are_a_cluster_of_their_own(tmp_path):
+    """The BatchNorm sets of one multi-domain network get their own cluster table: with two of them, the observed
+    Spearman is +1 for the oracle on every task (no tied accuracies) and -1 for its inverse."""
+    names = ("fa", "gen", "ma", "mb")  # accuracies: the first 4 of CORRECT_COUNTS; ma, mb never tied
+    kind = {**KIND, "ma": "multibn", "mb": "multibn"}
+    manifest = {"train_config": {"per_domain": 100},
+                "models": [{"name": m, "kind": kind[m], "reference": m == "gen", "source_accuracy": 90.0 - i}
+                           for i, m in enumerate(names)]}
+    with _store(tmp_path / "m.sqlite", per_image=True, models=names) as store:
+        text = write_report(store, tmp_path / "r", manifest=manifest).read_text()
+    multibn = _table(text, "Models the multi-BN experts (one network, a BatchNorm set per source domain) (2 per task)")
+    assert multibn["oracle"][0][0] == 1.0 and multibn["inverse"][0][0] == -1.0
+    assert set(multibn) == {"oracle", "inverse", "random (expectation)", "baseline: source_accuracy"}
+    assert "Models the experts trained from scratch" not in text
 
 
 def test_imagenet_backbones_get_their_published_top1_as_the_one_baseline(tmp_path):

@@ -79,7 +79,8 @@ def test_readme_results_are_the_committed_reports():
             assert cells[column].replace("−", "-") == across[name][column], (name, column)
     clusters = _rows(results, "| score | Spearman, from the generalist |")
     for column, heading in (("Spearman, from the generalist", "Models the generalist and the experts initialised"),
-                            ("Spearman, from scratch", "Models the experts trained from scratch")):
+                            ("Spearman, from scratch", "Models the experts trained from scratch"),
+                            ("Spearman, multi-BN experts", "Models the multi-BN experts")):
         within = _rows(report, heading)
         for name, cells in clusters.items():
             assert cells[column].replace("−", "-") == within.get(name, {}).get("Spearman", "–"), (name, column)

@@ -15,7 +15,7 @@ per-image data) holds its tasks fixed and resamples their test images and seeds 
 Model metadata (``model_metadata``: a zoo manifest's records, or the ImageNet backbones' published top-1) adds
 the trivial baselines (``linfit.bench.stats.baseline_scores``, rows ``baseline: <name>``) and, for a zoo whose
 records give each model's kind, the results within each zoo cluster: the generalist with the experts initialised
-from it, and the experts trained from scratch. Within a cluster the
+from it, the experts trained from scratch, and the multi-BN experts (``CLUSTERS``). Within a cluster the
 reference model is not always present, so the cluster tables give Spearman, weighted τ and trials-to-best only.
 """
 
@@ -52,8 +52,10 @@ DRAWN_RANDOM = "random"
 """The stored score holding one draw of the Random baseline: replaced by ``stats.RANDOM`` in the intervals."""
 
 CLUSTERS = {"the generalist and the experts initialised from it": ("generalist", "from-generalist"),
-            "the experts trained from scratch": ("scratch",)}
-"""Zoo clusters: the model kinds (``linfit.zoo.spec.KINDS``) each holds."""
+            "the experts trained from scratch": ("scratch",),
+            "the multi-BN experts (one network, a BatchNorm set per source domain)": ("multibn",)}
+"""Zoo clusters: the model kinds (``linfit.zoo.spec.KINDS``) each holds. A report shows the clusters of which the
+zoo has models."""
 
 NO_IMAGES = ("no per-image test correctness in the store (units written before it was recorded, or a ground "
              "truth other than the chosen learning rate's accuracy): the intervals resample tasks, each with its "
@@ -295,6 +297,8 @@ def _cluster_lines(scores, finetune, regime, accuracy, models, shown: Sequence[s
              "Rankings of the models of one cluster only (top-k gains: see the table across the zoo, the reference "
              "model is not in every cluster).", ""]
     for index, (label, kinds) in enumerate(CLUSTERS.items()):
+        if not any(meta["kind"] in kinds for meta in models.values()):
+            continue  # e.g. a store of the zoo before it had multi-BN experts
         tasks, names, notes = regime_tasks(scores, finetune, regime, accuracy, models, kinds=kinds)
         if not tasks:
             lines += [f"Models {label}: fewer than 2 in every task group.", ""]
