@@ -36,9 +36,11 @@ PAPER_20SHOT = {"lfc": ("0.53", "5.1", "3.1"), "lgc_paper": ("0.44", "6.6", "2.8
 top-3 gain over its ImageNet expert: Fig. 4b's average), rounded as the README shows them."""
 
 HEADLINE = "| score | Spearman | (paper) | weighted τ | trials-to-best | (paper) | top-3 gain | (paper) |"
-CLUSTERS = "| score | Spearman, from the generalist | Spearman, from scratch | Spearman, multi-BN experts |"
-_CLUSTER_HEADINGS = ("Models the generalist and the experts initialised from it",
-                     "Models the experts trained from scratch", "Models the multi-BN experts")
+_CLUSTER_COLUMNS = (("Spearman, from the generalist", "Models the generalist and the experts initialised from it"),
+                    ("Spearman, from scratch", "Models the experts trained from scratch"),
+                    ("Spearman, multi-BN experts", "Models the multi-BN experts"))
+"""README's column for each zoo cluster, and the start of the line that heads the cluster's table in the report."""
+CLUSTERS = f"| score | {' | '.join(column for column, _ in _CLUSTER_COLUMNS)} |"
 
 
 def report_rows(report: str, heading: str) -> dict[str, dict[str, str]]:
@@ -79,8 +81,8 @@ def tables(report: str) -> tuple[list[str], list[str]]:
         spearman, trials, top3 = PAPER_20SHOT.get(name, ("–", "–", "–"))
         headline.append(f"| {_label(name)} | {_minus(cells['Spearman'])} | {spearman} | {_minus(cells['weighted τ'])} "
                         f"| {_minus(cells['trials-to-best'])} | {trials} | {_minus(cells['top-3 gain'])} | {top3} |")
-    within = [report_rows(report, heading) for heading in _CLUSTER_HEADINGS]
-    clusters = [CLUSTERS, "|---|---|---|---|"]
+    within = [report_rows(report, heading) for _, heading in _CLUSTER_COLUMNS]
+    clusters = [CLUSTERS, "|---" * (1 + len(within)) + "|"]
     for name in across:
         if any(name in rows for rows in within):
             cells = [_minus(rows[name]["Spearman"]) if name in rows else "–" for rows in within]
