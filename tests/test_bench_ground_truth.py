@@ -54,6 +54,11 @@ def test_section_counts_and_intervals():
     assert "| task groups whose runner-up is within one such standard error of the best model | 0/2" in text
 
 
+def test_section_says_when_the_task_groups_are_incomplete():
+    text = "\n".join(gt.section(_frame().drop(index=3), ("task", "regime", "seed")))  # t2 lacks m2
+    assert "| fine-tuning units | 3 (2 task groups, 2 models; not every model in every group) |" in text
+
+
 def test_section_reports_a_near_tie():
     frame = _frame()
     frame.loc[1, "accuracy"] = 87.5 - 0.5  # within a's standard error of 100 · sd([1,1,1,.5,.5,1,1,1]) / √8 ≈ 8.2

@@ -50,9 +50,9 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
     reported task groups ``groups``); a quantity whose records lack the field says "not recorded"."""
     lines = []
     for regime, units in finetune.groupby("regime"):
-        n = len(units)
-        rows = [("fine-tuning units", f"{n} ({units.model.nunique()} models × "
-                                      f"{units.groupby(list(groups)).ngroups} task groups)")]
+        n, models, task_groups = len(units), units.model.nunique(), units.groupby(list(groups)).ngroups
+        rows = [("fine-tuning units", f"{n} ({models} models × {task_groups} task groups)" if n == models * task_groups
+                 else f"{n} ({task_groups} task groups, {models} models; not every model in every group)")]
         bracketed = _present(units.bracketed)
         rows.append(("η bracketed (the chosen η is not an edge of the η tried)",
                      _share(sum(map(bool, bracketed)), len(bracketed)) if bracketed else "not recorded"))
