@@ -254,6 +254,29 @@ def test_vmap_axes_error_integer_inputs_with_duplicates():
         empirical_ntk_fn(f)(tokens, None, params)
 
 
+def test_round_off_at_a_relu_kink_is_not_taken_for_interaction():
+    """Samples independent in exact arithmetic, whose batched evaluation rounds differently from the one-sample one
+    at a ReLU kink (the failure seen on MobileNetV2): ``(h + S) - S`` with ``S`` the batch sum is ``h`` exactly, but
+    in float32 the batch's ``S ≈ 1`` absorbs sample 0's ``h = 1e-9``, so its ReLU sits on the kink (derivative 0)
+    batched and not alone (derivative 1). The values differ by round-off only, the other samples' derivatives with
+    respect to sample 0's input are exactly 0, so the probe must pass."""
+
+    def f(p, x):
+        h = x * p["a"]
+        s = h.sum(axis=0)
+        return jax.nn.relu((h + s) - s) @ p["w"]
+
+    params = {"a": jnp.ones((1,)), "w": jnp.array([[1.0, -2.0]])}
+    x = jnp.array([[1e-9], [0.25], [0.5], [0.25 + 2**-20]])
+    # the premise: the derivative in a parameter direction differs, batched against alone, on sample 0
+    tangent = {"a": jnp.ones((1,)), "w": jnp.zeros((1, 2))}
+    batched = jax.jvp(lambda p: f(p, x), (params,), (tangent,))[1][0]
+    alone = jax.jvp(lambda p: f(p, x[:1]), (params,), (tangent,))[1][0]
+    assert np.all(batched == 0) and np.all(alone != 0)
+    got = empirical_ntk_fn(f, trace_axes=())(x, None, params)
+    assert got.shape == (4, 4, 2, 2)
+
+
 def test_independent_model_passes_with_duplicates():
     f, params, x1, _ = make("mlp")
     x = x1.at[1].set(x1[0])
