@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import pickle
 import sys
@@ -71,7 +70,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.stats import spearmanr
 
@@ -81,12 +79,12 @@ from linfit.data import load_task
 from linfit.data.sampling import scoring_subset
 from linfit.dynamics import LinearizedDynamics, linearized_ce_trajectory
 from linfit.finetune import FinetuneConfig, finetune
+from linfit.ntk import empirical_ntk_fn
 from linfit.tree import leaf_paths, split_params
 from linfit.zoo.source import load_zoo
 
 HERE = Path(__file__).resolve().parent
 BREAK_THRESHOLD = 0.10  # relative training-loss error at which the linearization counts as broken
-JAC_CHUNK = 25  # samples per compiled per-sample-Jacobian call (every set size below is a multiple of it)
 BLOCK_VERSION = 2  # part of a cached block's file name: 2 = blocks holding the cross-entropy prediction
 LOSSES = ("mse", "ce")
 TAUS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # τ = η_dyn·λ_max·t at which the report reads the error off
@@ -117,60 +115,34 @@ QUICK = Settings(models=("resnet8/generalist", "resnet8/fashion/scratch"), tasks
 # --------------------------------------------------------------------------------------------- kernels
 
 
-@functools.lru_cache(maxsize=8)
-def _per_sample_jacobian(model):
-    """``jac(params, state, x [B, ...]) -> tree of [B, O, *leaf]``: the Jacobian of each sample's logits
-    (evaluation mode, so samples are independent), compiled once per architecture and head size."""
-
-    def one(params, state, xi):
-        return model.apply({"params": params, **state}, xi[None], train=False)[0]
-
-    return jax.jit(jax.vmap(jax.jacrev(one), in_axes=(None, None, 0)))
-
-
-def _group_rows(jac_tree, groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    """Per-group Jacobian rows ``[B·O, P_g]`` (row ``i·O + c`` is sample i, logit c) from a Jacobian tree."""
-    flat = dict(zip(leaf_paths(jac_tree), jax.tree.leaves(jac_tree), strict=True))
-    out = {}
-    for name, paths in groups.items():
-        blocks = [np.asarray(flat[p]).reshape(flat[p].shape[0] * flat[p].shape[1], -1) for p in paths]
-        out[name] = np.concatenate(blocks, axis=1)
-    return out
+def _flat(kernel: np.ndarray) -> np.ndarray:
+    """An untraced kernel ``[N1, N2, O, O]`` as ``[N1·O, N2·O]`` (row ``i·O + c``), float64."""
+    n1, n2, o, _ = kernel.shape
+    return np.asarray(kernel, np.float64).transpose(0, 2, 1, 3).reshape(n1 * o, n2 * o)
 
 
 def subset_kernels(model, variables, x_train, x_test, subsets: dict[str, object]) -> dict[str, tuple]:
     """Exact untraced fine-tuning NTKs of nested parameter subsets, flattened to 2-D.
 
-    Θ[(i, c), (j, c')] = Σ_p ∂f_c(x_i)/∂w_p ∂f_c'(x_j)/∂w_p over the subset's parameters (row ``i·O + c``).
-    The subsets must be nested (head ⊂ last_block ⊂ all): each kernel is the previous one plus the kernel of
-    the leaves it adds, so every Jacobian column is contracted once.
+    Θ[(i, c), (j, c')] = Σ_p ∂f_c(x_i)/∂w_p ∂f_c'(x_j)/∂w_p over the subset's parameters (row ``i·O + c``), from
+    linfit's engine (``empirical_ntk_fn(trace_axes=())``, evaluation mode). The subsets must be nested
+    (head ⊂ last_block ⊂ all): each kernel is the previous one plus the kernel of the leaves it adds, so every
+    parameter's contribution is computed once.
 
     Args:
       x_train ``[N, ...]``, x_test ``[M, ...]``; subsets: ``{name: params filter}`` in nesting order.
     Returns:
       ``{name: (K_train [N·O, N·O], K_test_train [M·O, N·O])}``, float64.
     """
-    params = variables["params"]
-    state = {k: v for k, v in variables.items() if k != "params"}
-    jac = _per_sample_jacobian(model)
-    groups, seen = {}, set()
+    apply_fn, params = models.logits_fn(model, variables)
+    out, k_tt, k_st, seen = {}, 0.0, 0.0, set()
     for name, params_filter in subsets.items():
-        paths = [p for p in leaf_paths(split_params(params, params_filter)[0]) if p not in seen]
-        groups[name] = paths
-        seen.update(paths)
-
-    def rows(x):
-        parts = [_group_rows(jac(params, state, jnp.asarray(x[i : i + JAC_CHUNK])), groups)
-                 for i in range(0, len(x), JAC_CHUNK)]
-        return {g: np.concatenate([p[g] for p in parts]) for g in groups}
-
-    j_train = rows(x_train)
-    j_test = rows(x_test)
-    out, k_tt, k_st = {}, 0.0, 0.0
-    for name in subsets:
-        if groups[name]:
-            k_tt = k_tt + (j_train[name] @ j_train[name].T).astype(np.float64)
-            k_st = k_st + (j_test[name] @ j_train[name].T).astype(np.float64)
+        added = {p for p in leaf_paths(split_params(params, params_filter)[0]) if p not in seen}
+        seen |= added
+        if added:
+            ntk_fn = empirical_ntk_fn(apply_fn, trace_axes=(), params_filter=lambda path, leaf, a=added: path in a)
+            k_tt = k_tt + _flat(ntk_fn(x_train, None, params))
+            k_st = k_st + _flat(ntk_fn(x_test, x_train, params))
         out[name] = (k_tt, k_st)
     return out
 
