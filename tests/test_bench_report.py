@@ -69,8 +69,8 @@ def test_a_group_short_of_the_planned_zoo_is_left_out_and_listed(store, tmp_path
               config={"model": "d", "task": "t2", "regime": "20shot", "seed": 0})
     assert set(ranking_frame(store, models=planned).task) == {"t2"}
     report = write_report(store, tmp_path / "report", models=planned).read_text()
-    assert "1 complete task groups" in report
-    assert "Left out as incomplete (1 task groups): t1/20shot/0 (4 of 5 models fine-tuned)." in report
+    assert "1 complete task group." in report
+    assert "Left out as incomplete (1 task group): t1/20shot/0 (4 of 5 models fine-tuned)." in report
 
 
 def test_costs_relative_to_one_reference_finetuning(store):

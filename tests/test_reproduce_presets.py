@@ -62,4 +62,4 @@ def test_progress_reports_the_planned_units_only(tmp_path):
         store.put("finetune/elsewhere", "finetune", record, config={**tuned[0].config, "task": "elsewhere"})
         text = "\n".join(reproduce.progress(store, config))
     assert f"fine-tuning units 1 of {len(tuned)} " in text
-    assert "| fine-tuning units | 1 (1 models × 1 task groups) |" in text
+    assert "| fine-tuning units | 1 (1 model × 1 task group) |" in text

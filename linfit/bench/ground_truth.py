@@ -51,7 +51,7 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
     lines = []
     for regime, units in finetune.groupby("regime"):
         n, models, task_groups = len(units), units.model.nunique(), units.groupby(list(groups)).ngroups
-        rows = [("fine-tuning units", f"{n} ({models} models × {task_groups} task groups)" if n == models * task_groups
+        rows = [("fine-tuning units", f"{n} ({models} model{'s' if models != 1 else ''} × {task_groups} task group{'s' if task_groups != 1 else ''})" if n == models * task_groups
                  else f"{n} ({task_groups} task groups, {models} models; not every model in every group)")]
         bracketed = _present(units.bracketed)
         rows.append(("η bracketed (the chosen η is not an edge of the η tried)",

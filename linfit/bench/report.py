@@ -478,15 +478,17 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     configs = known[known.setting.isin({*scores.setting, *finetune.setting})].replace({"kind": KINDS})
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    complete = ranking.groupby(['task', 'regime', 'seed']).ngroups
     lines = ["# linfit benchmark report", "",
              f"Ground truth: `{accuracy}` ({GROUND_TRUTHS[accuracy]}).",
-             f"Store: `{'`, `'.join(pathlib.Path(s).name for s in store.sources)}`; {ranking.groupby(['task', 'regime', 'seed']).ngroups} complete task groups.", "",
+             f"Store: `{'`, `'.join(pathlib.Path(s).name for s in store.sources)}`; {complete} complete task group{'s' if complete != 1 else ''}.", "",
              "Every number below comes from the units of these settings (the id is part of each unit's key; the "
              "linfit version is recorded with each unit, not part of its identity):", "",
              _markdown(configs, index=False), ""]
     lines += [line for note in notes for line in (note, "")]
     if left_out:
-        lines += [f"Left out as incomplete ({len(left_out)} task groups): {'; '.join(left_out)}.", ""]
+        lines += [f"Left out as incomplete ({len(left_out)} task group{'s' if len(left_out) != 1 else ''}): "
+                  f"{'; '.join(left_out)}.", ""]
     if no_models:
         lines += [f"No trivial baselines or per-cluster results: {no_models}.", ""]
     lines += ground_truth.section(finetune, GROUP)

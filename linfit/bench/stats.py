@@ -577,7 +577,8 @@ def _scheme(replicates: int, resample_tasks: bool, resample_images: bool, tasks:
                  "weighted so that every cluster counts once)" if grouped
                  else f"tasks resampled with replacement ({n} per replicate)")
     clauses = [f"percentile bootstrap{expanded}, {replicates} replicates",
-               resampled if resample_tasks else f"the {len(tasks)} tasks held fixed"]
+               resampled if resample_tasks else
+               "the task held fixed" if len(tasks) == 1 else f"the {len(tasks)} tasks held fixed"]
     per_image = len(fixed) < len(tasks)
     if per_image and resample_images:
         clauses.append("test images and fine-tuning seeds resampled with replacement, paired across models"
