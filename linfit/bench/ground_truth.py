@@ -51,8 +51,12 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
     lines = []
     for regime, units in finetune.groupby("regime"):
         n, models, task_groups = len(units), units.model.nunique(), units.groupby(list(groups)).ngroups
-        rows = [("fine-tuning units", f"{n} ({models} model{'s' if models != 1 else ''} × {task_groups} task group{'s' if task_groups != 1 else ''})" if n == models * task_groups
-                 else f"{n} ({task_groups} task groups, {models} models; not every model in every group)")]
+        if n == models * task_groups:
+            count = (f"{n} ({models} model{'s' if models != 1 else ''} × "
+                     f"{task_groups} task group{'s' if task_groups != 1 else ''})")
+        else:
+            count = f"{n} ({task_groups} task groups, {models} models; not every model in every group)"
+        rows = [("fine-tuning units", count)]
         bracketed = _present(units.bracketed)
         rows.append(("η bracketed (the chosen η is not an edge of the η tried)",
                      _share(sum(map(bool, bracketed)), len(bracketed)) if bracketed else "not recorded"))

@@ -478,10 +478,11 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     configs = known[known.setting.isin({*scores.setting, *finetune.setting})].replace({"kind": KINDS})
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    complete = ranking.groupby(['task', 'regime', 'seed']).ngroups
+    complete = ranking.groupby(["task", "regime", "seed"]).ngroups
     lines = ["# linfit benchmark report", "",
              f"Ground truth: `{accuracy}` ({GROUND_TRUTHS[accuracy]}).",
-             f"Store: `{'`, `'.join(pathlib.Path(s).name for s in store.sources)}`; {complete} complete task group{'s' if complete != 1 else ''}.", "",
+             f"Store: `{'`, `'.join(pathlib.Path(s).name for s in store.sources)}`; "
+             f"{complete} complete task group{'s' if complete != 1 else ''}.", "",
              "Every number below comes from the units of these settings (the id is part of each unit's key; the "
              "linfit version is recorded with each unit, not part of its identity):", "",
              _markdown(configs, index=False), ""]

@@ -255,7 +255,8 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
     scheme = _scheme(tasks)
     result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks, **scheme)
     clusters = _clusters(tasks)
-    groups = f"{len(tasks)} task groups of {clusters} target tasks" if clusters < len(tasks) else f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}"
+    groups = (f"{len(tasks)} task groups of {clusters} target tasks" if clusters < len(tasks)
+              else f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
     lines = [f"Mean over {groups} with {CONFIDENCE:.0%} bootstrap intervals. Resampling: {result.scheme}.", ""]
     if clusters < FEW_TASKS:
         caution = (f"**Caution: {clusters} target task{'s' if clusters > 1 else ''} only.** A bootstrap over so "
