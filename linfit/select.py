@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from linfit import scores as score_registry
+from linfit._text import counted
 from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
 from linfit.data.detect import require_classes
 from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
@@ -301,7 +302,7 @@ def format_table(selection: Selection, *, top: int = 3, timing: bool = True) -> 
     best = selection.recommended(top)
     model_width = max(34, *(len(m) + 3 for m in table.model))
     which = f"the top {len(best)} by {primary}" if len(best) < len(table) else f"every model scored, in {primary}'s order"
-    lines = [f"task {selection.task}: {len(table)} model{'s' if len(table) != 1 else ''} scored on N={selection.num_samples} training images, "
+    lines = [f"task {selection.task}: {counted(len(table), 'model')} scored on N={selection.num_samples} training images, "
              f"ordered by {primary} (higher is better for every score).",
              f"Recommendation: fine-tune {_join(best)} first ({which}).", ""]
     lines.append(f"{'model':{model_width}s}" + "".join(f"{n:>{_column_width(n)}s} rank" for n in names))

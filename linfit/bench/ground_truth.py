@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from linfit._text import counted
 from linfit.bench.report import _markdown
 from linfit.bench.stats import share_interval
 
@@ -52,10 +53,10 @@ def section(finetune: pd.DataFrame, groups: Sequence[str] = ("task", "regime", "
     for regime, units in finetune.groupby("regime"):
         n, models, task_groups = len(units), units.model.nunique(), units.groupby(list(groups)).ngroups
         if n == models * task_groups:
-            count = (f"{n} ({models} model{'s' if models != 1 else ''} × "
-                     f"{task_groups} task group{'s' if task_groups != 1 else ''})")
+            count = f"{n} ({counted(models, 'model')} × {counted(task_groups, 'task group')})"
         else:
-            count = f"{n} ({task_groups} task groups, {models} models; not every model in every group)"
+            count = (f"{n} ({counted(task_groups, 'task group')}, {counted(models, 'model')}; "
+                     "not every model in every group)")
         rows = [("fine-tuning units", count)]
         bracketed = _present(units.bracketed)
         rows.append(("η bracketed (the chosen η is not an edge of the η tried)",

@@ -39,6 +39,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from linfit._text import counted
 from linfit.bench.metrics import ranking_metrics
 from linfit.bench.store import ResultStore, setting, setting_id, unpack_bools
 from linfit.errors import LinfitError
@@ -482,14 +483,13 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     lines = ["# linfit benchmark report", "",
              f"Ground truth: `{accuracy}` ({GROUND_TRUTHS[accuracy]}).",
              f"Store: `{'`, `'.join(pathlib.Path(s).name for s in store.sources)}`; "
-             f"{complete} complete task group{'s' if complete != 1 else ''}.", "",
+             f"{counted(complete, 'complete task group')}.", "",
              "Every number below comes from the units of these settings (the id is part of each unit's key; the "
              "linfit version is recorded with each unit, not part of its identity):", "",
              _markdown(configs, index=False), ""]
     lines += [line for note in notes for line in (note, "")]
     if left_out:
-        lines += [f"Left out as incomplete ({len(left_out)} task group{'s' if len(left_out) != 1 else ''}): "
-                  f"{'; '.join(left_out)}.", ""]
+        lines += [f"Left out as incomplete ({counted(len(left_out), 'task group')}): {'; '.join(left_out)}.", ""]
     if no_models:
         lines += [f"No trivial baselines or per-cluster results: {no_models}.", ""]
     lines += ground_truth.section(finetune, GROUP)

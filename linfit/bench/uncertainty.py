@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from linfit._text import counted
 from linfit.bench import stats
 from linfit.bench.report import _markdown as markdown
 
@@ -256,10 +257,10 @@ def regime_section(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, ac
     result = stats.bootstrap(tasks, names, replicates=REPLICATES, rng=SEED, confidence=CONFIDENCE, ks=ks, **scheme)
     clusters = _clusters(tasks)
     groups = (f"{len(tasks)} task groups of {clusters} target tasks" if clusters < len(tasks)
-              else f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
+              else counted(len(tasks), "task"))
     lines = [f"Mean over {groups} with {CONFIDENCE:.0%} bootstrap intervals. Resampling: {result.scheme}.", ""]
     if clusters < FEW_TASKS:
-        caution = (f"**Caution: {clusters} target task{'s' if clusters > 1 else ''} only.** A bootstrap over so "
+        caution = (f"**Caution: {counted(clusters, 'target task')} only.** A bootstrap over so "
                    "few tasks cannot estimate how much the scores' rankings vary from task to task")
         if scheme["resample_images"]:
             caution += (", so these intervals and the paired differences below hold the tasks fixed and resample only "

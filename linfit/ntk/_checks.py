@@ -154,12 +154,12 @@ def _probe_rows(x1: Any, x2: Any | None) -> tuple[Any, int]:
     return jax.tree_util.tree_map(lambda a: a[keep], both), len(keep)
 
 
-def _tangent(tree: Any, rng: np.random.Generator) -> Any:
-    """Random normal tangents for the float leaves of ``tree``, float0 zeros for the others (drawn by NumPy:
-    no program to compile for each new leaf shape)."""
+def _tangent(tree: Any, rng: np.random.Generator | None) -> Any:
+    """Random normal tangents (zeros when ``rng`` is None) for the float leaves of ``tree``, float0 zeros for the
+    others (drawn by NumPy: no program to compile for each new leaf shape)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     out = [
-        rng.standard_normal(jnp.shape(a)).astype(jnp.result_type(a))
+        (np.zeros if rng is None else rng.standard_normal)(jnp.shape(a)).astype(jnp.result_type(a))
         if jnp.issubdtype(jnp.result_type(a), jnp.inexact)
         else np.zeros(jnp.shape(a), jax.dtypes.float0)
         for a in leaves
@@ -213,8 +213,7 @@ def _probe_independent(f: Callable, params: Any, xs: Any, count: int, floats: bo
     """:func:`check_independent` on ``count`` distinct samples ``xs``: True, or ``VmapAxesError``."""
     rng = np.random.default_rng(0)
     if floats:  # a direction of the first sample's inputs, the parameters fixed
-        tp = jax.tree_util.tree_map(np.zeros_like, _tangent(params, rng))
-        tx = _first_sample_only(_tangent(xs, rng))
+        tp, tx = _tangent(params, None), _first_sample_only(_tangent(xs, rng))
     else:
         tp, tx = _tangent(params, rng), _tangent(xs, rng)
     lin = lambda p, x, dp, dx: jax.jvp(f, (p, x), (dp, dx))
@@ -227,7 +226,7 @@ def _probe_independent(f: Callable, params: Any, xs: Any, count: int, floats: bo
 
     (values, tangents), (values_alone, tangents_alone) = jax.device_get(both(params, xs, tp, tx))
     if floats:  # the other samples' tangents must vanish; the first sample's is not compared (see above)
-        tangents_alone = jax.tree_util.tree_map(lambda b, s: np.concatenate([b[:1], s[1:]]), tangents, tangents_alone)
+        tangents_alone = _first_sample_only(tangents)
     pairs = [
         *zip(jax.tree_util.tree_leaves(values), jax.tree_util.tree_leaves(values_alone), strict=True),
         *zip(jax.tree_util.tree_leaves(tangents), jax.tree_util.tree_leaves(tangents_alone), strict=True),
