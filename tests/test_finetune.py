@@ -17,6 +17,7 @@ from linfit.finetune import (
     finetune,
     learning_rate_schedule,
     mse,
+    lr_order,
     select_learning_rate,
     stratified_split,
 )
@@ -316,6 +317,18 @@ def test_stratified_split_is_a_seeded_per_class_partition():
     again = stratified_split(y, 0.2, jax.random.PRNGKey(0))[1]
     other = stratified_split(y, 0.2, jax.random.PRNGKey(5))[1]
     assert np.array_equal(val, again) and not np.array_equal(val, other)
+
+
+def test_lr_order_accuracy_then_loss_then_smaller_lr_and_diverged_last():
+    lrs = [0.3, 0.01, 0.1, 1.0]
+    # [L, S] per-seed numbers (exact in binary): 0.1 and 0.3 tie in mean accuracy (0.75); 0.3 has the lower mean
+    # loss; a seed of 1.0 diverged
+    acc = [[0.75, 0.75], [0.5, 0.625], [1.0, 0.5], [np.nan, 1.0]]
+    loss = [[0.2, 0.2], [0.9, 0.9], [0.3, 0.3], [np.nan, 0.0]]
+    assert lr_order(lrs, acc, loss) == [0, 2, 1, 3]
+    # without a loss, equal accuracy falls to the smaller η, whatever the order the grid was given in
+    assert lr_order(lrs, acc) == [2, 0, 1, 3]
+    assert lr_order([1.0, 0.5, 0.25], [0.7, 0.7, 0.7]) == [2, 1, 0]
 
 
 @pytest.mark.parametrize("refit", [False, True])

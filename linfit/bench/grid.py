@@ -46,7 +46,7 @@ from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
 from linfit.data.sampling import kshot_indices
 from linfit.errors import ConfigError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
-from linfit.finetune import PAPER_LEARNING_RATES, FinetuneConfig, GridProtocol, finetune_grid
+from linfit.finetune import PAPER_LEARNING_RATES, FinetuneConfig, GridProtocol, finetune_grid, lr_order
 from linfit.models import features_fn
 from linfit.scores.registry import SOURCE_INPUTS
 from linfit.select import DEFAULT_SCORES
@@ -179,7 +179,8 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
     * ``"lr"`` (chosen), ``"lrs"`` ``[L]``, ``"bracketed"``, ``"extensions"`` ``[below, above]``,
       ``"val_accuracy"`` ``[L][S]`` (in [0, 1], ``None`` for a diverged run);
     * ``"oracle_lr"``, ``"oracle_accuracy"``: the paper's choice on test, among the search runs (trained on the
-      80 % fit split, not refit): the η of best mean test accuracy over seeds, and that accuracy in percent;
+      80 % fit split, not refit): the η of best mean test accuracy over seeds (ties: the smaller η,
+      ``linfit.finetune.lr_order``), and that accuracy in percent;
     * ``"steps"``, ``"converged"``, ``"diverged"``, ``"train_loss"`` ``[S]`` of the refit runs and
       ``"search_steps"``, ``"search_converged"`` ``[L][S]`` of the search runs;
     * ``"gram"``: ``gram_record`` on ``gram_sample(y_test, seed=config.seed)`` with the pre-trained variables and
@@ -193,7 +194,7 @@ def finetune_record(model, variables, x_train, y_train, x_test, y_test, *, confi
     result = finetune_grid(model, variables, x_train, y_train, x_test, y_test, config=config,
                            lrs=tuple(learning_rates), seeds=tuple(seeds), protocol=protocol, num_classes=num_classes)
     search_accuracy = result.search_test_correct.mean(axis=(1, 2))  # [L], mean over seeds and images
-    oracle = int(np.argmax(search_accuracy))
+    oracle = lr_order(result.lrs, search_accuracy)[0]
 
     def listed(array):
         return np.asarray(array).tolist()

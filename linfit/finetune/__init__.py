@@ -18,7 +18,8 @@ Example::
 from linfit.finetune.config import FinetuneConfig, learning_rate_schedule, sgd_direction
 from linfit.finetune.loop import HEAD_FILTER, FinetuneResult, evaluate, finetune, prepare
 from linfit.finetune.losses import cross_entropy, mse
-from linfit.finetune.protocol import PAPER_LEARNING_RATES, LrSearchResult, select_learning_rate, stratified_split
+from linfit.finetune.protocol import (PAPER_LEARNING_RATES, LrSearchResult, lr_order, select_learning_rate,
+                                     stratified_split)
 from linfit.finetune.sweep import GridProtocol, GridResult, finetune_grid
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "finetune",
     "finetune_grid",
     "learning_rate_schedule",
+    "lr_order",
     "mse",
     "prepare",
     "select_learning_rate",

@@ -56,6 +56,21 @@ def stratified_split(labels, val_fraction: float, key: jax.Array) -> tuple[np.nd
     return fit_idx, val_idx
 
 
+def lr_order(lrs: Sequence[float], accuracy, loss=None) -> list[int]:
+    """Indices of ``lrs [L]``, best first: the higher accuracy, then the lower loss, then the smaller η.
+
+    ``accuracy`` and ``loss`` are ``[L]`` or ``[L, S]`` (averaged over S seeds); a NaN mean (a diverged run)
+    ranks last; without ``loss`` only accuracy and η decide. The one rule by which ``select_learning_rate`` and
+    ``finetune_grid`` choose η on validation and by which the paper's oracle choice on test is made.
+    """
+    def mean(values) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64).reshape(len(lrs), -1).mean(axis=1)
+
+    acc = np.nan_to_num(mean(accuracy), nan=-np.inf)
+    lo = np.zeros(len(lrs)) if loss is None else np.nan_to_num(mean(loss), nan=np.inf)
+    return sorted(range(len(lrs)), key=lambda i: (-acc[i], lo[i], float(lrs[i])))
+
+
 @dataclasses.dataclass(frozen=True)
 class LrSearchResult:
     """One run per learning rate; the choice made on validation and the oracle choice made on test.
@@ -67,10 +82,10 @@ class LrSearchResult:
       val_accuracy, val_loss: ``[L]`` after the last epoch of each fit-split run.
       test_accuracy: ``[L]`` after the last epoch of each run that the test numbers come from (the refit
         runs when ``refit=True``), or ``None`` without a test set.
-      chosen_lr: the best validation accuracy (ties: lower validation loss, then the earlier lr).
+      chosen_lr: the best validation accuracy (ties: lower validation loss, then the smaller lr; ``lr_order``).
       chosen_test_accuracy: its test accuracy (``None`` without a test set).
-      oracle_lr, oracle_test_accuracy: the best test accuracy (the paper's protocol; ``None`` without a
-        test set).
+      oracle_lr, oracle_test_accuracy: the best test accuracy (the paper's protocol; ties: the smaller lr;
+        ``None`` without a test set).
       fit_indices, val_indices: the split of the training set.
     """
 
@@ -154,17 +169,12 @@ def select_learning_rate(
 
     val_acc = np.array([_last(r, "val", "accuracy") for r in runs])
     val_loss = np.array([_last(r, "val", "loss") for r in runs])
-    # Best validation accuracy, then lower validation loss, then the earlier lr; NaN (diverged) ranks last.
-    ranking = sorted(
-        range(len(lrs)),
-        key=lambda i: (-np.nan_to_num(val_acc[i], nan=-np.inf), np.nan_to_num(val_loss[i], nan=np.inf), i),
-    )
-    chosen = ranking[0]
+    chosen = lr_order(lrs, val_acc, val_loss)[0]
 
     test_acc = oracle = None
     if test_set:
         test_acc = np.array([_last(r, "test", "accuracy") for r in (refit_runs if refit else runs)])
-        oracle = int(np.argmax(np.nan_to_num(test_acc, nan=-np.inf)))
+        oracle = lr_order(lrs, test_acc)[0]
     return LrSearchResult(
         lrs=lrs,
         runs=tuple(runs),

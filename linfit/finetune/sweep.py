@@ -73,7 +73,7 @@ import numpy as np
 from linfit.errors import ConfigError, ShapeError
 from linfit.finetune.config import FinetuneConfig
 from linfit.finetune.loop import COMPILE_CACHE_SIZE, _check_data, _make_trainer, _num_outputs, prepare
-from linfit.finetune.protocol import stratified_split
+from linfit.finetune.protocol import lr_order, stratified_split
 
 STRATEGIES = ("vmap", "sequential")
 
@@ -365,13 +365,6 @@ def _check_grid(lrs, seeds) -> tuple[list[float], tuple[int, ...]]:
     return sorted(lrs), seeds
 
 
-def _rank_key(val_accuracy: np.ndarray, val_loss: np.ndarray, lr: float):
-    """Sort key of one η from its ``[S]`` validation numbers: best mean accuracy, then lowest mean loss, then
-    the smaller η; NaN (a diverged seed) ranks last."""
-    acc, loss = float(np.mean(val_accuracy)), float(np.mean(val_loss))
-    return (-(acc if math.isfinite(acc) else -math.inf), loss if math.isfinite(loss) else math.inf, lr)
-
-
 def finetune_grid(
     model,
     variables: Mapping,
@@ -474,7 +467,10 @@ def finetune_grid(
             searched[lr] = {k: v[i * len(seeds) : (i + 1) * len(seeds)] for k, v in per_run.items()}
 
     def best_lr() -> float:
-        return min(searched, key=lambda lr: _rank_key(searched[lr]["val_accuracy"], searched[lr]["val_loss"], lr))
+        tried = sorted(searched)
+        order = lr_order(tried, [searched[lr]["val_accuracy"] for lr in tried],
+                         [searched[lr]["val_loss"] for lr in tried])
+        return tried[order[0]]
 
     search(grid)
     below = above = 0
