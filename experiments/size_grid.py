@@ -104,9 +104,10 @@ def main(argv=None) -> None:
     parser.add_argument("--regime", default="20shot")
     args = parser.parse_args(argv)
     with read_stores(args.db) as store:
-        scores, finetune, left_out = complete_groups(scores_frame(store), finetune_frame(store))
+        scores, finetune, left_out, dropped = complete_groups(scores_frame(store), finetune_frame(store))
     tasks, names, notes = regime_tasks(scores, finetune, args.regime, "accuracy")
     notes += [f"left out as incomplete: {group}" for group in left_out]
+    notes += [f"left out: {score}" for score in dropped]
     rows = [names.index(s) for s in SCORES if s in names]
     chosen = [names[r] for r in rows]
     tasks = [with_images(t, rows, args.regime, i) for i, t in enumerate(tasks)]

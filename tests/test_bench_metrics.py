@@ -61,6 +61,8 @@ def test_top_k_gain_and_constant_scores():
     assert top_k_gain([0.9, 0.1, 0.5], [50, 90, 70], reference_accuracy=60, k=2) == 10
     m = ranking_metrics([1, 1, 1], [1, 2, 3], reference_accuracy=2)
     assert m.spearman == 0 and m.trials_to_best == 2
+    two = ranking_metrics([0.2, 0.1], [60, 70], reference_accuracy=65)  # a zoo of two models has no top 3
+    assert two.top1_gain == -5 and np.isnan(two.top3_gain)
 
 
 def test_bad_inputs():

@@ -41,6 +41,19 @@ def test_ranking_frame_matches_hand_computation(store):
     assert summary.loc["oracle", "top3_gain"] == pytest.approx((10.0 + 5.0) / 2)
 
 
+def test_summary_weighs_every_target_task_once_whatever_its_number_of_draws(store):
+    """A second k-shot draw of t1 (all scores reversed there) must not count t1 twice in the mean over tasks."""
+    for model, acc in ACC["t1"].items():
+        cfg = {"model": model, "task": "t1", "regime": "20shot", "seed": 1, "reference": model == "gen"}
+        store.put(f"finetune/{model}/t1/1", "finetune", {"accuracy": acc, "seconds": 10.0}, config=cfg)
+        store.put(f"scores/{model}/t1/1", "scores", {"scores": {"oracle": -acc, "inverse": acc},
+                                                    "timings": {"oracle": 0.5, "inverse": 1.0}}, config=cfg)
+    summary = summary_frame(ranking_frame(store)).set_index("score")
+    # t1: ρ = +1 (draw 0) and −1 (draw 1), mean 0; t2: +1; mean over the two tasks 0.5 (not (1 − 1 + 1) / 3)
+    assert summary.loc["oracle", "spearman"] == pytest.approx(0.5)
+    assert summary.loc["inverse", "spearman"] == pytest.approx(-0.5)
+
+
 def test_incomplete_group_is_left_out(store):
     for task in ("t1", "t2"):
         cfg = {"model": "d", "task": task, "regime": "20shot", "seed": 0}
@@ -71,6 +84,32 @@ def test_a_group_short_of_the_planned_zoo_is_left_out_and_listed(store, tmp_path
     report = write_report(store, tmp_path / "report", models=planned).read_text()
     assert "1 complete task group." in report
     assert "Left out as incomplete (1 task group): t1/20shot/0 (4 of 5 models fine-tuned)." in report
+
+
+def test_a_score_that_failed_on_one_input_is_dropped_from_every_table_and_named(store, tmp_path):
+    """A NaN stored for one model (a score that failed there) must not stop the report or leave the score in one
+    table and out of another: it is dropped everywhere and named."""
+    for task, models in ACC.items():
+        for model, acc in models.items():
+            unit = store.get(f"scores/{model}/{task}")
+            broken = float("nan") if (task, model) == ("t1", "b") else acc
+            store.delete(f"scores/{model}/{task}")
+            store.put(f"scores/{model}/{task}", "scores",
+                      {"scores": {**unit["record"]["scores"], "broken": broken},
+                       "timings": {**unit["record"]["timings"], "broken": 1.0}}, config=unit["config"])
+    assert set(ranking_frame(store).score) == {"oracle", "inverse", "best", "worst"}
+    report = write_report(store, tmp_path / "report").read_text()
+    assert "Left out of every table: score `broken` (not finite in t1/20shot/0)." in report
+    assert "broken" not in report.replace("score `broken` (not finite", "")
+
+
+def test_a_ground_truth_the_units_do_not_record_is_refused(store, tmp_path):
+    """The fixture's records hold no oracle accuracy: ranking against it must not fall back to another column."""
+    with pytest.raises(LinfitError, match="8 fine-tuning units .* record no `oracle_accuracy`.*`accuracy`"):
+        ranking_frame(store, accuracy="oracle_accuracy")
+    with pytest.raises(LinfitError, match="record no `oracle_accuracy`"):
+        write_report(store, tmp_path / "oracle", accuracy="oracle_accuracy")
+    assert not (tmp_path / "oracle").exists()
 
 
 def test_costs_relative_to_one_reference_finetuning(store):

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from linfit.errors import LabelError, LinfitError, ShapeError
+from linfit.errors import ConfigError, LabelError, LinfitError, ShapeError
 from linfit.finetune import (
     FinetuneConfig,
     cross_entropy,
     evaluate,
     finetune,
     learning_rate_schedule,
-    mse,
     lr_order,
+    mse,
     select_learning_rate,
     stratified_split,
 )
@@ -419,5 +419,17 @@ def test_clear_errors():
         finetune(model, variables, x, y, config=cfg, x_test=x)
     with pytest.raises(LinfitError, match="params_filter"):
         FinetuneConfig(mode="subset")
+    with pytest.raises(ConfigError, match='mode "full" .* no params_filter'):
+        FinetuneConfig(mode="full", params_filter="^head/")
+    with pytest.raises(ConfigError, match="momentum"):
+        FinetuneConfig(momentum=float("nan"))
+    with pytest.raises(ConfigError, match="batch_size"):
+        evaluate(model, variables, x, y, batch_size=0)
+    with pytest.raises(ShapeError, match="inputs must be an array"):
+        select_learning_rate(model, variables, list(x), y, config=cfg)
+    with pytest.raises(LabelError, match=">= 0"):
+        select_learning_rate(model, variables, x, y - 1, config=cfg)
+    with pytest.raises(LabelError, match=">= 0"):
+        stratified_split(y - 1, 0.2, jax.random.PRNGKey(0))
     with pytest.raises(LinfitError, match="mode"):
         FinetuneConfig(mode="everything")

@@ -114,7 +114,12 @@ def ranking_metrics(scores, accuracies, reference_accuracy: float) -> RankingMet
       ``RankingMetrics``: Spearman ρ, Pearson r, Kendall τ-b, weighted τ (``scipy.stats.weightedtau(scores,
       accuracies)``, the field's standard), expected trials-to-best, top-1/top-3 gain over the reference,
       regret (best accuracy minus the top-1 pick's) and relative top accuracy (top-1 pick / best).
-      Correlations with a constant side are reported as 0.
+      Correlations with a constant side are reported as 0; the top-3 gain is NaN when M < 3 (there is no
+      top 3; ``linfit.bench.stats`` leaves k = 3 out for such zoos too).
+
+    Raises:
+      ShapeError: ``scores`` and ``accuracies`` are not ``[M]`` vectors of one length M >= 2.
+      NonFiniteError: a NaN or infinite score or accuracy.
     """
     s, a = _check_pair(scores, accuracies)
     top1 = top_k_accuracy(s, a, 1)
@@ -125,7 +130,7 @@ def ranking_metrics(scores, accuracies, reference_accuracy: float) -> RankingMet
         weighted_tau=_correlation(stats.weightedtau, s, a),
         trials_to_best=trials_to_best(s, a),
         top1_gain=top1 - float(reference_accuracy),
-        top3_gain=top_k_gain(s, a, reference_accuracy, min(3, s.size)),
+        top3_gain=top_k_gain(s, a, reference_accuracy, 3) if s.size >= 3 else float("nan"),
         regret=float(a.max()) - top1,
         relative_top_accuracy=top1 / float(a.max()) if a.max() != 0 else 0.0,
     )

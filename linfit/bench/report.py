@@ -65,7 +65,8 @@ def scores_frame(store: ResultStore) -> pd.DataFrame:
 
 
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
-    """One row per fine-tuned (model, task, regime, seed, setting): accuracy, oracle accuracy, seconds, and
+    """One row per fine-tuned (model, task, regime, seed, setting): accuracy, oracle accuracy (NaN in a record
+    without one), seconds, and
     ``test_correct`` (``[R, I]`` bool: per fine-tuning seed, per test image; ``R = 1`` for records of one run;
     ``None`` in stores written before it was recorded); the protocol's outcome where the record has it
     (``linfit.bench.grid.finetune_record``; NaN or ``None`` otherwise): ``lr`` (the chosen η), ``bracketed``,
@@ -87,7 +88,7 @@ def finetune_frame(store: ResultStore) -> pd.DataFrame:
             {
                 **_ids(cfg, "finetune"),
                 "accuracy": rec["accuracy"],
-                "oracle_accuracy": rec.get("oracle_accuracy", rec["accuracy"]),
+                "oracle_accuracy": rec.get("oracle_accuracy", np.nan),
                 "seconds": rec["seconds"],
                 "compile_seconds": rec.get("compile_seconds", np.nan),
                 "test_correct": correct,
@@ -188,21 +189,26 @@ def ranking_frame(store: ResultStore, *, accuracy: str = "accuracy", settings: C
     accuracy, or over the mean accuracy of the group's models when there is none (a zoo without a generalist, such
     as the ImageNet zoo). ``accuracy`` picks the ground truth column (``"accuracy"``: lr chosen on validation;
     ``"oracle_accuracy"``: the paper's lr chosen on test). Oracle rows ``best`` and ``worst`` carry the
-    best/worst gain in ``top1_gain``/``top3_gain``.
+    best/worst gain in ``top1_gain``/``top3_gain``. Raises ``LinfitError`` when a unit of a complete group does
+    not record that ground truth.
     """
-    scores, finetune, _ = complete_groups(*_frames(store, settings), models)
+    scores, finetune, *_ = complete_groups(*_frames(store, settings), models)
     return _ranking(scores, finetune, accuracy)
 
 
 def complete_groups(scores: pd.DataFrame, finetune: pd.DataFrame, models: Collection[str] | None = None
                     ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The rows of the complete (task, regime, seed) groups of ``scores_frame`` / ``finetune_frame``, and one
-    sentence per group left out.
+    sentence per group and per score left out.
 
     The zoo is ``models`` (a grid's planned models: give it while the grid is running, or the group being
     computed looks complete with the models it has so far), else every model fine-tuned anywhere in
     ``finetune``; rows of models outside it are dropped. A group is complete when every model of the zoo is
-    fine-tuned in it and every score stored for any model of the group is stored for all of them.
+    fine-tuned in it and every score stored for any model of the group is stored for all of them. A score whose
+    stored value is NaN or infinite for some model of a complete group (a score that failed on that input) is
+    dropped from every group, so that every table of a report ranks the same scores.
+
+    Returns ``(scores, finetune, groups_left_out, scores_left_out)``.
     """
     zoo = set(finetune.model) if models is None else set(models)
     finetune = finetune[finetune.model.isin(zoo)]
@@ -226,10 +232,21 @@ def complete_groups(scores: pd.DataFrame, finetune: pd.DataFrame, models: Collec
             return frame.iloc[:0]
         return frame[pd.MultiIndex.from_frame(frame[GROUP]).isin(kept)]
 
-    return rows(scores), rows(finetune), left_out
+    scores = rows(scores)
+    finite = np.isfinite(pd.to_numeric(scores.value, errors="coerce").astype(np.float64))
+    failed = {name: sorted({"/".join(map(str, key)) for key in zip(*(group[c] for c in GROUP))})
+              for name, group in scores[~finite].groupby("score")}
+    dropped = [f"score `{name}` (not finite in {', '.join(where)})" for name, where in sorted(failed.items())]
+    return scores[~scores.score.isin(failed)], rows(finetune), left_out, dropped
 
 
 def _ranking(scores: pd.DataFrame, finetune: pd.DataFrame, accuracy: str) -> pd.DataFrame:
+    missing = finetune[finetune[accuracy].isna()]
+    if len(missing):
+        raise LinfitError(f"{counted(len(missing), 'fine-tuning unit')} of the complete task groups "
+                          f"({', '.join(sorted(set(missing.model)))}) record no `{accuracy}`: rank against a ground "
+                          f"truth every unit records (`{next(a for a in GROUND_TRUTHS if a != accuracy)}`) or "
+                          "recompute those units")
     rows = []
     for key, ft in finetune.groupby(GROUP):
         refs = ft[ft.reference]
@@ -250,12 +267,15 @@ def _ranking(scores: pd.DataFrame, finetune: pd.DataFrame, accuracy: str) -> pd.
 
 
 def summary_frame(ranking: pd.DataFrame) -> pd.DataFrame:
-    """Mean over tasks (and seeds) of each metric, per (regime, score): the paper's Fig. 4 Avg and Fig. 6."""
+    """Mean over target tasks of each metric, per (regime, score), a task's k-shot draws (``seed``) averaged
+    first, as the bootstrap's clusters weigh them (``linfit.bench.stats.bootstrap``): the paper's Fig. 4 Avg and
+    Fig. 6. Raises ``LinfitError`` when ``ranking`` is empty."""
     if ranking.empty:
         raise LinfitError("the store holds no complete (task, regime) group yet: nothing to summarise")
     metrics = ["spearman", "weighted_tau", "kendall", "pearson", "trials_to_best", "top1_gain", "top3_gain",
                "regret"]
-    return ranking.groupby(["regime", "score"])[metrics].mean().reset_index()
+    per_task = ranking.groupby(["regime", "score", "task"])[metrics].mean()
+    return per_task.groupby(["regime", "score"]).mean().reset_index()
 
 
 COMPILE_ROWS = {"scores": "compile: scores", "finetune": "compile: fine-tuning"}
@@ -467,11 +487,11 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     ``models``: the zoo a task group must hold to be reported (``complete_groups``; default: every model fine-tuned
     in the store); the report lists the groups it left out.
     Returns the report's path. Raises ``LinfitError`` (before creating ``out_dir``) when the store has no complete
-    task group or several settings of a kind."""
+    task group, holds several settings of a kind, or a unit does not record the ground truth ``accuracy``."""
     from linfit.bench import ground_truth, uncertainty  # both build on this module
 
     known = settings_frame(store)
-    scores, finetune, left_out = complete_groups(*_frames(store, settings, known), models)
+    scores, finetune, left_out, dropped = complete_groups(*_frames(store, settings, known), models)
     ranking = _ranking(scores, finetune, accuracy)
     summary = summary_frame(ranking)
     metadata, no_models = uncertainty.model_metadata(manifest, sorted(set(finetune.model)))
@@ -490,6 +510,8 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
     lines += [line for note in notes for line in (note, "")]
     if left_out:
         lines += [f"Left out as incomplete ({counted(len(left_out), 'task group')}): {'; '.join(left_out)}.", ""]
+    if dropped:
+        lines += [f"Left out of every table: {'; '.join(dropped)}.", ""]
     if no_models:
         lines += [f"No trivial baselines or per-cluster results: {no_models}.", ""]
     lines += ground_truth.section(finetune, GROUP)

@@ -245,10 +245,16 @@ def _expected_top_k_max(acc: np.ndarray, k: int) -> np.ndarray:
     return np.sort(acc, axis=-1) @ coef
 
 
-def _orderings(m: int, samples: int, exhaustive_limit: int, rng: np.random.Generator) -> np.ndarray:
-    """``[P, M]`` float orderings of M models: all M! permutations when ``M <= exhaustive_limit``, else
-    ``samples`` uniformly random ones."""
-    if m <= exhaustive_limit:
+def _exact(m: int, samples: int) -> bool:
+    """Whether Random's expectations over orderings of M models enumerate all M! of them: when that is no more
+    than the ``samples`` random orderings a Monte Carlo mean would take."""
+    return math.factorial(m) <= samples
+
+
+def _orderings(m: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``[P, M]`` float orderings of M models: all M! permutations when ``_exact(m, samples)``, else ``samples``
+    uniformly random ones."""
+    if _exact(m, samples):
         return np.array(list(itertools.permutations(range(m))), dtype=np.float64)
     return rng.permuted(np.tile(np.arange(m, dtype=np.float64), (samples, 1)), axis=1)
 
@@ -279,10 +285,8 @@ def _random_metrics(acc: np.ndarray, reference: int | None, ks: Sequence[int],
     """``([N, K], [N])``: each metric's expectation over a uniformly random ordering of the models, and the
     standard error of its weighted τ (the mean over ``orderings [P, M]``; exact when they are all M!
     permutations, whose spread the returned standard error then does not describe)."""
-    m = acc.shape[-1]
-    best = (acc == acc.max(-1, keepdims=True)).sum(-1)
     tau, tau_stderr = _expected_weighted_tau(acc, orderings)
-    columns = [np.zeros(acc.shape[0]), tau, (m + 1) / (best + 1.0)]
+    columns = [np.zeros(acc.shape[0]), tau, _expected_trials_to_best(acc)]
     columns += [_expected_top_k_max(acc, k) - _reference_accuracy(acc, reference) for k in ks]
     return np.stack(columns, axis=-1), tau_stderr
 
@@ -309,7 +313,7 @@ def expected_spearman(accuracies) -> float:
     return 0.0
 
 
-def expected_weighted_tau(accuracies, *, exhaustive_limit: int = 8, samples: int = 20_000,
+def expected_weighted_tau(accuracies, *, samples: int = 20_000,
                           rng: np.random.Generator | int = 0) -> tuple[float, float]:
     """Expected weighted τ (``scipy.stats.weightedtau``, hyperbolic additive weights) between a uniformly
     random ordering of the models and ``accuracies [M]``; returns ``(expectation, standard_error)``.
@@ -317,8 +321,8 @@ def expected_weighted_tau(accuracies, *, exhaustive_limit: int = 8, samples: int
     Without tied accuracies it is exactly 0 (swapping two models' places flips the sign of their pair's term
     and leaves the normalisation unchanged) and ``(0.0, 0.0)`` is returned. With ties the normalisation depends
     on where the tied models land, and the expectation is not 0: it is the exact mean over all M! orderings
-    when ``M <= exhaustive_limit`` (standard error 0), else a Monte Carlo mean over ``samples`` random orderings
-    from ``rng`` with its standard error.
+    when M! <= ``samples`` (standard error 0; M <= 7 by default), else a Monte Carlo mean over ``samples``
+    random orderings from ``rng`` with its standard error (the rule ``bootstrap`` follows for its Random row).
 
     Raises:
       ShapeError: ``accuracies`` is not an ``[M]`` vector with M >= 2.
@@ -326,18 +330,23 @@ def expected_weighted_tau(accuracies, *, exhaustive_limit: int = 8, samples: int
       ConfigError: ``samples < 2``.
     """
     a = _check_accuracies(accuracies)
-    if a.size > exhaustive_limit and samples < 2:
+    exact = _exact(a.size, samples)
+    if not exact and samples < 2:
         raise ConfigError(f"samples must be at least 2 for a Monte Carlo estimate; got {samples}")
-    orderings = _orderings(a.size, samples, exhaustive_limit, np.random.default_rng(rng))
-    mean, stderr = _expected_weighted_tau(a[None, :], orderings)
-    return float(mean[0]), 0.0 if a.size <= exhaustive_limit else float(stderr[0])
+    mean, stderr = _expected_weighted_tau(a[None, :], _orderings(a.size, samples, np.random.default_rng(rng)))
+    return float(mean[0]), 0.0 if exact else float(stderr[0])
 
 
 def expected_trials_to_best(accuracies) -> float:
     """Expected trials-to-best of a uniformly random ordering: ``(M + 1) / (b + 1)`` for b best models (the
     expected position of the first of b marked items in a random permutation of M)."""
-    a = _check_accuracies(accuracies)
-    return (a.size + 1) / (int((a == a.max()).sum()) + 1)
+    return float(_expected_trials_to_best(_check_accuracies(accuracies)[None, :])[0])
+
+
+def _expected_trials_to_best(acc: np.ndarray) -> np.ndarray:
+    """``[N, M] -> [N]``: ``expected_trials_to_best`` of each accuracy row."""
+    best = (acc == acc.max(-1, keepdims=True)).sum(-1)
+    return (acc.shape[-1] + 1) / (best + 1.0)
 
 
 def expected_top_k_gain(accuracies, reference_accuracy: float, k: int) -> float:
@@ -493,8 +502,8 @@ def bootstrap(tasks: Sequence[TaskData], score_names: Sequence[str], *, replicat
     shared_images = {}  # (cluster, I) -> [copies, I] image counts: the tasks of a cluster share one test set
     for t, task in enumerate(tasks):
         m = task.scores.shape[1]
-        exact = math.factorial(m) <= random_orderings  # enumerating all orderings is then no dearer
-        orderings = _orderings(m, random_orderings, m if exact else 0, rng) if random_baseline else None
+        exact = _exact(m, random_orderings)
+        orderings = _orderings(m, random_orderings, rng) if random_baseline else None
 
         def evaluate(acc: np.ndarray) -> np.ndarray:
             values = _metrics(task.scores, acc, task.reference, ks)

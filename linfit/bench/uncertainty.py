@@ -112,11 +112,10 @@ def regime_tasks(scores: pd.DataFrame, finetune: pd.DataFrame, regime: str, accu
     if not groups:
         return [], (), notes
     every = set.intersection(*(set(values.index) for *_, values in groups))
-    finite = {s for s in every if all(np.isfinite(values.loc[s]).all() for *_, values in groups)}
-    names = tuple(sorted(finite))
-    left_out = sorted(set().union(*(set(values.index) for *_, values in groups)) - finite)
+    names = tuple(sorted(every))
+    left_out = sorted(set().union(*(set(values.index) for *_, values in groups)) - every)
     if left_out:
-        notes.append(f"left out of the intervals (missing or not finite in some task group): {', '.join(left_out)}")
+        notes.append(f"left out of the intervals (missing in some task group): {', '.join(left_out)}")
     several_seeds = len({seed for _, seed, *_ in groups}) > 1
     bases = [stats.baseline_scores([models[m] for m in group.model]) if models is not None else {}
              for _, _, group, _ in groups]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import optax
 
-from linfit.errors import LinfitError
+from linfit.errors import ConfigError
 from linfit.finetune.losses import LOSS_FUNCTIONS
 from linfit.tree import ParamsFilter
 
@@ -53,7 +53,7 @@ class FinetuneConfig:
         BatchNorm statistics frozen at their pre-trained values; ``params_filter`` optionally restricts
         the linearisation to a subset, the rest held at w0).
       params_filter: a ``linfit.tree`` filter; required for ``"subset"``; for ``"linear_probe"`` it
-        defaults to ``r"^head/"``.
+        defaults to ``r"^head/"``; not allowed for ``"full"``.
       bn: ``"train"`` (batch statistics in the forward pass and running statistics updated, torchvision's
         fine-tuning default) or ``"frozen"`` (evaluation mode throughout). Only modes ``"full"`` and
         ``"subset"`` honour ``"train"``; in ``"subset"`` every BatchNorm layer's statistics then update,
@@ -63,6 +63,10 @@ class FinetuneConfig:
       seed: seeds the data order and the new head (``jax.random``); equal seeds give identical runs.
       eval_every_epoch: evaluate the evaluation sets after every epoch (else only after the last).
       eval_batch_size: batch size of evaluation forward passes.
+
+    Raises ``ConfigError`` (from the constructor and ``replace``) for an unknown choice, a non-positive count or
+    step size, a negative or NaN momentum, weight decay or gamma, milestones not strictly increasing, mode
+    ``"subset"`` without a ``params_filter`` or mode ``"full"`` with one.
     """
 
     epochs: int = 30
@@ -91,21 +95,24 @@ class FinetuneConfig:
         _check_choice("weight_decay_center", self.weight_decay_center, ("zero", "init"))
         _check_choice("head_init", self.head_init, HEAD_INITS)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise LinfitError(
+            raise ConfigError(
                 f"epochs, batch_size and eval_batch_size must be >= 1; got {self.epochs}, "
                 f"{self.batch_size}, {self.eval_batch_size}"
             )
-        if not self.learning_rate > 0 or self.momentum < 0 or self.weight_decay < 0 or self.gamma < 0:
-            raise LinfitError(
+        if not (self.learning_rate > 0 and self.momentum >= 0 and self.weight_decay >= 0 and self.gamma >= 0):
+            raise ConfigError(
                 f"need learning_rate > 0, momentum >= 0, weight_decay >= 0, gamma >= 0; got "
                 f"{self.learning_rate}, {self.momentum}, {self.weight_decay}, {self.gamma}"
             )
         if any(b <= a for a, b in zip(self.milestones[:-1], self.milestones[1:], strict=True)) or any(
             m < 0 for m in self.milestones
         ):
-            raise LinfitError(f"milestones must be non-negative and strictly increasing; got {self.milestones}")
+            raise ConfigError(f"milestones must be non-negative and strictly increasing; got {self.milestones}")
         if self.mode == "subset" and self.params_filter is None:
-            raise LinfitError('mode "subset" needs a params_filter (e.g. a regex such as "^head/|stage4/")')
+            raise ConfigError('mode "subset" needs a params_filter (e.g. a regex such as "^head/|stage4/")')
+        if self.mode == "full" and self.params_filter is not None:
+            raise ConfigError('mode "full" trains every parameter and takes no params_filter; use mode "subset" '
+                              "to train the leaves it selects")
 
     @classmethod
     def paper(cls, **overrides) -> FinetuneConfig:
@@ -140,17 +147,18 @@ class FinetuneConfig:
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
     if value not in choices:
-        raise LinfitError(f"{name} must be one of {list(choices)}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {list(choices)}; got {value!r}")
 
 
 def learning_rate_schedule(config: FinetuneConfig, steps_per_epoch: int) -> optax.Schedule:
     """η_k for the k-th SGD step (0-based): ``learning_rate · gamma^{#(milestones m with k >= m·steps_per_epoch)}``.
 
     An ``optax.piecewise_constant_schedule`` in steps; step k belongs to epoch ⌊k / steps_per_epoch⌋, so
-    this equals PyTorch's ``MultiStepLR(milestones, gamma)`` stepped once per epoch.
+    this equals PyTorch's ``MultiStepLR(milestones, gamma)`` stepped once per epoch. Raises ``ConfigError``
+    when ``steps_per_epoch < 1``.
     """
     if steps_per_epoch < 1:
-        raise LinfitError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}")
+        raise ConfigError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}")
     return optax.piecewise_constant_schedule(
         config.learning_rate, {m * steps_per_epoch: config.gamma for m in config.milestones}
     )

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from linfit.errors import LabelError, LinfitError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, LabelError, NonFiniteError, ShapeError
 from linfit.finetune.config import FinetuneConfig, learning_rate_schedule, sgd_direction
 from linfit.finetune.losses import LOSS_FUNCTIONS
 from linfit.linearize import linearize
@@ -247,8 +247,9 @@ def _metrics(logits: jax.Array, labels, loss_fn: Callable) -> dict[str, float]:
     }
 
 
-def _check_data(x, y, num_classes: int, name: str) -> tuple[Any, np.ndarray]:
-    """Validate inputs ``x [N, ...]`` and labels ``y [N]`` in ``0..num_classes-1``; returns (x, y as int32)."""
+def _check_data(x, y, num_classes: int | None, name: str) -> tuple[Any, np.ndarray]:
+    """Validate inputs ``x [N, ...]`` and labels ``y [N]`` in ``0..num_classes-1`` (integers >= 0 while the
+    head's size is not known yet: ``num_classes=None``); returns (x, y as int32)."""
     if not hasattr(x, "shape") or len(x.shape) < 1:
         raise ShapeError(f"{name} inputs must be an array [N, ...]; got {type(x).__name__}")
     labels = np.asarray(y)
@@ -261,15 +262,30 @@ def _check_data(x, y, num_classes: int, name: str) -> tuple[Any, np.ndarray]:
     if not np.issubdtype(labels.dtype, np.integer) and not np.all(labels == np.round(labels)):
         raise LabelError(f"{name} labels must be integers 0..C-1; got dtype {labels.dtype} with fractions")
     labels = labels.astype(np.int64)
-    bad = labels[(labels < 0) | (labels >= num_classes)]
+    bad = labels[(labels < 0) | (labels >= (np.inf if num_classes is None else num_classes))]
     if bad.size:
-        raise LabelError(
-            f"{name} labels must lie in 0..C-1 with C={num_classes} (the head's output size); got values "
-            f"{sorted(set(bad.tolist()))[:5]}"
-        )
+        expected = "be >= 0" if num_classes is None else f"lie in 0..C-1 with C={num_classes} (the head's output size)"
+        raise LabelError(f"{name} labels must {expected}; got values {sorted(set(bad.tolist()))[:5]}")
     if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(jnp.asarray(x)))):
         raise NonFiniteError(f"{name} inputs contain NaN or infinite values")
     return x, labels.astype(np.int32)
+
+
+def _check_against_head(trainer: _Trainer, x_train, y_train, eval_sets: Mapping[str, tuple[Any, Any]]):
+    """``_check_data`` of the training set and of every evaluation set ``{name: (x, y)}`` against the output
+    size of ``trainer``'s head; returns ``(x_train, y_train, eval_sets)`` with int32 labels."""
+    theta0, batch_stats0, _ = trainer.init_state
+    num_classes = _num_outputs(lambda xb: trainer.logits(theta0, trainer.anchor, batch_stats0, xb), x_train)
+    x_train, y_train = _check_data(x_train, y_train, num_classes, "training")
+    return x_train, y_train, {name: _check_data(x, y, num_classes, name) for name, (x, y) in eval_sets.items()}
+
+
+def _variables(trainer: _Trainer, theta, batch_stats) -> dict:
+    """The Flax variables of trained leaves ``theta`` (the frozen ones merged back) and BatchNorm statistics."""
+    variables = {"params": trainer.merge(theta)}
+    if batch_stats is not None:
+        variables["batch_stats"] = batch_stats
+    return variables
 
 
 def _num_outputs(logits_fn: Callable, x) -> int:
@@ -292,9 +308,7 @@ def _run(
     trainer's: they are not compiled in) and evaluate ``eval_sets`` ({name: (x, y)}) along the way."""
     start = time.perf_counter()
     theta0, batch_stats0, _ = trainer.init_state
-    num_classes = _num_outputs(lambda xb: trainer.logits(theta0, trainer.anchor, batch_stats0, xb), x_train)
-    x_train, y_train = _check_data(x_train, y_train, num_classes, "training")
-    eval_sets = {name: _check_data(x, y, num_classes, name) for name, (x, y) in eval_sets.items()}
+    x_train, y_train, eval_sets = _check_against_head(trainer, x_train, y_train, eval_sets)
 
     n = y_train.shape[0]
     batch_size = min(config.batch_size, n)
@@ -337,12 +351,8 @@ def _run(
         if diverged:
             break
 
-    theta, batch_stats, _ = state
-    variables = {"params": trainer.merge(theta)}
-    if batch_stats is not None:
-        variables["batch_stats"] = batch_stats
     return FinetuneResult(
-        variables=variables,
+        variables=_variables(trainer, *state[:2]),
         predict=predict_fn(state),
         train_loss=train_loss,
         eval_epochs=np.asarray(eval_epochs, dtype=np.int64),
@@ -357,7 +367,9 @@ def _run(
 def prepare(model, variables: Mapping, config: FinetuneConfig, num_classes: int | None, y_train) -> tuple[Any, dict]:
     """Replace the head by a fresh ``num_classes``-way one when ``config.head_init`` asks for it.
 
-    ``num_classes`` defaults to ``max(y_train) + 1``; the head's key is ``fold_in(PRNGKey(seed), 0)``.
+    ``num_classes`` defaults to ``max(y_train) + 1``; the head's key is ``fold_in(PRNGKey(seed), 0)``. Without
+    ``head_init`` the model and its head are returned as given and ``num_classes`` is not used. Raises
+    ``ShapeError`` when ``num_classes`` must come from an empty ``y_train``.
     """
     if config.head_init is None:
         return model, dict(variables)
@@ -403,6 +415,7 @@ def finetune(
     Raises:
       ShapeError: mismatched lengths, an empty set, labels not ``[N]``, logits not ``[N, C]``.
       LabelError: labels outside ``0..C-1``.
+      NonFiniteError: NaN or infinite float inputs.
       ParamsFilterError: the mode's params filter selects nothing.
     """
     if (x_test is None) != (y_test is None):
@@ -416,9 +429,15 @@ def evaluate(model, variables: Mapping, x, y, *, batch_size: int = 256, loss: st
     """Top-1 accuracy and mean loss (``"ce"`` or ``"mse"``, see ``losses``) of ``model`` in evaluation mode.
 
     ``x [N, ...]``, ``y [N]`` integer labels. Returns ``{"accuracy": float, "loss": float}``.
+
+    Raises:
+      ConfigError: an unknown ``loss`` or ``batch_size < 1``.
+      ShapeError, LabelError, NonFiniteError: as ``finetune`` for its test set.
     """
     if loss not in LOSS_FUNCTIONS:
-        raise LinfitError(f"loss must be one of {list(LOSS_FUNCTIONS)}; got {loss!r}")
+        raise ConfigError(f"loss must be one of {list(LOSS_FUNCTIONS)}; got {loss!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
     apply = jax.jit(lambda p, s, xb: _apply(model, p, s, xb, False)[0])
     logits_fn = partial(apply, *_split_variables(variables))
     x, labels = _check_data(x, y, _num_outputs(logits_fn, x), "evaluation")

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from linfit.errors import DatasetError, LinfitError, ShapeError
+from linfit.errors import ConfigError, DatasetError, LabelError, ShapeError
 from linfit.finetune.config import FinetuneConfig
-from linfit.finetune.loop import FinetuneResult, _make_trainer, _run, prepare
+from linfit.finetune.loop import FinetuneResult, _check_data, _make_trainer, _run, prepare
 
 PAPER_LEARNING_RATES = (0.01, 0.005, 0.001)
 
@@ -32,15 +32,22 @@ def stratified_split(labels, val_fraction: float, key: jax.Array) -> tuple[np.nd
     """Split sample indices into (fit, validation), class by class.
 
     Each class c with n_c ≥ 2 samples sends ``clip(round(val_fraction · n_c), 1, n_c − 1)`` of them, drawn by
-    ``jax.random.permutation(fold_in(key, c), n_c)``, to validation; a class with one sample stays in the fit
-    split. Args: ``labels [N]`` integers ≥ 0, ``0 < val_fraction < 1``. Returns two sorted index arrays that
-    partition ``0..N-1``.
+    ``jax.random.permutation(fold_in(key, c), n_c)``, to validation (``round`` is Python's: halves to even,
+    ``round(2.5) == 2``); a class with one sample stays in the fit split. Args: ``labels [N]`` integers ≥ 0,
+    ``0 < val_fraction < 1``. Returns two sorted index arrays that partition ``0..N-1``.
+
+    Raises:
+      ConfigError: ``val_fraction`` outside (0, 1).
+      ShapeError / LabelError: ``labels`` not an ``[N]`` vector of integers ≥ 0.
+      DatasetError: no class has two samples.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise LinfitError(f"val_fraction must lie in (0, 1); got {val_fraction}")
+        raise ConfigError(f"val_fraction must lie in (0, 1); got {val_fraction}")
     y = np.asarray(labels)
     if y.ndim != 1:
         raise ShapeError(f"labels must be one-dimensional [N]; got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or np.any(y < 0):
+        raise LabelError(f"labels must be integers >= 0; got dtype {y.dtype}, minimum {y.min() if y.size else None}")
     val = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
@@ -143,15 +150,17 @@ def select_learning_rate(
 
     Returns:
       An ``LrSearchResult``.
+
+    Raises:
+      ConfigError: empty ``lrs``, or ``val_fraction`` outside (0, 1).
+      ShapeError, LabelError, NonFiniteError, DatasetError: as ``finetune`` and ``stratified_split``.
     """
     if (x_test is None) != (y_test is None):
         raise ShapeError("give both x_test and y_test, or neither")
     lrs = tuple(float(lr) for lr in lrs)
     if not lrs:
-        raise LinfitError("lrs is empty; give at least one learning rate")
-    y_all = np.asarray(y_train)
-    if y_all.ndim != 1 or y_all.shape[0] != x_train.shape[0]:
-        raise ShapeError(f"y_train must be [N] with N={x_train.shape[0]}; got shape {y_all.shape}")
+        raise ConfigError("lrs is empty; give at least one learning rate")
+    x_train, y_all = _check_data(x_train, y_train, None, "training")
     split_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     fit_idx, val_idx = stratified_split(y_all, val_fraction, split_key)
 

@@ -70,9 +70,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linfit.errors import ConfigError, ShapeError
+from linfit.errors import ConfigError
 from linfit.finetune.config import FinetuneConfig
-from linfit.finetune.loop import COMPILE_CACHE_SIZE, _check_data, _make_trainer, _num_outputs, prepare
+from linfit.finetune.loop import (COMPILE_CACHE_SIZE, _check_against_head, _check_data, _make_trainer, _variables,
+                                 prepare)
 from linfit.finetune.protocol import lr_order, stratified_split
 
 STRATEGIES = ("vmap", "sequential")
@@ -405,7 +406,7 @@ def finetune_grid(
     Raises:
       ConfigError: empty or repeated ``lrs``/``seeds``, a non-positive η, ``config.milestones`` set (the step size
         is constant: pass ``milestones=()``), an unknown ``strategy``.
-      ShapeError, LabelError, DatasetError: as ``finetune`` and ``stratified_split``.
+      ShapeError, LabelError, NonFiniteError, DatasetError: as ``finetune`` and ``stratified_split``.
     """
     start = time.perf_counter()
     if strategy is None:
@@ -418,19 +419,15 @@ def finetune_grid(
             f"epoch to refer to; got milestones={config.milestones}: pass config.replace(milestones=())"
         )
     grid, seeds = _check_grid(lrs, seeds)
-    y_all = np.asarray(y_train)
-    if y_all.ndim != 1 or y_all.shape[0] != x_train.shape[0]:
-        raise ShapeError(f"y_train must be [N] with N={x_train.shape[0]}; got shape {y_all.shape}")
+    x_train, y_all = _check_data(x_train, y_train, None, "training")
 
     trainers = []
     for seed in seeds:
         seed_model, seed_variables = prepare(model, variables, config.replace(seed=seed), num_classes, y_all)
         trainers.append(_make_trainer(seed_model, seed_variables, config))
     trainer = trainers[0]  # the compiled functions are shared: the seeds differ only in their starting point
-    theta0, stats0, _ = trainer.init_state
-    classes = _num_outputs(lambda xb: trainer.logits(theta0, trainer.anchor, stats0, xb), x_train)
-    x_train, y_all = _check_data(x_train, y_all, classes, "training")
-    x_test, y_test = _check_data(x_test, y_test, classes, "test")
+    x_train, y_all, checked = _check_against_head(trainer, x_train, y_all, {"test": (x_test, y_test)})
+    x_test, y_test = checked["test"]
     x_train, x_test = jnp.asarray(x_train), jnp.asarray(x_test)
     fit_idx, val_idx = stratified_split(y_all, protocol.val_fraction,
                                         jax.random.fold_in(jax.random.PRNGKey(config.seed), 2))
@@ -491,11 +488,7 @@ def finetune_grid(
     runs, state, record, scores = train_and_score([best], x_train, y_all, {"test": (x_test, y_test)})
     refit_variables = []
     for r, s in enumerate(runs.seed_index):
-        theta, batch_stats, _ = _take(state, r)
-        refit = {"params": trainers[s].merge(theta)}
-        if batch_stats is not None:
-            refit["batch_stats"] = batch_stats
-        refit_variables.append(refit)
+        refit_variables.append(_variables(trainers[s], *_take(state, r)[:2]))
 
     def table(key):
         return np.stack([searched[lr][key] for lr in tried])
