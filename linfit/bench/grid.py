@@ -108,7 +108,7 @@ class BenchConfig:
 
     def finetune_config(self, seed: int) -> FinetuneConfig:
         """The optimiser of the fine-tuning units of k-shot seed ``seed`` (which also seeds the validation split)."""
-        return FinetuneConfig.paper(milestones=(), batch_size=self.batch_size, seed=seed, eval_every_epoch=False)
+        return FinetuneConfig.paper(milestones=(), batch_size=self.batch_size, seed=seed)
 
     def finetune_setting(self) -> dict:
         """The fine-tuning units' setting: every field their result depends on, JSON-serialisable."""

@@ -27,7 +27,7 @@ from linfit.bench.report import _markdown
 from linfit.bench.stats import share_interval
 
 STRAGGLER_POINTS = 5.0
-"""A refit seed this many points (or more) below its unit's best seed is a straggler."""
+"""A refit seed more than this many points below its unit's best seed is a straggler."""
 
 
 def standard_error(correct: np.ndarray) -> float:

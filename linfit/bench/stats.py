@@ -182,7 +182,8 @@ def _lexicographic_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _weighted_tau(scores: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """``scipy.stats.weightedtau(score, accuracy)``: Vigna's additive hyperbolic weighted τ, the mean of the
+    """``scipy.stats.weightedtau(score, accuracy)``: the additive hyperbolic weighted τ of Vigna ("A weighted
+    correlation index for rankings with ties", WWW 2015), the mean of the
     values ranked by (score, accuracy) and by (accuracy, score); 0 when a side is constant.
 
     With pair weights ``w_i + w_j`` and ``σx_ij = sign(x_i - x_j)``, the sums over pairs reduce to sums over

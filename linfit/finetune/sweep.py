@@ -141,7 +141,8 @@ class GridResult:
       extensions: ``(below, above)``, how many η were added on each side of the given grid.
       bracketed: the chosen η is neither the smallest nor the largest of ``lrs`` (false only when
         ``max_extensions`` stopped the extension, or a single η was given with ``max_extensions=0``).
-      val_accuracy, val_loss: ``[L, S]`` of the search runs (NaN for a diverged run).
+      val_accuracy, val_loss: ``[L, S]`` of the search runs (accuracy a fraction in [0, 1], loss the mean
+        per-sample loss; NaN for a diverged run).
       search_steps: ``[L, S]`` int, steps taken; search_converged, search_diverged: ``[L, S]`` bool.
       search_test_correct: ``[L, S, M]`` bool, per-image test correctness of the search runs (trained on the fit
         split only; for oracle comparisons).
@@ -180,7 +181,7 @@ class GridResult:
 
     @property
     def test_accuracy(self) -> np.ndarray:
-        """``[S]`` top-1 test accuracy of each refit run."""
+        """``[S]`` top-1 test accuracy of each refit run, a fraction in [0, 1] (the store records percent)."""
         return self.test_correct.mean(axis=1)
 
 
@@ -392,7 +393,8 @@ def finetune_grid(
       x_test, y_test: ``[M, ...]`` and ``[M]``, scored image by image.
       config: the optimiser, loss, mode, BatchNorm handling, head init, ``batch_size`` and ``eval_batch_size``
         (``FinetuneConfig.paper(milestones=())`` for the paper's optimiser). ``config.seed`` seeds the validation
-        split; ``learning_rate`` and ``epochs`` are not used (η comes from ``lrs``, the length from ``protocol``).
+        split; ``learning_rate``, ``epochs`` and ``eval_every_epoch`` are not used (η comes from ``lrs``, the
+        length and the evaluation windows from ``protocol``).
       lrs: the initial grid of constant step sizes η (extended at an edge, see ``GridProtocol``).
       seeds: the S seeds; each gives one run per η (its own new head and data order).
       protocol: convergence, bracketing and validation settings.
