@@ -32,9 +32,10 @@ the loss is ``½ mean`` over the ``y_train.size = N·O`` entries, so its time ``
 Numerics. Everything is computed on the host in float64 numpy (kernels come from the device in float32, but an
 eigendecomposition of an ill-conditioned kernel needs the extra precision, and N is at most a few thousand
 here). Eigenvalues are clipped: negative ones (round-off of a positive semi-definite kernel) and positive
-ones at or below ``rcond · λ_max`` (default ``rcond = eps`` of the kernel's dtype: the kernel's own relative
-precision; numpy's ``matrix_rank`` tolerance ``N · eps`` would zero many genuine small eigenvalues of a
-float32 NTK, and with them the slow part of the loss curve) are set to exactly 0. Those directions form the
+ones at or below ``rcond · λ_max`` (default ``rcond = eps`` of float32, or of the kernel's dtype if coarser: the
+relative precision of a kernel computed on the device in float32, even when it arrives cast to float64;
+numpy's ``matrix_rank`` tolerance ``N · eps`` would zero many genuine small eigenvalues of a float32 NTK, and
+with them the slow part of the loss curve) are set to exactly 0. Those directions form the
 kernel's null space: the residual there never decays, and at ``t = ∞`` (with μ = 0) they get gain 0, i.e. a pseudo-inverse. That is the exact
 limit whenever ``Θ*`` comes from the same Jacobian as ``Θ`` (then ``Θ* v = 0`` for ``Θ v = 0``).
 
@@ -119,7 +120,10 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
 
     Args:
       kernel: ``[N, N]`` symmetric positive semi-definite (up to round-off), any float dtype.
-      rcond: eigenvalues ``<= rcond · λ_max`` become 0. Default ``eps(kernel.dtype)``.
+      rcond: eigenvalues ``<= rcond · λ_max`` become 0. Default ``ε`` as above (``eps(float32)`` for float32
+        and float64 kernels alike: a float32 kernel cast to float64 keeps its float32 round-off, whose
+        eigenvalues would otherwise get gains ``1/λ`` at ``t = ∞``); pass ``eps(float64)`` for a kernel
+        computed in float64 throughout.
 
     Raises:
       ShapeError: the kernel is not square; NonFiniteError: it has NaN/inf; KernelError: it has an
@@ -130,13 +134,14 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
     if k.shape[0] != k.shape[1] or k.shape[0] == 0:
         raise ShapeError(f"kernel must be square [N, N] with N >= 1; got shape {k.shape}")
     dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64
+    eps = max(float(np.finfo(dtype).eps), float(np.finfo(np.float32).eps))
     if rcond is None:
-        rcond = float(np.finfo(dtype).eps)
+        rcond = eps
     symmetric = k + k.T  # one [N, N] temporary: the kernel may be a 10k x 10k memmap
     symmetric *= 0.5
     evals, evecs = np.linalg.eigh(symmetric)
     scale = max(abs(float(evals[0])), abs(float(evals[-1])))
-    tolerance = np.sqrt(max(float(np.finfo(dtype).eps), float(np.finfo(np.float32).eps))) * scale
+    tolerance = np.sqrt(eps) * scale
     if evals[0] < -tolerance:
         raise KernelError(
             f"the kernel has eigenvalue {evals[0]:.3g} (largest {evals[-1]:.3g}), below the round-off "

@@ -132,6 +132,24 @@ def test_rank_deficient_kernel_matches_weight_space():
     assert dyn.train_loss(np.inf) > 0.1  # the residual outside the column space of Φ never decays
 
 
+def test_float32_kernel_cast_to_float64_keeps_its_null_space_at_infinite_time():
+    """linfit's kernels are float32 device computations that often arrive as float64 (``lgc_kernel``): their
+    round-off eigenvalues (~1e-7 · λ_max) must still count as null space, or at t = ∞ they get gains 1/λ and
+    the predictions blow up. Checked against the minimum-norm least-squares fit of the float64 features."""
+    rng = np.random.default_rng(3)
+    phi, phi_test = rng.normal(size=(60, 20)), rng.normal(size=(10, 20))
+    r0 = rng.normal(size=(60, 1))
+    f32 = phi.astype(np.float32)
+    theta = (f32 @ f32.T).astype(np.float64)  # rank 20, computed in float32, handed over as float64
+    k_test = (phi_test.astype(np.float32) @ f32.T).astype(np.float64)
+    eigh = kernel_eigh(theta)
+    assert np.count_nonzero(eigh.evals) == 20
+    expected = phi_test @ np.linalg.pinv(phi) @ r0  # w_∞ − w0 = Φ⁺ r0
+    got = LinearizedDynamics.from_eigh(eigh, r0, learning_rate=1.0).test_predictions(np.inf, k_test)
+    # float32 features: relative error ~ κ(Φ)² · eps32 with κ(Φ) ≈ 4 here
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+
+
 def test_small_eigenvalue_gain_is_stable():
     """The gain (1 - e^{-ηλt})/λ tends to η t as λ → 0; it is computed without cancellation for tiny λ."""
     lam = np.array([0.0, 1e-13, 1e-6, 1.0])
