@@ -60,7 +60,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from linfit.errors import KernelError, LabelError, LinfitError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, KernelError, LabelError, NonFiniteError, ShapeError
 
 __all__ = [
     "KernelEigh",
@@ -205,7 +205,7 @@ class LinearizedDynamics:
         f0 = _rows(f0_train, "f0_train", y.shape)
         for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
             if not np.isfinite(value) or value < 0:
-                raise LinfitError(f"{name} must be finite and >= 0; got {value}")
+                raise ConfigError(f"{name} must be finite and >= 0; got {value}")
         return cls(eigh, y, eigh.evecs.T @ (y - f0), float(learning_rate), float(weight_decay),
                    bool(discrete))
 
@@ -220,9 +220,9 @@ class LinearizedDynamics:
     def _times(self, t) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)
         if np.any(np.isnan(t)) or np.any(t < 0):
-            raise LinfitError(f"times must be >= 0 (np.inf allowed for gradient flow); got {t}")
+            raise ConfigError(f"times must be >= 0 (np.inf allowed for gradient flow); got {t}")
         if self.discrete and (np.any(np.isinf(t)) or np.any(t != np.round(t))):
-            raise LinfitError(f"with discrete=True, t counts gradient steps: finite integers; got {t}")
+            raise ConfigError(f"with discrete=True, t counts gradient steps: finite integers; got {t}")
         return t
 
     def _factors(self, t) -> tuple[np.ndarray, np.ndarray]:
@@ -323,7 +323,7 @@ def _canonical_traced(trace_axes) -> bool:
         return True
     if axes == ():
         return False
-    raise LinfitError(f"trace_axes must be (-1,) or () for targets [N, O]; got {trace_axes}")
+    raise ConfigError(f"trace_axes must be (-1,) or () for targets [N, O]; got {trace_axes}")
 
 
 def _flatten_kernel(k, n: int, n_out: int, traced: bool, name: str, rows: int | None = None) -> np.ndarray:
@@ -386,9 +386,9 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
 
     def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
         if fx_train_0 is None and fx_test_0 is None:
-            raise LinfitError("both fx_train_0 and fx_test_0 are None: nothing to predict")
+            raise ConfigError("both fx_train_0 and fx_test_0 are None: nothing to predict")
         if fx_test_0 is not None and k_test_train is None:
-            raise LinfitError("test predictions (fx_test_0 given) need k_test_train")
+            raise ConfigError("test predictions (fx_test_0 given) need k_test_train")
         f0 = 0.0 if fx_train_0 is None else _rows(fx_train_0, "fx_train_0", y.shape)
         f0 = f0 if traced else np.reshape(np.broadcast_to(f0, y.shape), (-1, 1))
         dyn = LinearizedDynamics.from_eigh(eigh, y2, f0, learning_rate=lr)
@@ -460,7 +460,7 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
 
     Raises:
       LabelError: ``y_onehot`` rows are not probability vectors; ShapeError: a kernel does not match
-        ``trace_axes`` and ``y_onehot [N, O]``; LinfitError: a negative or non-finite ``learning_rate`` or
+        ``trace_axes`` and ``y_onehot [N, O]``; ConfigError: a negative or non-finite ``learning_rate`` or
         ``weight_decay``, a non-integer ``steps``, or ``trace_axes`` other than ``(-1,)``/``()``.
     """
     y = _finite_array(y_onehot, "y_onehot", ndim=2)
@@ -469,9 +469,9 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
         raise LabelError("y_onehot rows must be probability vectors (non-negative, summing to 1)")
     for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
         if not np.isfinite(value) or value < 0:
-            raise LinfitError(f"{name} must be finite and >= 0; got {value}")
+            raise ConfigError(f"{name} must be finite and >= 0; got {value}")
     if int(steps) != steps or steps < 0:
-        raise LinfitError(f"steps must be an integer >= 0; got {steps}")
+        raise ConfigError(f"steps must be an integer >= 0; got {steps}")
     traced = _canonical_traced(trace_axes)
     theta = _kernel_operator(_flatten_kernel(k_train_train, n, n_out, traced, "k_train_train", rows=n),
                              traced, n_out)

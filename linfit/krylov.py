@@ -29,9 +29,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from linfit.errors import NonFiniteError, ShapeError
+from linfit.errors import ConfigError, NonFiniteError, ShapeError
 
 MatVec = Callable[[np.ndarray], np.ndarray]
+_NULL_RCOND = float(np.finfo(np.float32).eps)
+"""Ritz values at or below this times the largest are null space (``linfit.dynamics.kernel_eigh``)."""
 
 
 def suggested_iterations(tau_lambda_max: float, *, minimum: int = 16) -> int:
@@ -73,7 +75,7 @@ def lanczos(matvec: MatVec, v: np.ndarray, num_iters: int) -> tuple[np.ndarray, 
         w = w - q @ (q.T @ w)  # full re-orthogonalisation (twice is enough, Parlett's "twice is enough")
         w = w - q @ (q.T @ w)
         beta = float(np.linalg.norm(w))
-        if beta <= 1e-10 * max(1.0, abs(alphas[-1])):
+        if beta <= 1e-10 * max(max(map(abs, alphas)), max(betas, default=0.0)):  # relative: any kernel scale
             break
         betas.append(beta)
         basis.append(w / beta)
@@ -128,9 +130,20 @@ def train_loss(matvec: MatVec, residual0, times, *, learning_rate: float = 1.0, 
 
     Returns:
       ``[T]`` losses, float64.
+
+    Raises:
+      ShapeError: ``residual0`` not ``[N]`` or ``[N, O]``.
+      ConfigError: a negative or NaN time.
+
+    At ``t = np.inf`` Ritz values at or below ``eps(float32) · λ_max`` count as Θ's null space (the rule of
+    ``linfit.dynamics.kernel_eigh``) and the others as decayed, which gives the residual's energy in the null
+    space (exact once the Krylov space holds every eigenvalue ``r0`` sees; with fewer steps, the small Ritz
+    values are approximate and so is the loss at large t: ``suggested_iterations``).
     """
     r = _columns(residual0)
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    if not np.all(times >= 0):  # NaN fails the comparison too
+        raise ConfigError(f"times must be >= 0 (np.inf allowed); got {times[~(times >= 0)][:3]}")
     losses = np.zeros(times.shape)
     for column in r.T:
         _, t, norm = lanczos(matvec, column, num_iters)
@@ -138,12 +151,16 @@ def train_loss(matvec: MatVec, residual0, times, *, learning_rate: float = 1.0, 
             continue
         lam, vec = np.linalg.eigh(t)
         weights = norm**2 * vec[0] ** 2  # Gauss quadrature weights of the spectral measure of column
-        losses += 0.5 * np.exp(-2.0 * learning_rate * np.outer(times, np.maximum(lam, 0.0))) @ weights
+        lam = np.maximum(lam, 0.0)
+        with np.errstate(invalid="ignore"):  # t = ∞ times λ = 0, replaced below
+            decay = np.exp(-2.0 * learning_rate * np.outer(times, lam))
+        decay[np.isinf(times)] = lam <= _NULL_RCOND * lam.max()  # at t = ∞ only the null space is left
+        losses += 0.5 * decay @ weights
     return losses
 
 
 def predict(matvec: MatVec, cross_matvec: MatVec, residual0, f0_test, t: float, *,
-                     learning_rate: float = 1.0, num_iters: int = 64) -> np.ndarray:
+            learning_rate: float = 1.0, num_iters: int = 64) -> np.ndarray:
     """Linearized test outputs ``f_t(X*) = f0(X*) + Θ(X*, X) Θ⁻¹ (I − exp(−ηΘt)) r0`` matrix-free.
 
     ``Θ⁻¹ (I − e^{−ηΘt})`` is evaluated as the entire function φ(λ) = −expm1(−ηλt)/λ (→ ηt as λ → 0), so a
@@ -166,8 +183,8 @@ def predict(matvec: MatVec, cross_matvec: MatVec, residual0, f0_test, t: float, 
     def phi(lam: np.ndarray) -> np.ndarray:
         lam = np.asarray(lam)
         safe = np.where(lam > 0, lam, 1.0)
-        if np.isinf(t):
-            return np.where(lam > 1e-12 * max(lam.max(initial=0.0), 1e-300), 1.0 / safe, 0.0)
+        if np.isinf(t):  # the null-space rule of linfit.dynamics.kernel_eigh: λ <= eps32 · λ_max counts as 0
+            return np.where(lam > _NULL_RCOND * max(lam.max(initial=0.0), 1e-300), 1.0 / safe, 0.0)
         return np.where(lam > 0, -np.expm1(-eta * lam * t) / safe, eta * t)
 
     out = f0.copy()

@@ -16,7 +16,7 @@ from linfit.dynamics import (
     kernel_eigh,
     linearized_loss_curve,
 )
-from linfit.errors import KernelError, LabelError, LinfitError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, KernelError, LabelError, LinfitError, NonFiniteError, ShapeError
 
 N, M, P, O = 6, 4, 10, 3
 TIMES = np.array([0.0, 0.05, 0.3, 1.5])
@@ -264,14 +264,14 @@ def test_errors(problem):
     with pytest.raises(NonFiniteError):
         LinearizedDynamics.from_kernel(bad, y)
     dyn = LinearizedDynamics.from_kernel(theta, y)
-    with pytest.raises(LinfitError, match=">= 0"):
+    with pytest.raises(ConfigError, match=">= 0"):
         dyn.train_loss(-1.0)
     with pytest.raises(ShapeError, match="k_test_train"):
         dyn.test_predictions(1.0, np.zeros((3, N + 1)))
     with pytest.raises(LabelError):
         dyn.test_accuracy(1.0, np.zeros((3, N)), 0.0, np.array([0, 1, 5]))
     steps = LinearizedDynamics.from_kernel(theta, y, discrete=True)
-    with pytest.raises(LinfitError, match="integers"):
+    with pytest.raises(ConfigError, match="integers"):
         steps.train_loss(1.5)
     predict = gradient_descent_mse(theta, y)
     with pytest.raises(LinfitError, match="k_test_train"):

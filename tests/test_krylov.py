@@ -5,7 +5,7 @@ import pytest
 from scipy.linalg import expm
 
 from linfit import krylov
-from linfit.errors import NonFiniteError, ShapeError
+from linfit.errors import ConfigError, NonFiniteError, ShapeError
 
 
 def _kernel(n, rank, seed=0):
@@ -72,3 +72,24 @@ def test_bad_inputs():
         krylov.lanczos(lambda x: a @ x, np.array([1.0, np.nan, 0.0]), 2)
     with pytest.raises(ShapeError):
         krylov.train_loss(lambda x: a @ x, np.ones((3, 1, 1)), [1.0])
+    with pytest.raises(ConfigError, match=">= 0"):
+        krylov.train_loss(lambda x: a @ x, np.ones(3), [1.0, np.nan])
+
+
+def test_infinite_time_keeps_the_null_space_energy():
+    """diag(0, 1, ..., 100) with r0 = 1: at t = ∞ only the null direction's ½·1² is left (its Ritz value is
+    round-off, not a slowly decaying mode)."""
+    a = np.diag(np.arange(101.0))
+    got = krylov.train_loss(lambda x: a @ x, np.ones(101), [0.0, np.inf], num_iters=101)
+    np.testing.assert_allclose(got, [50.5, 0.5], rtol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1.0, 1e12])
+def test_lanczos_breakdown_test_is_relative_to_the_kernel_scale(scale):
+    """A kernel scaled by 1e-12 has the same dynamics at time t / 1e-12: Lanczos must not stop after one step
+    because its β are small in absolute terms."""
+    theta, r0 = _kernel(30, 30), np.random.default_rng(4).normal(size=30)
+    times = np.array([0.1, 1.0, 5.0]) / scale
+    want = 0.5 * np.array([r0 @ expm(-2.0 * t * scale * theta) @ r0 for t in times])
+    got = krylov.train_loss(lambda v: scale * (theta @ v), r0, times, num_iters=30)
+    np.testing.assert_allclose(got, want, rtol=1e-8)

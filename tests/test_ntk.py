@@ -63,6 +63,10 @@ def test_traced_and_diagonal_match_bruteforce(impl):
     # a traced axis is averaged: trace / O
     assert_kernel_close(traced, np.trace(full, axis1=2, axis2=3) / 3)
     assert_kernel_close(diagonal, np.diagonal(full, axis1=2, axis2=3))
+    # an int names one axis, as in neural-tangents
+    as_int = empirical_ntk_fn(f, trace_axes=(), diagonal_axes=-1, implementation=impl)(x1, x2, params)
+    assert_kernel_close(as_int, np.diagonal(full, axis1=2, axis2=3))
+    assert_kernel_close(empirical_ntk_fn(f, trace_axes=-1, implementation=impl)(x1, x2, params), traced)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -46,6 +46,17 @@ def test_each_strategy_matches_brute_force(cnn, strategy):
     assert_kernel_close(got, full12)
 
 
+def test_whole_is_one_tile_when_x2_is_longer_than_x1(cnn):
+    """N1 = 6 rows against N2 = 13 columns: one 6 x 13 tile, not a grid of square 6 x 6 ones."""
+    f, params, x1, x2, _, full12 = cnn
+    ntk_fn = empirical_ntk_fn(f, trace_axes=())
+    plan = plan_kernel(ntk_fn, x2, x1, params, strategy="whole")
+    assert plan.strategy == "whole" and tuple(plan.geometry) == (6, 13)
+    assert_kernel_close(kernel(ntk_fn, x2, x1, params, plan=plan), np.transpose(full12, (1, 0, 3, 2)))
+    with pytest.raises(ShapeError, match="strategy 'whole' needs"):
+        plan_kernel(ntk_fn, x2, x1, params, strategy="whole", memory_budget_bytes=10_000)
+
+
 @pytest.mark.parametrize("output", ["device", "path", "consumer"])
 def test_outputs(cnn, tmp_path, output):
     f, params, x1, _, traced, _ = cnn
@@ -185,3 +196,18 @@ def test_a_pytree_output_is_refused_with_a_shape_error(tmp_path):
     for output in ("host", str(tmp_path / "k.npy")):
         with pytest.raises(ShapeError, match="returns a pytree"):
             kernel(ntk_fn, x, None, params, output=output)
+
+
+def test_pytree_inputs_are_refused_with_a_shape_error():
+    """The call accepts a pytree of inputs; kernel() slices one leading axis and says so, instead of a
+    TypeError from numpy."""
+    f = lambda p, x: jnp.tanh(x["a"] @ p["w"]) + x["b"] @ p["v"]
+    params = {"w": jnp.full((3, 2), 0.3), "v": jnp.ones((4, 2))}
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(5, 3)).astype(np.float32), "b": rng.normal(size=(5, 4)).astype(np.float32)}
+    ntk_fn = empirical_ntk_fn(f)
+    assert ntk_fn(x, None, params).shape == (5, 5)
+    with pytest.raises(ShapeError, match="x1 must be one array .* call the NtkFn itself"):
+        kernel(ntk_fn, x, None, params)
+    with pytest.raises(ShapeError, match="x2 must be one array"):
+        plan_kernel(ntk_fn, x["a"], [x["a"]], params)

@@ -10,6 +10,7 @@ from linfit.errors import CheckpointError
 from linfit.ntk import empirical_ntk_fn
 from linfit.ntk import kernel as ntk_kernel
 from linfit.ntk.resumable import missing_tiles, sidecar_path
+from linfit.tree import leaf_paths
 from tests._ntk_models import assert_kernel_close, brute_full_ntk, make
 
 
@@ -103,6 +104,14 @@ def test_other_inputs_or_missing_record_are_refused(cnn, tmp_path):
         ntk_kernel(empirical_ntk_fn(f), x, None, other, output=path)
     with pytest.raises(CheckpointError, match="other inputs"):
         ntk_kernel(empirical_ntk_fn(f, trace_axes=()), x, None, params, output=path)
+    # two lambda filters share the name "<lambda>" but not their selection
+    first, last = leaf_paths(params)[0], leaf_paths(params)[-1]
+    path2 = tmp_path / "filtered.npy"
+    with pytest.raises(Interrupt):
+        ntk_kernel(empirical_ntk_fn(f, params_filter=lambda p, leaf: p == first), x, None, params, output=path2,
+                   tile_size=3, on_tile=stop_after(1)[0])
+    with pytest.raises(CheckpointError, match="other inputs"):
+        ntk_kernel(empirical_ntk_fn(f, params_filter=lambda p, leaf: p == last), x, None, params, output=path2)
     sidecar_path(path).unlink()
     with pytest.raises(CheckpointError, match="no progress record"):
         ntk_kernel(empirical_ntk_fn(f), x, None, params, output=path)

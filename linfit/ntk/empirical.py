@@ -52,8 +52,8 @@ _BUILDERS = {"jacobian": jacobian_ntk, "products": products_ntk}
 def empirical_ntk_fn(
     f: ApplyFn,
     *,
-    trace_axes: Sequence[int] = (-1,),
-    diagonal_axes: Sequence[int] = (),
+    trace_axes: int | Sequence[int] = (-1,),
+    diagonal_axes: int | Sequence[int] = (),
     vmap_axes: int | None = 0,
     implementation: str = "auto",
     params_filter: ParamsFilter = None,
@@ -64,8 +64,8 @@ def empirical_ntk_fn(
       f: pure ``apply_fn(params, x) -> out``; ``x`` an array ``[N, ...]`` or a pytree of arrays sharing the
         leading batch axis ``N``; ``out`` an array ``[N, *out]`` (logits ``[N, O]``) or a pytree of such
         arrays (several heads). BatchNorm statistics and other state closed over.
-      trace_axes: output axes (of each output leaf, not the batch axis 0) contracted and AVERAGED over
-        (divided by their size). ``(-1,)`` gives ``[N1, N2]``; ``()`` gives ``[N1, N2, O, O]``.
+      trace_axes: output axes (of each output leaf, not the batch axis 0; an int names one) contracted and
+        AVERAGED over (divided by their size). ``(-1,)`` gives ``[N1, N2]``; ``()`` gives ``[N1, N2, O, O]``.
       diagonal_axes: output axes on which only the diagonal is kept: ``(-1,)`` with
         ``trace_axes=()`` gives ``[N1, N2, O]``.
       vmap_axes: ``0`` when samples are independent (per-sample Jacobians under ``vmap``); ``None``
@@ -100,8 +100,8 @@ def empirical_ntk_fn(
     as_predicate(params_filter)  # reject malformed filters now
     return NtkFn(
         f,
-        tuple(trace_axes),
-        tuple(diagonal_axes),
+        (trace_axes,) if isinstance(trace_axes, int) else tuple(trace_axes),
+        (diagonal_axes,) if isinstance(diagonal_axes, int) else tuple(diagonal_axes),
         vmap_axes,
         implementation,
         params_filter,

@@ -83,6 +83,18 @@ class KernelPlan(NamedTuple):
     estimated_bytes: int | None
 
 
+def _samples(x: Any, name: str) -> np.ndarray:
+    """``x`` as one host array ``[N, ...]`` (``host_array``); ``ShapeError`` for a pytree of inputs or a scalar:
+    tiles and shards slice samples along one leading axis."""
+    if isinstance(x, (dict, list, tuple)):
+        raise ShapeError(f"{name} must be one array [N, ...] for the tiled kernel; got a {type(x).__name__} (a "
+                         "pytree of inputs): call the NtkFn itself, ntk_fn(x1, x2, params), for pytree inputs")
+    x = host_array(x)
+    if x.ndim < 1:
+        raise ShapeError(f"{name} must be an array [N, ...] with a leading sample axis; got shape {x.shape}")
+    return x
+
+
 def plan_kernel(
     ntk_fn: Callable[[Any, Any, Any], jax.Array],
     x1: Any,
@@ -105,13 +117,14 @@ def plan_kernel(
     Raises:
       UnknownNameError: an unknown ``strategy``.
       VmapAxesError: ``strategy="panels"`` for a kernel function that is not an ``NtkFn`` with ``vmap_axes=0``.
-      ShapeError: the budget cannot hold a one-sample tile (or one panel block), or not even the device output.
+      ShapeError: the budget cannot hold a one-sample tile (or one panel block), the whole kernel's tile for
+        ``strategy="whole"``, or not even the device output.
     """
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
     mesh = sample_mesh() if mesh is None else mesh
-    x1 = host_array(x1)
-    x2 = None if x2 is None else host_array(x2)
+    x1 = _samples(x1, "x1")
+    x2 = None if x2 is None else _samples(x2, "x2")
     xs = x1 if x2 is None else x2
     n1, n2, d = x1.shape[0], xs.shape[0], mesh.size
     budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
@@ -129,8 +142,15 @@ def plan_kernel(
             raise VmapAxesError("the panels strategy needs independent samples: an NtkFn with vmap_axes=0")
         block = None if tile_size is None else tile_size * d
         return KernelPlan("panels", plan_for(ntk_fn, x1, x2, params, mesh, budget, block=block), None)
-    if strategy == "whole":
-        tile_size = d * -(-n1 // d) if x2 is None else max(-(-n1 // d), n2)
+    if strategy == "whole":  # one tile: every row (a multiple of D) against every column
+        rows = d * -(-n1 // d)
+        geometry, peak = plan_tiles(ntk_fn, x1, x2, params, mesh, memory_budget_bytes=budget,
+                                    geometry=TileGeometry(rows, rows if x2 is None else n2))
+        if peak is not None and peak > budget:
+            raise ShapeError(f"strategy 'whole' needs {peak} bytes per device (one {rows} x "
+                             f"{geometry.col_tile} tile), over the budget of {budget}; raise memory_budget_bytes "
+                             "or use strategy 'auto' or 'tiles'")
+        return KernelPlan("whole", geometry, peak)
     geometry, peak = plan_tiles(ntk_fn, x1, x2, params, mesh, tile_size=tile_size, memory_budget_bytes=budget)
     symmetric = x2 is None and hasattr(ntk_fn, "transpose")
     tiles = sharded_tile_grid(n1, n2, geometry, symmetric)
@@ -217,8 +237,8 @@ def kernel(
     mesh = sample_mesh() if mesh is None else mesh
     if len(mesh.axis_names) != 1:
         raise ShapeError(f"the NTK needs a one-axis mesh; got axes {mesh.axis_names}")
-    x1 = host_array(x1)
-    x2 = None if x2 is None else host_array(x2)
+    x1 = _samples(x1, "x1")
+    x2 = None if x2 is None else _samples(x2, "x2")
     if x2 is not None and x1.shape[1:] != x2.shape[1:]:
         raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
     if isinstance(ntk_fn, NtkFn):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from linfit.errors import CheckpointError, ShapeError
+from linfit.errors import CheckpointError, ShapeError, VmapAxesError
 from linfit.ntk.empirical import NtkFn
 from linfit.ntk.sharding import _pad
 from linfit.ntk.structured import JACOBIAN_CHUNK, per_sample_jacobian_fn
@@ -54,11 +54,12 @@ def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLi
 
     Raises:
       CheckpointError: ``path`` exists without its sidecar, or the sidecar belongs to other inputs.
+      VmapAxesError: ``ntk_fn`` is not an ``NtkFn`` with ``vmap_axes=0`` (samples must be independent).
     """
     from linfit.ntk.resumable import _fingerprint, _write_record  # one rule for every resumable file
 
     if getattr(ntk_fn, "vmap_axes", None) != 0:
-        raise ShapeError("jacobian_to_memmap needs independent samples: an NtkFn with vmap_axes=0")
+        raise VmapAxesError("jacobian_to_memmap needs independent samples: an NtkFn with vmap_axes=0")
     x = np.asarray(x)
     n = x.shape[0]
     shape = (n, ntk_fn.outputs_per_sample(x, params), ntk_fn.num_params(params))

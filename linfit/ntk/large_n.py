@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from linfit import krylov
-from linfit.errors import ShapeError
+from linfit.errors import ConfigError, ShapeError
 from linfit.ntk.jacobian_store import stored_traced_vp_fn
 from linfit.ntk.entry import kernel
 from linfit.ntk.sharding import pair_spec
@@ -69,16 +69,24 @@ def traced_ntk_vp_fn(
 
     Returns:
       ``vp(v)`` (each chunk's pass jit-compiled), float32 like ``f``; ``v`` must be ``[N2]``.
+
+    Raises:
+      ShapeError: feature shapes of ``x1`` and ``x2`` differ, an empty input, logits not ``[N, O]``, or (from
+        ``vp``) ``v`` not ``[N2]``.
+      ConfigError: ``batch_size < 1``.
+      ParamsFilterError: the filter selects no parameter.
     """
     x1 = jnp.asarray(x1)
     x2 = x1 if x2 is None else jnp.asarray(x2)
     if x1.shape[1:] != x2.shape[1:]:
         raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
+    if x1.shape[0] == 0 or x2.shape[0] == 0:
+        raise ShapeError(f"x1 and x2 must hold at least one sample; got N1={x1.shape[0]}, N2={x2.shape[0]}")
     out = jax.eval_shape(f, params, x1[:1])
     if out.ndim != 2:
         raise ShapeError(f"f must return logits [N, O]; got shape {out.shape} for one sample")
     if batch_size < 1:
-        raise ShapeError(f"batch_size must be >= 1; got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
     n1, n2, n_out = x1.shape[0], x2.shape[0], out.shape[1]
     selected, merge = split_params(params, params_filter)
     x1b, x2b = _chunks(x1, batch_size), _chunks(x2, batch_size)

@@ -4,7 +4,7 @@
 (``np.lib.format.open_memmap``, so the file is an ordinary ``.npy``) through :func:`open_kernel_file`, which
 keeps a sidecar ``k.npy.tiles.json``:
 
-    {"version": 1, "shape": [...], "dtype": "float32", "geometry": [row_tile, col_tile],
+    {"version": 2, "shape": [...], "dtype": "float32", "geometry": [row_tile, col_tile],
      "symmetric": true, "fingerprint": "<sha256 of inputs, params and kernel options>",
      "method": "tiles", "done": [[row_start, col_start], ...]}
 
@@ -15,8 +15,9 @@ After each tile the memmap is flushed, then the sidecar is rewritten atomically 
 ``os.replace``), so a tile is marked done only once its values are on disk; a crash in between costs that
 tile again, never a wrong kernel. A rerun with the same inputs reads the sidecar, keeps its tile geometry
 (``row_tile`` must stay divisible by the device count) and skips every recorded tile. Different inputs,
-parameters or kernel options (fingerprint) raise :class:`linfit.errors.CheckpointError` instead of mixing
-two kernels in one file.
+parameters or kernel options (fingerprint; a params filter by the leaves it selects) raise
+:class:`linfit.errors.CheckpointError` instead of mixing two kernels in one file. The model function is not
+fingerprinted: resume with the one that started the file.
 
 Multi-host: each process writes the rows its devices own and records its own progress, so give each process
 its own ``path`` (e.g. ``f"k.{jax.process_index()}.npy"``); together the files hold the whole kernel.
@@ -38,10 +39,11 @@ from jax.sharding import Mesh
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.ntk.panels import PanelGeometry
 from linfit.ntk.sharding import TileGeometry, pair_spec, sharded_tile_grid
+from linfit.tree import leaf_paths, split_params
 
 SIDECAR_SUFFIX = ".tiles.json"
 METHODS = ("tiles", "panels")
-_VERSION = 1
+_VERSION = 2  # 2: the params filter is fingerprinted by the leaves it selects
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -134,7 +136,10 @@ def missing_tiles(path: str | os.PathLike) -> int:
 
 
 def _fingerprint(ntk_fn, x1, x2, params) -> str:
-    """sha256 of the inputs, the parameter leaves and the kernel function's options."""
+    """sha256 of the inputs, the parameter leaves and the kernel function's options; the params filter enters as
+    the paths of the leaves it selects (two different lambdas share a name, not a selection). The model function
+    itself and any state it closes over (e.g. BatchNorm statistics) are not fingerprinted: resume a file with
+    the function that started it."""
     digest = hashlib.sha256()
     for array in (x1, x2, *jax.tree_util.tree_leaves(params)):
         if array is None:
@@ -143,9 +148,11 @@ def _fingerprint(ntk_fn, x1, x2, params) -> str:
         array = np.ascontiguousarray(np.asarray(array))
         digest.update(f"{array.shape}{array.dtype}".encode())
         digest.update(array.tobytes())
-    for name in ("trace_axes", "diagonal_axes", "params_filter"):
-        option = getattr(ntk_fn, name, None)  # a callable filter is named, not repr'd (its repr holds an id)
-        digest.update(f"{name}={getattr(option, '__qualname__', None) or repr(option)}".encode())
+    for name in ("trace_axes", "diagonal_axes"):
+        digest.update(f"{name}={getattr(ntk_fn, name, None)!r}".encode())
+    params_filter = getattr(ntk_fn, "params_filter", None)
+    selected = params if params_filter is None else split_params(params, params_filter)[0]
+    digest.update(f"params_filter selects {leaf_paths(selected)}".encode())
     digest.update(str(jax.tree_util.tree_structure(params)).encode())
     return digest.hexdigest()
 

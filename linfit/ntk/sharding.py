@@ -128,11 +128,11 @@ def tile_geometry(n1: int, n2: int, symmetric: bool, num_devices: int, side: int
 
 def plan_tiles(
     ntk_fn: Callable, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: Mesh, *,
-    tile_size: int | None = None, memory_budget_bytes: int | None = None,
+    tile_size: int | None = None, memory_budget_bytes: int | None = None, geometry: TileGeometry | None = None,
 ) -> TilePlan:
     """The tile geometry for ``mesh`` and its measured per-device memory.
 
-    With ``tile_size`` the square side is given. Otherwise it is the largest side ``s`` whose one-device
+    With ``geometry`` that geometry is measured as given; with ``tile_size`` the square side is given. Otherwise it is the largest side ``s`` whose one-device
     ``s x s`` tile program fits ``memory_budget_bytes`` (default 1 GiB) by XLA's ``memory_analysis()`` of the
     compiled program (arguments + output + temporaries): a few compilations, starting from the analytic
     estimate of :func:`linfit.ntk.tiling.tile_size_for_budget` (which counts only the two Jacobians and the
@@ -151,8 +151,9 @@ def plan_tiles(
     # the largest program a grid runs: the off-diagonal one, unless the grid is one diagonal tile
     peak_of = lambda on, g: program_peak_bytes(tile_program(ntk_fn, on, g, x1, params,
                                                             symmetric and on.size == 1 and g.row_tile >= n1))
-    if tile_size is not None:
+    if geometry is None and tile_size is not None:
         geometry = tile_geometry(n1, n2, symmetric, d, tile_size)
+    if geometry is not None:
         return TilePlan(geometry, peak_of(mesh, geometry))
     local = Mesh(np.asarray([_local_device(mesh)]), mesh.axis_names)
     measure = lambda s: peak_of(local, TileGeometry(s, s)) if d > 1 else peak_of(mesh, TileGeometry(s, s))

@@ -28,6 +28,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from linfit.ntk._contract import _PRECISION
 from linfit.ntk.cost import ELEMENT_MACS
 
 Mode = Literal["full", "trace", "diag"]
@@ -94,10 +95,10 @@ def layer_gradient(p: jax.Array, g: jax.Array, groups: int = 1) -> jax.Array:
     n, s, k = p.shape
     o, c = g.shape[1], g.shape[-1]
     if groups == 1:
-        d = jnp.einsum("isk,iasc->iakc", p, g)
+        d = jnp.einsum("isk,iasc->iakc", p, g, precision=_PRECISION)
     else:
         d = jnp.einsum("isjk,iasjc->iajkc", p.reshape(n, s, groups, k // groups),
-                       g.reshape(n, o, s, groups, c // groups))
+                       g.reshape(n, o, s, groups, c // groups), precision=_PRECISION)
     return d.reshape(n, o, -1)
 
 
@@ -105,6 +106,6 @@ def contract_gram(
     p1: jax.Array, g1: jax.Array, p2: jax.Array, g2: jax.Array, mode: Mode
 ) -> jax.Array:
     """``Σ_{s,t} (P1_i P2_jᵀ)[s,t] Σ_c G1[i,a,s,c] G2[j,b,t,c]`` for ``P [N, S, K]``, ``G [N, O, S, C]``."""
-    a = jnp.einsum("isk,jtk->ijst", p1, p2)
-    h = jnp.einsum(_COT_GRAM_SPEC[mode], g1, g2)
-    return jnp.einsum(_GRAM_SPEC[mode], a, h)
+    a = jnp.einsum("isk,jtk->ijst", p1, p2, precision=_PRECISION)
+    h = jnp.einsum(_COT_GRAM_SPEC[mode], g1, g2, precision=_PRECISION)
+    return jnp.einsum(_GRAM_SPEC[mode], a, h, precision=_PRECISION)
