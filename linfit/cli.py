@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import os
 import sys
 
@@ -54,6 +55,18 @@ class _Parser(argparse.ArgumentParser):
         return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
+def _json_numbers(value):
+    """``value`` (nested dicts and lists) with every NaN or infinite float as ``None``: strict JSON has no NaN
+    (a Spearman with a constant side is undefined, e.g. for a one-model zoo), and jq or ``JSON.parse`` reject it."""
+    if isinstance(value, dict):
+        return {key: _json_numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -72,16 +85,13 @@ _positive_int.__name__ = "positive integer"  # argparse names the type in "inval
 _non_negative_int.__name__ = "non-negative integer"
 
 
-def _check_names(*, scores: list[str], models: list[str] | None, tasks: list[str]) -> list:
-    """Check every score, model and task name before any work; returns the parsed task specs."""
+def _check_names(*, scores: list[str], tasks: list[str]) -> list:
+    """Check every score and task name before any work; returns the parsed task specs."""
     from linfit import scores as registry
-    from linfit import zoo
     from linfit.data import check_task
     from linfit.errors import check_known
 
     check_known("score", scores, registry.names(), "`linfit scores`")
-    if models is not None:
-        check_known("zoo model", models, zoo.names(), "`linfit zoo list`")
     return [check_task(spec) for spec in tasks]
 
 
@@ -110,7 +120,7 @@ def _select(args: argparse.Namespace) -> int:
     from linfit.select import curve_scores, format_profile, format_table, plot_curves, select
 
     entries = _zoo_and_data(args)
-    _check_names(scores=args.scores, models=None, tasks=[] if args.data else [args.task or DEFAULT_TASK])
+    _check_names(scores=args.scores, tasks=[] if args.data else [args.task or DEFAULT_TASK])
     makes_curves = any(name in curve_scores() for name in args.scores)
     if args.plot and not makes_curves:
         raise ConfigError(f"--plot draws loss curves, which need a score that computes the fine-tuning NTK; "
@@ -126,15 +136,16 @@ def _select(args: argparse.Namespace) -> int:
     default_plot = "" if args.json else DEFAULT_PLOT
     plot = (default_plot if args.plot is None else args.plot) if makes_curves else ""
     if args.json:
-        print(json.dumps({"task": result.task, "num_samples": result.num_samples, "ordered_by": result.scores[0],
-                          "recommended": result.recommended(args.top),
-                          "agreement_spearman": result.agreement().to_dict(),
-                          "input_seconds": result.input_seconds, "wall_seconds": result.wall_seconds,
-                          "compile_seconds": result.compile_seconds,
-                          "compilations": result.compilations, "cached_compilations": result.cached_compilations,
-                          "load_seconds": result.load_seconds,
-                          "cpu_seconds": result.cpu_seconds, "head_samples": result.head_samples,
-                          "plot": plot or None, "models": result.table.to_dict(orient="records")}, indent=1))
+        report = {"task": result.task, "num_samples": result.num_samples, "ordered_by": result.scores[0],
+                  "recommended": result.recommended(args.top),
+                  "agreement_spearman": result.agreement().to_dict(),
+                  "input_seconds": result.input_seconds, "wall_seconds": result.wall_seconds,
+                  "compile_seconds": result.compile_seconds,
+                  "compilations": result.compilations, "cached_compilations": result.cached_compilations,
+                  "load_seconds": result.load_seconds,
+                  "cpu_seconds": result.cpu_seconds, "head_samples": result.head_samples,
+                  "plot": plot or None, "models": result.table.to_dict(orient="records")}
+        print(json.dumps(_json_numbers(report), indent=1, allow_nan=False))
         if plot:
             plot_curves(result, plot, top=args.top)
         return 0
@@ -151,10 +162,8 @@ def _select(args: argparse.Namespace) -> int:
 
 def _scores(args: argparse.Namespace) -> int:
     from linfit import scores
-    from linfit.scores.summaries import SUMMARY
 
-    rows = [(name, scores.get(name).cost, ", ".join(scores.get(name).needs), SUMMARY[name], scores.get(name).reference)
-            for name in scores.names()]
+    rows = [(s.name, s.cost, ", ".join(s.needs), s.summary, s.reference) for s in map(scores.get, scores.names())]
     _print_rows(("score", "cost", "inputs", "what it measures (higher is better)", "reference"), rows)
     return 0
 
@@ -208,7 +217,7 @@ def _bench(args: argparse.Namespace) -> int:
         configs = [BenchConfig(data=args.data, regimes=(args.regime or DEFAULT_REGIME,), **common)]
     else:
         regimes = {}  # one grid per regime: exactly the (dataset, regime) pairs named
-        for spec in _check_names(scores=args.scores, models=None, tasks=args.tasks or [DEFAULT_TASK]):
+        for spec in _check_names(scores=args.scores, tasks=args.tasks or [DEFAULT_TASK]):
             regimes.setdefault(spec.regime, []).append(spec.dataset)
         configs = [BenchConfig(tasks=tuple(datasets), regimes=(regime,), **common)
                    for regime, datasets in regimes.items()]
@@ -262,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--head-samples", type=_non_negative_int, default=DEFAULT_HEAD_SAMPLES,
                      help=f"random (Rademacher) head rows for NTK scores (default {DEFAULT_HEAD_SAMPLES}); "
                           "0 = exact head average (slower)")
-    sel.add_argument("--seed", type=int, default=0,
+    sel.add_argument("--seed", type=_non_negative_int, default=0,
                      help="seeds the k-shot sample, the scoring subset and the NTK's random heads (default 0)")
     sel.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sel.add_argument("--plot", default=None,
@@ -294,10 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "a test split is split 80/20 per class with seed 0)")
     bench.add_argument("--regime", default=None,
                        help=f"with --data: 5shot, 20shot or full (any <k>shot; default {DEFAULT_REGIME})")
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0])
     bench.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES), help="score names (`linfit scores`)")
     bench.add_argument("--per-class", type=_positive_int, default=25)
-    bench.add_argument("--finetune-seeds", nargs="+", type=int, default=[0, 1, 2],
+    bench.add_argument("--finetune-seeds", nargs="+", type=_non_negative_int, default=[0, 1, 2],
                        help="fine-tuning seeds of every unit (its ground truth is their mean)")
     bench.add_argument("--max-steps", type=_positive_int, default=1000,
                        help="SGD step budget of a fine-tuning run that has not converged (a multiple of the "

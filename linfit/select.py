@@ -28,11 +28,10 @@ from linfit._text import counted
 from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
 from linfit.data.detect import require_classes
 from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
-from linfit.dynamics import LinearizedDynamics
 from linfit.errors import ConfigError, NonFiniteError, check_known
 from linfit.extract import TaskInputs, extract_inputs, source_sample
+from linfit.scores.linearized import loss_ratio
 from linfit.scores.registry import SOURCE_INPUTS
-from linfit.scores.summaries import SUMMARY
 from linfit.zoo.source import ZooEntry, check_source_domains, load_zoo
 from linfit.timing import Stopwatch
 
@@ -154,6 +153,11 @@ def select(
     if not scores:
         raise ConfigError("select needs at least one score (linfit.scores.names())")
     check_known("score", scores, score_registry.names(), "linfit.scores.names()")
+    repeated = sorted({name for name in scores if list(scores).count(name) > 1})
+    if repeated:
+        raise ConfigError(f"scores named more than once: {', '.join(repeated)}; name each score once")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0 (it seeds numpy's SeedSequence); got {seed!r}")
     if data is not None and task is not None:
         raise ConfigError("give either task (an embedded task) or data (your own images), not both")
     if data is None and regime is not None:
@@ -220,7 +224,7 @@ def select(
             input_seconds[key] = input_seconds.get(key, 0.0) + value
         rows.append(row)
         if "ntk" in inputs:
-            curves[entry.name] = _loss_curve(inputs["ntk"], subset.y)
+            curves[entry.name] = loss_ratio(inputs["ntk"], subset.y, CURVE_TIMES)
     table = pd.DataFrame(rows)
     for score in registered:
         table[f"rank_{score.name}"] = table[score.name].rank(ascending=False, method="min").astype(int)
@@ -231,13 +235,6 @@ def select(
                      compile_seconds=clock.compile_seconds, compilations=clock.compilations,
                      cached_compilations=clock.cached_compilations,
                      load_seconds=load_seconds, cpu_seconds=clock.cpu_seconds, head_samples=head_samples)
-
-
-def _loss_curve(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``L_τ / L_0`` at ``CURVE_TIMES`` for one-hot targets (the time normalisation of ``linearized_loss``)."""
-    targets = np.eye(int(labels.max()) + 1)[labels]
-    scale = labels.size / np.trace(kernel)
-    return LinearizedDynamics.from_kernel(kernel, targets).train_loss(CURVE_TIMES * scale) / (0.5 * labels.size)
 
 
 def plot_curves(selection: Selection, path, *, top: int = 3) -> None:
@@ -316,7 +313,7 @@ def format_table(selection: Selection, *, top: int = 3, timing: bool = True) -> 
     name_width = max(len(n) for n in names)
     for n in names:
         score = score_registry.get(n)
-        lines.append(f"  {n:{name_width}s}  {SUMMARY[n]} [{score.reference}]")
+        lines.append(f"  {n:{name_width}s}  {score.summary} [{score.reference}]")
     ntk_scores = [n for n in names if any(need.startswith("ntk") for need in score_registry.get(n).needs)]
     if ntk_scores:
         rows = ("the exact head average" if selection.head_samples is None

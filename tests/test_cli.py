@@ -17,7 +17,7 @@ import linfit.select as select_module
 from linfit import scores, zoo
 from linfit.cli import main
 from linfit.data import embedded
-from linfit.errors import UnknownNameError
+from linfit.errors import ConfigError, UnknownNameError
 from linfit.select import CURVE_TAU, CURVE_TIMES, Selection, format_profile, format_table, plot_curves
 from linfit.scores.summaries import SUMMARY
 
@@ -57,6 +57,9 @@ def _error(argv, capsys) -> str:
     (["select", "--models", "--scores", "nosuch"], "--models: expected at least one argument"),
     (["select", "--head-samples", "-1", "--models", "nosuch"], "--head-samples: must be 0 or a positive"),
     (["select", "--per-class", "0", "--models", "nosuch"], "--per-class: must be a positive integer"),
+    (["select", "--seed", "-1", "--models", *TWO], "--seed: must be 0 or a positive integer"),
+    (["bench", "--db", "x.sqlite", "--finetune-seeds", "0", "-2"], "--finetune-seeds: must be 0 or a positive"),
+    (["select", "--scores", "lfc", "leep", "lfc", "--models", *TWO], "scores named more than once: lfc"),
     (["select", "--scores", "lfc", "leep", "--plot", "x.png", "--models", *TWO], "--plot draws loss curves"),
     (["select", "--plot", "/nonexistent/dir/x.png", "--models", *TWO], "no folder '/nonexistent/dir' to save"),
     (["select", "--sed", "3", "--models", *TWO], "unrecognized arguments: --sed 3; did you mean --seed (for --sed)?"),
@@ -146,6 +149,29 @@ def _spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def test_a_score_registered_by_the_user_is_listed_with_its_summary(monkeypatch, capsys):
+    """``register`` is public: a new score needs no entry in linfit's own summaries to be listed and explained."""
+    from linfit.scores import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry.register("feature_norm", needs=("features",), reference="a user", cost="forward")
+    def feature_norm(features, labels):
+        """mean squared feature norm (a made-up score)
+
+        More lines that the listing does not show."""
+        return float(np.mean(np.sum(np.asarray(features) ** 2, axis=1)))
+
+    registry.register("feature_norm_2", needs=("features",), reference="a user", cost="forward",
+                      summary="as feature_norm, named")(feature_norm)
+    assert main(["scores"]) == 0
+    out = capsys.readouterr().out
+    assert "mean squared feature norm (a made-up score)" in out and "More lines" not in out
+    assert "as feature_norm, named" in out
+    with pytest.raises(ConfigError, match="registered twice"):
+        registry.register("feature_norm", needs=("features",), reference="", cost="forward")(feature_norm)
+
+
 def test_ranking_report_recommends_explains_and_counts_shared_inputs_once():
     sel = _hand_made()
     text = format_table(sel, top=2)
@@ -211,6 +237,25 @@ def test_plot_highlights_the_recommended_models_and_marks_tau(monkeypatch, tmp_p
         plot_curves(_hand_made(curves=False), tmp_path / "none.png")
 
 
+def test_json_is_strict_json_when_a_score_is_constant(monkeypatch, capsys):
+    """A score equal for every model has an undefined Spearman with the others: null, not a bare NaN that jq and
+    JSON.parse reject."""
+    import json
+
+    sel = _hand_made()
+    sel.table["logme"] = 1.0
+    monkeypatch.setattr(select_module, "select", lambda *args, **kwargs: sel)
+    assert main(["select", "--json", "--quiet", "--plot", "", "--models", *TWO]) == 0
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    report = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert report["agreement_spearman"]["lfc"]["logme"] is None
+    assert report["agreement_spearman"]["lfc"]["linearized_loss"] == pytest.approx(
+        _spearman(sel.table.lfc, sel.table.linearized_loss))
+
+
 def test_json_writes_the_plot_only_where_plot_asks(monkeypatch, tmp_path, capsys):
     """``--json`` prints JSON only (no default plot file in the working folder); with ``--plot`` it writes the
     plot and names it in the JSON."""
@@ -227,10 +272,9 @@ def test_json_writes_the_plot_only_where_plot_asks(monkeypatch, tmp_path, capsys
 @pytest.mark.parametrize("option, value, expected", [
     ("head_samples", 0, "head_samples must be a positive integer (or None for the exact head average"),
     ("per_class", 0, "per_class must be a positive integer; got 0"),
+    ("seed", -1, "seed must be an integer >= 0"),
 ])
 def test_select_names_none_for_the_exact_head_average(option, value, expected, no_work):
-    from linfit.errors import ConfigError
-
     with pytest.raises(ConfigError, match=re.escape(expected)):
         select_module.select(models=TWO, **{option: value})
 

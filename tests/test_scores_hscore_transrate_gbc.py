@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
-from linfit.errors import LabelError, NonFiniteError, ShapeError, UnknownNameError
+from linfit.errors import ConfigError, LabelError, NonFiniteError, ShapeError, UnknownNameError
 from linfit.scores import registry
 from linfit.scores.gbc import gbc
 from linfit.scores.hscore import h_score, ledoit_wolf, regularized_h_score
@@ -206,5 +206,7 @@ def test_validation_errors():
         gbc(f, np.array([0] * 11 + [1]))  # a class with one sample: no variance
     with pytest.raises(UnknownNameError):
         gbc(f, y, gaussian_type="full")
+    with pytest.raises(ConfigError, match="var_floor"):  # a zero floor gave NaN from log 0 and 0/0
+        gbc(np.c_[f, np.ones(12)], y, var_floor=0.0)
     with pytest.raises(UnknownNameError):
         transrate(f, y, class_weighting="median")

@@ -7,7 +7,7 @@ from scipy import stats
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
-from linfit.errors import LabelError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, LabelError, NonFiniteError, ShapeError
 from linfit.scores import registry
 from linfit.scores.nleep import nleep
 from linfit.scores.parc import parc, pca_reduce
@@ -77,6 +77,17 @@ def test_nleep_needs_as_many_samples_as_components():
         nleep(x, y)
 
 
+def test_nleep_pca_variance_is_a_share_of_the_variance():
+    """``pca_variance=1`` keeps all of the variance (it used to keep one component), a numpy float is a share
+    too, and a share outside (0, 1] is refused."""
+    x, y = blobs(13, noise=3.0)
+    assert nleep(x, y, pca_variance=1, seed=0) == nleep(x, y, pca_variance=1.0, seed=0)
+    assert nleep(x, y, pca_variance=np.float32(0.8), seed=0) == nleep(x, y, pca_variance=0.8, seed=0)
+    for bad in (0, 1.5, 3, True):
+        with pytest.raises(ConfigError, match="pca_variance"):
+            nleep(x, y, pca_variance=bad)
+
+
 # ---------------------------------------------------------------- PARC
 
 
@@ -106,6 +117,8 @@ def test_pca_reduce_matches_sklearn_including_signs(n_components):
     got = pca_reduce(x, n_components)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-9)
+    if isinstance(n_components, float):  # a numpy float is a share of the variance too
+        np.testing.assert_array_equal(pca_reduce(x, np.float32(n_components)), got)
 
 
 def test_parc_matches_transcription():

@@ -48,7 +48,7 @@ def test_rsa_identical_and_rowwise_affine_copies_score_one_random_near_zero():
 def test_rsa_validation():
     y = labels()
     f = RNG.normal(size=(24, 6))
-    with pytest.raises(ShapeError, match="probe_features"):
+    with pytest.raises(ShapeError, match="probe_features has N=23 rows but the features have N=24"):
         rsa(f, f[:-1], y)
     with pytest.raises(ShapeError, match="D >= 2"):
         rsa(f, f[:, :1], y)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linfit.errors import ShapeError
+from linfit.errors import ConfigError, ShapeError
 from linfit.scores.registry import register
 from linfit.scores.validation import check_features, check_matrix
 
@@ -81,7 +81,7 @@ def feature_metrics(features, labels, *, weight: float = 0.5, rel_tol: float = 1
       A value in ``[0, 1]``; higher = sparser features.
     """
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must lie in [0, 1]; got {weight}")
+        raise ConfigError(f"weight must lie in [0, 1]; got {weight}")
     f, _, _ = check_features(features, labels)
     return float(
         weight * hoyer_sparsity(f).mean() + (1.0 - weight) * near_zero_fraction(f, rel_tol=rel_tol).mean()

@@ -9,8 +9,12 @@ variance: the mean of the per-dimension variances). With Σ = (Σ_c + Σ_c') / 2
     GBC       = − Σ_{c ≠ c'} exp(−BD(c, c'))        (ordered pairs),
 
 so GBC ≤ 0 and well-separated classes give a score near 0. Variances are the 1/n_c (maximum-
-likelihood) estimates floored at ``var_floor`` (default 1e-4, as in the authors' code) so that
-constant feature dimensions do not give infinite distances. The paper optionally reduces the features
+likelihood) estimates floored at ``var_floor`` (default 1e-4, the authors' value) so that constant feature
+dimensions do not give infinite distances. The spherical case is the Bhattacharyya distance of the two
+spherical Gaussians in D dimensions: Σ_c = σ_c² I, so the log-determinant term counts D times, and the floor
+applies to σ_c² (the mean of the per-dimension variances). The authors' released code differs in both respects
+(its log term counts once, and it floors each dimension before averaging), so its spherical GBC values, and
+possibly its rankings, differ from these. The paper optionally reduces the features
 with PCA first; this function scores the features it is given. Float64 numpy.
 
 Example::
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linfit.errors import UnknownNameError
+from linfit.errors import ConfigError, UnknownNameError
 from linfit.scores.registry import register
 from linfit.scores.validation import check_features
 
@@ -51,16 +55,23 @@ def gbc(features, labels, *, gaussian_type: str = "spherical", var_floor: float 
       features: ``[N, D]`` penultimate features.
       labels: ``[N]`` integer labels in ``0..C-1``, at least 2 samples per class.
       gaussian_type: ``"spherical"`` or ``"diagonal"`` class covariances.
-      var_floor: lower bound on every variance.
+      var_floor: lower bound on every variance, > 0.
 
     Returns:
       GBC ≤ 0; higher (closer to 0) is better.
 
     Shape:
       features ``[N, D]``, labels ``[N]`` → scalar.
+
+    Raises:
+      UnknownNameError: an unknown ``gaussian_type``; ConfigError: ``var_floor <= 0``; ShapeError,
+      NonFiniteError, LabelError: features not a finite ``[N, D]`` matrix, labels not ``[N]`` in ``0..C-1``
+      with 2 samples per class.
     """
     if gaussian_type not in _GAUSSIAN_TYPES:
         raise UnknownNameError(f"gaussian_type must be one of {_GAUSSIAN_TYPES}; got {gaussian_type!r}")
+    if not var_floor > 0:
+        raise ConfigError(f"var_floor must be > 0 (a zero variance gives log 0 and 0/0); got {var_floor}")
     f, y, c = check_features(features, labels, min_per_class=2)
     means, variances = _class_gaussians(f.astype(np.float64), y, c, gaussian_type, var_floor)
     log_var = np.log(variances)

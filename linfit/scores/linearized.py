@@ -38,6 +38,28 @@ def _normalised_time(kernel: np.ndarray, tau: float) -> float:
     return float(tau / mean_eigenvalue) if mean_eigenvalue > 0 else 0.0
 
 
+def loss_ratio(kernel, labels, tau) -> np.ndarray:
+    """``L_τ / L_0`` of the linearized model trained by MSE gradient flow on one-hot labels, for every ``τ``.
+
+    Args:
+      kernel: ``[N, N]`` fine-tuning NTK on the scoring subset.
+      labels: ``[N]`` integers in ``0..C-1``.
+      tau: scalar or ``[*T]`` times in units of the mean eigenvalue of the kernel (``η t = τ N / tr Θ``), > 0
+        (``np.inf`` allowed).
+
+    Returns:
+      ``[*T]`` float64 in ``[0, 1]`` (the curve ``linfit select`` plots; ``linearized_loss`` is its negative at
+      one τ).
+
+    Raises:
+      ConfigError: a τ that is not positive; ShapeError, NonFiniteError, LabelError: as ``check_kernel``.
+    """
+    k, y, c = check_kernel(kernel, labels)
+    targets = np.eye(c)[y]
+    times = np.vectorize(lambda t: _normalised_time(k, t), otypes=[np.float64])(tau)
+    return LinearizedDynamics.from_kernel(k, targets).train_loss(times) / (0.5 * np.sum(targets**2))
+
+
 def linearized_loss(kernel, labels, *, tau: float = 1.0) -> float:
     """``-L_τ / L_0`` of the linearized model trained by MSE gradient flow on one-hot labels.
 
@@ -49,11 +71,7 @@ def linearized_loss(kernel, labels, *, tau: float = 1.0) -> float:
     Returns:
       A float in ``[-1, 0]``; 0 means the loss is gone by τ.
     """
-    k, y, c = check_kernel(kernel, labels)
-    targets = np.eye(c)[y]
-    dynamics = LinearizedDynamics.from_kernel(k, targets)
-    loss = dynamics.train_loss(_normalised_time(k, tau))
-    return float(-loss / (0.5 * np.sum(targets**2)))
+    return -float(loss_ratio(kernel, labels, tau))
 
 
 def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:

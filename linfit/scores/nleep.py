@@ -18,9 +18,11 @@ is better.
 
 from __future__ import annotations
 
+import numbers
+
 from sklearn.mixture import GaussianMixture
 
-from linfit.errors import LabelError
+from linfit.errors import ConfigError, LabelError
 from linfit.scores.leep import leep
 from linfit.scores.parc import pca_reduce
 from linfit.scores.registry import register
@@ -62,6 +64,11 @@ def nleep(
             f"NLEEP fits {components_per_class}*C={k} mixture components and needs at least that many "
             f"samples; got N={f.shape[0]}"
         )
+    if pca_variance is not None:
+        if isinstance(pca_variance, bool) or not isinstance(pca_variance, numbers.Real) or not (
+                0.0 < pca_variance <= 1.0):
+            raise ConfigError(f"pca_variance must be a share of the variance in (0, 1], or None; got {pca_variance!r}")
+        pca_variance = float(pca_variance)  # 1 means all of the variance, not one component
     z = pca_reduce(f, pca_variance)
     gmm = GaussianMixture(n_components=k, covariance_type="full", random_state=seed).fit(z)
     return leep(gmm.predict_proba(z), y)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linfit.errors import ShapeError
+from linfit.errors import ConfigError, ShapeError
 from linfit.scores.registry import register
 from linfit.scores.rsa import rdm, rdm_spearman
 from linfit.scores.spectrum import significant
@@ -65,14 +65,15 @@ def pca_reduce(features, n_components: int | float | None) -> np.ndarray:
     energy = energy[:rank]
     if isinstance(n_components, (int, np.integer)) and not isinstance(n_components, bool):
         if n_components < 1:
-            raise ShapeError(f"n_components must be >= 1; got {n_components}")
+            raise ConfigError(f"n_components must be >= 1; got {n_components}")
         k = min(int(n_components), rank)
-    elif isinstance(n_components, float) and 0.0 < n_components <= 1.0:
+    elif isinstance(n_components, (float, np.floating)) and 0.0 < n_components <= 1.0:
         ratio = np.cumsum(energy) / energy.sum()
         k = int(np.searchsorted(ratio, n_components - 1e-12) + 1)
         k = min(k, rank)
     else:
-        raise ShapeError(f"n_components must be an int >= 1 or a float in (0, 1]; got {n_components!r}")
+        raise ConfigError(f"n_components must be an int >= 1 (components) or a float in (0, 1] (a share of the "
+                          f"variance); got {n_components!r}")
     return x @ vt[:k].T
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.linear_model import LogisticRegression
 
+from linfit.errors import ConfigError
 from linfit.scores.registry import register
 from linfit.scores.spectrum import significant
 from linfit.scores.validation import check_features
@@ -30,7 +31,7 @@ def stratified_split(labels, *, holdout: float = 0.3, seed: int = 0) -> tuple[np
       ``(train_idx, test_idx)``, sorted disjoint int arrays covering ``0..N-1``.
     """
     if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must lie in (0, 1); got {holdout}")
+        raise ConfigError(f"holdout must lie in (0, 1); got {holdout}")
     y = np.asarray(labels)
     order = np.random.default_rng(seed).permutation(y.size)  # one shuffle of all samples
     train, test = [], []
@@ -66,7 +67,7 @@ def linear_probe(features, labels, *, holdout: float = 0.3, seed: int = 0, l2: f
       Accuracy in ``[0, 1]`` on the held-out samples.
     """
     if l2 <= 0:
-        raise ValueError(f"l2 must be positive; got {l2}")
+        raise ConfigError(f"l2 must be positive; got {l2}")
     f, y, _ = check_features(features, labels, min_per_class=2)
     train, test = stratified_split(y, holdout=holdout, seed=seed)
     x = np.asarray(f, dtype=np.float64)
@@ -109,7 +110,7 @@ def knn(features, labels, *, k: int = 5, holdout: float = 0.3, seed: int = 0) ->
       Accuracy in ``[0, 1]`` on the held-out samples.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
+        raise ConfigError(f"k must be >= 1; got {k}")
     f, y, _ = check_features(features, labels, min_per_class=2)
     train, test = stratified_split(y, holdout=holdout, seed=seed)
     x = np.asarray(f, dtype=np.float64)

@@ -32,7 +32,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from linfit.errors import ShapeError, check_known
+from linfit.errors import ConfigError, ShapeError, check_known
+from linfit.scores.summaries import SUMMARY
 
 INPUT_NAMES = (
     "features",
@@ -62,6 +63,7 @@ class Score:
       cost: a cost class: ``"forward"`` (one forward pass), ``"forward+backward"``,
         ``"probe-training"`` (trains a small model), ``"source-data"`` (needs source statistics),
         ``"free"``.
+      summary: one plain-language line on what it measures (``linfit scores``, the legend of ``linfit select``).
     """
 
     name: str
@@ -69,6 +71,7 @@ class Score:
     needs: tuple[str, ...]
     reference: str
     cost: str
+    summary: str
 
     def __call__(self, labels: Any, /, **inputs: Any) -> float:
         """Compute the score from ``labels [N]`` and the declared inputs (extra inputs are ignored;
@@ -83,16 +86,19 @@ class Score:
 _REGISTRY: dict[str, Score] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...], reference: str, cost: str):
-    """Decorator registering ``fn`` under ``name``; returns ``fn`` unchanged."""
+def register(name: str, *, needs: tuple[str, ...], reference: str, cost: str, summary: str | None = None):
+    """Decorator registering ``fn`` under ``name``; returns ``fn`` unchanged. ``summary``: what the score
+    measures, in one line (default: the built-in scores' line in ``linfit.scores.summaries``, else the first line
+    of ``fn``'s docstring). Raises ``ConfigError`` for an unknown input name or a name registered twice."""
     unknown = [k for k in needs if k not in INPUT_NAMES]
     if unknown:
-        raise ValueError(f"score {name!r} declares unknown inputs {unknown}; known: {INPUT_NAMES}")
+        raise ConfigError(f"score {name!r} declares unknown inputs {unknown}; known: {INPUT_NAMES}")
 
     def decorate(fn: Callable[..., float]) -> Callable[..., float]:
         if name in _REGISTRY:
-            raise ValueError(f"score {name!r} registered twice")
-        _REGISTRY[name] = Score(name=name, fn=fn, needs=tuple(needs), reference=reference, cost=cost)
+            raise ConfigError(f"score {name!r} registered twice; register it under another name")
+        line = summary or SUMMARY.get(name) or (fn.__doc__ or "").strip().split("\n")[0] or "(no summary)"
+        _REGISTRY[name] = Score(name=name, fn=fn, needs=tuple(needs), reference=reference, cost=cost, summary=line)
         return fn
 
     return decorate

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from linfit.errors import ConfigError
 from linfit.scores.registry import register
 from linfit.scores.validation import check_features
 
@@ -85,7 +86,7 @@ def sfda(features, labels, *, shrinkage: float | None = None) -> float:
       The mean second-pass probability of the true class, in ``(0, 1]``.
     """
     if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
-        raise ValueError(f"shrinkage must be None or lie in [0, 1]; got {shrinkage}")
+        raise ConfigError(f"shrinkage must be None or lie in [0, 1]; got {shrinkage}")
     f, y, c = check_features(features, labels, min_per_class=2)
     x = np.asarray(f, dtype=np.float64)
     n = x.shape[0]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from linfit.errors import UnknownNameError
+from linfit.errors import ConfigError, UnknownNameError
 from linfit.scores.registry import register
 from linfit.scores.spectrum import significant
 from linfit.scores.validation import check_features
@@ -69,7 +69,7 @@ def transrate(features, labels, *, eps: float = 1e-4, class_weighting: str = "si
     if class_weighting not in _WEIGHTINGS:
         raise UnknownNameError(f"class_weighting must be one of {_WEIGHTINGS}; got {class_weighting!r}")
     if not eps > 0:
-        raise ValueError(f"eps must be positive; got {eps}")
+        raise ConfigError(f"eps must be positive; got {eps}")
     z, y, c = check_features(features, labels)
     z = z.astype(np.float64)
     z = z - z.mean(axis=0)

@@ -94,7 +94,7 @@ def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tup
     Raises:
       ShapeError: not one-dimensional, or N differs from ``n``.
       LabelError: non-integer or NaN values, values outside ``0..C-1``, a single class, a class absent or
-        with fewer than ``min_per_class`` samples, fewer samples than classes; class names that are
+        with fewer than ``min_per_class`` samples; class names that are
         missing, unhashable, of mixed types or unorderable (:func:`encode_labels`).
     """
     y = _as_array(labels)
@@ -125,8 +125,6 @@ def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tup
         )
     if num_classes < 2:
         raise LabelError("labels contain a single class; a score needs at least two classes")
-    if y.size < num_classes:
-        raise LabelError(f"N={y.size} samples is fewer than the C={num_classes} classes")
     small = np.flatnonzero(counts < min_per_class).tolist()
     if small:
         raise LabelError(
@@ -136,13 +134,15 @@ def check_labels(labels, *, n: int | None = None, min_per_class: int = 1) -> tup
     return y, num_classes
 
 
-def check_matrix(x, name: str, *, n: int | None = None, ndim: int = 2) -> np.ndarray:
-    """Validate a finite ``[N, D]`` float matrix (``ndim`` axes); returns it as a numpy array."""
+def check_matrix(x, name: str, *, n: int | None = None, ndim: int = 2, against: str = "features") -> np.ndarray:
+    """Validate a finite ``[N, D]`` float matrix (``ndim`` axes; ``N = n`` rows when given, the row count of
+    the array named ``against``); returns it as a numpy array. Raises ``ShapeError`` (axes, rows, a
+    non-numeric dtype) or ``NonFiniteError``."""
     a = np.asarray(x)
     if a.ndim != ndim:
         raise ShapeError(f"{name} must have {ndim} axes; got shape {a.shape}")
     if n is not None and a.shape[0] != n:
-        raise ShapeError(f"{name} has N={a.shape[0]} rows but the labels have N={n}")
+        raise ShapeError(f"{name} has N={a.shape[0]} rows but the {against} have N={n}")
     if not np.issubdtype(a.dtype, np.number):
         raise ShapeError(f"{name} must be numeric; got dtype {a.dtype}")
     if not np.all(np.isfinite(a)):
