@@ -45,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from linfit.errors import ShapeError, UnknownNameError, VmapAxesError
-from linfit.ntk._checks import check_finite
+from linfit.ntk._checks import check_finite, check_pair
 from linfit.ntk.empirical import NtkFn
 from linfit.ntk.panels import PanelGeometry, PanelSource, plan_for
 from linfit.ntk.sharding import (
@@ -239,8 +239,8 @@ def kernel(
         raise ShapeError(f"the NTK needs a one-axis mesh; got axes {mesh.axis_names}")
     x1 = _samples(x1, "x1")
     x2 = None if x2 is None else _samples(x2, "x2")
-    if x2 is not None and x1.shape[1:] != x2.shape[1:]:
-        raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
+    if x2 is not None:
+        check_pair(x1, x2)
     if isinstance(ntk_fn, NtkFn):
         ntk_fn.validate(x1, x2, params)  # params, f, finiteness and sample independence, no kernel compiled
     else:

@@ -39,9 +39,10 @@ from jax.sharding import Mesh
 
 from linfit import krylov
 from linfit.errors import ConfigError, ShapeError
+from linfit.ntk._checks import check_pair
 from linfit.ntk.jacobian_store import stored_traced_vp_fn
 from linfit.ntk.entry import kernel
-from linfit.ntk.sharding import pair_spec
+from linfit.ntk.sharding import _pad, pair_spec
 from linfit.scores.correlation_stream import StreamedKernelLabelCorrelation
 from linfit.tree import ParamsFilter, split_params
 
@@ -78,8 +79,7 @@ def traced_ntk_vp_fn(
     """
     x1 = jnp.asarray(x1)
     x2 = x1 if x2 is None else jnp.asarray(x2)
-    if x1.shape[1:] != x2.shape[1:]:
-        raise ShapeError(f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
+    check_pair(x1, x2)
     if x1.shape[0] == 0 or x2.shape[0] == 0:
         raise ShapeError(f"x1 and x2 must hold at least one sample; got N1={x1.shape[0]}, N2={x2.shape[0]}")
     out = jax.eval_shape(f, params, x1[:1])
@@ -126,7 +126,7 @@ def _chunks(x: jax.Array, size: int) -> jax.Array:
     """``[N, ...] -> [ceil(N / B), B, ...]``, padded by repeating the last sample."""
     size = min(size, x.shape[0])
     n = math.ceil(x.shape[0] / size) * size
-    return x[np.minimum(np.arange(n), x.shape[0] - 1)].reshape(n // size, size, *x.shape[1:])
+    return _pad(x, n).reshape(n // size, size, *x.shape[1:])
 
 
 def batched_apply(f: ApplyFn, params: Any, x: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:

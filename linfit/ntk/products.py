@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from linfit.errors import ShapeError
-from linfit.ntk._checks import batch_size
+from linfit.ntk._checks import batch_size, check_pair
 from linfit.ntk._contract import Axes, reduce_full_kernel
 from linfit.tree import ParamsFilter, split_params
 
@@ -103,10 +103,8 @@ def ntk_vp_fn(
     """
     x1 = jnp.asarray(x1)
     x2 = None if x2 is None else jnp.asarray(x2)
-    if x2 is not None and x1.shape[1:] != x2.shape[1:]:
-        raise ShapeError(
-            f"x1 and x2 feature shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}"
-        )
+    if x2 is not None:
+        check_pair(x1, x2)
     split_params(params, params_filter)  # raise ParamsFilterError now, not inside jit
     v_shape = jax.eval_shape(f, params, x1 if x2 is None else x2).shape
 
