@@ -36,8 +36,9 @@ ones at or below ``rcond · λ_max`` (default ``rcond = eps`` of float32, or of 
 relative precision of a kernel computed on the device in float32, even when it arrives cast to float64;
 numpy's ``matrix_rank`` tolerance ``N · eps`` would zero many genuine small eigenvalues of a float32 NTK, and
 with them the slow part of the loss curve) are set to exactly 0. Those directions form the
-kernel's null space: the residual there never decays, and at ``t = ∞`` (with μ = 0) they get gain 0, i.e. a pseudo-inverse. That is the exact
-limit whenever ``Θ*`` comes from the same Jacobian as ``Θ`` (then ``Θ* v = 0`` for ``Θ v = 0``).
+kernel's null space: the residual there never decays, and at ``t = ∞`` (with μ = 0) they get gain 0, i.e. a
+pseudo-inverse. That is the exact limit whenever ``Θ*`` comes from the same Jacobian as ``Θ`` (then
+``Θ* v = 0`` for ``Θ v = 0``).
 
 Cross-entropy has no closed form: :func:`linearized_ce_trajectory` runs gradient descent on the linearized model
 under softmax cross-entropy as an iteration in function space on the same kernels (same convention, loss summed
@@ -106,6 +107,13 @@ class KernelEigh(NamedTuple):
     evecs: np.ndarray
 
 
+def _kernel_eps(dtype) -> float:
+    """The relative precision of a kernel of ``dtype``: eps of float32, or of ``dtype`` if coarser (linfit's
+    kernels are float32 device computations even when they arrive as float64)."""
+    dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
+    return max(float(np.finfo(dtype).eps), float(np.finfo(np.float32).eps))
+
+
 def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
     """One float64 ``eigh`` of a symmetric kernel ``[N, N]`` with tiny and negative eigenvalues set to 0.
 
@@ -133,8 +141,7 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
     k = _finite_array(raw, "kernel", ndim=2)
     if k.shape[0] != k.shape[1] or k.shape[0] == 0:
         raise ShapeError(f"kernel must be square [N, N] with N >= 1; got shape {k.shape}")
-    dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64
-    eps = max(float(np.finfo(dtype).eps), float(np.finfo(np.float32).eps))
+    eps = _kernel_eps(raw.dtype)
     if rcond is None:
         rcond = eps
     symmetric = k + k.T  # one [N, N] temporary: the kernel may be a 10k x 10k memmap
@@ -197,7 +204,16 @@ class LinearizedDynamics:
     @classmethod
     def from_eigh(cls, eigh: KernelEigh, y_train, f0_train=0.0, *, learning_rate: float = 1.0,
                   weight_decay: float = 0.0, discrete: bool = False) -> "LinearizedDynamics":
-        """Dynamics for targets ``y_train [N, O]`` and initial outputs ``f0_train`` (scalar or ``[N, O]``)."""
+        """Dynamics for targets ``y_train [N, O]`` and initial outputs ``f0_train`` (scalar or ``[N, O]``).
+
+        ``eigh`` (from :func:`kernel_eigh`) is used as given; arrays are stored as float64.
+
+        Raises:
+          ShapeError: ``y_train`` not a numeric ``[N, O]`` with ``N`` the kernel's size, or ``f0_train`` neither a
+            scalar nor ``[N, O]``.
+          NonFiniteError: NaN/inf in ``y_train`` or ``f0_train``.
+          ConfigError: ``learning_rate`` or ``weight_decay`` negative or not finite.
+        """
         n = eigh.evecs.shape[0]
         y = _finite_array(y_train, "y_train", ndim=2)
         if y.shape[0] != n:
@@ -213,7 +229,14 @@ class LinearizedDynamics:
     def from_kernel(cls, k_train_train, y_train, f0_train=0.0, *, learning_rate: float = 1.0,
                     weight_decay: float = 0.0, discrete: bool = False,
                     rcond: float | None = None) -> "LinearizedDynamics":
-        """Dynamics from a traced train kernel ``Θ [N, N]`` (see :func:`kernel_eigh` for ``rcond``)."""
+        """Dynamics from a traced train kernel ``Θ [N, N]`` (see :func:`kernel_eigh` for ``rcond``).
+
+        Raises:
+          ShapeError: the kernel is not a numeric square ``[N, N]`` with ``N >= 1``, or as :meth:`from_eigh`.
+          NonFiniteError: NaN/inf in the kernel, ``y_train`` or ``f0_train``.
+          KernelError: the kernel is not positive semi-definite (:func:`kernel_eigh`).
+          ConfigError: as :meth:`from_eigh`.
+        """
         return cls.from_eigh(kernel_eigh(k_train_train, rcond), y_train, f0_train,
                              learning_rate=learning_rate, weight_decay=weight_decay, discrete=discrete)
 
@@ -239,25 +262,42 @@ class LinearizedDynamics:
         return residual, gain
 
     def train_residuals(self, t) -> np.ndarray:
-        """``Y - f_t(X_train)``, shape ``[*T, N, O]``."""
+        """``Y - f_t(X_train)``, shape ``[*T, N, O]`` float64.
+
+        Raises:
+          ConfigError: a negative or NaN time, or with ``discrete`` an infinite or non-integer one.
+        """
         residual, _ = self._factors(t)
         return np.einsum("in,...n,no->...io", self.eigh.evecs, residual, self.r0_eig)
 
     def train_predictions(self, t) -> np.ndarray:
-        """``f_t(X_train)``, shape ``[*T, N, O]``."""
+        """``f_t(X_train)``, shape ``[*T, N, O]`` float64.
+
+        Raises:
+          ConfigError: a negative or NaN time, or with ``discrete`` an infinite or non-integer one.
+        """
         return self.y_train - self.train_residuals(t)
 
     def train_loss(self, t) -> np.ndarray:
-        """``L_t = ½ ‖Y - f_t(X_train)‖²`` (data term), shape ``[*T]``: one ``[*T, N] @ [N]`` product."""
+        """``L_t = ½ ‖Y - f_t(X_train)‖²`` (data term), shape ``[*T]`` float64: one ``[*T, N] @ [N]`` product.
+
+        Raises:
+          ConfigError: a negative or NaN time, or with ``discrete`` an infinite or non-integer one.
+        """
         residual, _ = self._factors(t)
         return 0.5 * (residual**2) @ np.sum(self.r0_eig**2, axis=1)
 
     def test_predictions(self, t, k_test_train, f0_test=0.0) -> np.ndarray:
-        """``f_t(X*) = f0(X*) + Θ* a_t``, shape ``[*T, M, O]``.
+        """``f_t(X*) = f0(X*) + Θ* a_t``, shape ``[*T, M, O]`` float64.
 
         Args:
           k_test_train: ``Θ* [M, N]``, the traced kernel between test and train inputs.
           f0_test: ``[M, O]`` (or a scalar) outputs of the initial model on the test inputs.
+
+        Raises:
+          ShapeError: ``k_test_train`` not a numeric ``[M, N]``, or ``f0_test`` neither a scalar nor ``[M, O]``.
+          NonFiniteError: NaN/inf in ``k_test_train`` or ``f0_test``.
+          ConfigError: a negative or NaN time, or with ``discrete`` an infinite or non-integer one.
         """
         k = _finite_array(k_test_train, "k_test_train", ndim=2)
         n, n_out = self.r0_eig.shape
@@ -272,6 +312,11 @@ class LinearizedDynamics:
 
         ``O >= 2`` (one-hot targets): the predicted class is the argmax over outputs, labels in
         ``0..O-1``. ``O = 1`` (targets ±1): the predicted class is ``f > 0``, labels in ``{0, 1}``.
+
+        Raises:
+          ShapeError: ``labels`` not ``[M]``, or as :meth:`test_predictions`.
+          LabelError: ``labels`` not of an integer dtype, or outside ``0..O-1`` (``{0, 1}`` for ``O = 1``).
+          NonFiniteError, ConfigError: as :meth:`test_predictions`.
         """
         pred = self.test_predictions(t, k_test_train, f0_test)
         y = np.asarray(labels)
@@ -298,9 +343,15 @@ def linearized_loss_curve(kernel, y, f0, times, learning_rate: float = 1.0,
       times: scalar or ``[T]`` gradient-flow times (``np.inf`` allowed); learning_rate: η;
       weight_decay: μ (see :class:`LinearizedDynamics`).
 
+    Returns:
+      ``[*T]`` float64 losses.
+
     Raises:
-      ShapeError: the kernel is neither ``[N, N]`` nor ``[N, N, O, O]`` for ``y [N, O]``; KernelError: it is not
-      positive semi-definite (:func:`kernel_eigh`).
+      ShapeError: ``y`` not a numeric ``[N, O]``, the kernel neither ``[N, N]`` nor ``[N, N, O, O]`` for it, or
+        ``f0`` neither a scalar nor ``[N, O]``.
+      NonFiniteError: NaN/inf in ``kernel``, ``y`` or ``f0``.
+      KernelError: the kernel is not positive semi-definite (:func:`kernel_eigh`).
+      ConfigError: ``learning_rate`` or ``weight_decay`` negative or not finite, or a negative or NaN time.
     """
     y = _finite_array(y, "y", ndim=2)
     n, n_out = y.shape
@@ -310,9 +361,8 @@ def linearized_loss_curve(kernel, y, f0, times, learning_rate: float = 1.0,
     if not traced:
         f0 = np.reshape(_rows(f0, "f0", y.shape), (-1, 1))
         y = y.reshape(-1, 1)
-    rcond = float(np.finfo(raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64).eps)
     dyn = LinearizedDynamics.from_kernel(k, y, f0, learning_rate=learning_rate, weight_decay=weight_decay,
-                                         rcond=rcond)
+                                         rcond=_kernel_eps(raw.dtype))  # k is float64: the dtype given decides
     return dyn.train_loss(times)
 
 
@@ -367,7 +417,16 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
       (leading output axes), ``None`` means ``t = ∞``. ``fx_train_0``: scalar or ``[N, O]``, or ``None`` to
       skip train predictions (then taken as 0). ``fx_test_0``: ``[M, O]`` (or scalar) with ``k_test_train``
       ``[M, N]`` / ``[M, N, O, O]``. Returns ``fx_train_t [*T, N, O]``, ``fx_test_t [*T, M, O]``, or both as
-      a tuple when both are asked for. Everything is float64.
+      a tuple when both are asked for. Everything is float64. ``predict_fn`` raises ``ConfigError`` when
+      ``fx_train_0`` and ``fx_test_0`` are both ``None``, ``fx_test_0`` comes without ``k_test_train``, ``t`` is
+      negative or NaN, or ``learning_rate`` is negative or not finite (checked only here); ``ShapeError`` or
+      ``NonFiniteError`` for a misshapen or non-finite ``fx_train_0``, ``fx_test_0`` or ``k_test_train``.
+
+    Raises:
+      ShapeError: ``y_train`` not a numeric ``[N, O]``, or ``k_train_train`` not shaped for ``trace_axes`` and it.
+      NonFiniteError: NaN/inf in ``y_train``, ``k_train_train`` or ``diag_reg``.
+      ConfigError: ``trace_axes`` other than ``(-1,)`` or ``()``.
+      KernelError: ``K`` plus its diagonal regularisation is not positive semi-definite (:func:`kernel_eigh`).
     """
     y = _finite_array(y_train, "y_train", ndim=2)
     n, n_out = y.shape

@@ -42,7 +42,18 @@ def suggested_iterations(tau_lambda_max: float, *, minimum: int = 16) -> int:
     For exp(−τA) with spectrum in [0, λ_max] the Lanczos error decays like exp(−k²/(5 τ λ_max)) once
     k ≥ sqrt(τ λ_max) (Hochbruck & Lubich 1997, Theorem 2), so k = 2·sqrt(5 τ λ_max) suffices for about 1e-8.
     For the loss at time t use τ = 2ηt; λ_max is cheap to bound (a few power iterations, or the trace of Θ).
+
+    Args:
+      tau_lambda_max: ``τ λ_max`` (negative values count as 0); minimum: the fewest steps returned.
+
+    Returns:
+      ``max(minimum, ceil(2 sqrt(5 τ λ_max)))``.
+
+    Raises:
+      ConfigError: a NaN or infinite ``tau_lambda_max``.
     """
+    if not np.isfinite(tau_lambda_max):
+        raise ConfigError(f"tau_lambda_max must be finite; got {tau_lambda_max}")
     return max(minimum, int(np.ceil(2.0 * np.sqrt(5.0 * max(tau_lambda_max, 0.0)))))
 
 
@@ -55,11 +66,19 @@ def lanczos(matvec: MatVec, v: np.ndarray, num_iters: int) -> tuple[np.ndarray, 
       num_iters: k, the Krylov dimension (stops early when the space is exhausted).
 
     Returns:
-      ``(Q [N, k'], T [k', k'], ‖v‖)`` with k' ≤ k, Q orthonormal and T = Qᵀ A Q tridiagonal.
+      ``(Q [N, k'], T [k', k'], ‖v‖)`` float64 with k' ≤ k, Q orthonormal and T = Qᵀ A Q tridiagonal;
+      ``k' = 0`` when ``v = 0``.
+
+    Raises:
+      ShapeError: ``v`` is not one-dimensional.
+      ConfigError: ``num_iters < 1``.
+      NonFiniteError: ``v``, or a product ``matvec`` returns, contains NaN or infinite values.
     """
     v = np.asarray(v, dtype=np.float64)
     if v.ndim != 1:
         raise ShapeError(f"lanczos needs a vector [N]; got shape {v.shape}")
+    if num_iters < 1:
+        raise ConfigError(f"num_iters must be >= 1; got {num_iters}")
     norm = float(np.linalg.norm(v))
     if not np.isfinite(norm):
         raise NonFiniteError("the start vector contains NaN or infinite values")
@@ -70,6 +89,9 @@ def lanczos(matvec: MatVec, v: np.ndarray, num_iters: int) -> tuple[np.ndarray, 
     betas: list[float] = []
     for _ in range(min(num_iters, v.size)):
         w = np.asarray(matvec(basis[-1]), dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(w)):
+            raise NonFiniteError(f"the kernel-vector product returned NaN or infinite values at Lanczos step "
+                                 f"{len(alphas) + 1}: check the model's outputs and parameters")
         alphas.append(float(basis[-1] @ w))
         q = np.stack(basis, axis=1)
         w = w - q @ (q.T @ w)  # full re-orthogonalisation (twice is enough, Parlett's "twice is enough")
@@ -92,7 +114,14 @@ def _apply_to_tridiagonal(t: np.ndarray, fn: Callable[[np.ndarray], np.ndarray])
 
 def matrix_function(matvec: MatVec, v: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], *,
                     num_iters: int = 64) -> np.ndarray:
-    """Approximate ``f(A) v [N]`` with ``num_iters`` Lanczos steps (``fn`` acts elementwise on eigenvalues)."""
+    """Approximate ``f(A) v [N]`` with ``num_iters`` Lanczos steps (``fn`` acts elementwise on eigenvalues).
+
+    Returns:
+      ``[N]`` float64 (zeros for ``v = 0``); Ritz values are clipped at 0 before ``fn``.
+
+    Raises:
+      ShapeError, NonFiniteError: ``v`` not ``[N]``, or not finite (:func:`lanczos`).
+    """
     q, t, norm = lanczos(matvec, v, num_iters)
     if norm == 0.0:
         return np.zeros_like(np.asarray(v, dtype=np.float64))
@@ -101,7 +130,14 @@ def matrix_function(matvec: MatVec, v: np.ndarray, fn: Callable[[np.ndarray], np
 
 def quadratic_form(matvec: MatVec, v: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], *,
                    num_iters: int = 64) -> float:
-    """Approximate ``vᵀ f(A) v`` by Gauss quadrature on ``num_iters`` Lanczos steps."""
+    """Approximate ``vᵀ f(A) v`` by Gauss quadrature on ``num_iters`` Lanczos steps.
+
+    Returns:
+      A Python ``float`` (0.0 for ``v = 0``); Ritz values are clipped at 0 before ``fn``.
+
+    Raises:
+      ShapeError, NonFiniteError: ``v`` not ``[N]``, or not finite (:func:`lanczos`).
+    """
     _, t, norm = lanczos(matvec, v, num_iters)
     if norm == 0.0:
         return 0.0
@@ -134,6 +170,7 @@ def train_loss(matvec: MatVec, residual0, times, *, learning_rate: float = 1.0, 
     Raises:
       ShapeError: ``residual0`` not ``[N]`` or ``[N, O]``.
       ConfigError: a negative or NaN time.
+      NonFiniteError: a column of ``residual0`` contains NaN or infinite values (:func:`lanczos`).
 
     At ``t = np.inf`` Ritz values at or below ``eps(float32) · λ_max`` count as Θ's null space (the rule of
     ``linfit.dynamics.kernel_eigh``) and the others as decayed, which gives the residual's energy in the null
@@ -174,8 +211,15 @@ def predict(matvec: MatVec, cross_matvec: MatVec, residual0, f0_test, t: float, 
       t: one time.
 
     Returns:
-      ``[M, O]`` predicted test outputs at time t.
+      ``[M, O]`` float64 predicted test outputs at time t.
+
+    Raises:
+      ShapeError: ``residual0`` not ``[N]`` or ``[N, O]``.
+      ConfigError: ``t`` negative or NaN.
+      NonFiniteError: a column of ``residual0`` contains NaN or infinite values (:func:`lanczos`).
     """
+    if not t >= 0:
+        raise ConfigError(f"t must be >= 0 (np.inf allowed); got {t}")
     r = _columns(residual0)
     f0 = np.asarray(f0_test, dtype=np.float64).reshape(-1, r.shape[1])
     eta = float(learning_rate)

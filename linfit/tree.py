@@ -54,17 +54,24 @@ def leaf_paths(tree: Any) -> list[str]:
     return [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def _compile(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ParamsFilterError(f"params_filter {pattern!r} is not a valid regular expression: {err}") from None
+
+
 def as_predicate(params_filter: ParamsFilter) -> Callable[[str, Any], bool]:
     """Turn any accepted filter form into a predicate ``(path, leaf) -> bool``."""
     if params_filter is None:
         return lambda path, leaf: True
     if isinstance(params_filter, str):
-        pattern = re.compile(params_filter)
+        pattern = _compile(params_filter)
         return lambda path, leaf: pattern.search(path) is not None
     if callable(params_filter):
         return params_filter
     if isinstance(params_filter, Sequence) and all(isinstance(p, str) for p in params_filter):
-        patterns = [re.compile(p) for p in params_filter]
+        patterns = [_compile(p) for p in params_filter]
         return lambda path, leaf: any(p.search(path) for p in patterns)
     raise ParamsFilterError(
         f"params_filter must be None, a regex string, a sequence of regex strings or a callable "

@@ -148,6 +148,9 @@ def test_float32_kernel_cast_to_float64_keeps_its_null_space_at_infinite_time():
     got = LinearizedDynamics.from_eigh(eigh, r0, learning_rate=1.0).test_predictions(np.inf, k_test)
     # float32 features: relative error ~ κ(Φ)² · eps32 with κ(Φ) ≈ 4 here
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+    # the loss left at t = ∞ is the residual outside the column space of Φ, whatever dtype the kernel arrives in
+    left = 0.5 * np.sum((r0 - phi @ np.linalg.pinv(phi) @ r0) ** 2)
+    np.testing.assert_allclose(linearized_loss_curve(theta, r0, 0.0, np.inf), left, rtol=1e-4)
 
 
 def test_small_eigenvalue_gain_is_stable():

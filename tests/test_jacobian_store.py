@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from linfit.errors import CheckpointError, ShapeError
+from linfit.errors import CheckpointError, ConfigError, ShapeError
 from linfit.ntk import empirical_ntk_fn
 from linfit.ntk.jacobian_store import jacobian_to_memmap, stored_traced_vp_fn
 from linfit.ntk.large_n import matrix_free_loss_curve
@@ -86,3 +86,17 @@ def test_errors(cnn):
         stored_traced_vp_fn(np.ones((3, 2, 4)))(np.ones(4))
     with pytest.raises(ShapeError, match="jacobian must be"):
         matrix_free_loss_curve(f, params, x, np.eye(O)[np.arange(N) % O], [1.0], jacobian=np.ones((N, 2, 5)))
+    for chunk in (0, -2):  # a negative chunk returned uninitialised memory
+        with pytest.raises(ConfigError, match="chunk must be"):
+            stored_traced_vp_fn(np.ones((3, 2, 4)), chunk=chunk)
+    with pytest.raises(ConfigError, match="batch_size"):  # a ZeroDivisionError before
+        matrix_free_loss_curve(f, params, x, np.eye(O)[np.arange(N) % O], [1.0], batch_size=0)
+
+
+def test_a_garbled_progress_record_is_a_checkpoint_error(cnn, tmp_path):
+    f, params, x, _ = cnn
+    path = tmp_path / "j.npy"
+    jacobian_to_memmap(empirical_ntk_fn(f), x, params, path)
+    (tmp_path / "j.npy.chunks.json").write_text('{"shape": [')
+    with pytest.raises(CheckpointError, match="cannot read the progress record"):
+        jacobian_to_memmap(empirical_ntk_fn(f), x, params, path)

@@ -74,6 +74,14 @@ def test_bad_inputs():
         krylov.train_loss(lambda x: a @ x, np.ones((3, 1, 1)), [1.0])
     with pytest.raises(ConfigError, match=">= 0"):
         krylov.train_loss(lambda x: a @ x, np.ones(3), [1.0, np.nan])
+    with pytest.raises(ConfigError, match=">= 0"):
+        krylov.predict(lambda x: a @ x, lambda x: a @ x, np.ones(3), np.zeros(3), -1.0)
+    with pytest.raises(ConfigError, match="num_iters"):
+        krylov.lanczos(lambda x: a @ x, np.ones(3), 0)
+    with pytest.raises(NonFiniteError, match="Lanczos step 1"):  # was numpy's LinAlgError on the tridiagonal
+        krylov.train_loss(lambda x: np.full(3, np.nan), np.ones(3), [1.0])
+    with pytest.raises(ConfigError, match="finite"):
+        krylov.suggested_iterations(np.inf)
 
 
 def test_infinite_time_keeps_the_null_space_energy():

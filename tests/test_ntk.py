@@ -195,6 +195,8 @@ def test_errors():
         ntk_fn(x1, x2, misshaped)
     with pytest.raises(ParamsFilterError, match="selects no parameter"):
         empirical_ntk_fn(f, params_filter="^nothing$")(x1, x2, params)
+    with pytest.raises(ParamsFilterError, match="not a valid regular expression"):  # re.error before
+        empirical_ntk_fn(f, params_filter=["^head/", "Dense_(0"])
     with pytest.raises(ShapeError, match="batch axis"):
         empirical_ntk_fn(f, trace_axes=(0,))(x1, x2, params)
     with pytest.raises(ShapeError, match="both traced and diagonal"):

@@ -86,6 +86,8 @@ def test_nleep_pca_variance_is_a_share_of_the_variance():
     for bad in (0, 1.5, 3, True):
         with pytest.raises(ConfigError, match="pca_variance"):
             nleep(x, y, pca_variance=bad)
+    with pytest.raises(ConfigError, match="components_per_class"):
+        nleep(x, y, components_per_class=0)
 
 
 # ---------------------------------------------------------------- PARC

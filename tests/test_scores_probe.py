@@ -146,8 +146,9 @@ def test_probe_options_are_checked():
     x, y = blobs(5)
     with pytest.raises(ValueError, match="k must"):
         knn(x, y, k=0)
-    with pytest.raises(ValueError, match="l2"):
-        linear_probe(x, y, l2=0.0)
+    for l2 in (0.0, float("nan")):  # NaN used to reach sklearn
+        with pytest.raises(ValueError, match="l2"):
+            linear_probe(x, y, l2=l2)
 
 
 # ---------------------------------------------------------------- Random baseline

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from linfit.errors import LabelError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, LabelError, NonFiniteError, ShapeError
 from linfit.scores import registry
 from linfit.scores.domain_similarity import domain_similarity, earth_movers_distance
 from linfit.scores.feature_metrics import feature_metrics, feature_variance, hoyer_sparsity, near_zero_fraction
@@ -159,6 +159,9 @@ def test_domain_similarity_validation():
         domain_similarity(f, means, counts, y, min_per_class=7)
     with pytest.raises(LabelError, match="no source class"):
         domain_similarity(f, means, np.full(4, 2), y)
+    for gamma in (-1.0, 0.0, np.nan):  # gamma = -1 gave 6.57, outside (0, 1]
+        with pytest.raises(ConfigError, match="gamma"):
+            domain_similarity(f, means, counts, y, gamma=gamma)
 
 
 # ---------------------------------------------------------------- shared validation and registry

@@ -87,7 +87,14 @@ def empirical_ntk_fn(
     Returns:
       An :class:`NtkFn`; call it as ``ntk_fn(x1 [N1, ...], x2 [N2, ...] | None, params)``. When ``f``
       returns a pytree, the result is the same pytree with one kernel per output leaf (the kernel of that
-      leaf alone; no cross-terms between leaves, as neural-tangents' ``empirical_ntk_fn``).
+      leaf alone; no cross-terms between leaves, as neural-tangents' ``empirical_ntk_fn``). What a call
+      raises: :meth:`NtkFn.__call__`.
+
+    Raises:
+      UnknownNameError: ``implementation`` is not one of ``IMPLEMENTATIONS``.
+      VmapAxesError: ``vmap_axes`` is neither ``0`` nor ``None``.
+      ParamsFilterError: ``params_filter`` is not a form :mod:`linfit.tree` accepts (a filter that selects no
+        leaf is reported by the first call).
     """
     if implementation not in IMPLEMENTATIONS:
         raise UnknownNameError(
@@ -136,6 +143,26 @@ class NtkFn:
         self._picks: dict[tuple, str] = {}
 
     def __call__(self, x1: Any, x2: Any | None, params: Any) -> Any:
+        """The empirical NTK of ``f`` between ``x1`` and ``x2`` at ``params`` (class docstring: when each check runs).
+
+        Args:
+          x1: ``[N1, ...]``, an array or a pytree of arrays sharing the leading batch axis ``N1``.
+          x2: ``[N2, ...]`` with the structure and per-sample shapes of ``x1``, or ``None`` for ``x1``.
+          params: the parameters ``f`` is applied to.
+
+        Returns:
+          ``[N1, N2, ...]`` (layout: :func:`empirical_ntk_fn`), or a pytree of kernels, one per output leaf of ``f``.
+
+        Raises:
+          ShapeError: ``x1``/``x2`` leaves do not share one non-zero batch size, ``x1`` and ``x2`` differ in
+            structure or per-sample shapes, an output leaf of ``f`` is not an array ``[N, ...]``, ``trace_axes`` or
+            ``diagonal_axes`` do not fit ``f``'s output (out of range, the batch axis 0, repeated, both traced and
+            diagonal), or ``implementation="structured"`` for an output that is not ``[N, O]``.
+          TreeMismatchError: ``f`` fails on ``params`` (and one sample of ``x1``), or a selected leaf is never read.
+          ParamsFilterError: ``params_filter`` selects no leaf.
+          NonFiniteError: NaN/inf in ``x1``, ``x2`` or ``params`` (concrete inputs only).
+          VmapAxesError: ``vmap_axes=0`` and ``f``'s samples interact (concrete inputs only).
+        """
         x1, x2, out = self._prepare(x1, x2, params)
         check_finite(x1=x1, x2=x2, params=params)
         self._check(x1, x2, params)
@@ -151,7 +178,12 @@ class NtkFn:
     def validate(self, x1: Any, x2: Any | None, params: Any) -> None:
         """The checks of a call (shapes, finiteness, tree, sample independence) without computing a kernel:
         for a caller that then runs this function on tiles of ``x1``/``x2`` under ``jax.jit``, where the
-        checks cannot run (:func:`linfit.ntk.kernel`). Raises what a call raises (class docstring)."""
+        checks cannot run (:func:`linfit.ntk.kernel`).
+
+        Raises:
+          ShapeError: as :meth:`__call__`, except the ``implementation="structured"`` check (made when computing).
+          TreeMismatchError, ParamsFilterError, NonFiniteError, VmapAxesError: as :meth:`__call__`.
+        """
         x1, x2, _ = self._prepare(x1, x2, params)
         check_finite(x1=x1, x2=x2, params=params)
         self._check(x1, x2, params)

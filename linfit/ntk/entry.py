@@ -227,10 +227,18 @@ def kernel(
       (a consumer).
 
     Raises:
-      ShapeError: mismatched feature shapes, a wrong ``output`` array shape or kind, a multi-axis mesh, or a
-        budget too small (:func:`plan_kernel`).
+      UnknownNameError: an unknown ``strategy``.
+      ShapeError: a multi-axis mesh, ``x1``/``x2`` not one array ``[N, ...]`` (a pytree of inputs, a scalar),
+        mismatched feature shapes, ``ntk_fn`` returning a pytree of kernels, a wrong ``output`` array shape or
+        kind, ``tile_size < 1``, a ``plan`` whose geometry does not fit the mesh, a budget too small
+        (:func:`plan_kernel`), or, for an ``NtkFn``, a shape error of its call (:meth:`linfit.ntk.NtkFn.__call__`).
+      VmapAxesError: ``strategy="panels"`` for a kernel function that is not an ``NtkFn`` with ``vmap_axes=0``, or
+        an ``NtkFn`` with ``vmap_axes=0`` whose samples interact.
+      TreeMismatchError: for an ``NtkFn``, ``f`` fails on ``params`` or never reads a selected leaf.
+      ParamsFilterError: for an ``NtkFn``, its ``params_filter`` selects no leaf.
       NonFiniteError: NaN/inf in ``x1``, ``x2`` or ``params``.
-      CheckpointError: a file path holding another run's kernel (:mod:`linfit.ntk.resumable`).
+      CheckpointError: a file path that exists without its progress record, or whose record is unreadable or
+        from another run (:mod:`linfit.ntk.resumable`).
     """
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")

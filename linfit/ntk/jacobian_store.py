@@ -17,7 +17,6 @@ Memory: one chunk of rows plus ``g``; sums over samples are accumulated chunk by
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from linfit.errors import CheckpointError, ShapeError, VmapAxesError
+from linfit.errors import CheckpointError, ConfigError, ShapeError, VmapAxesError
 from linfit.ntk.empirical import NtkFn
 from linfit.ntk.sharding import _pad
 from linfit.ntk.structured import JACOBIAN_CHUNK, per_sample_jacobian_fn
@@ -46,17 +45,20 @@ def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLi
       x: ``[N, ...]`` inputs; params: the parameters.
       path: the ``.npy`` file; a sidecar ``<path>.chunks.json`` records finished chunks, so a rerun with the
         same inputs continues where an interrupted one stopped.
-      chunk: samples per compiled Jacobian call (the last chunk is padded, padding never written).
+      chunk: samples per compiled Jacobian call (the last chunk is padded, padding never written); a resumed
+        file keeps the chunk it was started with, since its record counts finished chunks in that size.
 
     Returns:
       The Jacobian ``[N, O, P]`` as a read-only ``np.memmap``; its parameter axis is ordered as
       :func:`linfit.ntk.structured.per_sample_jacobian_fn` orders it.
 
     Raises:
-      CheckpointError: ``path`` exists without its sidecar, or the sidecar belongs to other inputs.
+      CheckpointError: ``path`` exists without its sidecar, or the sidecar is unreadable, of another version or
+        belongs to other inputs.
       VmapAxesError: ``ntk_fn`` is not an ``NtkFn`` with ``vmap_axes=0`` (samples must be independent).
+      ParamsFilterError: ``ntk_fn``'s ``params_filter`` selects no leaf.
     """
-    from linfit.ntk.resumable import _fingerprint, _write_record  # one rule for every resumable file
+    from linfit.ntk.resumable import _VERSION, _fingerprint, _read_record, _write_record  # one rule for all
 
     if getattr(ntk_fn, "vmap_axes", None) != 0:
         raise VmapAxesError("jacobian_to_memmap needs independent samples: an NtkFn with vmap_axes=0")
@@ -66,15 +68,15 @@ def jacobian_to_memmap(ntk_fn: NtkFn, x: Any, params: Any, path: str | os.PathLi
     path, record_path = Path(path), Path(str(path) + _SUFFIX)
     fingerprint = _fingerprint(ntk_fn, x, None, params)
     if record_path.exists():
-        record = json.loads(record_path.read_text())
-        if record["fingerprint"] != fingerprint or tuple(record["shape"]) != shape:
+        record = _read_record(record_path)  # an unreadable or other-version record is a CheckpointError
+        if record.get("fingerprint") != fingerprint or tuple(record["shape"]) != shape:
             raise CheckpointError(f"{path} holds the Jacobian of other inputs, parameters or options; delete it "
                                   "and its sidecar, or pick another path")
     elif path.exists():
         raise CheckpointError(f"{path} exists but has no progress record {record_path}; delete it or pick "
                               "another path")
     else:
-        record = {"shape": list(shape), "chunk": chunk, "fingerprint": fingerprint, "done": []}
+        record = {"version": _VERSION, "shape": list(shape), "chunk": chunk, "fingerprint": fingerprint, "done": []}
         # a sparse .npy file; the returned map is dropped at once, rows are written with plain writes below
         np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
         _write_record(record_path, record)
@@ -104,9 +106,23 @@ def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = READ_CHUNK) -> Cal
 
     ``jacobian`` is any array (typically the memmap of :func:`jacobian_to_memmap`); it is read in chunks of
     ``chunk`` samples, twice per product.
+
+    Args:
+      jacobian: ``[N, O, P]`` Jacobian rows, read as float32.
+      chunk: samples per read, ``>= 1``.
+
+    Returns:
+      ``vp(v)``: ``v [N] -> Θ_tr v [N]`` float64 (float32 products per chunk, ``v`` cast to float32; sums over
+      chunks accumulated in float64).
+
+    Raises:
+      ShapeError: ``jacobian`` is not 3-D, or (from ``vp``) ``v`` is not ``[N]``.
+      ConfigError: ``chunk < 1`` (a negative chunk returned uninitialised memory).
     """
     if np.ndim(jacobian) != 3:
         raise ShapeError(f"jacobian must be [N, O, P]; got shape {np.shape(jacobian)}")
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ConfigError(f"chunk must be an integer >= 1 (samples per read); got {chunk!r}")
     n, n_out, n_params = jacobian.shape
     read = _chunk_reader(jacobian)
 

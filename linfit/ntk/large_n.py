@@ -123,14 +123,31 @@ def traced_ntk_vp_fn(
 
 
 def _chunks(x: jax.Array, size: int) -> jax.Array:
-    """``[N, ...] -> [ceil(N / B), B, ...]``, padded by repeating the last sample."""
+    """``[N, ...] -> [ceil(N / B), B, ...]``, padded by repeating the last sample. ``ConfigError`` for
+    ``B < 1``, ``ShapeError`` for ``N = 0``."""
+    if size < 1:
+        raise ConfigError(f"batch_size must be >= 1; got {size}")
+    if x.shape[0] == 0:
+        raise ShapeError("the inputs hold no sample (N = 0)")
     size = min(size, x.shape[0])
     n = math.ceil(x.shape[0] / size) * size
     return _pad(x, n).reshape(n // size, size, *x.shape[1:])
 
 
 def batched_apply(f: ApplyFn, params: Any, x: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """``f(params, x)`` evaluated in chunks of ``batch_size`` samples, as a host array ``[N, O]``."""
+    """``f(params, x)`` evaluated in chunks of ``batch_size`` samples, as a host array ``[N, O]``.
+
+    Args:
+      f: ``apply_fn(params, x [B, ...]) -> [B, ...]``, jit-compiled here; params: its parameters.
+      x: ``[N, ...]``, one array; the last chunk is padded by repeating the last sample (padding dropped).
+      batch_size: samples per call.
+
+    Returns:
+      ``[N, ...]`` ``np.ndarray`` in ``f``'s output dtype (``[N, O]`` for logits).
+
+    Raises:
+      ConfigError: ``batch_size < 1``; ShapeError: an empty ``x``.
+    """
     x = jnp.asarray(x)
     chunks = _chunks(x, batch_size)
     apply = jax.jit(f)
@@ -166,6 +183,13 @@ def matrix_free_loss_curve(
 
     Returns:
       ``[T]`` float64 losses, the convention of :mod:`linfit.dynamics`.
+
+    Raises:
+      ShapeError: ``y`` not shaped like ``f(x)``, ``f(x)`` with more than two axes, or ``jacobian`` not
+        ``[N, O, P]`` for ``f(x) [N, O]``.
+      NonFiniteError: NaN/inf in a residual column ``y - f(x)`` that enters the loss (:func:`linfit.krylov.lanczos`).
+      ConfigError: a negative or NaN time (:func:`linfit.krylov.train_loss`).
+      ParamsFilterError: without ``jacobian``, ``params_filter`` is malformed or selects no leaf.
     """
     f0 = batched_apply(f, params, x, batch_size)
     y = np.asarray(y, dtype=np.float64)
@@ -199,6 +223,17 @@ def streamed_kernel_label_correlation(
       ntk_fn: a traced kernel function (``[n1, n2]`` tiles), e.g. ``empirical_ntk_fn(f)``.
       x: ``[N, ...]``; labels: ``[N]`` integer classes; params: the kernel's parameters.
       mesh, tile_size, memory_budget_bytes, progress: as in :func:`linfit.ntk.kernel`.
+
+    Returns:
+      The correlation, a Python ``float`` (0.0 for a constant kernel).
+
+    Raises:
+      ShapeError: ``labels`` not ``[N]`` for ``x [N, ...]``, ``ntk_fn`` returning a pytree or an untraced kernel
+        (not ``[n1, n2]``), or a shape error of :func:`linfit.ntk.kernel`.
+      LabelError: ``labels`` not integers ``0..C-1`` (or class names) covering at least two classes
+        (:func:`linfit.scores.validation.check_labels`).
+      NonFiniteError: NaN/inf in ``x``, ``params`` or a kernel tile.
+      VmapAxesError, TreeMismatchError, ParamsFilterError: for an ``NtkFn``, as in :func:`linfit.ntk.kernel`.
     """
     acc = StreamedKernelLabelCorrelation(labels)
     x = np.asarray(x)

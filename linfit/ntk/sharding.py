@@ -132,9 +132,10 @@ def plan_tiles(
 ) -> TilePlan:
     """The tile geometry for ``mesh`` and its measured per-device memory.
 
-    With ``geometry`` that geometry is measured as given; with ``tile_size`` the square side is given. Otherwise it is the largest side ``s`` whose one-device
-    ``s x s`` tile program fits ``memory_budget_bytes`` (default 1 GiB) by XLA's ``memory_analysis()`` of the
-    compiled program (arguments + output + temporaries): a few compilations, starting from the analytic
+    With ``geometry`` that geometry is measured as given; with ``tile_size`` the square side is given.
+    Otherwise it is the largest side ``s`` whose one-device ``s x s`` tile program fits ``memory_budget_bytes``
+    (default 1 GiB) by XLA's ``memory_analysis()`` of the compiled program (arguments + output + temporaries): a
+    few compilations, starting from the analytic
     estimate of :func:`linfit.ntk.tiling.tile_size_for_budget` (which counts only the two Jacobians and the
     tile, and is several times low: ``benchmarks/RESULTS.md`` section 3) and refined by fitting
     ``a + b s + c s²`` to the measured points. The geometry is :func:`tile_geometry` of that side; its program

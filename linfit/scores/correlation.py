@@ -61,14 +61,25 @@ def kernel_label_correlation(kernel, labels) -> float:
     is LFC (see :func:`lfc`, which avoids forming the N×N Gram).
 
     Args:
-      kernel: ``[N, N]`` kernel matrix (any real matrix; symmetry is not required).
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      kernel: ``[N, N]`` kernel matrix (any real matrix; symmetry is not required), any real numeric dtype (numpy
+        or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
 
     Returns:
-      The correlation in ``[-1, 1]`` (0 for a constant kernel); higher is better.
+      The correlation in ``[-1, 1]`` (0 for a constant kernel) as a Python ``float``; higher is better.
 
     Shape:
       kernel ``[N, N]``, labels ``[N]`` → scalar.
+
+    Raises:
+      ShapeError: ``kernel`` not 2-D, not square or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``kernel`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Deshpande et al. 2021 (arXiv:2102.00084), eq. (8), the normalised form of eq. (7); with the NTK Θ of
+      eq. (2) it is LGC, with the feature kernel Θ_F of eq. (6) LFC.
     """
     k, y, c = check_kernel(kernel, labels)
     k = k.astype(np.float64)
@@ -83,7 +94,7 @@ def kernel_label_correlation(kernel, labels) -> float:
 def lfc(features, labels, *, center: bool = False) -> float:
     """Label-Feature Correlation: ``kernel_label_correlation(Φ Φᵀ, y)`` on the raw features.
 
-    Deshpande et al. 2021 (arXiv:2102.00084), Sec. 3.3, eq. (8) with Θ_F = ΦΦᵀ. The paper does not
+    Deshpande et al. 2021 (arXiv:2102.00084), Sec. 3.3, eq. (8) with Θ_F = ΦΦᵀ (eq. (6)). The paper does not
     center or normalise the features; ``center=True`` subtracts the feature mean first (an
     ablation, registered as ``"lfc_centered"``).
 
@@ -91,15 +102,21 @@ def lfc(features, labels, *, center: bool = False) -> float:
     ``Σ K² = ‖ΦᵀΦ‖_F²`` (or ``‖ΦΦᵀ‖_F²`` when N < D), ``W = Σ_c ‖Φ_cᵀ 1‖²``.
 
     Args:
-      features: ``[N, D]`` penultimate features Φ.
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      features: ``[N, D]`` penultimate features Φ, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
       center: subtract the per-dimension feature mean before forming the Gram.
 
     Returns:
-      The correlation in ``[-1, 1]``; higher is better.
+      The correlation in ``[-1, 1]`` (0 for a constant Gram) as a Python ``float``; higher is better.
 
     Shape:
       features ``[N, D]``, labels ``[N]`` → scalar.
+
+    Raises:
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
     """
     phi, y, c = check_features(features, labels)
     phi = phi.astype(np.float64)

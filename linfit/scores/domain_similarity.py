@@ -18,7 +18,7 @@ import numpy as np
 from scipy import optimize, sparse
 from scipy.spatial.distance import cdist
 
-from linfit.errors import LabelError, LinfitError, ShapeError
+from linfit.errors import ConfigError, LabelError, LinfitError, ShapeError
 from linfit.scores.registry import register
 from linfit.scores.validation import check_labels, check_matrix
 
@@ -77,20 +77,32 @@ def domain_similarity(
     """Domain similarity ``exp(-gamma * EMD)`` between target and source class-mean features.
 
     Args:
-      features: ``[N, D]`` target features from the pre-trained model.
-      source_class_means: ``[Cs, D]`` class-mean features of the source dataset.
-      source_class_counts: ``[Cs]`` number of source samples per class.
-      labels: ``[N]`` target labels in ``0..C-1``.
+      features: ``[N, D]`` target features from the pre-trained model, any real numeric dtype (numpy or JAX);
+        computed in float64.
+      source_class_means: ``[Cs, D]`` class-mean features of the source dataset, any real numeric dtype.
+      source_class_counts: ``[Cs]`` number of source samples per class, non-negative, any real numeric dtype.
+      labels: ``[N]`` target labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
       gamma: the temperature of the similarity.
       min_per_class: classes (target or source) with fewer samples are excluded.
 
     Returns:
-      DS in ``(0, 1]``; 1 when the two weighted class-mean clouds coincide.
+      DS in ``(0, 1]`` as a Python ``float``; 1 when the two weighted class-mean clouds coincide.
 
     Raises:
-      LabelError: no target or no source class has ``min_per_class`` samples.
-      ShapeError: feature dimensions or class counts do not match.
+      ShapeError: ``features`` or ``source_class_means`` not 2-D, ``source_class_counts`` not 1-D, any of them
+        not numeric; labels not 1-D or not N long; feature dimensions D or class counts Cs that do not match;
+        negative source counts; all kept source counts zero (only possible with ``min_per_class <= 0``).
+      NonFiniteError: ``features``, ``source_class_means`` or ``source_class_counts`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``); no target or no source class has ``min_per_class`` samples.
+      ConfigError: ``gamma <= 0`` or NaN.
+      LinfitError: the EMD linear program fails.
+
+    References:
+      Cui et al. 2018 (CVPR); formula in the module docstring.
     """
+    if not gamma > 0:
+        raise ConfigError(f"gamma must be > 0 (DS = exp(-gamma * EMD) lies in (0, 1] only then); got {gamma}")
     f = np.asarray(check_matrix(features, "features"), dtype=np.float64)
     y, c = check_labels(labels, n=f.shape[0])
     src = np.asarray(check_matrix(source_class_means, "source_class_means"), dtype=np.float64)

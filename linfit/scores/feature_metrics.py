@@ -72,13 +72,25 @@ def feature_metrics(features, labels, *, weight: float = 0.5, rel_tol: float = 1
     """Combined sparsity score of ``features [N, D]`` (``labels [N]`` are validated, not used).
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``.
-      weight: weight of the mean Hoyer sparsity; ``1 - weight`` goes to the near-zero fraction.
+      features: ``[N, D]`` penultimate features, ``D >= 2``, any real numeric dtype (numpy or JAX); computed in
+        float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
+      weight: weight of the mean Hoyer sparsity, in ``[0, 1]``; ``1 - weight`` goes to the near-zero fraction.
       rel_tol: relative threshold of ``near_zero_fraction``.
 
     Returns:
-      A value in ``[0, 1]``; higher = sparser features.
+      A Python ``float`` in ``[0, 1]``; higher = sparser features.
+
+    Raises:
+      ConfigError: ``weight`` not in ``[0, 1]``.
+      ShapeError: ``features`` not 2-D, not numeric or with ``D < 2``; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Ueno & Kondo 2020, whose definitions linfit could not find: the metrics here are linfit's stand-ins (module
+      docstring).
     """
     if not 0.0 <= weight <= 1.0:
         raise ConfigError(f"weight must lie in [0, 1]; got {weight}")

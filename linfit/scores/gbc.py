@@ -52,13 +52,14 @@ def gbc(features, labels, *, gaussian_type: str = "spherical", var_floor: float 
     """Negative sum of pairwise Bhattacharyya coefficients between per-class Gaussians.
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``, at least 2 samples per class.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names, at least
+        2 samples per class.
       gaussian_type: ``"spherical"`` or ``"diagonal"`` class covariances.
       var_floor: lower bound on every variance, > 0.
 
     Returns:
-      GBC ≤ 0; higher (closer to 0) is better.
+      GBC ≤ 0 as a Python ``float``; higher (closer to 0) is better.
 
     Shape:
       features ``[N, D]``, labels ``[N]`` → scalar.
@@ -67,6 +68,10 @@ def gbc(features, labels, *, gaussian_type: str = "spherical", var_floor: float 
       UnknownNameError: an unknown ``gaussian_type``; ConfigError: ``var_floor <= 0``; ShapeError,
       NonFiniteError, LabelError: features not a finite ``[N, D]`` matrix, labels not ``[N]`` in ``0..C-1``
       with 2 samples per class.
+
+    References:
+      Pándy et al. 2022 (CVPR, arXiv:2111.12780); formula, cited equations and the differences from the
+      authors' code in the module docstring.
     """
     if gaussian_type not in _GAUSSIAN_TYPES:
         raise UnknownNameError(f"gaussian_type must be one of {_GAUSSIAN_TYPES}; got {gaussian_type!r}")

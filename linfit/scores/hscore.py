@@ -90,14 +90,23 @@ def h_score(features, labels) -> float:
     """H-score ``tr(cov(f)⁺ cov(E[f|y]))`` (matrix product, pseudo-inverse).
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
 
     Returns:
-      The score ≥ 0 (at most min(C − 1, D)); higher is better.
+      The score ≥ 0 (at most min(C − 1, D)) as a Python ``float``; 0 for constant features. Higher is better.
 
     Shape:
       features ``[N, D]``, labels ``[N]`` → scalar.
+
+    Raises:
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Bao et al. 2019 (ICIP); formula and cited definition in the module docstring.
     """
     return _between_class_trace(features, labels, shrink=False)
 
@@ -107,13 +116,22 @@ def regularized_h_score(features, labels) -> float:
     """H-score with the Ledoit–Wolf-shrunk feature covariance: ``tr(Σ_α⁻¹ (1 − α) cov(E[f|y]))``.
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
 
     Returns:
-      The score ≥ 0; higher is better.
+      The score ≥ 0 as a Python ``float``; higher is better.
 
     Shape:
       features ``[N, D]``, labels ``[N]`` → scalar.
+
+    Raises:
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Ibrahim et al. 2021 (NeurIPS); formula in the module docstring.
     """
     return _between_class_trace(features, labels, shrink=True)

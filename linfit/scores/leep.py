@@ -31,14 +31,26 @@ def leep(source_probs, labels) -> float:
     """Log expected empirical prediction of the target labels from the source head's outputs.
 
     Args:
-      source_probs: ``[N, Cs]`` softmax outputs θ(x_i) of the pre-trained (source) head.
-      labels: ``[N]`` target labels in ``0..C-1``.
+      source_probs: ``[N, Cs]`` softmax outputs θ(x_i) of the pre-trained (source) head: any real numeric dtype
+        (numpy or JAX), rows non-negative and summing to 1; computed in float64.
+      labels: ``[N]`` target labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
 
     Returns:
-      T ≤ 0, the mean log-likelihood of the labels under the empirical predictor; higher is better.
+      T ≤ 0 as a Python ``float``, the mean log-likelihood of the labels under the empirical predictor; higher
+      is better.
 
     Shape:
       source_probs ``[N, Cs]``, labels ``[N]`` → scalar.
+
+    Raises:
+      ShapeError: ``source_probs`` not 2-D or not numeric, labels not 1-D or not N long, or a negative entry or
+        a row that does not sum to 1 (within 1e-3).
+      NonFiniteError: ``source_probs`` contains NaN or inf.
+      LabelError: labels outside ``0..C-1``, a class in that range absent, a single class, or unusable class
+        names (``check_labels``).
+
+    References:
+      Nguyen et al. 2020 (ICML, arXiv:2002.12462); formula and cited equations in the module docstring.
     """
     theta, y, c = check_probabilities(source_probs, labels)
     theta = theta.astype(np.float64)

@@ -227,7 +227,26 @@ def _projected_gradients(f: Callable, params_filter: tuple[str, ...]) -> Callabl
 
 def lgc(kernel, labels) -> float:
     """LGC from a precomputed fine-tuning NTK ``kernel [N, N]`` (``lgc_kernel``) and ``labels [N]``: the
-    Pearson correlation of its entries with the ±1 label-similarity matrix (paper eq. (8))."""
+    Pearson correlation of its entries with the ±1 label-similarity matrix (paper eq. (8)).
+
+    Args:
+      kernel: ``[N, N]`` NTK, any real numeric dtype (numpy or JAX, e.g. ``lgc_kernel``'s float64); computed in
+        float64. Symmetry is not checked.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
+
+    Returns:
+      The correlation in ``[-1, 1]`` (0 for a constant kernel) as a Python ``float``; higher is better.
+
+    Raises:
+      ShapeError: ``kernel`` not 2-D, not square or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``kernel`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Deshpande et al. 2021 (arXiv:2102.00084): eq. (8), the normalised form of LGC's eq. (7), with Θ the NTK of
+      eq. (2), computed as in the module docstring.
+    """
     return kernel_label_correlation(kernel, labels)
 
 

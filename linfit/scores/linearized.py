@@ -42,17 +42,28 @@ def loss_ratio(kernel, labels, tau) -> np.ndarray:
     """``L_τ / L_0`` of the linearized model trained by MSE gradient flow on one-hot labels, for every ``τ``.
 
     Args:
-      kernel: ``[N, N]`` fine-tuning NTK on the scoring subset.
-      labels: ``[N]`` integers in ``0..C-1``.
+      kernel: ``[N, N]`` fine-tuning NTK on the scoring subset, any real numeric dtype (numpy or JAX); computed
+        in float64.
+      labels: ``[N]`` integers in ``0..C-1`` (integer or integral-float dtype) or class names.
       tau: scalar or ``[*T]`` times in units of the mean eigenvalue of the kernel (``η t = τ N / tr Θ``), > 0
         (``np.inf`` allowed).
 
     Returns:
-      ``[*T]`` float64 in ``[0, 1]`` (the curve ``linfit select`` plots; ``linearized_loss`` is its negative at
-      one τ).
+      ``[*T]`` float64 array in ``[0, 1]`` (a ``numpy.float64`` scalar for a scalar ``tau``; the curve
+      ``linfit select`` plots; ``linearized_loss`` is its negative at one τ).
 
     Raises:
-      ConfigError: a τ that is not positive; ShapeError, NonFiniteError, LabelError: as ``check_kernel``.
+      ConfigError: a τ that is not positive (or NaN).
+      ShapeError: ``kernel`` not 2-D, not square or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``kernel`` contains NaN or inf.
+      KernelError: the (symmetrised) kernel has an eigenvalue below the round-off tolerance of
+        ``linfit.dynamics.kernel_eigh``: it is not positive semi-definite.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Deshpande et al. 2021 (arXiv:2102.00084), Prop. 1, eq. (1): the loss of the linearized model under gradient
+      flow (see the module docstring for the ½ and the time unit used here).
     """
     k, y, c = check_kernel(kernel, labels)
     targets = np.eye(c)[y]
@@ -64,12 +75,26 @@ def linearized_loss(kernel, labels, *, tau: float = 1.0) -> float:
     """``-L_τ / L_0`` of the linearized model trained by MSE gradient flow on one-hot labels.
 
     Args:
-      kernel: ``[N, N]`` fine-tuning NTK on the scoring subset.
-      labels: ``[N]`` integers in ``0..C-1``.
-      tau: time in units of the mean eigenvalue of the kernel (``η t = τ N / tr Θ``).
+      kernel: ``[N, N]`` fine-tuning NTK on the scoring subset, any real numeric dtype (numpy or JAX); computed
+        in float64.
+      labels: ``[N]`` integers in ``0..C-1`` (integer or integral-float dtype) or class names.
+      tau: time in units of the mean eigenvalue of the kernel (``η t = τ N / tr Θ``), > 0 (``np.inf`` allowed).
 
     Returns:
-      A float in ``[-1, 0]``; 0 means the loss is gone by τ.
+      A Python ``float`` in ``[-1, 0]``; 0 means the loss is gone by τ.
+
+    Raises:
+      ConfigError: ``tau`` is not positive (or NaN).
+      ShapeError: ``kernel`` not 2-D, not square or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``kernel`` contains NaN or inf.
+      KernelError: the (symmetrised) kernel has an eigenvalue below the round-off tolerance of
+        ``linfit.dynamics.kernel_eigh``: it is not positive semi-definite.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      linfit's score built on Deshpande et al. 2021 (arXiv:2102.00084), Prop. 1, eq. (1); at small τ it reduces
+      to the initial-speed proxy of eq. (3) (module docstring).
     """
     return -float(loss_ratio(kernel, labels, tau))
 
@@ -90,14 +115,29 @@ def linearized_cv_accuracy(kernel, labels, *, tau: float = 10.0, folds: int = 5,
     """k-fold cross-validated accuracy of the closed-form linearized model at normalised time τ.
 
     Args:
-      kernel: ``[N, N]`` fine-tuning NTK on the scoring subset.
-      labels: ``[N]`` integers in ``0..C-1`` with at least ``min(folds, 2)`` samples per class.
-      tau: training time in units of the mean eigenvalue of each fold's training kernel.
-      folds: number of folds (stratified, seeded).
+      kernel: ``[N, N]`` fine-tuning NTK on the scoring subset, any real numeric dtype (numpy or JAX); computed
+        in float64.
+      labels: ``[N]`` integers in ``0..C-1`` (integer or integral-float dtype) or class names, with at least
+        ``min(folds, 2)`` samples per class.
+      tau: training time in units of the mean eigenvalue of each fold's training kernel, > 0.
+      folds: number of folds (stratified, seeded), >= 2.
       seed: fold assignment seed.
 
     Returns:
-      Mean held-out accuracy over all N samples, in ``[0, 1]``.
+      Mean held-out accuracy over all N samples, in ``[0, 1]``, as a ``numpy.float64``.
+
+    Raises:
+      ConfigError: ``folds < 2``, or ``tau`` not positive (or NaN).
+      ShapeError: ``kernel`` not 2-D, not square or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``kernel`` contains NaN or inf.
+      KernelError: a fold's (symmetrised) training kernel has an eigenvalue below the round-off tolerance of
+        ``linfit.dynamics.kernel_eigh``: it is not positive semi-definite.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``); a class with fewer than 2 samples.
+
+    References:
+      linfit's score built on Deshpande et al. 2021 (arXiv:2102.00084), Prop. 1, eq. (1), with the closed-form
+      gradient-flow solution of its App. A for the held-out predictions (module docstring).
     """
     k, y, c = check_kernel(kernel, labels)
     check_labels(y, min_per_class=2)

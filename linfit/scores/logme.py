@@ -209,16 +209,27 @@ def logme(features, labels, *, regression: bool = False) -> float:
     """LogME score: mean over target columns of the maximum log evidence per sample.
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer classes in ``0..C-1`` (each class is a one-vs-rest 0/1 column), or, with
-        ``regression=True``, ``[N, K]`` (or ``[N]``) real targets.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` classes in ``0..C-1`` (integer or integral-float dtype) or class names, each class a
+        one-vs-rest 0/1 column; or, with ``regression=True``, ``[N, K]`` (or ``[N]``) real numeric targets.
       regression: treat ``labels`` as real-valued targets.
 
     Returns:
-      The score (higher is better); see the module docstring for the evidence maximised.
+      The score as a Python ``float`` (higher is better); see the module docstring for the evidence maximised.
 
     Shape:
       features ``[N, D]``, labels ``[N]`` or ``[N, K]`` → scalar.
+
+    Raises:
+      ShapeError: ``features`` not 2-D or not numeric, or all zero; labels not 1-D (classification) or not
+        1-D/2-D and numeric (regression), or not N long.
+      NonFiniteError: ``features`` (or, with ``regression=True``, the targets) contain NaN or inf.
+      LabelError: classification labels not in ``0..C-1``, a class in that range absent, a single class, or bad
+        class names (``check_labels``); with ``regression=True``, a target column that is all zeros.
+
+    References:
+      You et al. 2021 (ICML) and the fixed-point algorithm of the JMLR version (arXiv:2110.10545); formula,
+      cited algorithm and the deliberate differences from the public code in the module docstring.
     """
     if regression:
         f = check_matrix(features, "features")

@@ -48,15 +48,25 @@ def nce(source_labels, labels) -> float:
     """Negative conditional entropy −H(Y | Z) of the target labels given hard source labels.
 
     Args:
-      source_labels: ``[N]`` source-class indices z_i (e.g. the source head's argmax) or source class
-        names; source classes that never occur are allowed.
-      labels: ``[N]`` target labels y_i in ``0..C-1``, or class names (encoded in sorted order).
+      source_labels: ``[N]`` source-class indices z_i ≥ 0 (e.g. the source head's argmax; integer or
+        integral-float dtype) or source class names; source classes that never occur are allowed.
+      labels: ``[N]`` target labels y_i in ``0..C-1`` (integer or integral-float dtype), or class names
+        (encoded in sorted order).
 
     Returns:
-      −H(Y | Z) in nats, ≤ 0; 0 when the source label determines the target label. Higher is better.
+      −H(Y | Z) in nats as a Python ``float``, ≤ 0; 0 when the source label determines the target label.
+      Higher is better.
 
     Shape:
       source_labels ``[N]``, labels ``[N]`` → scalar.
+
+    Raises:
+      ShapeError: ``labels`` or ``source_labels`` not 1-D, or of different lengths.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``); source labels negative, non-integer, NaN/inf, or bad class names.
+
+    References:
+      Tran et al. 2019 (ICCV, arXiv:1908.08142); formula and cited definitions in the module docstring.
     """
     y, c = check_labels(labels)
     z = _check_source_labels(source_labels, y.shape[0])
@@ -73,8 +83,26 @@ def nce(source_labels, labels) -> float:
 def nce_from_probs(source_probs, labels) -> float:
     """NCE with Z = argmax of the source head's softmax: ``nce(argmax(source_probs), labels)``.
 
+    Args:
+      source_probs: ``[N, Cs]`` softmax outputs of the pre-trained (source) head: any real numeric dtype
+        (numpy or JAX), rows non-negative and summing to 1.
+      labels: ``[N]`` target labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
+
+    Returns:
+      −H(Y | Z) in nats as a Python ``float``, ≤ 0; higher is better.
+
     Shape:
       source_probs ``[N, Cs]``, labels ``[N]`` → scalar.
+
+    Raises:
+      ShapeError: ``source_probs`` not 2-D or not numeric, labels not 1-D or not N long, or a negative entry or
+        a row that does not sum to 1 (within 1e-3).
+      NonFiniteError: ``source_probs`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Tran et al. 2019 (ICCV, arXiv:1908.08142); formula and cited definitions in the module docstring.
     """
     probs, y, _ = check_probabilities(source_probs, labels)
     return nce(np.argmax(probs, axis=1), y)

@@ -45,18 +45,31 @@ def nleep(
     """NLEEP score of ``features [N, D]`` for ``labels [N]``.
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
       components_per_class: mixture components per target class (``K = components_per_class * C``).
-      pca_variance: fraction of the variance the PCA keeps, or ``None`` for no PCA.
+      pca_variance: fraction of the variance the PCA keeps, in ``(0, 1]``, or ``None`` for no PCA.
       seed: ``random_state`` of the mixture's k-means initialisation.
 
     Returns:
-      The mean log expected empirical prediction (``<= 0``).
+      The mean log expected empirical prediction (``<= 0``) as a Python ``float``.
 
     Raises:
-      LabelError: fewer samples than mixture components.
+      ConfigError: ``components_per_class`` not an integer >= 1, or ``pca_variance`` not ``None`` and not a real
+        number in ``(0, 1]``.
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long; the features have zero
+        variance (when ``pca_variance`` is not ``None``).
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``); fewer samples than mixture components (``N < K``).
+
+    References:
+      Li et al. 2021 (CVPR, "Ranking Neural Checkpoints"), with LEEP of Nguyen et al. 2020; steps in the module
+      docstring.
     """
+    if isinstance(components_per_class, bool) or not isinstance(components_per_class, numbers.Integral) or (
+            components_per_class < 1):
+        raise ConfigError(f"components_per_class must be an integer >= 1; got {components_per_class!r}")
     f, y, c = check_features(features, labels)
     k = components_per_class * c
     if f.shape[0] < k:

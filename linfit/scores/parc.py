@@ -88,14 +88,25 @@ def parc(features, labels, *, pca_dim: int = 32) -> float:
     """PARC score of ``features [N, D]`` for ``labels [N]`` (``N >= 3``).
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``, ``C >= 2``.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names, ``C >= 2``.
       pca_dim: number of principal components kept (``min(pca_dim, r)`` with r the numerically non-zero
         ones, see ``pca_reduce``; at least 2 must remain). Each kept component is standardised to unit
         variance, so a numerically null one would turn round-off into a full-weight random axis.
 
     Returns:
-      The Spearman correlation of the two RDMs' upper triangles, in ``[-1, 1]`` (not x100).
+      The Spearman correlation of the two RDMs' upper triangles, in ``[-1, 1]`` (not x100), as a Python ``float``.
+
+    Raises:
+      ConfigError: ``pca_dim`` is not an int >= 1, a float in ``(0, 1]`` or ``None`` (``pca_reduce``).
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long; the features have zero
+        variance, fewer than 2 principal components remain, or ``N < 3``.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Bolya et al. 2021 (NeurIPS); formula and the differences from the public code in the module docstring.
     """
     f, y, c = check_features(features, labels)
     z = pca_reduce(f, pca_dim)

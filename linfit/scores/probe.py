@@ -58,15 +58,26 @@ def linear_probe(features, labels, *, holdout: float = 0.3, seed: int = 0, l2: f
     ``C = 1 / (l2 * N_fit)``).
 
     Args:
-      features: ``[N, D]``.
-      labels: ``[N]`` integer labels in ``0..C-1``, every class with >= 2 samples.
+      features: ``[N, D]``, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names, every
+        class with >= 2 samples.
       holdout, seed: see ``stratified_split``.
-      l2: weight-decay strength of the mean loss.
+      l2: weight-decay strength of the mean loss, > 0.
 
     Returns:
-      Accuracy in ``[0, 1]`` on the held-out samples.
+      Accuracy in ``[0, 1]`` on the held-out samples, as a Python ``float``.
+
+    Raises:
+      ConfigError: ``l2`` not positive (or NaN), or ``holdout`` not in ``(0, 1)``.
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``); a class with fewer than 2 samples.
+
+    References:
+      No paper: a held-out-accuracy reference (module docstring), registered with a description, not a citation.
     """
-    if l2 <= 0:
+    if not l2 > 0:  # NaN too
         raise ConfigError(f"l2 must be positive; got {l2}")
     f, y, _ = check_features(features, labels, min_per_class=2)
     train, test = stratified_split(y, holdout=holdout, seed=seed)
@@ -101,13 +112,24 @@ def knn(features, labels, *, k: int = 5, holdout: float = 0.3, seed: int = 0) ->
     """Held-out accuracy of Euclidean k-nearest-neighbour classification of ``features [N, D]``.
 
     Args:
-      features: ``[N, D]``.
-      labels: ``[N]`` integer labels in ``0..C-1``, every class with >= 2 samples.
-      k: neighbours that vote (clipped to the size of the fitting part).
+      features: ``[N, D]``, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names, every
+        class with >= 2 samples.
+      k: neighbours that vote, >= 1 (clipped to the size of the fitting part).
       holdout, seed: see ``stratified_split``.
 
     Returns:
-      Accuracy in ``[0, 1]`` on the held-out samples.
+      Accuracy in ``[0, 1]`` on the held-out samples, as a Python ``float``.
+
+    Raises:
+      ConfigError: ``k < 1``, or ``holdout`` not in ``(0, 1)``.
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``); a class with fewer than 2 samples.
+
+    References:
+      No paper: a held-out-accuracy reference (module docstring), registered with a description, not a citation.
     """
     if k < 1:
         raise ConfigError(f"k must be >= 1; got {k}")

@@ -25,9 +25,20 @@ def random_score(key, labels) -> float:
     """A ``U[0, 1)`` draw from ``key`` (``labels [N]`` are validated, not used).
 
     Args:
-      key: a ``jax.random`` key (typed key, or a raw ``uint32[2]`` key); the same key gives the same
-        score, so give each model its own key (e.g. ``jax.random.fold_in(key, model_index)``).
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      key: a ``jax.random`` key (typed key of shape ``()``, or a raw ``uint32[2]`` key); the same key gives the
+        same score, so give each model its own key (e.g. ``jax.random.fold_in(key, model_index)``).
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
+
+    Returns:
+      A Python ``float`` in ``[0, 1)``.
+
+    Raises:
+      ShapeError: ``key`` is not one typed key or one raw ``uint32[2]`` key; labels not 1-D.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      The Random baseline of Deshpande et al. 2021 (arXiv:2102.00084), Sec. 4.3.
     """
     check_labels(labels)
     arr = key if isinstance(key, jax.Array) else np.asarray(key)

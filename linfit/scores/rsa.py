@@ -74,15 +74,27 @@ def rsa(features, probe_features, labels) -> float:
     """RSA score: Spearman correlation between the feature RDM and the probe-network RDM.
 
     Args:
-      features: ``[N, D]`` penultimate features of the pre-trained model.
+      features: ``[N, D]`` penultimate features of the pre-trained model, ``D >= 2``, any real numeric dtype
+        (numpy or JAX); computed in float64.
       probe_features: ``[N, Dp]`` penultimate features of a small network trained on the target task,
-        for the same N samples in the same order.
-      labels: ``[N]`` integer target labels in ``0..C-1`` (validated; the score itself does not read
-        them).
+        for the same N samples in the same order, ``Dp >= 2``, any real numeric dtype.
+      labels: ``[N]`` target labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names
+        (validated; the score itself does not read them).
 
     Returns:
       ``S_RSA`` in ``[-1, 1]`` as a Python float; higher means the pre-trained representation is
       organised more like the target-trained one.
+
+    Raises:
+      ShapeError: ``features`` or ``probe_features`` not 2-D or not numeric, with fewer than 2 columns, or with
+        different row counts; labels not 1-D or not N long; ``N < 3``.
+      NonFiniteError: ``features`` or ``probe_features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Dwivedi & Roig 2019 (CVPR); the RDMs and the Spearman correlation are eqs. (9)–(11) of Deshpande et al.
+      2021 (arXiv:2102.00084), which uses RSA as a baseline.
     """
     f = check_matrix(features, "features")
     n = f.shape[0]

@@ -74,8 +74,9 @@ def sfda(features, labels, *, shrinkage: float | None = None) -> float:
     """SFDA score of ``features [N, D]`` for ``labels [N]`` (every class with >= 2 samples).
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names, at least
+        2 samples per class.
       shrinkage: ``None`` for the paper's adaptive ``exp(-5 lambda_max(S_w))``, or a fixed value in
         ``[0, 1]`` used by both passes. With ``N <= D`` and large-scale features the adaptive value
         is ~1e-10, the discriminant separates the scoring samples perfectly and every model scores
@@ -83,7 +84,17 @@ def sfda(features, labels, *, shrinkage: float | None = None) -> float:
         there) restores some spread. The option is linfit's, not the paper's.
 
     Returns:
-      The mean second-pass probability of the true class, in ``(0, 1]``.
+      The mean second-pass probability of the true class, in ``(0, 1]``, as a Python ``float``.
+
+    Raises:
+      ConfigError: ``shrinkage`` is not ``None`` and not in ``[0, 1]``.
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``); a class with fewer than 2 samples.
+
+    References:
+      Shao et al. 2022 (ECCV); the steps and where linfit follows the public code are in the module docstring.
     """
     if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
         raise ConfigError(f"shrinkage must be None or lie in [0, 1]; got {shrinkage}")

@@ -55,16 +55,27 @@ def transrate(features, labels, *, eps: float = 1e-4, class_weighting: str = "si
     """TransRate ``R(Z, ε) − R(Z, ε | Y)`` on the centred features.
 
     Args:
-      features: ``[N, D]`` penultimate features.
-      labels: ``[N]`` integer labels in ``0..C-1``.
+      features: ``[N, D]`` penultimate features, any real numeric dtype (numpy or JAX); computed in float64.
+      labels: ``[N]`` labels: integers in ``0..C-1`` (integer or integral-float dtype) or class names.
       eps: distortion ε > 0.
       class_weighting: ``"size"`` (n_c / N, the paper) or ``"uniform"`` (1 / C, tllib).
 
     Returns:
-      The coding-rate reduction in nats; higher is better.
+      The coding-rate reduction in nats as a Python ``float``; higher is better.
 
     Shape:
       features ``[N, D]``, labels ``[N]`` → scalar.
+
+    Raises:
+      UnknownNameError: ``class_weighting`` is not ``"size"`` or ``"uniform"``.
+      ConfigError: ``eps`` is not > 0.
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      NonFiniteError: ``features`` contains NaN or inf.
+      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
+        (``check_labels``).
+
+    References:
+      Huang et al. 2022 (ICML, arXiv:2106.09362); formula in the module docstring.
     """
     if class_weighting not in _WEIGHTINGS:
         raise UnknownNameError(f"class_weighting must be one of {_WEIGHTINGS}; got {class_weighting!r}")
