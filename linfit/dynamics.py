@@ -87,6 +87,13 @@ def _finite_array(x, name: str, ndim: int | None = None) -> np.ndarray:
     return a.astype(np.float64)
 
 
+def _check_rates(**rates) -> None:
+    """``ConfigError`` unless every rate given (learning rate, weight decay) is finite and >= 0."""
+    for name, value in rates.items():
+        if not np.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be finite and >= 0; got {value}")
+
+
 def _rows(x, name: str, shape: tuple[int, int]) -> np.ndarray:
     """A scalar or ``[N, O]`` array broadcast to ``shape``, with a clear error if it does not fit."""
     a = _finite_array(x, name)
@@ -219,9 +226,7 @@ class LinearizedDynamics:
         if y.shape[0] != n:
             raise ShapeError(f"y_train has N={y.shape[0]} rows but the kernel is [{n}, {n}]")
         f0 = _rows(f0_train, "f0_train", y.shape)
-        for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
-            if not np.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be finite and >= 0; got {value}")
+        _check_rates(learning_rate=learning_rate, weight_decay=weight_decay)
         return cls(eigh, y, eigh.evecs.T @ (y - f0), float(learning_rate), float(weight_decay),
                    bool(discrete))
 
@@ -425,11 +430,12 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     Raises:
       ShapeError: ``y_train`` not a numeric ``[N, O]``, or ``k_train_train`` not shaped for ``trace_axes`` and it.
       NonFiniteError: NaN/inf in ``y_train``, ``k_train_train`` or ``diag_reg``.
-      ConfigError: ``trace_axes`` other than ``(-1,)`` or ``()``.
+      ConfigError: ``trace_axes`` other than ``(-1,)`` or ``()``, or ``learning_rate`` negative or not finite.
       KernelError: ``K`` plus its diagonal regularisation is not positive semi-definite (:func:`kernel_eigh`).
     """
     y = _finite_array(y_train, "y_train", ndim=2)
     n, n_out = y.shape
+    _check_rates(learning_rate=learning_rate)  # here, as given, not as the per-entry rate predict_fn uses
     traced = _canonical_traced(trace_axes)
     k = _flatten_kernel(k_train_train, n, n_out, traced, "k_train_train", rows=n)
     reg = float(diag_reg) * (1.0 if diag_reg_absolute_scale else np.trace(k) / k.shape[0])
@@ -526,9 +532,7 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
     n, n_out = y.shape
     if np.any(y < 0) or not np.allclose(y.sum(axis=1), 1.0, atol=1e-6):
         raise LabelError("y_onehot rows must be probability vectors (non-negative, summing to 1)")
-    for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
-        if not np.isfinite(value) or value < 0:
-            raise ConfigError(f"{name} must be finite and >= 0; got {value}")
+    _check_rates(learning_rate=learning_rate, weight_decay=weight_decay)
     if int(steps) != steps or steps < 0:
         raise ConfigError(f"steps must be an integer >= 0; got {steps}")
     traced = _canonical_traced(trace_axes)

@@ -283,6 +283,8 @@ def test_errors(problem):
         predict(1.0, None)
     with pytest.raises(LinfitError, match="trace_axes"):
         gradient_descent_mse(theta, y, trace_axes=(0,))
+    with pytest.raises(ConfigError, match="learning_rate must be finite and >= 0; got -1"):  # at construction,
+        gradient_descent_mse(theta, y, learning_rate=-1.0)  # the value given (not the per-entry -1/(N·O))
     with pytest.raises(ShapeError, match=r"\[6, 6, 3, 3\]"):
         gradient_descent_mse(theta, y, trace_axes=())
 
