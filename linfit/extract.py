@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linfit.errors import ShapeError, UnknownNameError
+from linfit.errors import ConfigError, UnknownNameError
 from linfit.models import create, features_fn, init, param_subsets
 from linfit.models.compiled import head_logits, penultimate_features
 from linfit.scores.lgc import PAPER_PROJECTION_DIM, lgc_kernel
@@ -160,9 +160,9 @@ def extract_inputs(
     if unknown:
         raise UnknownNameError(f"unknown score inputs {sorted(unknown)}; known: {list(INPUT_NAMES)}")
     if "probe_features" in needs and task is None:
-        raise ShapeError("the input 'probe_features' (RSA) needs the task-level inputs: pass task=TaskInputs(...)")
+        raise ConfigError("the input 'probe_features' (RSA) needs the task-level inputs: pass task=TaskInputs(...)")
     if needs & SOURCE_INPUTS and source_data is None:
-        raise ShapeError("Domain Similarity's inputs need the model's source data: pass source_data=(x, y)")
+        raise ConfigError("Domain Similarity's inputs need the model's source data: pass source_data=(x, y)")
     inputs: dict[str, Any] = {}
     seconds: dict[str, float] = {}
 

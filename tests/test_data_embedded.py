@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from linfit.data import catalog, embedded
-from linfit.errors import UnknownNameError
+from linfit.errors import DatasetError, UnknownNameError
 
 ALL = embedded.source_domains() + embedded.target_domains()
 PACK_DIR = os.path.dirname(embedded.__file__)
@@ -58,6 +58,16 @@ def test_union_offsets_labels():
     assert u.num_classes == h.num_classes + b.num_classes
     np.testing.assert_array_equal(u.y_train, np.concatenate([h.y_train, b.y_train + h.num_classes]))
     assert u.class_names[h.num_classes] == "braille/" + b.class_names[0]
+
+
+def test_a_stale_or_corrupt_pack_is_refused_not_loaded(monkeypatch):
+    """The first load in a process checks the arrays against the manifest's sha256."""
+    stale = {**embedded.manifest(), "braille": {**embedded.manifest()["braille"], "sha256": "0" * 64}}
+    monkeypatch.setattr(embedded, "manifest", lambda: stale)
+    monkeypatch.setattr(embedded, "_VERIFIED", set())
+    with pytest.raises(DatasetError, match="'braille' does not match the sha256 in its manifest.*reinstall"):
+        embedded.load("braille")
+    embedded.load("hebrew")  # the others still load
 
 
 def test_unknown_domain():

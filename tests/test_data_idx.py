@@ -63,6 +63,10 @@ def test_corrupt_gzip_and_missing_file(tmp_path):
     good = gzip.compress(idx_bytes(0x08, "B", list(range(10)), (10,)))
     with pytest.raises(DatasetError, match="corrupt gzip"):
         load_idx(write(tmp_path / "x.gz", good[:-12], compress=False))
+    garbled = bytearray(good)
+    garbled[12:16] = b"\xff\xff\xff\xff"  # inside the deflate stream: zlib.error, not OSError
+    with pytest.raises(DatasetError, match="corrupt gzip"):
+        load_idx(write(tmp_path / "y.gz", bytes(garbled), compress=False))
     with pytest.raises(DatasetError, match="cannot read"):
         load_idx(tmp_path / "missing.idx")
 

@@ -92,6 +92,30 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path / "mismatch")
 
 
+def test_image_folder_native_format_palette_and_16_bit(tmp_path):
+    """size=None, grayscale=None: a palette (GIF-like) image is colour, not one grey band; 16-bit grey is scaled
+    to 8 bits, not clipped to white; the test split takes the training split's size and mode."""
+    red = Image.new("P", (8, 6))
+    red.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 red, index 1 blue
+    blue = red.copy()
+    blue.paste(1, (0, 0, 8, 6))
+    for split, width in (("train", 8), ("test", 7)):  # the test images are narrower
+        for c, im in (("r", red), ("b", blue)):
+            path = tmp_path / "pal" / split / c / "0.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            im.resize((width, 6)).save(path)
+    ds = load_image_folder(tmp_path / "pal", size=None, grayscale=None)
+    assert ds.x_train.shape == (2, 6, 8, 3) and ds.x_test.shape == (2, 6, 8, 3)
+    np.testing.assert_allclose(ds.x_train[:, 0, 0], [[0, 0, 1], [1, 0, 0]])  # classes sorted: b, r
+    for c, value in (("dark", 30000), ("bright", 60000)):
+        for i in range(2):
+            path = tmp_path / "deep" / c / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4), value, np.uint16)).save(path)
+    deep = load_image_folder(tmp_path / "deep", size=None, grayscale=None, test_fraction=0.5)
+    np.testing.assert_allclose(np.sort(deep.x_train[:, 0, 0, 0]), np.array([30000, 60000]) / 65535, atol=1 / 255)
+
+
 def test_load_arrays_npz_and_mapping(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {"x_train": rng.integers(0, 256, (6, 5, 5), dtype=np.uint8), "y_train": np.array([0, 1, 2] * 2),
@@ -107,6 +131,11 @@ def test_load_arrays_npz_and_mapping(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DatasetError, match="cannot read arrays"):
         load_arrays(tmp_path / "junk.npz")
+    raw = bytearray((tmp_path / "toy.npz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # a flipped byte inside a member: zipfile.BadZipFile (bad CRC), not OSError
+    (tmp_path / "flipped.npz").write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="cannot read arrays"):
+        load_arrays(tmp_path / "flipped.npz")
 
 
 def test_load_data_refuses_a_single_class_before_any_work(tmp_path):

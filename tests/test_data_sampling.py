@@ -46,6 +46,12 @@ def test_bad_k(k):
         kshot_indices(LABELS, k, seed=0)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.7, True])
+def test_bad_seed(seed):  # -1 was numpy's ValueError, 1.7 silently drew seed 1
+    with pytest.raises(DatasetError, match="seed must be an integer >= 0"):
+        kshot_indices(LABELS, 2, seed=seed)
+
+
 @pytest.mark.parametrize("labels", [np.zeros((3, 2), int), np.array([0.0, 1.0]), np.array([-1, 0])])
 def test_bad_labels(labels):
     with pytest.raises(LabelError):

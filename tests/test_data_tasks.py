@@ -66,6 +66,8 @@ def test_load_task_errors():
         load_task("nope:5shot")
     with pytest.raises(DatasetError, match="unknown regime"):
         load_task("hebrew:many")
+    with pytest.raises(DatasetError, match="unknown regime '5-shot' in task hebrew:5-shot"):  # an AttributeError
+        load_task(TaskSpec("hebrew", "5-shot"))  # from TaskSpec.shots before
     x = np.zeros((5, 4, 4, 1), np.float32)
     toy = Dataset("toy", x, np.array([0, 0, 0, 1, 1]), x, np.array([0, 1, 0, 1, 0]), ("a", "b"))
     with pytest.raises(DatasetError, match=r"toy:3shot asks for 3 .* 1 class has fewer in the training split .*: 'b' \(2\); .*at most 2"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from linfit import models
-from linfit.errors import ShapeError, UnknownNameError
+from linfit.errors import ConfigError, UnknownNameError
 from linfit.extract import TaskInputs, draw_key, extract_inputs
 
 
@@ -47,9 +47,9 @@ def test_probe_features_trained_once_and_charged_once(small):
 
 def test_missing_prerequisites(small):
     model, variables, x = small
-    with pytest.raises(ShapeError, match="TaskInputs"):
+    with pytest.raises(ConfigError, match="TaskInputs"):
         extract_inputs(model, variables, x, {"probe_features"})
-    with pytest.raises(ShapeError, match="source_data"):
+    with pytest.raises(ConfigError, match="source_data"):
         extract_inputs(model, variables, x, {"source_class_means"})
     with pytest.raises(UnknownNameError):
         extract_inputs(model, variables, x, {"gradients"})

@@ -16,7 +16,6 @@ seed derived from the domain name, so a rebuild with the same package versions g
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import zlib
@@ -25,6 +24,7 @@ import numpy as np
 
 from linfit.data import glyphs
 from linfit.data.catalog import DOMAINS
+from linfit.data.embedded import arrays_digest
 from linfit.data.idx import load_idx
 from linfit.data.sampling import kshot_indices
 
@@ -140,17 +140,6 @@ def build_all(mnist_dir: str, fashion_dir: str) -> dict[str, tuple]:
     if missing:
         raise RuntimeError(f"catalogue and recipes disagree on {sorted(missing)}")
     return {name: out[name] for name in DOMAINS}
-
-
-def arrays_digest(x_train, y_train, x_test, y_test, class_names) -> str:
-    """SHA-256 over the arrays' bytes and the class names (independent of the npz container)."""
-    h = hashlib.sha256()
-    for a in (x_train, y_train, x_test, y_test):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    h.update("\x1f".join(class_names).encode())
-    return h.hexdigest()
 
 
 def write_pack(domains: dict[str, tuple], out_dir: str = EMBEDDED_DIR) -> dict:

@@ -7,6 +7,8 @@ float32 in ``[0, 1]``).
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,7 +36,8 @@ def _class_files(root: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _native_format(paths: list[str]) -> tuple[tuple[int, int], bool]:
-    """``(size (H, W) of the first image, whether every image is single-band)``, from the file headers."""
+    """``(size (H, W) of the first image, whether every image is single-band)``, from the file headers; a palette
+    image (mode ``"P"``: one band of indices into a colour table) counts as colour."""
     from PIL import Image, UnidentifiedImageError
 
     grayscale, size = True, None
@@ -42,15 +45,29 @@ def _native_format(paths: list[str]) -> tuple[tuple[int, int], bool]:
         try:
             with Image.open(path) as im:
                 size = size or (im.height, im.width)
-                grayscale = grayscale and len(im.getbands()) == 1
+                grayscale = grayscale and len(im.getbands()) == 1 and im.mode != "P"
         except (OSError, UnidentifiedImageError) as e:
             raise DatasetError(f"cannot decode image {path!r}: {e}") from e
     return size, grayscale
 
 
+def _eight_bit(im, path: str):
+    """``im`` with 8-bit channels: 16-bit grayscale (modes ``I;16*``) scaled by 255/65535 (Pillow's own
+    conversion would clip it to white); 32-bit integer or float pixels have no fixed range and are refused."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16"):
+        return Image.fromarray(np.round(np.asarray(im, np.float64) * (255.0 / 65535.0)).astype(np.uint8), "L")
+    if im.mode in ("I", "F"):
+        raise DatasetError(f"image {path!r} has {'32-bit integer' if im.mode == 'I' else 'float'} pixels (Pillow "
+                           f"mode {im.mode!r}), which have no fixed range; save it with 8- or 16-bit channels")
+    return im
+
+
 def _read_class_folders(root: str, size: tuple[int, int] | None, grayscale: bool | None):
-    """Read ``root/<class>/<image>`` -> (``[N, H, W, C]`` uint8, ``[N]`` labels, sorted class names); a size or
-    mode left ``None`` is the images' own (:func:`_native_format`)."""
+    """Read ``root/<class>/<image>`` -> (``[N, H, W, C]`` uint8, ``[N]`` labels, sorted class names, the size
+    ``(H, W)`` and grayscale flag used); a size or mode left ``None`` is the images' own
+    (:func:`_native_format`)."""
     from PIL import Image, UnidentifiedImageError
 
     classes, files = _class_files(root)
@@ -63,7 +80,7 @@ def _read_class_folders(root: str, size: tuple[int, int] | None, grayscale: bool
         for path in paths:
             try:
                 with Image.open(path) as im:
-                    im = im.convert("L" if grayscale else "RGB")
+                    im = _eight_bit(im, path).convert("L" if grayscale else "RGB")
                     if im.size != (size[1], size[0]):
                         im = im.resize((size[1], size[0]), Image.BILINEAR)
                     arr = np.asarray(im, np.uint8)
@@ -71,7 +88,7 @@ def _read_class_folders(root: str, size: tuple[int, int] | None, grayscale: bool
                 raise DatasetError(f"cannot decode image {path!r}: {e}") from e
             images.append(arr[..., None] if grayscale else arr)
             labels.append(label)
-    return np.stack(images), np.asarray(labels, np.int32), classes
+    return np.stack(images), np.asarray(labels, np.int32), classes, size, grayscale
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int, source: str) -> np.ndarray:
@@ -109,8 +126,10 @@ def load_image_folder(
       one image) in the test split — the paper's 80/20 rule for datasets without a split.
 
     Args:
-      size: output ``(H, W)``; ``None``: the first image's size (images of another size are resized to it).
-      grayscale: ``C = 1`` if True, else RGB (``C = 3``); ``None``: grayscale iff every image is single-band.
+      size: output ``(H, W)``; ``None``: the first (training) image's size (images of another size are resized
+        to it, test images too).
+      grayscale: ``C = 1`` if True, else RGB (``C = 3``); ``None``: grayscale iff every (training) image is
+        single-band and not a palette image. 16-bit grayscale is scaled to 8 bits.
       seed: seed of the random split (only for the second layout).
 
     Returns:
@@ -120,14 +139,14 @@ def load_image_folder(
     name = name or os.path.basename(os.path.normpath(root))
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        x_train, y_train, classes = _read_class_folders(train_dir, size, grayscale)
-        x_test, y_test, test_classes = _read_class_folders(test_dir, size, grayscale)
+        x_train, y_train, classes, size, grayscale = _read_class_folders(train_dir, size, grayscale)
+        x_test, y_test, test_classes, *_ = _read_class_folders(test_dir, size, grayscale)  # the train format
         if test_classes != classes:
             raise DatasetError(
                 f"{root!r}: train and test have different class folders: {classes} vs {test_classes}"
             )
     else:
-        x, y, classes = _read_class_folders(root, size, grayscale)
+        x, y, classes, *_ = _read_class_folders(root, size, grayscale)
         test_mask = _stratified_split(y, test_fraction, seed, repr(root))
         x_train, y_train, x_test, y_test = x[~test_mask], y[~test_mask], x[test_mask], y[test_mask]
     return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
@@ -148,7 +167,7 @@ def load_arrays(source, *, name: str | None = None, class_names=None, test_fract
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise DatasetError(f"cannot read arrays from {path!r}: {e}") from e
         name = name or os.path.splitext(os.path.basename(path))[0]
     elif isinstance(source, Mapping):

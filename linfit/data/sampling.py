@@ -28,7 +28,7 @@ def kshot_indices(labels, k: int, *, seed: int, allow_fewer: bool = False) -> np
     Args:
       labels: ``[N]`` integer class labels.
       k: samples per class (``k >= 1``).
-      seed: integer seed; the result is a pure function of ``(labels, k, seed)``.
+      seed: integer seed >= 0; the result is a pure function of ``(labels, k, seed)``.
       allow_fewer: if True, a class with fewer than ``k`` samples contributes all of them; if False
         (default) that is a :class:`~linfit.errors.DatasetError`.
 
@@ -38,6 +38,8 @@ def kshot_indices(labels, k: int, *, seed: int, allow_fewer: bool = False) -> np
     labels = _labels(labels)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise DatasetError(f"k must be a positive integer; got {k!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DatasetError(f"seed must be an integer >= 0 (it seeds numpy's SeedSequence); got {seed!r}")
     classes, counts = np.unique(labels, return_counts=True)
     short = {int(c): int(n) for c, n in zip(classes, counts) if n < k}
     if short and not allow_fewer:

@@ -37,6 +37,9 @@ class TaskSpec:
     dataset: str
     regime: str
 
+    def __post_init__(self):
+        parse_regime(self.regime, f" in task {self.dataset}:{self.regime}")
+
     @property
     def shots(self) -> int | None:
         match = _REGIME.match(self.regime)

@@ -45,7 +45,7 @@ def _read_split(tfds, name: str, split: str, data_dir: str, image_key: str, labe
     for key in (image_key, label_key):
         if key not in examples[0]:
             raise DatasetError(f"tfds dataset {name!r} has no feature {key!r}; features: {sorted(examples[0])}")
-    images = np.stack([np.asarray(e[image_key]) for e in examples])
+    images = [np.asarray(e[image_key]) for e in examples]  # stacked by _images, after any resize
     labels = np.asarray([int(e[label_key]) for e in examples], np.int64)
     return images, labels
 
@@ -77,8 +77,7 @@ def load_tfds(
     (x_train, y_train), (x_test, y_test) = (
         _read_split(tfds, name, s, data_dir, image_key, label_key) for s in split
     )
-    if size is not None:
-        x_train, x_test = _resize(x_train, size), _resize(x_test, size)
+    x_train, x_test = (_images(x, size, name, s) for x, s in ((x_train, split[0]), (x_test, split[1])))
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     class_names = _class_names(tfds, name, data_dir, label_key) or [str(i) for i in range(num_classes)]
     return Dataset(name=name.split(":")[0], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
@@ -95,8 +94,21 @@ def _class_names(tfds, name: str, data_dir: str, label_key: str) -> list[str] | 
     return list(names) if names else None
 
 
-def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[N, H, W, C]`` uint8 -> ``[N, size[0], size[1], C]`` uint8 (bilinear)."""
+def _images(images: list[np.ndarray], size: tuple[int, int] | None, name: str, split: str) -> np.ndarray:
+    """N images ``[H, W, C]`` uint8 as ``[N, H, W, C]``, resized to ``size`` when given; images of several shapes
+    without a ``size`` are a ``DatasetError`` saying to pass one."""
+    if size is not None:
+        return _resize(images, size)
+    shapes = sorted({image.shape for image in images})
+    if len(shapes) > 1:
+        raise DatasetError(f"tfds dataset {name!r} split {split!r} has images of {len(shapes)} shapes (e.g. "
+                           f"{shapes[0]} and {shapes[-1]}); pass size=(H, W) to resize them to one")
+    return np.stack(images)
+
+
+def _resize(images, size: tuple[int, int]) -> np.ndarray:
+    """N images ``[H, W, C]`` uint8 (an array ``[N, H, W, C]`` or a list) -> ``[N, size[0], size[1], C]`` uint8
+    (bilinear)."""
     from PIL import Image
 
     out = []

@@ -14,7 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zipfile
+import zlib
 from importlib import resources
 
 import numpy as np
@@ -39,17 +42,47 @@ def manifest() -> dict:
     return json.loads(resources.files(__name__).joinpath("manifest.json").read_text(encoding="utf-8"))
 
 
+def arrays_digest(x_train, y_train, x_test, y_test, class_names) -> str:
+    """SHA-256 over the arrays' bytes and the class names (independent of the npz container): the ``sha256`` a
+    domain's manifest entry records (``build_embedded``) and ``load_raw`` checks."""
+    h = hashlib.sha256()
+    for a in (x_train, y_train, x_test, y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update("\x1f".join(class_names).encode())
+    return h.hexdigest()
+
+
+_VERIFIED: set[str] = set()
+"""Domains whose arrays matched their manifest digest in this process (each is hashed once)."""
+
+
 def load_raw(name: str) -> dict[str, np.ndarray]:
     """The stored arrays of one domain: ``x_train``/``x_test`` ``[N, 28, 28]`` uint8, ``y_*`` ``[N]`` int16,
-    ``class_names`` ``[C]`` str."""
+    ``class_names`` ``[C]`` str. The first load in a process checks them against the manifest's ``sha256``.
+
+    Raises:
+      UnknownNameError: not an embedded domain.
+      DatasetError: the file is missing, unreadable, or its arrays do not match the manifest (corrupt or stale).
+    """
     if name not in catalog.DOMAINS:
         raise UnknownNameError(f"unknown embedded dataset {name!r}; known: {', '.join(catalog.DOMAINS)}")
     resource = resources.files(__name__).joinpath(f"{name}.npz")
     try:
         with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DatasetError(f"embedded dataset {name!r} is missing or corrupt ({e}); reinstall linfit") from e
+    if name not in _VERIFIED:
+        keys = ("x_train", "y_train", "x_test", "y_test")
+        expected = manifest().get(name, {}).get("sha256")
+        if not set(keys) <= set(arrays) or "class_names" not in arrays or expected != arrays_digest(
+                *(arrays[k] for k in keys), arrays["class_names"].tolist()):
+            raise DatasetError(f"embedded dataset {name!r} does not match the sha256 in its manifest: the installed "
+                               "file is corrupt or stale; reinstall linfit")
+        _VERIFIED.add(name)
+    return arrays
 
 
 def load(name: str) -> Dataset:
