@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from linfit._io import write_atomic
 from linfit.errors import CheckpointError, TreeMismatchError
 from linfit.tree import check_same_structure, describe_mismatch, path_str
 
@@ -195,10 +196,7 @@ def save(
         data = serialization.msgpack_serialize(payload)
     except Exception as err:  # msgpack raises TypeError / ValueError on unsupported objects
         raise CheckpointError(f"save: cannot serialise variables/metadata: {err}") from err
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def _read_payload(path: str | os.PathLike) -> dict:

@@ -73,7 +73,7 @@ _LEGACY_PROTOCOL = 1001
 # --------------------------------------------------------------------------- stand-ins for torch's objects
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # no __dict__: a pickle's BUILD cannot alter the shared ones
 class _StorageType:
     """What ``torch.FloatStorage`` & co. unpickle to: only the element dtype matters."""
 
@@ -81,7 +81,7 @@ class _StorageType:
     dtype: np.dtype
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _StorageRef:
     """A persistent-id storage; its bytes are resolved after the object pickle is read."""
 
@@ -91,7 +91,7 @@ class _StorageRef:
     view: tuple[int, int] | None = None  # legacy storage views: (offset, numel) into the storage, in elements
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _TensorRef:
     """A tensor as ``_rebuild_tensor_v2`` describes it; materialised once storages are known."""
 
@@ -233,6 +233,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             struct.error, zipfile.BadZipFile, OSError, RecursionError) as err:
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {err} (only tensors inside "
                               "dicts, lists and tuples are read; save model.state_dict(), not the model)") from None
+    if not arrays:
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors (save model.state_dict())")
     check_weights(arrays, str(path))
     return arrays
 
@@ -323,6 +325,10 @@ def _read_zip(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
             member = f"{prefix}data/{ref.key}"
             if member not in names:
                 raise CheckpointError(f"storage {ref.key!r} is missing (no {member} in the archive)")
+            size = zf.getinfo(member).file_size  # checked before decompressing: a zip bomb is refused, not read
+            if size != ref.numel * ref.dtype.itemsize:
+                raise CheckpointError(f"storage {ref.key!r} has {size} bytes, expected {ref.numel} x "
+                                      f"{ref.dtype.itemsize}")
             storages[ref.key] = _storage_array(zf.read(member), ref, byteorder)
     return tree, storages
 

@@ -458,3 +458,23 @@ def test_truncated_or_garbled_files_raise_checkpoint_error_naming_the_file(tmp_p
             path.write_bytes(broken)
             with pytest.raises(CheckpointError, match=re.escape(str(path))):
                 load()
+
+
+def test_an_interrupted_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """``linfit._io.write_atomic``, under every save of linfit (checkpoints, zoo manifests, progress records):
+    a failure before the rename leaves the previous file whole and removes its uniquely named temporary."""
+    import os
+
+    from linfit import _io
+
+    path = tmp_path / "w.msgpack"
+    checkpoints.save(path, {"params": {"w": np.ones(3, np.float32)}})
+    before = path.read_bytes()
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.save(path, {"params": {"w": np.zeros(5, np.float32)}})
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.msgpack"]

@@ -312,6 +312,28 @@ def test_damaged_files_are_refused(tmp_path):
         read_torch_checkpoint(tmp_path / "nowhere.pt")
 
 
+def test_a_pickle_cannot_alter_the_shared_storage_types(tmp_path):
+    """``torch.FloatStorage`` resolves to one shared object; a BUILD on it (``{"dtype": "junk"}``) loaded as an
+    empty checkpoint and broke every float32 checkpoint read later in the process."""
+    out = bytearray(b"\x80\x02}")
+    _emit("w", out)
+    _emit(Global("torch", "FloatStorage"), out)
+    _emit({"dtype": "junk"}, out)
+    out += b"bs."  # BUILD the storage type with that state, then SETITEM it under "w"
+    write_zip(tmp_path / "poison.pt", {}, {}, pickle_bytes=bytes(out))
+    with pytest.raises(CheckpointError, match="poison.pt"):
+        read_torch_checkpoint(tmp_path / "poison.pt")
+    storages = {"0": np.arange(4, dtype=np.float32)}
+    write_zip(tmp_path / "good.pt", {"t": tensor(storages, "0", 0, (4,), (1,), legacy=False)}, storages)
+    np.testing.assert_array_equal(read_torch_checkpoint(tmp_path / "good.pt")["t"], storages["0"])
+
+
+def test_a_checkpoint_without_tensors_is_refused(tmp_path):
+    write_zip(tmp_path / "empty.pt", {"epoch": 3}, {})
+    with pytest.raises(CheckpointError, match="holds no tensors"):
+        read_torch_checkpoint(tmp_path / "empty.pt")
+
+
 def test_short_zip_storage_is_refused(tmp_path):
     storages = {"0": np.ones(4, np.float32)}
     tree = {"t": Call(Global("torch._utils", "_rebuild_tensor_v2"),

@@ -97,6 +97,15 @@ def test_cli_import_into_user_zoo(tmp_path, monkeypatch, capsys):
     assert [c.name for c in imagenet.checkpoints()][-1] == "user/mnv2"
     state = entry.read()
     assert list(state) == list(imagenet.get("imagenet/mobilenet_v2").read())
+    # the file has no classifier and the import does not declare one: the zoo entry loads what the file holds
+    # (it asked for 'classifier.1.weight' before, and so broke every load of the ImageNet zoo)
+    from linfit.zoo.source import load_zoo
+
+    user = next(e for e in load_zoo("imagenet") if e.name == "user/mnv2")
+    packaged = next(e for e in load_zoo("imagenet") if e.name == "imagenet/mobilenet_v2")
+    _, variables = user.load()
+    _, reference = packaged.load()
+    assert variables["params"]["head"]["kernel"].shape == reference["params"]["head"]["kernel"].shape
 
     pkl = imagenet.get("imagenet/squeezenet1_1").path
     again = imagenet.import_checkpoint(pkl, "squeezenet1_1", name="mnv2")  # same name: replaces the entry

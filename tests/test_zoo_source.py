@@ -213,6 +213,17 @@ def test_unknown_zoo_name_and_bad_combinations(tmp_path):
         load_zoo("embeded")
     with pytest.raises(ConfigError, match="weights_dir"):
         load_zoo(tmp_path / "zoo.toml", weights_dir=tmp_path)
+    # mobilenet_v2 declares RGB with torchvision's constants: BGR without its own mean and std would have kept
+    # them in RGB order, silently swapping the red and blue normalisation
+    body = ('[[model]]\nname = "m"\narchitecture = "mobilenet_v2"\nformat = "pth"\npath = "m.pth"\n'
+            'channel_order = "BGR"\n')
+    (tmp_path / "m.pth").write_bytes(b"not read: load_zoo only lists the entry")
+    with pytest.raises(ConfigError, match="channel_order BGR differs from architecture 'mobilenet_v2''s RGB: give "
+                                          "mean and std too"):
+        load_zoo(_zoo_with(tmp_path, body, files=()))
+    (entry,) = load_zoo(_zoo_with(tmp_path, body + "mean = [0.406, 0.456, 0.485]\nstd = [0.225, 0.224, 0.229]\n",
+                                  files=()))
+    assert entry.preprocessing.mean == (0.406, 0.456, 0.485) and entry.preprocessing.channel_order == "BGR"
 
 
 def test_load_checks_sha256_then_finiteness(tmp_path):

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from linfit._io import write_atomic
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.ntk.panels import PanelGeometry
 from linfit.ntk.sharding import TileGeometry, pair_spec, sharded_tile_grid
@@ -180,6 +181,4 @@ def _check_record(record: dict, shape, dtype, fingerprint: str, num_devices: int
 
 
 def _write_record(record_path: Path, record: dict) -> None:
-    tmp = record_path.with_name(record_path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, record_path)
+    write_atomic(record_path, json.dumps(record))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from linfit._io import write_atomic
 from linfit import checkpoints
 from linfit.errors import UnknownNameError
 from linfit.finetune import evaluate
@@ -148,5 +149,5 @@ def write_manifest(out_dir, *, seed: int, config: spec.TrainConfig) -> dict:
         "build_seconds": float(sum(group_seconds.values())),
         "models": models,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from linfit._io import write_atomic
 from linfit.checkpoints import check_sha256, file_sha256
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.models.registry import preprocessing
@@ -234,9 +235,7 @@ def import_checkpoint(path: str | os.PathLike, arch: str, *, name: str | None = 
     records = [r for r in _read_manifest(folder) if r["name"] != entry.name]
     records.append({"name": entry.name, "arch": arch, "file": str(target.relative_to(folder)), "format": fmt,
                     "sha256": digest})
-    manifest = folder / "manifest.json"
-    manifest.with_name("manifest.json.partial").write_text(json.dumps({"models": records}, indent=1), encoding="utf-8")
-    os.replace(manifest.with_name("manifest.json.partial"), manifest)
+    write_atomic(folder / "manifest.json", json.dumps({"models": records}, indent=1))
     return entry
 
 

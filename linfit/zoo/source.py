@@ -37,6 +37,8 @@ import dataclasses
 import os
 import re
 import tomllib
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -88,7 +90,8 @@ class ZooEntry:
         images).
       sha256: the file's expected content hash (hex), checked before decoding; ``None``: not recorded.
       options: keyword arguments of ``linfit.models.create``.
-      head: whether the file holds the classifier; without it the head is ``IMAGENET_CLASSES`` zeros.
+      head: whether the file holds the classifier; without it the head is ``IMAGENET_CLASSES`` zeros. ``None``:
+        whatever the file holds (a checkpoint imported with ``linfit zoo import``, whose head is not declared).
     """
 
     name: str
@@ -100,7 +103,7 @@ class ZooEntry:
     source_domain: str | None = None
     sha256: str | None = None
     options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-    head: bool = True
+    head: bool | None = True
 
     def load(self) -> tuple[Any, dict]:
         """Read the checkpoint: ``(model, variables)``, a ``linfit.models`` backbone whose head has as many
@@ -215,7 +218,7 @@ def _imagenet() -> list[ZooEntry]:
     formats = {"torch": "pth", "numpy-pickle": "keras-pickle"}
     return [ZooEntry(name=c.name, architecture=c.arch, format=formats[c.format], path=c.path,
                      preprocessing=declared_preprocessing(c.arch), source_domain="imagenet", sha256=c.sha256,
-                     head=c.has_head is not False)
+                     head=c.has_head)
             for c in found]
 
 
@@ -352,7 +355,12 @@ def _preprocessing(arch: str, table: dict) -> Preprocessing:
                           f"{'/'.join(CHANNEL_ORDERS)}, mean and std if not RGB with mean 0 and std 1)")
     order = table.get("channel_order", declared.channel_order if declared else "RGB")
     channels = 1 if order == "L" else 3
-    keep = declared is not None and declared.channels == channels
+    if declared is not None and declared.channels == channels and order != declared.channel_order and not (
+            {"mean", "std"} <= set(table)):  # the declared constants are in the declared order
+        raise ConfigError(f"channel_order {order} differs from architecture {arch!r}'s {declared.channel_order}: "
+                          f"give mean and std too, in {order} order (the declared ones are {declared.mean} and "
+                          f"{declared.std}, in {declared.channel_order} order)")
+    keep = declared is not None and declared.channel_order == order
     return Preprocessing(input_size=table.get("input_size", declared.input_size if declared else None),
                          mean=table.get("mean", declared.mean if keep else (0.0,) * channels),
                          std=table.get("std", declared.std if keep else (1.0,) * channels),
@@ -414,7 +422,7 @@ def _read_npz(entry: ZooEntry) -> tuple[Any, dict]:
     try:
         with np.load(entry.path, allow_pickle=False) as data:
             shape = data["params/head/kernel"].shape[-1] if "params/head/kernel" in data.files else None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise CheckpointError(f"cannot read {entry.path} as .npz: {err}") from None
     model, template = _template(entry, _head_classes(entry, shape, "params/head/kernel"))
     return model, checkpoints.load_big_vision_npz(entry.path, template)
@@ -442,7 +450,8 @@ def _read_pth(entry: ZooEntry) -> tuple[Any, dict]:
     arrays = read_torch_checkpoint(entry.path)
     key = _torch_head_key(entry)
     model, template = _template(entry, _head_classes(entry, arrays[key].shape[0] if key in arrays else None, key))
-    return model, checkpoints.load_torch_state_dict(arrays, model, template, head=entry.head, source=str(entry.path))
+    head = key in arrays if entry.head is None else entry.head
+    return model, checkpoints.load_torch_state_dict(arrays, model, template, head=head, source=str(entry.path))
 
 
 def _read_keras_pickle(entry: ZooEntry) -> tuple[Any, dict]:
