@@ -126,12 +126,11 @@ assert np.allclose(ntk_traced, brute_traced, rtol=1e-4, atol=1e-5 * scale)
 #
 # The step is a quarter of the largest stable one for the linearized model, $\eta = N / (2\lambda_\max(K))$.
 #
-# One numerical choice matters over hundreds of steps. By default `LinearizedDynamics` treats eigenvalues below
-# $N \cdot \epsilon_\text{float32} \cdot \lambda_\max$ (numpy's rank tolerance) as round-off and freezes those
-# directions. This kernel has many small but genuine eigenvalues (most of its 500 lie below that threshold here),
-# and gradient descent keeps making slow progress along them; the default then overestimates the loss after a few
-# hundred steps by about 1%. Here we keep every eigenvalue (`rcond=1e-12`): the kernel is accurate to float32
-# round-off, far below these eigenvalues, and closed form and descent agree to about $10^{-6}$.
+# One numerical choice matters over hundreds of steps. `LinearizedDynamics` treats eigenvalues at or below
+# $\epsilon_\text{float32} \cdot \lambda_\max$ as round-off of a float32 kernel and freezes those directions (its
+# null space). A tolerance of numpy's rank kind, $N \cdot \epsilon \cdot \lambda_\max$, would also freeze small but
+# genuine eigenvalues along which gradient descent keeps making slow progress; the printout counts the eigenvalues
+# below the threshold.
 
 # %%
 targets = np.eye(o)[labels]  # [N, O]
@@ -141,11 +140,12 @@ evals = np.linalg.eigvalsh(k2)  # [N·O] ascending
 lr = n / (2 * evals[-1])
 steps = np.arange(STEPS)
 exact = LinearizedDynamics.from_kernel(k2, targets.reshape(-1, 1), f0.reshape(-1, 1), learning_rate=lr / n,
-                                       discrete=True, rcond=1e-12)
-traced = LinearizedDynamics.from_kernel(ntk_traced, targets, f0, learning_rate=lr / n, discrete=True, rcond=1e-12)
-default_clip = n * o * np.finfo(np.float32).eps * evals[-1]
-print(f"eigenvalues in [{evals[0]:.2e}, {evals[-1]:.2e}]; {np.sum(evals <= default_clip)} of {n * o} lie below "
-      f"the default clipping threshold {default_clip:.2e}, {np.sum(exact.eigh.evals == 0)} are clipped here")
+                                       discrete=True)
+traced = LinearizedDynamics.from_kernel(ntk_traced, targets, f0, learning_rate=lr / n, discrete=True)
+clip = np.finfo(np.float32).eps * evals[-1]
+print(f"eigenvalues in [{evals[0]:.2e}, {evals[-1]:.2e}]; {np.sum(evals <= clip)} of {n * o} lie at or below the "
+      f"null-space threshold {clip:.2e} ({np.sum(exact.eigh.evals == 0)} frozen); numpy's rank tolerance "
+      f"{n * o * clip:.2e} would freeze {np.sum(evals <= n * o * clip)}")
 loss_closed = exact.train_loss(steps) / n
 loss_traced = traced.train_loss(steps) / n
 
