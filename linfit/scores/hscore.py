@@ -126,10 +126,7 @@ def regularized_h_score(features, labels) -> float:
       features ``[N, D]``, labels ``[N]`` → scalar.
 
     Raises:
-      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
-      NonFiniteError: ``features`` contains NaN or inf.
-      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
-        (``check_labels``).
+      As :func:`h_score`.
 
     References:
       Ibrahim et al. 2021 (NeurIPS); formula in the module docstring.

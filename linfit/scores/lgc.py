@@ -238,10 +238,7 @@ def lgc(kernel, labels) -> float:
       The correlation in ``[-1, 1]`` (0 for a constant kernel) as a Python ``float``; higher is better.
 
     Raises:
-      ShapeError: ``kernel`` not 2-D, not square or not numeric; labels not 1-D or not N long.
-      NonFiniteError: ``kernel`` contains NaN or inf.
-      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
-        (``check_labels``).
+      As :func:`linfit.scores.correlation.kernel_label_correlation`.
 
     References:
       Deshpande et al. 2021 (arXiv:2102.00084): eq. (8), the normalised form of LGC's eq. (7), with Θ the NTK of

@@ -84,13 +84,7 @@ def linearized_loss(kernel, labels, *, tau: float = 1.0) -> float:
       A Python ``float`` in ``[-1, 0]``; 0 means the loss is gone by τ.
 
     Raises:
-      ConfigError: ``tau`` is not positive (or NaN).
-      ShapeError: ``kernel`` not 2-D, not square or not numeric; labels not 1-D or not N long.
-      NonFiniteError: ``kernel`` contains NaN or inf.
-      KernelError: the (symmetrised) kernel has an eigenvalue below the round-off tolerance of
-        ``linfit.dynamics.kernel_eigh``: it is not positive semi-definite.
-      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
-        (``check_labels``).
+      As :func:`loss_ratio`.
 
     References:
       linfit's score built on Deshpande et al. 2021 (arXiv:2102.00084), Prop. 1, eq. (1); at small τ it reduces

@@ -123,10 +123,7 @@ def knn(features, labels, *, k: int = 5, holdout: float = 0.3, seed: int = 0) ->
 
     Raises:
       ConfigError: ``k < 1``, or ``holdout`` not in ``(0, 1)``.
-      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
-      NonFiniteError: ``features`` contains NaN or inf.
-      LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
-        (``check_labels``); a class with fewer than 2 samples.
+      ShapeError, NonFiniteError, LabelError: as :func:`linear_probe`.
 
     References:
       No paper: a held-out-accuracy reference (module docstring), registered with a description, not a citation.
