@@ -1,10 +1,17 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a torn one."""
+"""File helpers shared by linfit's readers and writers: the errors a damaged ``.npz`` raises, and atomic writes (a
+reader sees the old file or the new one, never a torn one)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
+
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+"""What ``np.load`` raises for a missing, truncated or garbled ``.npz`` (a zip of ``.npy`` members): catch these
+to turn a damaged file into a linfit error."""
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:

@@ -98,6 +98,13 @@ class Selection:
         return self.table[list(self.scores)].corr(method="spearman")
 
 
+def _check_named_once(names: Sequence[str], what: str, noun: str) -> None:
+    """``ConfigError`` naming every entry of ``names`` given more than once (``what``: the names' kind, plural)."""
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{what} named more than once: {', '.join(repeated)}; name each {noun} once")
+
+
 def select(
     task: str | None = None,
     scores: Sequence[str] = DEFAULT_SCORES,
@@ -153,9 +160,7 @@ def select(
     if not scores:
         raise ConfigError("select needs at least one score (linfit.scores.names())")
     check_known("score", scores, score_registry.names(), "linfit.scores.names()")
-    repeated = sorted({name for name in scores if list(scores).count(name) > 1})
-    if repeated:
-        raise ConfigError(f"scores named more than once: {', '.join(repeated)}; name each score once")
+    _check_named_once(scores, "scores", "score")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0 (it seeds numpy's SeedSequence); got {seed!r}")
     if data is not None and task is not None:
@@ -171,9 +176,7 @@ def select(
         if not models:
             raise ConfigError("no model to score: name at least one zoo model, or none at all for the whole zoo")
         check_known("zoo model", models, by_name, "linfit.zoo.source.load_zoo(...)")
-        repeated = sorted({name for name in models if models.count(name) > 1})
-        if repeated:
-            raise ConfigError(f"zoo models named more than once: {', '.join(repeated)}; name each model once")
+        _check_named_once(models, "zoo models", "model")
         entries = [by_name[name] for name in models]
     for option, value in (("per_class", per_class), ("head_samples", head_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):

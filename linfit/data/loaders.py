@@ -7,12 +7,11 @@ float32 in ``[0, 1]``).
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
+from linfit._io import NPZ_ERRORS
 from linfit.data.dataset import Dataset
 from linfit.errors import DatasetError
 
@@ -167,7 +166,7 @@ def load_arrays(source, *, name: str | None = None, class_names=None, test_fract
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        except NPZ_ERRORS as e:
             raise DatasetError(f"cannot read arrays from {path!r}: {e}") from e
         name = name or os.path.splitext(os.path.basename(path))[0]
     elif isinstance(source, Mapping):

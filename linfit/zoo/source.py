@@ -37,8 +37,6 @@ import dataclasses
 import os
 import re
 import tomllib
-import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -48,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from linfit._io import NPZ_ERRORS
 from linfit.errors import CheckpointError, ConfigError
 from linfit.zoo.preprocessing import CHANNEL_ORDERS, Preprocessing
 
@@ -422,7 +421,7 @@ def _read_npz(entry: ZooEntry) -> tuple[Any, dict]:
     try:
         with np.load(entry.path, allow_pickle=False) as data:
             shape = data["params/head/kernel"].shape[-1] if "params/head/kernel" in data.files else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+    except NPZ_ERRORS as err:
         raise CheckpointError(f"cannot read {entry.path} as .npz: {err}") from None
     model, template = _template(entry, _head_classes(entry, shape, "params/head/kernel"))
     return model, checkpoints.load_big_vision_npz(entry.path, template)

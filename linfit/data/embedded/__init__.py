@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
-import zlib
 from importlib import resources
 
 import numpy as np
 
+from linfit._io import NPZ_ERRORS
 from linfit.data import catalog
 from linfit.data.dataset import Dataset, union
 from linfit.errors import DatasetError, UnknownNameError
@@ -72,7 +71,7 @@ def load_raw(name: str) -> dict[str, np.ndarray]:
     try:
         with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except NPZ_ERRORS as e:
         raise DatasetError(f"embedded dataset {name!r} is missing or corrupt ({e}); reinstall linfit") from e
     if name not in _VERIFIED:
         keys = ("x_train", "y_train", "x_test", "y_test")
