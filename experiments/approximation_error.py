@@ -49,12 +49,15 @@ Usage::
         --regimes 5shot 20shot --test-per-class 20 --out-dir experiments/approximation_error_imagenet
 
     # as it was run: one process per task (they share the cores better), then one merging pass
-    python experiments/approximation_error.py --tasks digits_sk --cache-dir /tmp/ae2_cache --out-dir /tmp/d &
-    python experiments/approximation_error.py --tasks fashion_rot --cache-dir /tmp/ae2_cache --out-dir /tmp/f
-    python experiments/approximation_error.py --cache-dir /tmp/ae2_cache --cached-only
+    python experiments/approximation_error.py --tasks digits_sk --out-dir /tmp/d --cache-dir experiments/approximation_error_blocks &
+    python experiments/approximation_error.py --tasks fashion_rot --out-dir /tmp/f --cache-dir experiments/approximation_error_blocks
+    python experiments/approximation_error.py --cached-only
 
-A cached block is keyed by (task, regime, model, steps, ``BLOCK_VERSION``) only: clear ``--cache-dir`` after
-changing anything else.
+Each (task, regime, model) block is written, when it is done, as one JSON file into ``--cache-dir`` (default: the
+folder ``approximation_error_blocks`` in ``--out-dir``; commit it with the report), and a rerun reads it back
+instead of recomputing it: an interrupted study resumes, and the report regenerates exactly from the committed
+blocks. A block records the settings it was computed with; a rerun with other settings refuses it rather than mix
+it in (delete it, or use another ``--cache-dir``). The code version is ``BLOCK_VERSION``, part of the file name.
 
 Writes ``approximation_error.md`` and ``approximation_error_*.png`` next to this file (or in ``--out-dir``).
 """
@@ -64,7 +67,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import pickle
+import json
 import sys
 import time
 from pathlib import Path
@@ -74,6 +77,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from linfit import models
+from linfit._io import write_atomic
 from linfit.bench.stats import share_interval
 from linfit.data import load_task
 from linfit.data.sampling import scoring_subset
@@ -85,7 +89,7 @@ from linfit.zoo.source import load_zoo
 
 HERE = Path(__file__).resolve().parent
 BREAK_THRESHOLD = 0.10  # relative training-loss error at which the linearization counts as broken
-BLOCK_VERSION = 2  # part of a cached block's file name: 2 = blocks holding the cross-entropy prediction
+BLOCK_VERSION = 3  # part of a block's file name: 2 = blocks holding the cross-entropy prediction, 3 = JSON
 LOSSES = ("mse", "ce")
 TAUS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # τ = η_dyn·λ_max·t at which the report reads the error off
 
@@ -208,16 +212,72 @@ def break_step(err: np.ndarray, threshold: float = BREAK_THRESHOLD) -> int | Non
     return int(over[0]) if over.size else None
 
 
-def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = False, log=print) -> dict:
-    """Run every configuration of ``s`` (each (task, regime, model) block is stored in ``cache_dir`` if
-    given, and read back instead of rerun when already there; ``cached_only``: skip blocks not stored); returns ``{"runs": [...], "checks": [...], "skipped": [...], "reused": [...], "seconds": float}`` (skipped:
-    blocks not run; reused: blocks read from the cache)."""
-    start = time.perf_counter()
-    runs, checks, skipped, reused = [], [], [], []
+def _block_settings(s: Settings) -> dict:
+    """The settings a block's numbers depend on besides those in its file name (task, regime, model, steps)."""
+    return {"zoo": s.zoo, "subsets": list(s.subsets), "lr_fractions": list(s.lr_fractions),
+            "test_per_class": s.test_per_class, "full_per_class": s.full_per_class, "seed": s.seed}
+
+
+def _to_json(value):
+    """``json.dumps`` default: an array as ``{"ndarray": [...], "dtype": "float32"}`` (floats round-trip exactly)."""
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a block")
+
+
+def _from_json(obj: dict):
+    return np.asarray(obj["ndarray"], dtype=obj["dtype"]) if obj.keys() == {"ndarray", "dtype"} else obj
+
+
+def write_block(path: Path, s: Settings, runs: list, checks: list, seconds: float) -> None:
+    """Store one (task, regime, model) block: its runs and checks, the settings and its compute time (seconds)."""
+    block = {"version": BLOCK_VERSION, "settings": _block_settings(s), "seconds": seconds, "runs": runs,
+             "checks": checks}
+    write_atomic(path, json.dumps(block, default=_to_json))
+
+
+def read_block(path: Path, s: Settings) -> dict:
+    """A block written by :func:`write_block`, checked against ``s``.
+
+    Raises:
+      SystemExit: the file is not a complete block (truncated or edited), or was computed with other settings.
+    """
+    try:
+        block = json.loads(path.read_text(), object_hook=_from_json)
+        stored = block["settings"]
+        if block["version"] != BLOCK_VERSION or not isinstance(block["runs"], list):
+            raise ValueError(f"version {block['version']}")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"block {path} is damaged ({type(err).__name__}: {err}): delete it and rerun to "
+                         "recompute it") from err
+    wanted = _block_settings(s)
+    diff = {key: (stored.get(key), value) for key, value in wanted.items() if stored.get(key) != value}
+    if diff:
+        raise SystemExit(f"block {path} was computed with other settings ("
+                         + ", ".join(f"{key}: stored {a!r}, asked {b!r}" for key, (a, b) in diff.items())
+                         + "): use another --cache-dir, or delete the block to recompute it")
+    return block
+
+
+def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print) -> dict:
+    """Run every configuration of ``s``; each (task, regime, model) block is written to ``cache_dir`` when done
+    (:func:`write_block`) and read back instead of rerun when already there (``cached_only``: skip the blocks not
+    stored). Returns ``{"runs": [...], "checks": [...], "skipped": [...], "reused": [...], "seconds": float}``
+    (skipped: blocks not run; reused: blocks read back; seconds: the compute time of every block reported,
+    including the reused ones').
+
+    Raises:
+      SystemExit: a model is not in the zoo, or a stored block is damaged or from other settings
+        (:func:`read_block`).
+    """
+    runs, checks, skipped, reused, seconds = [], [], [], [], 0.0
     entries = {entry.name: entry for entry in load_zoo(s.zoo)}
     unknown = [name for name in s.models if name not in entries]
     if unknown:
         raise SystemExit(f"models {unknown} are not in zoo {s.zoo!r}; it has {', '.join(entries)}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
     for task_name in s.tasks:
         for regime in s.regimes:
             task = load_task(f"{task_name}:{regime}", seed=s.seed)
@@ -225,18 +285,18 @@ def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = Fa
             train = task.scoring_set(per_class=s.full_per_class, seed=s.seed) if regime == "full" else task.train
             y, y_test = train.y, task.test.y[idx]
             for model_name in s.models:
-                block = None if cache_dir is None else cache_dir / (
-                    f"{task_name}_{regime}_{model_name.replace('/', '_')}_{s.steps}_v{BLOCK_VERSION}.pkl")
-                if block is not None and block.exists():
-                    cached = pickle.loads(block.read_bytes())
+                block = cache_dir / f"{task_name}_{regime}_{model_name.replace('/', '_')}_{s.steps}_v{BLOCK_VERSION}.json"
+                if block.exists():
+                    stored = read_block(block, s)
                     reused.append(f"{task_name}:{regime} {model_name}")
-                    runs += cached["runs"]
-                    checks += cached["checks"]
+                    runs += stored["runs"]
+                    checks += stored["checks"]
+                    seconds += stored["seconds"]
                     continue
                 if cached_only:
                     skipped.append(f"{task_name}:{regime} {model_name}")
                     continue
-                n_runs, n_checks = len(runs), len(checks)
+                n_runs, n_checks, t_block = len(runs), len(checks), time.perf_counter()
                 entry = entries[model_name]
                 x, x_test = entry.preprocessing.prepare(train.x), entry.preprocessing.prepare(task.test.x[idx])
                 data = (x, y, x_test, y_test)
@@ -248,7 +308,7 @@ def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = Fa
                 apply_fn, params = models.logits_fn(model, variables)
                 f0_train = np.asarray(apply_fn(params, x), np.float64)
                 f0_test = np.asarray(apply_fn(params, x_test), np.float64)
-                log(f"[{time.perf_counter() - start:6.0f}s] {task_name}:{regime} {model_name}: kernels "
+                log(f"[{seconds + time.perf_counter() - t_block:6.0f}s] {task_name}:{regime} {model_name}: kernels "
                     f"{time.perf_counter() - t0:.1f}s")
                 for subset in s.subsets:
                     k_tt, k_st = kernels[subset]
@@ -271,10 +331,12 @@ def run_study(s: Settings, cache_dir: Path | None = None, cached_only: bool = Fa
                             lin = {loss: gd_run(model, variables, data, filters[subset], mode="linearized",
                                                 loss=loss, lr=lr, steps=s.steps) for loss in LOSSES}
                             checks.append({**common, "pred": pred, "linearized": lin})
-                if block is not None:
-                    block.write_bytes(pickle.dumps({"runs": runs[n_runs:], "checks": checks[n_checks:]}))
-    return {"runs": runs, "checks": checks, "skipped": skipped, "reused": reused,
-            "seconds": time.perf_counter() - start}
+                elapsed = time.perf_counter() - t_block
+                write_block(block, s, runs[n_runs:], checks[n_checks:], elapsed)
+                seconds += elapsed
+    return {"runs": runs, "checks": checks, "skipped": skipped, "reused": reused, "seconds": seconds}
+
+
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -466,9 +528,9 @@ def write_markdown(summary: dict, study: dict, s: Settings, figures: list[str], 
         "# Approximation error: linearized fine-tuning (MSE closed form, CE iteration) vs real fine-tuning",
         "",
         f"Generated by `{' '.join(['python experiments/approximation_error.py', *argv])}` in "
-        f"{study['seconds'] / 60:.1f} min (2 shared CPU cores)"
-        + (f"; {len(study['reused'])} (task, regime, model) block(s) were read from the cache and computed "
-           "earlier, their time is not in this figure." if study["reused"] else "."),
+        f"{study['seconds'] / 60:.1f} min of compute, summed over its (task, regime, model) blocks (each on 2 shared "
+        "CPU cores)" + (f"; {len(study['reused'])} block(s) were computed in an earlier run and read back from "
+                        "their stored files." if study["reused"] else "."),
         "",
         "## Setup",
         "",
@@ -675,10 +737,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-per-class", type=int, default=None,
                         help="test images per class (default: the setting's)")
     parser.add_argument("--cached-only", action="store_true",
-                        help="with --cache-dir: report only the blocks already stored (a cut-short study)")
+                        help="report only the blocks already stored (a cut-short study)")
     parser.add_argument("--models", nargs="+", default=None, help="zoo models (default: the setting's)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="store each (task, regime, model) block here and reuse stored ones on a rerun")
+                        help="store each (task, regime, model) block here and reuse stored ones on a rerun "
+                             "(default: OUT_DIR/approximation_error_blocks)")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else Settings()
     overrides = {"zoo": args.zoo, "steps": args.steps, "test_per_class": args.test_per_class,
@@ -686,12 +749,10 @@ def main(argv: list[str] | None = None) -> dict:
                     (("tasks", args.tasks), ("regimes", args.regimes), ("models", args.models),
                      ("subsets", args.subsets), ("lr_fractions", args.lr_fractions))}}
     s = dataclasses.replace(s, **{key: value for key, value in overrides.items() if value is not None})
-    if args.cache_dir is not None:
-        args.cache_dir.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.environ.get("LINFIT_JAX_CACHE", "/tmp/linfit_jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    study = run_study(s, args.cache_dir, args.cached_only)
+    study = run_study(s, args.cache_dir or args.out_dir / "approximation_error_blocks", args.cached_only)
     summary = summarize(study, s)
     figures = plot(summary, study, s, args.out_dir)
     write_markdown(summary, study, s, figures, args.out_dir / "approximation_error.md", argv)
