@@ -147,3 +147,36 @@ def test_runs_within_the_threshold_up_to_tau():
     assert ae.tau_within(runs, 1.5) == (1, 3)   # the first run passes 0.1 at step 3
     assert ae.tau_within(runs, 2.0) == (1, 1)   # the first two runs stop before τ = 2
     assert ae.tau_within(runs, 5.0) == (0, 0)
+
+
+
+def _stored_command(report: Path) -> tuple[list[str], Path, Path]:
+    """``(argv, out_dir, blocks)`` of the command a report names in its first lines (its arguments; the folder it
+    was written to and the folder of blocks it read, both absolute)."""
+    import shlex
+
+    argv = shlex.split(report.read_text().split("`")[1])[2:]  # drop "python experiments/approximation_error.py"
+    value = lambda flag, default: Path(argv[argv.index(flag) + 1]) if flag in argv else default
+    root = _PATH.parents[1]
+    out_dir = root / value("--out-dir", Path("experiments"))
+    return argv, out_dir.resolve(), (root / value("--cache-dir", out_dir / "approximation_error_blocks")).resolve()
+
+
+_FROM_BLOCKS = [md for md in sorted(_PATH.parent.glob("**/approximation_error.md"))
+                if _stored_command(md)[2] == (md.parent / "approximation_error_blocks").resolve()]
+
+
+@pytest.mark.parametrize("report", _FROM_BLOCKS, ids=lambda md: md.parent.name)
+def test_committed_report_regenerates_from_its_committed_blocks(report, tmp_path):
+    """A committed study report that names its folder's blocks is what they give: rerun its command reading every
+    block back, into a temporary folder, and compare everything below the command line. This guards the commit
+    (a stale report, a missing or damaged block), not the arithmetic, which the tests above check."""
+    argv, out_dir, blocks = _stored_command(report)
+    assert out_dir == report.parent.resolve(), f"{report} names another output folder, {out_dir}"
+    if "--out-dir" in argv:
+        i = argv.index("--out-dir")
+        argv = argv[:i] + argv[i + 2:]
+    out = ae.main([*argv, "--cache-dir", str(blocks), "--cached-only", "--out-dir", str(tmp_path)])
+    assert out["study"]["reused"] and not out["study"]["skipped"], f"blocks missing: {out['study']['skipped']}"
+    regenerated = (tmp_path / "approximation_error.md").read_text().split("\n")[3:]
+    assert regenerated == report.read_text().split("\n")[3:]
