@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import json
 import sys
 import time
@@ -77,6 +76,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from linfit import models
+from linfit.cli import use_compile_cache
 from linfit._io import write_atomic
 from linfit.bench.stats import share_interval
 from linfit.data import load_task
@@ -749,8 +749,7 @@ def main(argv: list[str] | None = None) -> dict:
                     (("tasks", args.tasks), ("regimes", args.regimes), ("models", args.models),
                      ("subsets", args.subsets), ("lr_fractions", args.lr_fractions))}}
     s = dataclasses.replace(s, **{key: value for key, value in overrides.items() if value is not None})
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("LINFIT_JAX_CACHE", "/tmp/linfit_jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compile_cache()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     study = run_study(s, args.cache_dir or args.out_dir / "approximation_error_blocks", args.cached_only)
     summary = summarize(study, s)

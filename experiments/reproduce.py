@@ -65,6 +65,7 @@ from linfit.bench import ground_truth
 from linfit.bench.grid import BenchConfig, run_bench, units
 from linfit.bench.report import finetune_frame, write_report
 from linfit.bench.store import ResultStore, parse_shard, part_key, read_stores, setting_id
+from linfit.cli import use_compile_cache
 from linfit.data import embedded
 from linfit.errors import LinfitError
 from linfit.finetune import GridProtocol
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     db, out = pathlib.Path(args.db or default_db), pathlib.Path(args.out or default_out)
     config = preset(args.preset, args.tasks, args.draws)
     if not args.report_only:
+        use_compile_cache()
         with ResultStore(db) as store:
             done = run_bench(config, store, shard=parse_shard(args.shard), progress=True)
         print(f"{done} units computed into {db}")

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from linfit import zoo
+from linfit._io import write_atomic
+from linfit.cli import use_compile_cache
 from linfit.data import embedded, load_task
 from linfit.finetune import FinetuneConfig, finetune, select_learning_rate
 
@@ -58,9 +58,7 @@ def _load(path: Path) -> dict:
 
 
 def _save(path: Path, results: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(results, indent=1) + "\n")
 
 
 def _merge(results: list[dict]) -> dict:
@@ -229,8 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="*", default=None)
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the cached results")
     args = parser.parse_args(argv)
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("LINFIT_JAX_CACHE", "/tmp/linfit_jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compile_cache()
     models = zoo.names()
     tasks = list(args.tasks or TASK_ORDER)
     run_models = [m for m in models if args.arch is None or m.startswith(f"{args.arch}/")]

@@ -352,10 +352,11 @@ def compile_cache_dir() -> str | None:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "linfit", "xla")
 
 
-def _use_compile_cache() -> None:
-    """Keep XLA's compiled programs between runs: JAX's persistent compilation cache, every program cached
-    (a second ``linfit select`` reads its programs instead of compiling them). The folder is
-    trusted: a program read from it is run, so keep it private (the default is in the user's home)."""
+def use_compile_cache() -> None:
+    """Keep XLA's compiled programs between runs: JAX's persistent compilation cache in :func:`compile_cache_dir`,
+    every program cached (a second ``linfit select`` reads its programs instead of compiling them). The command
+    line and the ``experiments/`` scripts call it. The folder is trusted: a program read from it is run, so keep it
+    private (the default is in the user's home)."""
     path = compile_cache_dir()
     if path is None:
         return
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     (:func:`compile_cache_dir`; ``LINFIT_COMPILE_CACHE=off`` turns it off)."""
     args = build_parser().parse_args(argv)
     if args.command in ("select", "bench"):
-        _use_compile_cache()
+        use_compile_cache()
     try:
         return args.run(args)
     except LinfitError as err:
