@@ -59,7 +59,8 @@ instead of recomputing it: an interrupted study resumes, and the report regenera
 blocks. A block records the settings it was computed with; a rerun with other settings refuses it rather than mix
 it in (delete it, or use another ``--cache-dir``). The code version is ``BLOCK_VERSION``, part of the file name.
 
-Writes ``approximation_error.md`` and ``approximation_error_*.png`` next to this file (or in ``--out-dir``).
+Writes ``approximation_error.md`` and ``approximation_error_*.png`` next to this file (or in ``--out-dir``), with the
+hand-written ``approximation_error_reading.md`` of that folder, if there is one, appended to the report.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ HERE = Path(__file__).resolve().parent
 BREAK_THRESHOLD = 0.10  # relative training-loss error at which the linearization counts as broken
 BLOCK_VERSION = 3  # part of a block's file name: 2 = blocks holding the cross-entropy prediction, 3 = JSON
 LOSSES = ("mse", "ce")
+READING = "approximation_error_reading.md"
+"""A hand-written interpretation in ``--out-dir``: appended to the report when present (its text is not checked
+against the blocks; it says which blocks it was written from)."""
 TAUS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)  # τ = η_dyn·λ_max·t at which the report reads the error off
 
 
@@ -660,6 +664,9 @@ def write_markdown(summary: dict, study: dict, s: Settings, figures: list[str], 
                      + " | ".join(cells) + " |")
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "## Findings (computed from the tables above)", ""] + findings(summary, s) + [""]
+    reading = out.parent / READING
+    if reading.exists():  # a hand-written interpretation, kept beside the generated report
+        lines += [reading.read_text().rstrip(), ""]
     out.write_text("\n".join(lines))
 
 
