@@ -49,8 +49,9 @@ Usage::
         --regimes 5shot 20shot --test-per-class 20 --out-dir experiments/approximation_error_imagenet
 
     # as it was run: one process per task (they share the cores better), then one merging pass
-    python experiments/approximation_error.py --tasks digits_sk --out-dir /tmp/d --cache-dir experiments/approximation_error_blocks &
-    python experiments/approximation_error.py --tasks fashion_rot --out-dir /tmp/f --cache-dir experiments/approximation_error_blocks
+    blocks=experiments/approximation_error_blocks
+    python experiments/approximation_error.py --tasks digits_sk --out-dir /tmp/d --cache-dir $blocks &
+    python experiments/approximation_error.py --tasks fashion_rot --out-dir /tmp/f --cache-dir $blocks
     python experiments/approximation_error.py --cached-only
 
 Each (task, regime, model) block is written, when it is done, as one JSON file into ``--cache-dir`` (default: the
@@ -251,8 +252,8 @@ def read_block(path: Path, s: Settings) -> dict:
     try:
         block = json.loads(path.read_text(), object_hook=_from_json)
         stored = block["settings"]
-        if block["version"] != BLOCK_VERSION or not isinstance(block["runs"], list):
-            raise ValueError(f"version {block['version']}")
+        if block["version"] != BLOCK_VERSION or not isinstance(block["runs"], list) or not isinstance(stored, dict):
+            raise ValueError(f"version {block['version']}, or its runs or settings are not a list and a table")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"block {path} is damaged ({type(err).__name__}: {err}): delete it and rerun to "
                          "recompute it") from err
@@ -289,7 +290,8 @@ def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print
             train = task.scoring_set(per_class=s.full_per_class, seed=s.seed) if regime == "full" else task.train
             y, y_test = train.y, task.test.y[idx]
             for model_name in s.models:
-                block = cache_dir / f"{task_name}_{regime}_{model_name.replace('/', '_')}_{s.steps}_v{BLOCK_VERSION}.json"
+                block = cache_dir / (f"{task_name}_{regime}_{model_name.replace('/', '_')}_{s.steps}"
+                                     f"_v{BLOCK_VERSION}.json")
                 if block.exists():
                     stored = read_block(block, s)
                     reused.append(f"{task_name}:{regime} {model_name}")
@@ -339,8 +341,6 @@ def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print
                 write_block(block, s, runs[n_runs:], checks[n_checks:], elapsed)
                 seconds += elapsed
     return {"runs": runs, "checks": checks, "skipped": skipped, "reused": reused, "seconds": seconds}
-
-
 
 
 # --------------------------------------------------------------------------------------------- report

@@ -149,7 +149,6 @@ def test_runs_within_the_threshold_up_to_tau():
     assert ae.tau_within(runs, 5.0) == (0, 0)
 
 
-
 def _stored_command(report: Path) -> tuple[list[str], Path, Path]:
     """``(argv, out_dir, blocks)`` of the command a report names in its first lines (its arguments; the folder it
     was written to and the folder of blocks it read, both absolute)."""
