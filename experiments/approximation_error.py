@@ -57,7 +57,8 @@ Usage::
 Each (task, regime, model) block is written, when it is done, as one JSON file into ``--cache-dir`` (default: the
 folder ``approximation_error_blocks`` in ``--out-dir``; commit it with the report), and a rerun reads it back
 instead of recomputing it: an interrupted study resumes, and the report regenerates exactly from the committed
-blocks. A block records the settings it was computed with; a rerun with other settings refuses it rather than mix
+blocks. Within a block, each finished (subset, c) run is kept in ``<block>.partial`` until the block is done, so a
+block longer than a sitting resumes too (commit the ``.partial`` file to carry it to the next one). A block records the settings it was computed with; a rerun with other settings refuses it rather than mix
 it in (delete it, or use another ``--cache-dir``). The code version is ``BLOCK_VERSION``, part of the file name.
 
 Writes ``approximation_error.md`` and ``approximation_error_*.png`` next to this file (or in ``--out-dir``), with the
@@ -269,7 +270,8 @@ def read_block(path: Path, s: Settings) -> dict:
 def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print) -> dict:
     """Run every configuration of ``s``; each (task, regime, model) block is written to ``cache_dir`` when done
     (:func:`write_block`) and read back instead of rerun when already there (``cached_only``: skip the blocks not
-    stored). Returns ``{"runs": [...], "checks": [...], "skipped": [...], "reused": [...], "seconds": float}``
+    stored). A block being computed keeps its finished (subset, c) runs in ``<block>.partial``, rewritten after
+    each run, so a block cut short resumes after its last finished run (its kernels are recomputed). Returns ``{"runs": [...], "checks": [...], "skipped": [...], "reused": [...], "seconds": float}``
     (skipped: blocks not run; reused: blocks read back; seconds: the compute time of every block reported,
     including the reused ones').
 
@@ -302,7 +304,15 @@ def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print
                 if cached_only:
                     skipped.append(f"{task_name}:{regime} {model_name}")
                     continue
-                n_runs, n_checks, t_block = len(runs), len(checks), time.perf_counter()
+                partial = block.with_name(block.name + ".partial")  # the runs finished so far, if cut short
+                done = read_block(partial, s) if partial.exists() else {"runs": [], "checks": [], "seconds": 0.0}
+                if done["runs"]:
+                    log(f"{task_name}:{regime} {model_name}: resuming after {len(done['runs'])} finished runs "
+                        f"({partial})")
+                n_runs, n_checks, t_block = len(runs), len(checks), time.perf_counter() - done["seconds"]
+                runs += done["runs"]
+                checks += done["checks"]
+                finished = {(run["subset"], run["c"]) for run in done["runs"]}
                 entry = entries[model_name]
                 x, x_test = entry.preprocessing.prepare(train.x), entry.preprocessing.prepare(task.test.x[idx])
                 data = (x, y, x_test, y_test)
@@ -320,6 +330,8 @@ def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print
                     k_tt, k_st = kernels[subset]
                     lam_max = float(np.linalg.eigvalsh(k_tt)[-1])
                     for c in s.lr_fractions:
+                        if (subset, c) in finished:
+                            continue
                         lr = c * len(y) / lam_max
                         pred = {"mse": closed_form(k_tt, k_st, y, f0_train, f0_test, y_test, lr, s.steps),
                                 "ce": ce_prediction(k_tt, k_st, y, f0_train, f0_test, y_test, lr, s.steps)}
@@ -337,8 +349,10 @@ def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print
                             lin = {loss: gd_run(model, variables, data, filters[subset], mode="linearized",
                                                 loss=loss, lr=lr, steps=s.steps) for loss in LOSSES}
                             checks.append({**common, "pred": pred, "linearized": lin})
+                        write_block(partial, s, runs[n_runs:], checks[n_checks:], time.perf_counter() - t_block)
                 elapsed = time.perf_counter() - t_block
                 write_block(block, s, runs[n_runs:], checks[n_checks:], elapsed)
+                partial.unlink(missing_ok=True)
                 seconds += elapsed
     return {"runs": runs, "checks": checks, "skipped": skipped, "reused": reused, "seconds": seconds}
 

@@ -140,6 +140,35 @@ def test_quick_study_runs_and_writes_report(tmp_path):
                  "--out-dir", str(tmp_path / "again"), "--cache-dir", str(blocks[0].parent), "--cached-only"])
 
 
+def test_block_cut_short_resumes_after_its_last_finished_run(tmp_path, monkeypatch):
+    """A block interrupted inside its runs keeps the finished ones in ``<block>.partial``; the rerun computes only
+    the rest, and the block it writes holds what an uninterrupted run computes."""
+    argv = ["--quick", "--steps", "2", "--models", "resnet8/generalist", "--regimes", "full"]
+    whole = ae.main([*argv, "--out-dir", str(tmp_path / "whole")])
+    real_gd_run, calls = ae.gd_run, []
+
+    def gd_run(*args, **kwargs):  # 4 calls per (subset, c) run: (c)-MSE, (c)-CE and the checks (b), (b)-CE
+        calls.append(kwargs["mode"])
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # inside the second run: the first is finished
+        return real_gd_run(*args, **kwargs)
+
+    monkeypatch.setattr(ae, "gd_run", gd_run)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        ae.main([*argv, "--out-dir", str(cut)])
+    blocks = cut / "approximation_error_blocks"
+    assert not list(blocks.glob("*.json"))
+    partial, = blocks.glob("*.json.partial")
+    assert [run["subset"] for run in ae.read_block(partial, ae.QUICK)["runs"]] == ["head"]
+    calls.clear()
+    resumed = ae.main([*argv, "--out-dir", str(cut)])
+    assert len(calls) == 4 and not partial.exists()  # only the second run was computed
+    body = lambda path: path.read_text().split("\n")[3:]
+    assert body(cut / "approximation_error.md") == body(tmp_path / "whole" / "approximation_error.md")
+    assert [r["subset"] for r in resumed["rows"]] == [r["subset"] for r in whole["rows"]]
+
+
 def test_runs_within_the_threshold_up_to_tau():
     runs = [(np.array([0.0, 0.02, 0.03, 0.5]), 0.5), (np.array([0.01, 0.2]), 1.0), (np.array([0.0] * 10), 0.25)]
     assert ae.tau_within(runs, 0.5) == (3, 3)   # steps 0-1, 0, 0-2: all ≤ 0.1
