@@ -4,7 +4,7 @@ reader sees the old file or the new one, never a torn one)."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,10 +17,17 @@ to turn a damaged file into a linfit error."""
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` (``str`` as UTF-8) to ``path`` through a uniquely named temporary file in the same folder,
     flushed to disk and then renamed over ``path`` (``os.replace``); the temporary file is removed if anything
-    fails, and two writers never share one. Raises ``OSError`` as the file system does."""
+    fails, and two writers never share one. The file gets the permissions ``open`` would give it (``0o666`` less
+    the umask). Raises ``OSError`` as the file system does."""
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:  # the exclusive create makes the name unique; the umask applies as for any new file
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)

@@ -478,3 +478,21 @@ def test_an_interrupted_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     with pytest.raises(OSError, match="disk full"):
         checkpoints.save(path, {"params": {"w": np.zeros(5, np.float32)}})
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.msgpack"]
+
+
+def test_an_atomic_save_gets_the_permissions_of_a_plain_write(tmp_path):
+    """The file ``write_atomic`` leaves has the mode ``open`` gives a new file under the same umask (a temporary
+    file from ``tempfile.mkstemp`` would be ``0o600``: unreadable to the group on a shared results folder)."""
+    import os
+    import stat
+
+    from linfit import _io
+
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "plain").write_bytes(b"x")
+        _io.write_atomic(tmp_path / "atomic", b"x")
+    finally:
+        os.umask(old)
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)
+    assert mode("atomic") == mode("plain") == 0o644
