@@ -58,8 +58,9 @@ Each (task, regime, model) block is written, when it is done, as one JSON file i
 folder ``approximation_error_blocks`` in ``--out-dir``; commit it with the report), and a rerun reads it back
 instead of recomputing it: an interrupted study resumes, and the report regenerates exactly from the committed
 blocks. Within a block, each finished (subset, c) run is kept in ``<block>.partial`` until the block is done, so a
-block longer than a sitting resumes too (commit the ``.partial`` file to carry it to the next one). A block records the settings it was computed with; a rerun with other settings refuses it rather than mix
-it in (delete it, or use another ``--cache-dir``). The code version is ``BLOCK_VERSION``, part of the file name.
+block longer than a sitting resumes too (commit the ``.partial`` file to carry it to the next one). A block records
+the settings it was computed with; a rerun with other settings refuses it rather than mix it in (delete it, or use
+another ``--cache-dir``). The code version is ``BLOCK_VERSION``, part of the file name.
 
 Writes ``approximation_error.md`` and ``approximation_error_*.png`` next to this file (or in ``--out-dir``), with the
 hand-written ``approximation_error_reading.md`` of that folder, if there is one, appended to the report.
@@ -271,9 +272,10 @@ def run_study(s: Settings, cache_dir: Path, cached_only: bool = False, log=print
     """Run every configuration of ``s``; each (task, regime, model) block is written to ``cache_dir`` when done
     (:func:`write_block`) and read back instead of rerun when already there (``cached_only``: skip the blocks not
     stored). A block being computed keeps its finished (subset, c) runs in ``<block>.partial``, rewritten after
-    each run, so a block cut short resumes after its last finished run (its kernels are recomputed). Returns ``{"runs": [...], "checks": [...], "skipped": [...], "reused": [...], "seconds": float}``
-    (skipped: blocks not run; reused: blocks read back; seconds: the compute time of every block reported,
-    including the reused ones').
+    each run, so a block cut short resumes after its last finished run (its kernels are recomputed).
+    Returns ``{"runs": [...], "checks": [...], "skipped": [...], "reused": [...], "seconds": float}`` (skipped:
+    blocks not run; reused: blocks read back; seconds: the compute time of every block reported, including the
+    reused ones').
 
     Raises:
       SystemExit: a model is not in the zoo, or a stored block is damaged or from other settings

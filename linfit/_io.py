@@ -21,13 +21,9 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     the umask). Raises ``OSError`` as the file system does."""
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    while True:  # the exclusive create makes the name unique; the umask applies as for any new file
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
+    # a random name, created exclusively (two writers never share one); mode 0o666 so the umask applies as for open
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
