@@ -66,6 +66,7 @@ from linfit.errors import ConfigError, KernelError, LabelError, NonFiniteError, 
 __all__ = [
     "KernelEigh",
     "kernel_eigh",
+    "spectral_factors",
     "LinearizedDynamics",
     "linearized_loss_curve",
     "gradient_descent_mse",
@@ -167,22 +168,47 @@ def kernel_eigh(kernel, rcond: float | None = None) -> KernelEigh:
     return KernelEigh(np.where(evals > cutoff, evals, 0.0), evecs)
 
 
-def _decay(x: np.ndarray, t: np.ndarray, lr: float, discrete: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(d, 1 - d)`` with ``d = exp(-η x t)`` (flow) or ``(1 - η x)^t`` (steps); shapes ``[*T, N]``.
+def spectral_factors(evals, t, learning_rate: float, weight_decay: float = 0.0,
+                     discrete: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-eigenvalue factors ``(ρ, g)`` of linearized fine-tuning, each ``[*T, K]`` float64.
 
-    ``x [N] >= 0``; ``t [*T]``. ``1 - d`` is computed without cancellation (``expm1``/``log1p``).
+    With ``Θ = V diag(λ) Vᵀ`` the module's dynamics act on each eigendirection separately: the train residual
+    is ``r_t = V (ρ ⊙ Vᵀ r0)`` and the dual weights ``a_t = (Θ + μI)⁻¹ (I - D_t) r0 = V (g ⊙ Vᵀ r0)``, with
+    ``x = λ + μ``, ``d = exp(-η x t)`` (flow) or ``(1 - η x)^t`` (steps), ``ρ = (μ + λ d) / x`` and
+    ``g = (1 - d) / x`` (Deshpande et al. 2021, eq. (1)). ``1 - d`` is computed
+    without cancellation (``expm1``/``log1p``); where ``x = 0`` the limits are ``ρ = 1`` and ``g = η t``
+    (``g = 0`` at ``t = ∞``: a pseudo-inverse). The matrix-free dynamics (``linfit.krylov``) use the same
+    factors on Ritz values.
+
+    Args:
+      evals: ``[K]`` eigenvalues ``λ >= 0``, with the null space already set to exactly 0 (:func:`kernel_eigh`),
+        or ``[*T, K]``, one spectrum per time.
+      t: ``[*T]`` times ``>= 0`` (flow; ``np.inf`` allowed) or step counts (``discrete``), already validated.
+      learning_rate: η; weight_decay: μ; discrete: gradient descent steps instead of gradient flow.
+
+    Returns:
+      ``(ρ, g)``, each ``[*T, K]`` float64.
     """
-    z = lr * x
-    t = t[..., None]
+    lam = np.asarray(evals, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)[..., None]
+    x = lam + weight_decay
+    z = learning_rate * x
     if not discrete:
         with np.errstate(invalid="ignore"):  # 0 * inf where x = 0 and t = inf: the decay there is 1
             e = np.where(z > 0, -z * t, 0.0)
-        return np.exp(e), -np.expm1(e)
-    small = z < 1  # then (1 - z)^t = exp(t log1p(-z)) is computed stably
-    e = t * np.log1p(-np.where(small, z, 0.0))
-    with np.errstate(over="ignore"):  # |1 - z| > 1 diverges, as gradient descent itself does
-        power = np.power(1.0 - z, t)
-    return np.where(small, np.exp(e), power), np.where(small, -np.expm1(e), 1.0 - power)
+        d, one_minus_d = np.exp(e), -np.expm1(e)
+    else:
+        small = z < 1  # then (1 - z)^t = exp(t log1p(-z)) is computed stably
+        e = t * np.log1p(-np.where(small, z, 0.0))
+        with np.errstate(over="ignore"):  # |1 - z| > 1 diverges, as gradient descent itself does
+            power = np.power(1.0 - z, t)
+        d, one_minus_d = np.where(small, np.exp(e), power), np.where(small, -np.expm1(e), 1.0 - power)
+    pos = x > 0
+    xs = np.where(pos, x, 1.0)
+    limit = np.where(np.isinf(t), 0.0, learning_rate * t)  # x = 0: η t; t = ∞: 0
+    gain = np.where(pos, one_minus_d / xs, limit)
+    residual = np.where(pos, (weight_decay + lam * d) / xs, 1.0)
+    return residual, gain
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -255,16 +281,8 @@ class LinearizedDynamics:
 
     def _factors(self, t) -> tuple[np.ndarray, np.ndarray]:
         """``(ρ, g)``, each ``[*T, N]``: residual ``r_t = V (ρ ⊙ r0_eig)`` and ``a_t = V (g ⊙ r0_eig)``."""
-        t = self._times(t)
-        lam, mu = self.eigh.evals, self.weight_decay
-        x = lam + mu
-        d, one_minus_d = _decay(x, t, self.learning_rate, self.discrete)
-        pos = x > 0
-        xs = np.where(pos, x, 1.0)
-        limit = np.where(np.isinf(t), 0.0, self.learning_rate * t)[..., None]  # x = 0: η t; t = ∞: 0
-        gain = np.where(pos, one_minus_d / xs, limit)
-        residual = np.where(pos, (mu + lam * d) / xs, 1.0)
-        return residual, gain
+        return spectral_factors(self.eigh.evals, self._times(t), self.learning_rate, self.weight_decay,
+                                self.discrete)
 
     def train_residuals(self, t) -> np.ndarray:
         """``Y - f_t(X_train)``, shape ``[*T, N, O]`` float64.

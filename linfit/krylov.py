@@ -29,11 +29,23 @@ from collections.abc import Callable
 
 import numpy as np
 
+from linfit.dynamics import spectral_factors
 from linfit.errors import ConfigError, NonFiniteError, ShapeError
 
 MatVec = Callable[[np.ndarray], np.ndarray]
 _NULL_RCOND = float(np.finfo(np.float32).eps)
 """Ritz values at or below this times the largest are null space (``linfit.dynamics.kernel_eigh``)."""
+
+
+def _spectrum(lam: np.ndarray, times) -> np.ndarray:
+    """Ritz values ``[K]`` clipped at 0, per time ``[*T, K]``: at ``t = ∞`` the null space is set to exactly 0.
+
+    At finite t the decay and gain are smooth in λ and the Ritz values are used as they are; at ``t = ∞`` the
+    gain ``1/λ`` is not, and Ritz values ``<= _NULL_RCOND · max`` count as null space (never decayed, gain 0).
+    """
+    lam = np.maximum(lam, 0.0)
+    null = np.isinf(np.asarray(times))[..., None] & (lam <= _NULL_RCOND * lam.max(initial=0.0))
+    return np.where(null, 0.0, lam)
 
 
 def suggested_iterations(tau_lambda_max: float, *, minimum: int = 16) -> int:
@@ -172,10 +184,11 @@ def train_loss(matvec: MatVec, residual0, times, *, learning_rate: float = 1.0, 
       ConfigError: a negative or NaN time.
       NonFiniteError: a column of ``residual0`` contains NaN or infinite values (:func:`lanczos`).
 
-    At ``t = np.inf`` Ritz values at or below ``eps(float32) · λ_max`` count as Θ's null space (the rule of
-    ``linfit.dynamics.kernel_eigh``) and the others as decayed, which gives the residual's energy in the null
-    space (exact once the Krylov space holds every eigenvalue ``r0`` sees; with fewer steps, the small Ritz
-    values are approximate and so is the loss at large t: ``suggested_iterations``).
+    Each Ritz value decays as in ``linfit.dynamics.spectral_factors``. At ``t = np.inf`` Ritz values at or below
+    ``eps(float32) · λ_max`` count as Θ's null space (the rule of ``linfit.dynamics.kernel_eigh``) and the others
+    as decayed, which gives the residual's energy in the null space (exact once the Krylov space holds every
+    eigenvalue ``r0`` sees; with fewer steps, the small Ritz values are approximate and so is the loss at large
+    t: ``suggested_iterations``).
     """
     r = _columns(residual0)
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
@@ -188,11 +201,8 @@ def train_loss(matvec: MatVec, residual0, times, *, learning_rate: float = 1.0, 
             continue
         lam, vec = np.linalg.eigh(t)
         weights = norm**2 * vec[0] ** 2  # Gauss quadrature weights of the spectral measure of column
-        lam = np.maximum(lam, 0.0)
-        with np.errstate(invalid="ignore"):  # t = ∞ times λ = 0, replaced below
-            decay = np.exp(-2.0 * learning_rate * np.outer(times, lam))
-        decay[np.isinf(times)] = lam <= _NULL_RCOND * lam.max()  # at t = ∞ only the null space is left
-        losses += 0.5 * decay @ weights
+        residual, _ = spectral_factors(_spectrum(lam, times), times, learning_rate)
+        losses += 0.5 * residual**2 @ weights
     return losses
 
 
@@ -200,7 +210,8 @@ def predict(matvec: MatVec, cross_matvec: MatVec, residual0, f0_test, t: float, 
             learning_rate: float = 1.0, num_iters: int = 64) -> np.ndarray:
     """Linearized test outputs ``f_t(X*) = f0(X*) + Θ(X*, X) Θ⁻¹ (I − exp(−ηΘt)) r0`` matrix-free.
 
-    ``Θ⁻¹ (I − e^{−ηΘt})`` is evaluated as the entire function φ(λ) = −expm1(−ηλt)/λ (→ ηt as λ → 0), so a
+    ``Θ⁻¹ (I − e^{−ηΘt})`` is evaluated on the Ritz values as the gain of ``linfit.dynamics.spectral_factors``
+    (−expm1(−ηλt)/λ, ηt at λ = 0; at ``t = ∞`` with the null-space rule of :func:`train_loss`), so a
     singular Θ needs no regularisation; ``t = np.inf`` gives kernel regression on the range of Θ.
 
     Args:
@@ -225,11 +236,7 @@ def predict(matvec: MatVec, cross_matvec: MatVec, residual0, f0_test, t: float, 
     eta = float(learning_rate)
 
     def phi(lam: np.ndarray) -> np.ndarray:
-        lam = np.asarray(lam)
-        safe = np.where(lam > 0, lam, 1.0)
-        if np.isinf(t):  # the null-space rule of linfit.dynamics.kernel_eigh: λ <= eps32 · λ_max counts as 0
-            return np.where(lam > _NULL_RCOND * max(lam.max(initial=0.0), 1e-300), 1.0 / safe, 0.0)
-        return np.where(lam > 0, -np.expm1(-eta * lam * t) / safe, eta * t)
+        return spectral_factors(_spectrum(lam, t), t, eta)[1]
 
     out = f0.copy()
     for o in range(r.shape[1]):

@@ -15,6 +15,7 @@ from linfit.dynamics import (
     gradient_descent_mse,
     kernel_eigh,
     linearized_loss_curve,
+    spectral_factors,
 )
 from linfit.errors import ConfigError, KernelError, LabelError, LinfitError, NonFiniteError, ShapeError
 
@@ -161,6 +162,29 @@ def test_small_eigenvalue_gain_is_stable():
     got = dyn.test_predictions(2.0, np.eye(4))[:, 0]  # k_test = I and r0 = 1: the gains themselves; η t = 1
     series = 1 - lam / 2 + lam**2 / 6 - lam**3 / 24  # (1 - e^{-λ})/λ, exact to 1e-25 for the small λ
     np.testing.assert_allclose(got, [1.0, series[1], series[2], 1 - np.exp(-1.0)], rtol=1e-14)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.1])
+def test_spectral_factors_match_scalar_dual_iteration(mu):
+    """One eigendirection: the dual weight a (w - w0 = Jᵀ a) follows a_{k+1} = a_k + η (1 - (λ + μ) a_k) from 0,
+    the residual is ρ = 1 - λ a; flow is the same ODE, integrated by solve_ivp. Unit initial residual."""
+    lam, lr, steps = np.array([0.0, 0.3, 2.0, 7.0]), 0.25, 12  # η(λ + μ) up to 1.775: the last one oscillates
+    a = np.zeros((steps + 1, lam.size))
+    for k in range(steps):
+        a[k + 1] = a[k] + lr * (1.0 - (lam + mu) * a[k])
+    rho, gain = spectral_factors(lam, np.arange(steps + 1), lr, mu, discrete=True)
+    np.testing.assert_allclose(gain, a, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rho, 1.0 - lam * a, rtol=1e-12, atol=1e-15)
+    times = np.array([0.0, 0.4, 3.0])
+    ode = solve_ivp(lambda _, v: lr * (1.0 - (lam + mu) * v), (0.0, times[-1]), np.zeros(lam.size),
+                    t_eval=times, rtol=1e-11, atol=1e-13).y.T
+    rho, gain = spectral_factors(lam, times, lr, mu)
+    np.testing.assert_allclose(gain, ode, rtol=1e-8, atol=1e-11)
+    np.testing.assert_allclose(rho, 1.0 - lam * ode, rtol=1e-8, atol=1e-11)
+    rho, gain = spectral_factors(lam, np.inf, lr, mu)  # the fixed point a = 1/(λ + μ); 0 where λ + μ = 0
+    expected = np.where(lam + mu > 0, 1.0 / np.where(lam + mu > 0, lam + mu, 1.0), 0.0)
+    np.testing.assert_allclose(gain, expected, rtol=1e-15)
+    np.testing.assert_allclose(rho, np.where(lam + mu > 0, mu * expected, 1.0), rtol=1e-15)
 
 
 def test_time_axes_follow_t_shape(problem):
