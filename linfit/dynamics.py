@@ -433,7 +433,9 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
       learning_rate: η; time and η are interchangeable (only ``η t`` matters).
       diag_reg, diag_reg_absolute_scale: diagonal regularisation, as above.
       trace_axes: ``(-1,)`` or ``()``.
-      rcond: see :func:`kernel_eigh`.
+      rcond: eigenvalues ``<= rcond · λ_max`` count as null space (:func:`kernel_eigh`). Default ``N · eps`` of the
+        kernel's dtype (float32 at the coarsest), not :func:`kernel_eigh`'s ``eps(float32)``: neural-tangents
+        truncates nothing (its ``t = ∞`` is a Cholesky solve), so a float64 kernel keeps its small eigenvalues.
 
     Returns:
       ``predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None)``. ``t``: scalar or array
@@ -441,8 +443,8 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
       skip train predictions (then taken as 0). ``fx_test_0``: ``[M, O]`` (or scalar) with ``k_test_train``
       ``[M, N]`` / ``[M, N, O, O]``. Returns ``fx_train_t [*T, N, O]``, ``fx_test_t [*T, M, O]``, or both as
       a tuple when both are asked for. Everything is float64. ``predict_fn`` raises ``ConfigError`` when
-      ``fx_train_0`` and ``fx_test_0`` are both ``None``, ``fx_test_0`` comes without ``k_test_train``, ``t`` is
-      negative or NaN, or ``learning_rate`` is negative or not finite (checked only here); ``ShapeError`` or
+      ``fx_train_0`` and ``fx_test_0`` are both ``None``, ``fx_test_0`` comes without ``k_test_train``, or ``t`` is
+      negative or NaN; ``ShapeError`` or
       ``NonFiniteError`` for a misshapen or non-finite ``fx_train_0``, ``fx_test_0`` or ``k_test_train``.
 
     Raises:
@@ -542,9 +544,15 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
       :class:`CETrajectory` with the logits and the loss at steps ``0..T``.
 
     Raises:
-      LabelError: ``y_onehot`` rows are not probability vectors; ShapeError: a kernel does not match
-        ``trace_axes`` and ``y_onehot [N, O]``; ConfigError: a negative or non-finite ``learning_rate`` or
-        ``weight_decay``, a non-integer ``steps``, or ``trace_axes`` other than ``(-1,)``/``()``.
+      ShapeError: ``y_onehot`` not 2-D; ``y_onehot``, a kernel or an ``f0`` not numeric; a kernel whose shape
+        does not match ``trace_axes`` and ``y_onehot [N, O]``; ``f0_train`` (``f0_test``) neither a scalar nor
+        ``[N, O]`` (``[M, O]``).
+      NonFiniteError: NaN or inf in ``y_onehot``, ``k_train_train``, ``k_test_train``, ``f0_train`` or
+        ``f0_test``.
+      LabelError: ``y_onehot`` rows are not probability vectors (a negative entry, or a sum off 1 by more than
+        ``1e-6``).
+      ConfigError: a negative or non-finite ``learning_rate`` or ``weight_decay``; ``steps`` negative or not
+        integral; ``trace_axes`` other than ``(-1,)``/``()``.
     """
     y = _finite_array(y_onehot, "y_onehot", ndim=2)
     n, n_out = y.shape

@@ -147,14 +147,19 @@ def select(
       A :class:`Selection`.
 
     Raises:
-      ConfigError: no score, an empty ``models`` or zoo, ``per_class < 1`` or ``head_samples < 1``, both
-        ``task`` and ``data``, ``regime`` without ``data``, a zoo file breaking its rules, or Domain Similarity
-        asked for models without an embedded source domain.
+      ConfigError: no score; a score or model named twice; ``seed`` not an integer ``>= 0`` (a ``bool`` is
+        refused); an empty ``models`` or zoo; ``per_class`` or ``head_samples`` not a positive integer; both
+        ``task`` and ``data``; ``regime`` without ``data``; a zoo that is neither a known name nor a file,
+        ``weights_dir`` with a zoo other than ``"embedded"``, or a zoo file breaking its rules
+        (:func:`linfit.zoo.source.load_zoo`); Domain Similarity asked for models without an embedded source
+        domain.
       UnknownNameError: an unknown score, model or task dataset (all unknown names are listed).
       DatasetError: a malformed task spec or regime, unreadable ``data``, ``data`` with fewer than two classes,
         or a regime asking for more images than a class has.
       CheckpointError: a weight file that is missing, altered (sha256), non-finite or does not fit its
-        architecture.
+        architecture; an unreadable manifest of the embedded zoo.
+      NonFiniteError: a model's score inputs or scores meet NaN or inf although its weights loaded cleanly (its
+        forward pass overflows); re-raised with the model's name and checkpoint path.
     """
     clock = Stopwatch().start()
     if not scores:

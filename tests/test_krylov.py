@@ -76,6 +76,11 @@ def test_bad_inputs():
         krylov.train_loss(lambda x: a @ x, np.ones(3), [1.0, np.nan])
     with pytest.raises(ConfigError, match=">= 0"):
         krylov.predict(lambda x: a @ x, lambda x: a @ x, np.ones(3), np.zeros(3), -1.0)
+    for eta in (-0.1, np.nan, np.inf):  # was a growing, NaN or all-zero loss curve
+        with pytest.raises(ConfigError, match="learning_rate"):
+            krylov.train_loss(lambda x: a @ x, np.ones(3), [1.0], learning_rate=eta)
+        with pytest.raises(ConfigError, match="learning_rate"):
+            krylov.predict(lambda x: a @ x, lambda x: a @ x, np.ones(3), np.zeros(3), 1.0, learning_rate=eta)
     with pytest.raises(ConfigError, match="num_iters"):
         krylov.lanczos(lambda x: a @ x, np.ones(3), 0)
     with pytest.raises(NonFiniteError, match="Lanczos step 1"):  # was numpy's LinAlgError on the tridiagonal

@@ -107,3 +107,5 @@ def test_errors(mlp):
         streamed_kernel_label_correlation(empirical_ntk_fn(f, trace_axes=()), x1, np.arange(N) % 3, params)
     with pytest.raises(ShapeError, match="shaped like"):
         matrix_free_loss_curve(f, params, x1, jnp.ones((N, 2)), [1.0])
+    with pytest.raises(ShapeError, match=r"\[N, 1\]"):  # was an IndexError from slicing the residual's columns
+        matrix_free_loss_curve(lambda p, x: f(p, x)[:, 0], params, x1, jnp.ones(N), [1.0])

@@ -29,7 +29,13 @@ def to_float(images: np.ndarray) -> np.ndarray:
       images: ``[N, H, W]`` or ``[N, H, W, C]``; ``uint8`` (0..255) or floating point already in ``[0, 1]``.
 
     Returns:
-      ``[N, H, W, C]`` ``float32`` in ``[0, 1]`` (``C = 1`` when the input had no channel axis).
+      ``[N, H, W, C]`` ``float32`` in ``[0, 1]`` (``C = 1`` when the input had no channel axis): ``uint8`` divided
+      by 255, floating point cast unchanged.
+
+    Raises:
+      ShapeError: ``images`` has neither 3 nor 4 axes.
+      DatasetError: a dtype other than ``uint8`` or floating point; floating-point images with NaN or inf, or
+        with values outside ``[0, 1]``.
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -56,14 +62,25 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class Dataset:
     """A classification dataset with a train and a test split.
 
+    The constructor normalises its arguments: images pass through :func:`to_float` (so ``uint8`` or float
+    ``[N, H, W]``/``[N, H, W, C]`` are accepted), labels become int32, class names ``str``. It does not require
+    every class to occur in a split.
+
     Attributes:
       name: short identifier, e.g. ``"latin"``.
       x_train: ``[N, H, W, C]`` float32 in ``[0, 1]`` (the embedded pack: ``H = W = 28``, ``C = 1``).
       y_train: ``[N]`` int32 labels in ``0..num_classes-1``.
       x_test: ``[M, H, W, C]`` float32 in ``[0, 1]``.
-      y_test: ``[M]`` int32.
-      class_names: one name per class, in label order.
+      y_test: ``[M]`` int32 labels in ``0..num_classes-1``.
+      class_names: one name per class, in label order (a tuple of ``str``).
       domain: provenance: where the images come from and how they were made.
+
+    Raises:
+      ShapeError: images with neither 3 nor 4 axes (:func:`to_float`); ``y_train``/``y_test`` not ``[N]`` with
+        ``N`` the number of images of its split; train and test images of different ``[H, W, C]``.
+      DatasetError: images neither ``uint8`` nor floating point, or floating-point images non-finite or outside
+        ``[0, 1]`` (:func:`to_float`).
+      LabelError: labels not of an integer dtype, or outside ``0..len(class_names)-1``.
     """
 
     name: str
@@ -117,8 +134,17 @@ def union(datasets: Sequence[Dataset], name: str = "union") -> Dataset:
     The labels of ``datasets[i]`` are offset by the number of classes of ``datasets[:i]``; class names
     become ``"<dataset name>/<class name>"``.
 
+    Args:
+      datasets: one or more :class:`Dataset` whose images share one ``[H, W, C]``.
+      name: the union's name.
+
     Returns:
-      A :class:`Dataset` with ``sum(d.num_classes)`` classes and every train/test image of the inputs.
+      A :class:`Dataset` with ``sum(d.num_classes)`` classes and every train/test image of the inputs, in the
+      order given (images ``[sum N, H, W, C]`` float32, labels int32).
+
+    Raises:
+      DatasetError: ``datasets`` is empty.
+      ShapeError: the datasets' images differ in ``[H, W, C]``.
     """
     if not datasets:
         raise DatasetError("union() needs at least one dataset")

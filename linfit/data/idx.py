@@ -56,9 +56,17 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
 def load_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file, gzipped or plain, from a local path.
 
+    Args:
+      path: a local IDX file, plain or gzipped (recognised by its magic bytes, whatever its name).
+
     Returns:
-      The stored array with its IDX shape (e.g. ``[N, 28, 28]`` uint8 images, ``[N]`` uint8 labels)
-      in native byte order.
+      The stored array with its IDX shape and dtype (e.g. ``[N, 28, 28]`` uint8 images, ``[N]`` uint8 labels;
+      one of ``IDX_DTYPES``) in native byte order.
+
+    Raises:
+      DatasetError: the file cannot be read; a corrupt gzip stream; not an IDX file (nonzero first two bytes),
+        an unknown dtype byte, a truncated header, or a size that does not match the header's shape
+        (:func:`parse_idx`).
     """
     try:
         with open(path, "rb") as f:
@@ -88,10 +96,18 @@ def load_idx_dataset(
     Args:
       train_images, test_images: paths to ``[N, H, W]`` uint8 IDX image files.
       train_labels, test_labels: paths to ``[N]`` integer IDX label files.
+      name: the dataset's name; domain: its provenance (:class:`Dataset`).
       class_names: names in label order; default ``"0" .. str(max label)``.
 
     Returns:
-      A :class:`Dataset` with ``[N, H, W, 1]`` float32 images in ``[0, 1]``.
+      A :class:`Dataset` with ``[N, H, W, 1]`` float32 images in ``[0, 1]`` and int32 labels.
+
+    Raises:
+      DatasetError: a file :func:`load_idx` cannot read or decode; images not ``[N, H, W]`` uint8; labels not
+        ``[N]`` of an integer dtype.
+      ShapeError: a label file whose length differs from its image file's ``N``; train and test images of
+        different ``[H, W]`` (:class:`Dataset`).
+      LabelError: a negative label, or one ``>= len(class_names)`` (:class:`Dataset`).
     """
     arrays = {}
     for key, path in (("x_train", train_images), ("y_train", train_labels),

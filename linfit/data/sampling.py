@@ -26,14 +26,21 @@ def kshot_indices(labels, k: int, *, seed: int, allow_fewer: bool = False) -> np
     """Indices of a stratified subset with ``k`` samples of every class present in ``labels``.
 
     Args:
-      labels: ``[N]`` integer class labels.
+      labels: ``[N]`` class labels, any integer dtype, ``>= 0`` (need not be contiguous: every value present is a
+        class).
       k: samples per class (``k >= 1``).
       seed: integer seed >= 0; the result is a pure function of ``(labels, k, seed)``.
       allow_fewer: if True, a class with fewer than ``k`` samples contributes all of them; if False
         (default) that is a :class:`~linfit.errors.DatasetError`.
 
     Returns:
-      ``[K]`` int64 indices into ``labels``, sorted ascending, ``K = sum_c min(k, n_c)``.
+      ``[K]`` int64 indices into ``labels``, sorted ascending, ``K = sum_c min(k, n_c)`` (shape ``[0]`` for empty
+      ``labels``).
+
+    Raises:
+      LabelError: ``labels`` not 1-D or not of an integer dtype; a negative label.
+      DatasetError: ``k`` not a positive integer or ``seed`` not an integer ``>= 0`` (a ``bool`` is refused for
+        either); without ``allow_fewer``, a class with fewer than ``k`` samples (the message lists them).
     """
     labels = _labels(labels)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -64,7 +71,16 @@ def scoring_subset(labels, *, per_class: int = 25, seed: int = 0) -> np.ndarray:
     *training* data. Pass the training labels (e.g. ``task.train.y``); the test split is never used
     for selection.
 
+    Args:
+      labels: ``[N]`` class labels, any integer dtype, ``>= 0``.
+      per_class: the most samples taken from one class (``>= 1``); smaller classes give all of theirs.
+      seed: integer seed >= 0 (:func:`kshot_indices`).
+
     Returns:
       ``[K]`` int64 sorted indices into ``labels``, ``K = sum_c min(per_class, n_c)``.
+
+    Raises:
+      LabelError: ``labels`` not 1-D or not of an integer dtype; a negative label.
+      DatasetError: ``per_class`` not a positive integer, or ``seed`` not an integer ``>= 0``.
     """
     return kshot_indices(labels, per_class, seed=seed, allow_fewer=True)

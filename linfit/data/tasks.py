@@ -42,6 +42,7 @@ class TaskSpec:
 
     @property
     def shots(self) -> int | None:
+        """The ``k`` of a ``"<k>shot"`` regime as an ``int`` (images per class), or ``None`` for ``"full"``."""
         match = _REGIME.match(self.regime)
         return int(match.group(1)) if match.group(1) else None
 
@@ -76,6 +77,7 @@ class Task:
 
     @property
     def num_classes(self) -> int:
+        """``C``, the number of classes (``len(class_names)``), as an ``int``."""
         return len(self.class_names)
 
     def scoring_set(self, *, per_class: int = 25, seed: int = 0) -> Split:

@@ -66,11 +66,22 @@ def load_tfds(
       data_dir: local directory holding the prepared dataset.
       split: tfds split strings for train and test (slicing such as ``"train[:80%]"`` works).
       image_key, label_key: feature names of the image (``[H, W, C]`` uint8) and the class label.
-      size: optional ``(H, W)`` to resize to (bilinear, Pillow).
+      size: optional ``(H, W)`` in pixels to resize to (bilinear, Pillow); needed when a split's images differ
+        in shape.
 
     Returns:
-      A :class:`Dataset` with ``[N, H, W, C]`` float32 images in ``[0, 1]``; class names from the
-      dataset's ``ClassLabel`` feature when it has names.
+      A :class:`Dataset` with ``[N, H, W, C]`` float32 images in ``[0, 1]`` and int32 labels; class names from
+      the dataset's ``ClassLabel`` feature when it has names, else ``"0" .. str(max label)``.
+
+    Raises:
+      DatasetError: ``tensorflow-datasets`` is not installed; a split that neither ``tfds.data_source`` nor
+        ``tfds.load`` can read from ``data_dir`` (nothing is downloaded); an empty split; no feature
+        ``image_key`` or ``label_key``; images of several shapes in a split without ``size``; images neither
+        uint8 nor floating point in ``[0, 1]`` (:class:`Dataset`).
+      ShapeError: images that are not ``[H, W]`` or ``[H, W, C]``; train and test images of different
+        ``[H, W, C]`` (:class:`Dataset`).
+      LabelError: a label outside ``0..len(class_names)-1`` (e.g. ``-1`` for unlabelled examples, or more labels
+        than the ``ClassLabel`` names) (:class:`Dataset`).
     """
     tfds = _import_tfds()
     data_dir = os.fspath(data_dir)

@@ -21,11 +21,12 @@ import optax
 
 from linfit.errors import ConfigError
 from linfit.finetune.losses import LOSS_FUNCTIONS
+from linfit.models import functional
 from linfit.tree import ParamsFilter
 
 MODES = ("full", "linear_probe", "subset", "linearized")
 BN_MODES = ("train", "frozen")
-HEAD_INITS = (None, "zeros", "lecun_normal")
+HEAD_INITS = (None, *functional.HEAD_INITS)  # None keeps the model's head
 
 
 @dataclasses.dataclass(frozen=True)

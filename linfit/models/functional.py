@@ -37,8 +37,16 @@ HEAD_INITS = ("zeros", "lecun_normal")
 def init(model: nn.Module, key: jax.Array, sample_x: jax.Array) -> dict:
     """Initialise ``model`` on a sample batch ``sample_x [N, H, W, C]`` (only its shape matters), under ``jit``.
 
+    Args:
+      model: a ``linfit.models`` backbone.
+      key: a ``jax.random`` PRNG key.
+      sample_x: ``[N, H, W, C]`` float images of the input size the model will see (``N = 1`` suffices).
+
     Returns:
-      ``{"params": ...}`` plus ``"batch_stats"`` iff the model has BatchNorm.
+      ``{"params": ...}`` plus ``"batch_stats"`` iff the model has BatchNorm; float32 leaves.
+
+    Raises:
+      ShapeError: ``sample_x`` is not a 4-axis array ``[N, H, W, C]``.
     """
     check_images(sample_x)
     return dict(jax.jit(functools.partial(model.init, train=False))(key, sample_x))
@@ -62,13 +70,28 @@ def _apply_fn(model: nn.Module, variables: Mapping[str, Any], method: str) -> tu
 
 def logits_fn(model: nn.Module, variables: Mapping[str, Any]) -> tuple[ApplyFn, Any]:
     """``(apply_fn, params)`` with ``apply_fn(params, x [N, H, W, C]) -> logits [N, num_classes]`` in
-    evaluation mode; every collection other than ``params`` is closed over as a constant."""
+    evaluation mode; every collection other than ``params`` is closed over as a constant.
+
+    ``params`` is ``variables["params"]`` itself (not copied); the logits have the dtype of the computation
+    (float32 for float32 weights and inputs). ``apply_fn`` raises ``ShapeError`` for an ``x`` that is not
+    ``[N, H, W, C]`` (the backbones' own check).
+
+    Raises:
+      TreeMismatchError: ``variables`` has no ``"params"`` collection.
+    """
     return _apply_fn(model, variables, "__call__")
 
 
 def features_fn(model: nn.Module, variables: Mapping[str, Any]) -> tuple[ApplyFn, Any]:
     """``(apply_fn, params)`` with ``apply_fn(params, x [N, H, W, C]) -> phi [N, D]`` (penultimate
-    features) in evaluation mode. ``params`` is the full tree; the head does not influence the output."""
+    features) in evaluation mode. ``params`` is the full tree; the head does not influence the output.
+
+    As :func:`logits_fn` otherwise: the other collections are closed over, and ``apply_fn`` raises
+    ``ShapeError`` for an ``x`` that is not ``[N, H, W, C]``.
+
+    Raises:
+      TreeMismatchError: ``variables`` has no ``"params"`` collection.
+    """
     return _apply_fn(model, variables, "features")
 
 
@@ -85,7 +108,14 @@ def replace_head(
         ``"lecun_normal"`` (Flax's default Dense kernel init, zero bias).
 
     Returns:
-      ``(new_model, new_variables)``; the backbone leaves are shared, not copied.
+      ``(new_model, new_variables)``: ``model`` cloned with ``num_classes = C'``, and the variables with
+      ``params["head"] = {"kernel" [D, C'], "bias" [C']}`` float32; the backbone leaves and other collections
+      are shared, not copied.
+
+    Raises:
+      UnknownNameError: ``init`` is not one of ``HEAD_INITS``.
+      ShapeError: ``num_classes`` is not an integer ``>= 1`` (a ``bool`` is refused).
+      TreeMismatchError: ``variables`` has no ``"params"``, or ``params`` has no ``head/kernel``.
     """
     if init not in HEAD_INITS:
         raise UnknownNameError(f"unknown head init {init!r}; known: {list(HEAD_INITS)}")

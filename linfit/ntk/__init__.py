@@ -19,7 +19,7 @@ from linfit.ntk.large_n import matrix_free_loss_curve, streamed_kernel_label_cor
 from linfit.ntk.products import ntk_vp_fn
 from linfit.ntk.resumable import missing_tiles, ntk_to_memmap
 from linfit.ntk.sharding import sample_mesh, sharded_ntk
-from linfit.ntk.structured import per_layer_ntk_fn, structured_ntk_fn
+from linfit.ntk.structured import per_layer_ntk_fn
 from linfit.ntk.tiling import ntk_tiled, tile_size_for_budget
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "sample_mesh",
     "sharded_ntk",
     "streamed_kernel_label_correlation",
-    "structured_ntk_fn",
     "tile_size_for_budget",
     "traced_ntk_vp_fn",
 ]

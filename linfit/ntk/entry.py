@@ -114,11 +114,23 @@ def plan_kernel(
         With ``output="device"`` the device's share of the result (``ceil(N1 / D) x N2`` entries) is taken off
         the budget first.
 
+    Returns:
+      A :class:`KernelPlan`. Planning traces ``ntk_fn`` and compiles (and measures) the programs it plans with,
+      but computes no kernel entry.
+
     Raises:
       UnknownNameError: an unknown ``strategy``.
       VmapAxesError: ``strategy="panels"`` for a kernel function that is not an ``NtkFn`` with ``vmap_axes=0``.
-      ShapeError: the budget cannot hold a one-sample tile (or one panel block), the whole kernel's tile for
-        ``strategy="whole"``, or not even the device output.
+      ShapeError: ``x1`` or ``x2`` not one array ``[N, ...]`` (a pytree of inputs, or a scalar); ``ntk_fn``
+        returning a pytree of kernels; ``tile_size < 1`` (``strategy="whole"`` ignores it); the budget cannot
+        hold a one-sample tile (or one panel block), the whole kernel's tile for ``strategy="whole"``, or not
+        even the device output; for an ``NtkFn``, a shape error of its call (:meth:`linfit.ntk.NtkFn.__call__`),
+        found while tracing it.
+      TreeMismatchError, ParamsFilterError: for an ``NtkFn``, as its call (``f`` fails on ``params`` or never
+        reads a selected leaf; the filter selects no leaf).
+
+    Unlike :func:`kernel`, planning checks neither the finiteness of the inputs nor the independence of the
+    samples, nor that ``mesh`` has one axis.
     """
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")

@@ -185,13 +185,16 @@ def matrix_free_loss_curve(
       ``[T]`` float64 losses, the convention of :mod:`linfit.dynamics`.
 
     Raises:
-      ShapeError: ``y`` not shaped like ``f(x)``, ``f(x)`` with more than two axes, or ``jacobian`` not
-        ``[N, O, P]`` for ``f(x) [N, O]``.
+      ShapeError: ``f(x)`` not ``[N, O]`` (a scalar model returns ``[N, 1]``), ``y`` not shaped like it, or
+        ``jacobian`` not ``[N, O, P]`` for ``f(x) [N, O]``.
       NonFiniteError: NaN/inf in a residual column ``y - f(x)`` that enters the loss (:func:`linfit.krylov.lanczos`).
-      ConfigError: a negative or NaN time (:func:`linfit.krylov.train_loss`).
+      ConfigError: a negative or NaN time, or ``learning_rate`` negative or not finite
+        (:func:`linfit.krylov.train_loss`).
       ParamsFilterError: without ``jacobian``, ``params_filter`` is malformed or selects no leaf.
     """
     f0 = batched_apply(f, params, x, batch_size)
+    if f0.ndim != 2:
+        raise ShapeError(f"f(x) must be [N, O] (a scalar model returns [N, 1]); got shape {f0.shape}")
     y = np.asarray(y, dtype=np.float64)
     if y.shape != f0.shape:
         raise ShapeError(f"y must be shaped like f(x) = {f0.shape}; got {y.shape}")

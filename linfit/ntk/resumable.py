@@ -117,7 +117,11 @@ def open_kernel_file(path: Path, ntk_fn: Callable, x1: np.ndarray, x2: np.ndarra
 
 def ntk_to_memmap(ntk_fn, x1, x2, params, path, *, mesh=None, tile_size=None, memory_budget_bytes=None,
                   progress=False, on_tile=None, method="tiles") -> np.memmap:
-    """Deprecated: use :func:`linfit.ntk.kernel` with ``output=path`` (``strategy=method``); same result."""
+    """Deprecated: use :func:`linfit.ntk.kernel` with ``output=path`` (``strategy=method``); same result.
+
+    Raises:
+      UnknownNameError: ``method`` not one of ``METHODS``; otherwise as :func:`linfit.ntk.kernel`.
+    """
     from linfit.ntk.entry import deprecated, kernel
 
     deprecated("linfit.ntk.ntk_to_memmap", "linfit.ntk.kernel(..., output=path)")

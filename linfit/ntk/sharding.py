@@ -275,7 +275,9 @@ def _local_device(mesh: Mesh) -> jax.Device:
 
 def sharded_ntk(ntk_fn, x1, x2, params, *, mesh=None, tile_size=None, memory_budget_bytes=None, geometry=None,
                 out="host", progress=False, on_tile=None, skip=None):
-    """Deprecated: use :func:`linfit.ntk.kernel` (``strategy="tiles"``); same arguments, same result."""
+    """Deprecated: use :func:`linfit.ntk.kernel` (``strategy="tiles"``); same result. ``geometry`` is
+    ``plan=KernelPlan("tiles", geometry, None)`` there, ``out`` is ``output`` and ``skip`` has no public
+    counterpart."""
     from linfit.ntk.entry import KernelPlan, deprecated, kernel
 
     deprecated("linfit.ntk.sharding.sharded_ntk", 'linfit.ntk.kernel(..., strategy="tiles")')

@@ -373,6 +373,9 @@ def structured_ntk_fn(
 ) -> NtkFn:
     """The empirical NTK of ``f`` by per-layer factorisation (module docstring), jitted.
 
+    Users get it as ``linfit.ntk.empirical_ntk_fn(f, implementation="structured")`` (or ``"auto"``), which
+    returns a :class:`linfit.ntk.NtkFn`; this function is that kernel plus ``route``, for studies and tests.
+
     Args:
       f: ``f(params, x) -> [N, O]``, pure; typically closes over a ``flax.linen`` model in eval mode.
       trace_axes: ``(-1,)`` (average over the logit axis) or ``()``.
@@ -390,6 +393,7 @@ def structured_ntk_fn(
 
     Raises:
       ShapeError: axes other than the logit axis, ``f`` not returning ``[N, O]``, mismatched ``x1``/``x2``.
+      UnknownNameError: ``route`` not ``"auto"``, ``"gram"`` or ``"gradient"``.
       VmapAxesError: ``vmap_axes`` other than ``0`` or ``None``; ``vmap_axes=0`` on a model whose samples
         interact (at the first call).
       ParamsFilterError: the filter selects nothing.
@@ -438,6 +442,9 @@ def per_layer_ntk_fn(
     factorised Dense/Conv layer with a selected leaf, keyed by its parameter path (e.g.
     ``"stage2/block0/conv1"``; kernel and bias together), and one per other selected leaf, keyed by the
     leaf's path (e.g. ``"stage2/block0/bn1/scale"``). Keys are the same for ``vmap_axes=0`` and ``None``.
+
+    Raises:
+      As :func:`structured_ntk_fn`.
     """
     return _checked(
         _build(f, trace_axes, diagonal_axes, vmap_axes, params_filter, route, per_layer=True),

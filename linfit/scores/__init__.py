@@ -2,7 +2,9 @@
 
 ``linfit.scores.get(name)`` returns a :class:`Score` that declares the shared inputs it needs
 (``Score.needs``; see :mod:`linfit.scores.registry`); the array-level functions are importable by name with
-labels last, e.g. ``lfc(features, labels)``, ``leep(source_probs, labels)``, ``logme(features, labels)``.
+labels last, e.g. ``lfc(features, labels)``, ``leep(source_probs, labels)``, ``logme(features, labels)``. One
+exception: ``nce(source_labels, labels)`` takes hard source labels; the registered score ``"nce"`` applies it to
+the argmax of ``source_probs`` (``linfit.scores.nce.nce_from_probs``).
 Labels are integer classes ``0..C-1`` or class names (strings, any hashable values of one orderable type), which
 every score encodes the same way, by their sorted order (``linfit.scores.validation.encode_labels``).
 """

@@ -24,16 +24,27 @@ from linfit.scores.validation import check_labels, check_matrix
 
 
 def earth_movers_distance(source_weights, target_weights, cost) -> float:
-    """Exact EMD between two discrete distributions.
+    """Exact EMD between two discrete distributions, solved as a linear program (``scipy.optimize.linprog``, HiGHS).
 
     Args:
-      source_weights: ``[M]`` non-negative masses (normalised to sum 1 here).
-      target_weights: ``[K]`` non-negative masses (normalised to sum 1 here).
-      cost: ``[M, K]`` non-negative ground distances.
+      source_weights: ``[M]`` non-negative masses, any real numeric dtype (normalised to sum 1 here).
+      target_weights: ``[K]`` non-negative masses, any real numeric dtype (normalised to sum 1 here).
+      cost: ``[M, K]`` ground distances (non-negative by convention; not checked), in the units of the
+        distance; everything is computed in float64.
 
     Returns:
-      ``min_F sum_mk F_mk cost_mk`` over transport plans ``F >= 0`` with row sums ``source_weights``
-      and column sums ``target_weights``.
+      ``min_F sum_mk F_mk cost_mk`` over transport plans ``F [M, K] >= 0`` with row sums ``source_weights``
+      and column sums ``target_weights``, as a Python ``float`` in the units of ``cost``.
+
+    Shape:
+      source_weights ``[M]``, target_weights ``[K]``, cost ``[M, K]`` → scalar.
+
+    Raises:
+      ShapeError: a weight vector not 1-D, ``cost`` not ``[M, K]``; a negative weight, or weights whose total
+        is not positive (including ``M = 0`` or ``K = 0``).
+      LinfitError: the linear program reports no optimal solution.
+
+    NaN and inf are not checked here: they reach ``linprog``, which raises a plain ``ValueError``.
     """
     a = np.asarray(source_weights, dtype=np.float64)
     b = np.asarray(target_weights, dtype=np.float64)

@@ -56,10 +56,25 @@ def _shrinkage(sigma: np.ndarray, row_sq_norms: np.ndarray, d: int) -> float:
 def ledoit_wolf(features) -> tuple[np.ndarray, float]:
     """Ledoit–Wolf shrunk covariance of ``features`` (centred internally) and its intensity α.
 
-    Returns ``((1 − α) S + α μ I [D, D], α)`` with S the 1/N sample covariance, μ = tr S / D.
+    Args:
+      features: ``[N, D]`` samples in rows, any real numeric dtype (numpy or JAX); computed in float64.
+
+    Returns:
+      ``((1 − α) S + α μ I, α)``: the ``[D, D]`` float64 shrunk covariance, in the squared units of the features,
+      with S the 1/N sample covariance and μ = tr S / D; and the intensity α in ``[0, 1]`` as a Python ``float``
+      (0 when S is already a multiple of the identity).
 
     Shape:
       features ``[N, D]`` → ``([D, D], scalar)``.
+
+    Raises:
+      ShapeError: ``features`` not 2-D or not numeric.
+      NonFiniteError: ``features`` contains NaN or inf.
+
+    References:
+      Ledoit & Wolf (2004), "A well-conditioned estimator for large-dimensional covariance matrices", Journal of
+      Multivariate Analysis 88(2), 365–411: the shrinkage target μI and the intensity ``min(b̄², d²) / d²``
+      (:func:`_shrinkage`).
     """
     x = check_matrix(features, "features").astype(np.float64)
     x = x - x.mean(axis=0)

@@ -108,7 +108,7 @@ def lgc_kernel(
 
     Args:
       model, variables: a ``linfit.models`` backbone (``features`` method, ``head`` submodule) and its variables.
-      x: ``[N, H, W, C]`` inputs (the task's scoring subset).
+      x: ``[N, H, W, C]`` float inputs, preprocessed as the model expects (the task's scoring subset).
       params_filter: trained parameters (``None`` = all; e.g. ``param_subsets(...)["last_conv"]``). If it
         selects ``head/kernel`` the head term ΦΦᵀ + 1 is added.
       head_samples: ``None`` for the exact average over heads (D outputs), or k random (Rademacher) head rows.
@@ -126,6 +126,20 @@ def lgc_kernel(
 
     Returns:
       ``[N, N]`` float64 kernel.
+
+    The errors of :mod:`linfit.ntk` below (and the ``UnknownNameError``) arise only when the backbone kernel is
+    computed through it: with ``projection_dim`` the projected gradients skip those checks (NaN/inf in ``x`` or
+    the weights is then not reported), and a filter selecting only ``head/...`` leaves computes no backbone kernel.
+
+    Raises:
+      ConfigError: ``head_samples`` or ``projection_dim`` given without ``key``.
+      ParamsFilterError: ``params_filter`` is malformed or selects no leaf of ``variables["params"]``.
+      ShapeError: ``features`` is not ``[N, D]`` with ``N`` the number of samples in ``x``; ``x`` is not
+        ``[N, H, W, C]`` (checked by the backbone when ``features`` is ``None``); otherwise as
+        :func:`linfit.ntk.plan_kernel` and :func:`linfit.ntk.kernel` (e.g. a memory budget that cannot hold one
+        tile).
+      UnknownNameError: an unknown ``implementation`` (:func:`linfit.ntk.empirical_ntk_fn`).
+      NonFiniteError, TreeMismatchError, VmapAxesError: as :func:`linfit.ntk.kernel`.
     """
     if (head_samples is not None or projection_dim is not None) and key is None:
         raise ConfigError("head_samples and projection_dim need a PRNG key")

@@ -49,7 +49,8 @@ def pca_reduce(features, n_components: int | float | None) -> np.ndarray:
       PARC's depend on these signs).
 
     Raises:
-      ShapeError: the features have zero variance, or ``n_components`` is out of range.
+      ShapeError: the features have zero variance.
+      ConfigError: ``n_components`` neither an int ``>= 1`` nor a float in ``(0, 1]``.
     """
     x = np.asarray(features, dtype=np.float64)
     x = x - x.mean(axis=0)

@@ -75,7 +75,22 @@ class Score:
 
     def __call__(self, labels: Any, /, **inputs: Any) -> float:
         """Compute the score from ``labels [N]`` and the declared inputs (extra inputs are ignored;
-        inputs that are not in ``needs`` nor in ``INPUT_NAMES`` are passed on as options)."""
+        inputs that are not in ``needs`` nor in ``INPUT_NAMES`` are passed on as options).
+
+        Args:
+          labels: ``[N]`` target labels, as the score function takes them (integers in ``0..C-1`` or class names).
+          inputs: the arrays named in ``needs`` (shapes in the module docstring, e.g. ``features [N, D]``), plus
+            any options of the score function.
+
+        Returns:
+          The score as a Python ``float`` (higher is better).
+
+        Errors of the score function itself (``fn``), e.g. ``ShapeError``, ``NonFiniteError`` or ``LabelError``
+        for unusable arrays or labels, propagate unchanged.
+
+        Raises:
+          ShapeError: an input named in ``needs`` is missing from ``inputs``.
+        """
         missing = [k for k in self.needs if k not in inputs]
         if missing:
             raise ShapeError(f"score {self.name!r} needs inputs {list(self.needs)}; missing {missing}")

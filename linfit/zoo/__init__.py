@@ -1,6 +1,6 @@
 """The embedded model zoo (Deshpande et al. 2021, §5.2–5.3 at CPU scale): two architectures, each with a
-generalist, per-source-domain experts (from scratch and from the generalist) and a multi-domain BatchNorm
-expert whose 8 domains are 8 candidates.
+generalist and per-source-domain experts (from scratch and from the generalist); resnet8 also has a
+multi-domain BatchNorm expert whose 8 domains are 8 candidates.
 
 Example::
 

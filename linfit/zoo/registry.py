@@ -51,6 +51,7 @@ class ZooModel:
 
     @property
     def num_classes(self) -> int:
+        """``Cs``, the number of source classes (the head's outputs, ``len(class_names)``), as an ``int``."""
         return len(self.class_names)
 
 

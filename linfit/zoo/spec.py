@@ -21,7 +21,7 @@ import dataclasses
 import zlib
 from types import MappingProxyType
 
-from linfit.data import catalog
+from linfit.data.embedded import source_domains
 from linfit.errors import check_known
 
 KINDS = ("generalist", "scratch", "from-generalist", "multibn")
@@ -38,6 +38,11 @@ class Architecture:
     kwargs: MappingProxyType
 
     def create(self, num_classes: int):
+        """A new ``flax.linen.Module`` of this architecture with a ``num_classes``-way head (not initialised).
+
+        Raises:
+          ShapeError: ``num_classes`` is not an integer ``>= 1`` (:func:`linfit.models.create`).
+        """
         from linfit.models import create
 
         return create(self.base, num_classes, **dict(self.kwargs))
@@ -74,6 +79,7 @@ class TrainConfig:
     per_domain: int | None = 768
 
     def to_dict(self) -> dict:
+        """The recipe as a JSON-ready ``dict`` ``{field: value}``, tuples (``milestones``) turned into lists."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
@@ -108,11 +114,6 @@ class Entry:
     def seed(self, base_seed: int) -> int:
         """The training seed of this model's group: a stable function of ``base_seed`` and ``group``."""
         return (int(base_seed) * 1_000_003 + zlib.crc32(self.group.encode())) % (2**31 - 1)
-
-
-def source_domains() -> list[str]:
-    """The 8 source domains, in catalogue order."""
-    return catalog.names("source")
 
 
 def entries() -> list[Entry]:
