@@ -248,8 +248,13 @@ def load_metadata(path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------- foreign formats
 
 
-def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Flat name -> array from a ``.safetensors`` or ``.npz`` file, checked (:func:`check_weights`)."""
+def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Flat name -> array from a ``.safetensors`` or ``.npz`` file (by its suffix), checked (:func:`check_weights`).
+
+    Raises:
+      CheckpointError: the file is missing, cannot be read, has another suffix, or holds NaN/inf or weights above
+        1e10 in absolute value (:func:`check_weights`).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -402,7 +407,7 @@ def load_torchvision(path: str | os.PathLike, model: Any, variables: Mapping[str
         above 1e10; :func:`check_weights`); keys missing for some model leaf; file keys the model does not use (other
         than ``*.num_batches_tracked``); shapes that differ after the layout conversion.
     """
-    return load_torch_state_dict(_read_arrays(path), model, variables, source=str(path))
+    return load_torch_state_dict(read_arrays(path), model, variables, source=str(path))
 
 
 _KERAS_INDEX = {"kernel": 0, "bias": 1}
@@ -452,7 +457,7 @@ def load_big_vision_npz(path: str | os.PathLike, variables: Mapping[str, Any]) -
     """
     return _fill(
         variables,
-        _read_arrays(path),
+        read_arrays(path),
         key_of=lambda p: p,
         convert=lambda arr, p: arr,
         ignored=lambda k: False,

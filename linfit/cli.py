@@ -22,7 +22,7 @@ import math
 import os
 import sys
 
-from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
+from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK, PAPER_LEARNING_RATES
 from linfit.errors import ConfigError, LinfitError
 
 DEFAULT_PLOT = "linfit_loss_curves.png"
@@ -35,21 +35,36 @@ class _Parser(argparse.ArgumentParser):
         hint = self._suggestion(message)
         self.exit(2, f"linfit: error: {message}{hint} (see `{self.prog} --help`)\n")
 
+    def _commands(self) -> dict[str, set[str]]:
+        """Every option of the commands below this parser (nested ones too): option -> the commands that take it."""
+        owners: dict[str, set[str]] = {}
+        pending = [(self.prog, self)]
+        while pending:
+            prog, parser = pending.pop()
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    pending.extend((f"{prog} {name}", sub) for name, sub in action.choices.items())
+            if parser is not self:
+                for option in parser._option_string_actions:
+                    owners.setdefault(option, set()).add(prog)
+        return owners
+
     def _suggestion(self, message: str) -> str:
-        """``"; did you mean --seed?"`` for a mistyped option (closest option of this parser or its commands)."""
+        """For an unrecognized option: where it belongs (``linfit`` itself, or other commands), else
+        ``"; did you mean --seed (for --sed)?"`` (the closest option of any command)."""
         prefix = "unrecognized arguments: "
         if not message.startswith(prefix):
             return ""
-        options = set(self._option_string_actions)
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for parser in action.choices.values():
-                    options.update(parser._option_string_actions)
+        owners = self._commands()
         hints = []
         for word in message[len(prefix):].split():
-            if word.split("=")[0] in self._option_string_actions:  # an option of `linfit` itself, after the command
-                return f"; {word.split('=')[0]} goes before the command: `{self.prog} {word} <command> ...`"
-            close = difflib.get_close_matches(word.split("=")[0], sorted(options), n=1, cutoff=0.6)
+            option = word.split("=")[0]
+            if option in self._option_string_actions:  # an option of `linfit` itself, after the command
+                return f"; {option} goes before the command: `{self.prog} {word} <command> ...`"
+            if option in owners:  # a real option, of another command than the one given
+                commands = ", ".join(f"`{c}`" for c in sorted(owners[option]))
+                return f"; {option} is an option of {commands} only"
+            close = difflib.get_close_matches(option, sorted(owners), n=1, cutoff=0.6)
             if word.startswith("-") and close:
                 hints.append(f"{close[0]} (for {word})")
         return f"; did you mean {', '.join(hints)}?" if hints else ""
@@ -81,8 +96,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+    return value
+
+
 _positive_int.__name__ = "positive integer"  # argparse names the type in "invalid <type> value"
 _non_negative_int.__name__ = "non-negative integer"
+_positive_float.__name__ = "positive number"
 
 
 def _check_names(*, scores: list[str], tasks: list[str]) -> list:
@@ -211,6 +234,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--regime goes with --data; each of --tasks names its own regime (e.g. {DEFAULT_TASK})")
     common = dict(models=tuple(args.models) if args.models else None, seeds=tuple(args.seeds),
                   scores=tuple(args.scores), per_class=args.per_class, finetune_seeds=tuple(args.finetune_seeds),
+                  learning_rates=tuple(args.learning_rates),
                   protocol=GridProtocol(max_steps=args.max_steps),
                   max_train_per_class=args.max_train_per_class, zoo=args.zoo)
     if args.data is not None:
@@ -303,9 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "a test split is split 80/20 per class with seed 0)")
     bench.add_argument("--regime", default=None,
                        help=f"with --data: 5shot, 20shot or full (any <k>shot; default {DEFAULT_REGIME})")
-    bench.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0])
+    bench.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0],
+                       help="k-shot draws of every task: seeds of its training subset and scoring subset (default 0)")
     bench.add_argument("--scores", nargs="+", default=list(DEFAULT_SCORES), help="score names (`linfit scores`)")
-    bench.add_argument("--per-class", type=_positive_int, default=25)
+    bench.add_argument("--per-class", type=_positive_int, default=25,
+                       help="scoring images per class (default 25, the paper's scoring subset)")
+    bench.add_argument("--learning-rates", nargs="+", type=_positive_float, default=list(PAPER_LEARNING_RATES),
+                       help="initial η grid of the fine-tuning, widened ×3 while the best η sits on an edge "
+                            f"(default the paper's {' '.join(map(str, PAPER_LEARNING_RATES))}; "
+                            "experiments/reproduce.py's evidence presets start at 0.03 0.09 0.27)")
     bench.add_argument("--finetune-seeds", nargs="+", type=_non_negative_int, default=[0, 1, 2],
                        help="fine-tuning seeds of every unit (its ground truth is their mean)")
     bench.add_argument("--max-steps", type=_positive_int, default=1000,

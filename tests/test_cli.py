@@ -65,6 +65,8 @@ def _error(argv, capsys) -> str:
     (["select", "--sed", "3", "--models", *TWO], "unrecognized arguments: --sed 3; did you mean --seed (for --sed)?"),
     (["bench", "--db", "x.sqlite", "--shrad", "1/2"], "did you mean --shard (for --shrad)?"),
     (["select", "--models", *TWO, "--debug"], "--debug goes before the command: `linfit --debug <command> ...`"),
+    (["tasks", "--json"], "--json is an option of `linfit select` only"),  # was "did you mean --json"
+    (["tasks", "--zoo", "imagenet"], "--zoo is an option of `linfit bench`, `linfit select`, `linfit zoo list` only"),
 ])
 def test_select_errors_are_one_line_in_cli_terms_before_any_work(argv, expected, capsys, no_work):
     line = _error(argv, capsys)
@@ -99,6 +101,12 @@ def test_bench_names_tasks_like_select(monkeypatch, tmp_path, capsys):
                  "--scores", "lfc", "--quiet"]) == 0
     assert sorted((t, c.regimes) for c in configs for t in c.tasks) == [("font_digits", ("5shot",)),
                                                                          ("hebrew", ("20shot",))]
+    assert all(c.learning_rates == (0.01, 0.005, 0.001) for c in configs)  # the paper's grid (§5.5)
+    configs.clear()
+    assert main(["bench", "--db", db, "--models", *TWO, "--learning-rates", "0.03", "0.09", "--quiet"]) == 0
+    assert [c.learning_rates for c in configs] == [(0.03, 0.09)]
+    assert "--learning-rates: must be a positive number" in _error(["bench", "--db", db, "--learning-rates", "0"],
+                                                                   capsys)
     assert "unknown regime" in _error(["bench", "--db", db, "--tasks", "hebrew:5shots"], capsys)
     assert "'<dataset>:<regime>'" in _error(["bench", "--db", db, "--tasks", "hebrew"], capsys)
     assert "`linfit zoo list`" in _error(["bench", "--db", db, "--models", "nosuch"], capsys)

@@ -128,14 +128,32 @@ def test_load_arrays_npz_and_mapping(tmp_path):
     assert load_arrays(arrays).class_names == ("0", "1", "2")
     with pytest.raises(DatasetError, match=r"lack the keys \['y_test'\]"):
         load_arrays({k: v for k, v in arrays.items() if k != "y_test"})
-    (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(DatasetError, match="cannot read arrays"):
+    (tmp_path / "junk.npz").write_bytes(b"junk")  # before: numpy's advice to load it as a pickle
+    with pytest.raises(DatasetError, match=r"not an \.npz archive.*numpy\.savez"):
         load_arrays(tmp_path / "junk.npz")
     raw = bytearray((tmp_path / "toy.npz").read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # a flipped byte inside a member: zipfile.BadZipFile (bad CRC), not OSError
     (tmp_path / "flipped.npz").write_bytes(bytes(raw))
     with pytest.raises(DatasetError, match="cannot read arrays"):
         load_arrays(tmp_path / "flipped.npz")
+
+
+def test_load_arrays_encodes_class_name_labels(tmp_path):
+    """Labels given as names: sorted names become the classes (or the order of ``class_names``), in every split."""
+    x = np.zeros((8, 4, 4), np.uint8)
+    y = np.array(["dog", "cat", "emu", "cat", "dog", "emu", "cat", "dog"])
+    np.savez(tmp_path / "named.npz", x=x, y=y)
+    ds = load_arrays(tmp_path / "named.npz", test_fraction=0.5)
+    assert ds.class_names == ("cat", "dog", "emu")
+    codes = {"cat": 0, "dog": 1, "emu": 2}
+    assert sorted(np.concatenate([ds.y_train, ds.y_test]).tolist()) == sorted(codes[v] for v in y)
+    split = {"x_train": x[:4], "y_train": y[:4], "x_test": x[4:], "y_test": y[4:]}
+    ds = load_arrays(split, class_names=["emu", "dog", "cat"])
+    assert ds.y_train.tolist() == [1, 2, 0, 2] and ds.y_test.tolist() == [1, 0, 2, 1]
+    with pytest.raises(DatasetError, match=r"\['cat'\] are not among the class_names"):
+        load_arrays(split, class_names=["emu", "dog"])
+    with pytest.raises(DatasetError, match="are class names but"):
+        load_arrays({**split, "y_test": np.array([0, 1, 2, 0])})
 
 
 def test_load_data_refuses_a_single_class_before_any_work(tmp_path):

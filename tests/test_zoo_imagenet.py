@@ -14,6 +14,7 @@ import hashlib
 import shutil
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -117,6 +118,31 @@ def test_cli_import_into_user_zoo(tmp_path, monkeypatch, capsys):
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(CheckpointError, match="is corrupted or was changed: its sha256 is .* linfit.s record of .* records"):
         imagenet.get("user/mnv2").read()
+
+
+def test_a_safetensors_download_loads_as_the_packaged_torch_file(tmp_path, monkeypatch):
+    """The packaged MobileNetV2 tensors written as .safetensors and imported: the user entry loads to exactly the
+    variables of the packaged torch file (read by another reader, the restricted unpickler)."""
+    from safetensors.numpy import save_file
+
+    from linfit.zoo.source import load_zoo
+
+    state = imagenet.get("imagenet/mobilenet_v2").read()
+    download = tmp_path / "mnv2.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(download))
+    entry = imagenet.import_checkpoint(download, "mobilenet_v2", name="mnv2st", user_dir=tmp_path / "zoo")
+    assert entry.format == "safetensors" and entry.path.suffix == ".safetensors"
+    monkeypatch.setenv(imagenet.ZOO_DIR_ENV, str(tmp_path / "zoo"))
+    entries = {e.name: e for e in load_zoo("imagenet")}
+    _, got = entries["user/mnv2st"].load()
+    _, want = entries["imagenet/mobilenet_v2"].load()
+    flat_got, flat_want = jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves_with_path(want)
+    assert [p for p, _ in flat_got] == [p for p, _ in flat_want]
+    for (path, a), (_, b) in zip(flat_got, flat_want):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbled")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        imagenet.import_checkpoint(tmp_path / "bad.safetensors", "mobilenet_v2", user_dir=tmp_path / "zoo")
 
 
 def test_import_refusals(tmp_path):

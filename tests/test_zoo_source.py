@@ -119,6 +119,17 @@ std = {TORCHVISION[1][::-1]}
     return root, {"cnn": cnn, "cnn_rgb": cnn_rgb, "state": state}
 
 
+def test_zoo_list_lists_a_toml_zoo_as_declared(zoo_dir, capsys):
+    """`linfit zoo list --zoo FILE.toml`: one row per [[model]] with the file's own values; the reference starred."""
+    root, _ = zoo_dir
+    assert main(["zoo", "list", "--zoo", str(root / "zoo.toml")]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    rows = {line.split()[0]: line.split() for line in lines if "/" in line.split()[0]}
+    assert rows["cnn/gray"][1:] == ["small_cnn", "msgpack", "mnist", "12px", "L", str(root / "w" / "cnn.msgpack")]
+    assert rows["cnn/rgb"][1:6] == ["small_cnn", "npz", "-", "10px", "RGB"]
+    assert rows["resnet/st"][1:3] == ["*", "cifar_resnet8"] and rows["resnet/pth"][4:6] == ["20px", "BGR"]
+
+
 @pytest.fixture(scope="module")
 def png_folder(tmp_path_factory):
     """root/<class>/*.png: 3 classes x 8 RGB images of 24 x 24 whose colour depends on the class."""

