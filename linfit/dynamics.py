@@ -559,7 +559,7 @@ def linearized_ce_trajectory(k_train_train, k_test_train, y_onehot, f0_train=0.0
     if np.any(y < 0) or not np.allclose(y.sum(axis=1), 1.0, atol=1e-6):
         raise LabelError("y_onehot rows must be probability vectors (non-negative, summing to 1)")
     _check_rates(learning_rate=learning_rate, weight_decay=weight_decay)
-    if int(steps) != steps or steps < 0:
+    if not np.isfinite(steps) or int(steps) != steps or steps < 0:
         raise ConfigError(f"steps must be an integer >= 0; got {steps}")
     traced = _canonical_traced(trace_axes)
     theta = _kernel_operator(_flatten_kernel(k_train_train, n, n_out, traced, "k_train_train", rows=n),

@@ -115,6 +115,9 @@ def test_validation():
         linearized_ce_trajectory(k, None, y, learning_rate=-1.0, steps=2)
     with pytest.raises(LinfitError):
         linearized_ce_trajectory(k, None, y, learning_rate=0.1, steps=1.5)
+    for steps in (np.nan, np.inf):  # was numpy's ValueError / OverflowError from int(steps)
+        with pytest.raises(LinfitError, match="steps must be an integer"):
+            linearized_ce_trajectory(k, None, y, learning_rate=0.1, steps=steps)
     with pytest.raises(ShapeError, match=r"trace_axes=\(\)"):  # a traced kernel declared untraced
         linearized_ce_trajectory(k, None, y, learning_rate=0.1, steps=2, trace_axes=())
     with pytest.raises(LinfitError, match="trace_axes"):

@@ -153,6 +153,10 @@ def test_monte_carlo_variants_approximate_the_exact_kernel(small, option):
     assert np.abs(approx - exact).max() < 0.1 * np.abs(exact).max()
     with pytest.raises(ConfigError, match="PRNG key"):
         lgc_kernel(model, variables, x, params_filter=last_conv, **option)
+    (name,) = option
+    for bad in (0, -2, 2.5, True):  # was a NameError (projection_dim=0) or a kernel from a meaningless count
+        with pytest.raises(ConfigError, match=f"{name} must be a positive integer"):
+            lgc_kernel(model, variables, x, params_filter=last_conv, key=jax.random.PRNGKey(3), **{name: bad})
 
 
 def test_lgc_is_the_pearson_correlation_with_label_similarity():

@@ -121,6 +121,9 @@ def test_emd_one_dimensional_closed_form_with_unequal_weights():
     wa, wb = RNG.uniform(0.1, 1.0, 5), RNG.uniform(0.1, 1.0, 7)
     cost = np.abs(xa[:, None] - xb[None])
     assert earth_movers_distance(wa, wb, cost) == pytest.approx(emd_1d_cdf(xa, wa, xb, wb), abs=1e-9)
+    for bad in ((np.where(np.arange(5) == 2, np.nan, wa), wb, cost), (wa, wb, np.where(np.arange(7) == 3, np.inf, cost))):
+        with pytest.raises(NonFiniteError, match="EMD"):  # was scipy's ValueError from linprog
+            earth_movers_distance(*bad)
 
 
 def test_domain_similarity_one_dimensional_with_class_exclusion():

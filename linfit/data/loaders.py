@@ -210,9 +210,8 @@ def load_arrays(source, *, name: str | None = None, class_names=None, test_fract
     Raises:
       DatasetError: an ``.npz`` that cannot be read or is not a zip archive; ``source`` neither a path nor a
         mapping; class-name labels in some splits and numbers in others, or a name not in ``class_names``; with
-        ``x``/``y``:
-        ``y`` not ``[N]`` non-negative integers, ``x`` without one row per label, ``test_fraction`` outside
-        ``(0, 1)`` or a class with fewer than 2 images; a missing key; images neither uint8 nor floating point,
+        ``x``/``y``: ``y`` not ``[N]`` non-negative integers, ``x`` without one row per label, ``test_fraction``
+        outside ``(0, 1)`` or a class with fewer than 2 images; a missing key; images neither uint8 nor floating point,
         or floating-point images non-finite or outside ``[0, 1]`` (:class:`Dataset`).
       ShapeError: images with neither 3 nor 4 axes; labels not ``[N]`` with ``N`` the images of their split;
         train and test images of different ``[H, W, C]`` (:class:`Dataset`).

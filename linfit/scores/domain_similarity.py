@@ -18,7 +18,7 @@ import numpy as np
 from scipy import optimize, sparse
 from scipy.spatial.distance import cdist
 
-from linfit.errors import ConfigError, LabelError, LinfitError, ShapeError
+from linfit.errors import ConfigError, LabelError, LinfitError, NonFiniteError, ShapeError
 from linfit.scores.registry import register
 from linfit.scores.validation import check_labels, check_matrix
 
@@ -42,15 +42,17 @@ def earth_movers_distance(source_weights, target_weights, cost) -> float:
     Raises:
       ShapeError: a weight vector not 1-D, ``cost`` not ``[M, K]``; a negative weight, or weights whose total
         is not positive (including ``M = 0`` or ``K = 0``).
+      NonFiniteError: NaN or inf in a weight or the cost (before: scipy's ``ValueError`` from ``linprog``).
       LinfitError: the linear program reports no optimal solution.
-
-    NaN and inf are not checked here: they reach ``linprog``, which raises a plain ``ValueError``.
     """
     a = np.asarray(source_weights, dtype=np.float64)
     b = np.asarray(target_weights, dtype=np.float64)
     d = np.asarray(cost, dtype=np.float64)
     if a.ndim != 1 or b.ndim != 1 or d.shape != (a.size, b.size):
         raise ShapeError(f"EMD needs weights [M], [K] and cost [M, K]; got {a.shape}, {b.shape}, {d.shape}")
+    for name, array in (("source_weights", a), ("target_weights", b), ("cost", d)):
+        if not np.all(np.isfinite(array)):
+            raise NonFiniteError(f"EMD {name} contain NaN or inf ({int(np.sum(~np.isfinite(array)))} entries)")
     if np.any(a < 0) or np.any(b < 0) or a.sum() <= 0 or b.sum() <= 0:
         raise ShapeError("EMD weights must be non-negative with a positive total")
     a, b = a / a.sum(), b / b.sum()

@@ -132,7 +132,7 @@ def lgc_kernel(
     the weights is then not reported), and a filter selecting only ``head/...`` leaves computes no backbone kernel.
 
     Raises:
-      ConfigError: ``head_samples`` or ``projection_dim`` given without ``key``.
+      ConfigError: ``head_samples`` or ``projection_dim`` given without ``key``, or not a positive integer.
       ParamsFilterError: ``params_filter`` is malformed or selects no leaf of ``variables["params"]``.
       ShapeError: ``features`` is not ``[N, D]`` with ``N`` the number of samples in ``x``; ``x`` is not
         ``[N, H, W, C]`` (checked by the backbone when ``features`` is ``None``); otherwise as
@@ -143,6 +143,9 @@ def lgc_kernel(
     """
     if (head_samples is not None or projection_dim is not None) and key is None:
         raise ConfigError("head_samples and projection_dim need a PRNG key")
+    for name, value in (("head_samples", head_samples), ("projection_dim", projection_dim)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ConfigError(f"{name} must be a positive integer (or None); got {value!r}")
     selected = leaf_paths(split_params(variables["params"], params_filter)[0])
     body, body_variables = headless(model, variables)
     tree = {"variables": body_variables}
