@@ -4,6 +4,8 @@ Every message says what was wrong and what was expected, e.g.
 ``LabelError: labels must lie in 0..C-1 with C=3; got values [-1, 5]``.
 """
 
+import numbers
+
 
 class LinfitError(Exception):
     """Base class of every error linfit raises on purpose."""
@@ -80,3 +82,9 @@ def check_known(kind: str, given, known, listing: str) -> None:
         hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise UnknownNameError(f"unknown {kind}{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
                            f"{listing} lists the {len(known)} known ones")
+
+
+def is_count(value, minimum: int = 1) -> bool:
+    """Whether ``value`` is an integer (Python or numpy; not a ``bool``) ``>= minimum``: the test behind every count
+    and seed argument, each caller raising its own error."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum

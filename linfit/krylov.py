@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from linfit.dynamics import spectral_factors
+from linfit.dynamics import _check_rates, spectral_factors
 from linfit.errors import ConfigError, NonFiniteError, ShapeError
 
 MatVec = Callable[[np.ndarray], np.ndarray]
@@ -156,13 +156,6 @@ def quadratic_form(matvec: MatVec, v: np.ndarray, fn: Callable[[np.ndarray], np.
     return float(norm**2 * _apply_to_tridiagonal(t, fn)[0])
 
 
-def _check_learning_rate(learning_rate) -> float:
-    eta = float(learning_rate)
-    if not (np.isfinite(eta) and eta >= 0):
-        raise ConfigError(f"learning_rate must be finite and >= 0; got {learning_rate}")
-    return eta
-
-
 def _columns(residual) -> np.ndarray:
     r = np.asarray(residual, dtype=np.float64)
     if r.ndim == 1:
@@ -199,7 +192,7 @@ def train_loss(matvec: MatVec, residual0, times, *, learning_rate: float = 1.0, 
     """
     r = _columns(residual0)
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
-    learning_rate = _check_learning_rate(learning_rate)
+    _check_rates(learning_rate=learning_rate)
     if not np.all(times >= 0):  # NaN fails the comparison too
         raise ConfigError(f"times must be >= 0 (np.inf allowed); got {times[~(times >= 0)][:3]}")
     losses = np.zeros(times.shape)
@@ -241,7 +234,8 @@ def predict(matvec: MatVec, cross_matvec: MatVec, residual0, f0_test, t: float, 
         raise ConfigError(f"t must be >= 0 (np.inf allowed); got {t}")
     r = _columns(residual0)
     f0 = np.asarray(f0_test, dtype=np.float64).reshape(-1, r.shape[1])
-    eta = _check_learning_rate(learning_rate)
+    _check_rates(learning_rate=learning_rate)
+    eta = float(learning_rate)
 
     def phi(lam: np.ndarray) -> np.ndarray:
         return spectral_factors(_spectrum(lam, t), t, eta)[1]

@@ -28,7 +28,7 @@ from linfit._text import counted
 from linfit.data import Dataset, TaskSpec, load_data, load_task, parse_regime
 from linfit.data.detect import require_classes
 from linfit.defaults import DEFAULT_HEAD_SAMPLES, DEFAULT_REGIME, DEFAULT_SCORES, DEFAULT_TASK
-from linfit.errors import ConfigError, NonFiniteError, check_known
+from linfit.errors import ConfigError, NonFiniteError, check_known, is_count
 from linfit.extract import TaskInputs, extract_inputs, source_sample
 from linfit.scores.linearized import loss_ratio
 from linfit.scores.registry import SOURCE_INPUTS
@@ -166,7 +166,7 @@ def select(
         raise ConfigError("select needs at least one score (linfit.scores.names())")
     check_known("score", scores, score_registry.names(), "linfit.scores.names()")
     _check_named_once(scores, "scores", "score")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_count(seed, 0):
         raise ConfigError(f"seed must be an integer >= 0 (it seeds numpy's SeedSequence); got {seed!r}")
     if data is not None and task is not None:
         raise ConfigError("give either task (an embedded task) or data (your own images), not both")
@@ -184,7 +184,7 @@ def select(
         _check_named_once(models, "zoo models", "model")
         entries = [by_name[name] for name in models]
     for option, value in (("per_class", per_class), ("head_samples", head_samples)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        if value is not None and not is_count(value):
             exact = " (or None for the exact head average, the command line's --head-samples 0)"
             raise ConfigError(f"{option} must be a positive integer{exact if option == 'head_samples' else ''}; "
                               f"got {value!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linfit.errors import DatasetError, LabelError
+from linfit.errors import DatasetError, LabelError, is_count
 
 
 def _labels(labels) -> np.ndarray:
@@ -43,9 +43,9 @@ def kshot_indices(labels, k: int, *, seed: int, allow_fewer: bool = False) -> np
         either); without ``allow_fewer``, a class with fewer than ``k`` samples (the message lists them).
     """
     labels = _labels(labels)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not is_count(k):
         raise DatasetError(f"k must be a positive integer; got {k!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_count(seed, 0):
         raise DatasetError(f"seed must be an integer >= 0 (it seeds numpy's SeedSequence); got {seed!r}")
     classes, counts = np.unique(labels, return_counts=True)
     short = {int(c): int(n) for c, n in zip(classes, counts) if n < k}

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from linfit.errors import CheckpointError, ConfigError, ShapeError, VmapAxesError
+from linfit.errors import CheckpointError, ConfigError, ShapeError, VmapAxesError, is_count
 from linfit.ntk.empirical import NtkFn
 from linfit.ntk.sharding import _pad
 from linfit.ntk.structured import JACOBIAN_CHUNK, per_sample_jacobian_fn
@@ -121,7 +121,7 @@ def stored_traced_vp_fn(jacobian: np.ndarray, *, chunk: int = READ_CHUNK) -> Cal
     """
     if np.ndim(jacobian) != 3:
         raise ShapeError(f"jacobian must be [N, O, P]; got shape {np.shape(jacobian)}")
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    if not is_count(chunk):
         raise ConfigError(f"chunk must be an integer >= 1 (samples per read); got {chunk!r}")
     n, n_out, n_params = jacobian.shape
     read = _chunk_reader(jacobian)

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linfit.errors import ConfigError, ShapeError
+from linfit.errors import ConfigError, ShapeError, is_count
 from linfit.models.compiled import headless, penultimate_features
 from linfit.ntk.empirical import empirical_ntk_fn
 from linfit.ntk.entry import kernel as ntk_kernel, plan_kernel
@@ -144,7 +144,7 @@ def lgc_kernel(
     if (head_samples is not None or projection_dim is not None) and key is None:
         raise ConfigError("head_samples and projection_dim need a PRNG key")
     for name, value in (("head_samples", head_samples), ("projection_dim", projection_dim)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        if value is not None and not is_count(value):
             raise ConfigError(f"{name} must be a positive integer (or None); got {value!r}")
     selected = leaf_paths(split_params(variables["params"], params_filter)[0])
     body, body_variables = headless(model, variables)

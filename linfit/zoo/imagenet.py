@@ -203,7 +203,8 @@ def import_checkpoint(path: str | os.PathLike, arch: str, *, name: str | None = 
     """Copy a downloaded weight file into the user zoo and record its architecture, format and sha256.
 
     The file is read once first (a ``.safetensors`` file by its suffix; otherwise torch layout, else numpy
-    pickle) with the restricted readers, so only files linfit can load safely are imported. Importing the same ``name`` again replaces the earlier entry.
+    pickle) with the restricted readers, so only files linfit can load safely are imported. Importing the same
+    ``name`` again replaces the earlier entry.
 
     Args:
       path: a ``torch.save`` file, a ``.safetensors`` file (torchvision/timm names) or a pickle of numpy arrays.
