@@ -12,7 +12,7 @@ from linfit.data import (
     to_uint8,
     union,
 )
-from linfit.errors import DatasetError, LabelError, ShapeError
+from linfit.errors import DatasetError, LabelError, NonFiniteError, ShapeError
 
 
 def write_png(path, value, size=(10, 12)):
@@ -26,8 +26,10 @@ def test_to_float_and_back():
     assert f.shape == (4, 8, 8, 1) and f.dtype == np.float32
     np.testing.assert_allclose(f[..., 0], x / 255.0, atol=1e-7)
     np.testing.assert_array_equal(to_uint8(f)[..., 0], x)
-    with pytest.raises(DatasetError, match=r"\[0, 1\]"):
-        to_float(np.full((1, 2, 2), 2.0))
+    with pytest.raises(DatasetError, match=r"must lie in \[0, 1\]; got values in \[0, 2\]"):
+        to_float(np.full((1, 2, 2), 2.0) * np.array([0.0, 1.0]))
+    with pytest.raises(NonFiniteError, match="2 NaN or infinite"):  # was a DatasetError that did not count them
+        to_float(np.array([[[0.5, np.nan], [np.inf, 0.0]]]))
     with pytest.raises(ShapeError):
         to_float(np.zeros((2, 2), np.uint8))
     with pytest.raises(DatasetError, match="dtype"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from linfit.data import kshot_indices, scoring_subset
-from linfit.errors import DatasetError, LabelError
+from linfit.errors import ConfigError, DatasetError, LabelError
 
 LABELS = np.repeat(np.arange(5), [30, 12, 40, 25, 7])[np.random.default_rng(0).permutation(114)]
 
@@ -42,13 +42,13 @@ def test_k_larger_than_a_class():
 
 @pytest.mark.parametrize("k", [0, -1, 2.5, True])
 def test_bad_k(k):
-    with pytest.raises(DatasetError, match="positive integer"):
+    with pytest.raises(ConfigError, match="positive integer"):
         kshot_indices(LABELS, k, seed=0)
 
 
 @pytest.mark.parametrize("seed", [-1, 1.7, True])
 def test_bad_seed(seed):  # -1 was numpy's ValueError, 1.7 silently drew seed 1
-    with pytest.raises(DatasetError, match="seed must be an integer >= 0"):
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0"):
         kshot_indices(LABELS, 2, seed=seed)
 
 

@@ -1,6 +1,7 @@
 """H-score, regularised H-score, Ledoit–Wolf, TransRate and GBC against direct numpy transcriptions."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -54,6 +55,12 @@ def test_ledoit_wolf_matches_sklearn(n, d):
     ref, ref_shrinkage = sklearn_ledoit_wolf(f)
     assert shrinkage == pytest.approx(ref_shrinkage, rel=1e-10)
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0)])
+def test_ledoit_wolf_refuses_empty_features(shape):  # (0, 3) was LAPACK's "failed to create intent(cache|hide)"
+    with pytest.raises(ShapeError, match=re.escape(f"at least one sample and one feature; got features of shape {shape}")):
+        ledoit_wolf(np.zeros(shape))
 
 
 @pytest.mark.parametrize("n,d", [(50, 8), (15, 30)])

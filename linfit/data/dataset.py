@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from linfit.errors import DatasetError, LabelError, ShapeError
+from linfit.errors import DatasetError, LabelError, NonFiniteError, ShapeError
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -34,8 +34,8 @@ def to_float(images: np.ndarray) -> np.ndarray:
 
     Raises:
       ShapeError: ``images`` has neither 3 nor 4 axes.
-      DatasetError: a dtype other than ``uint8`` or floating point; floating-point images with NaN or inf, or
-        with values outside ``[0, 1]``.
+      DatasetError: a dtype other than ``uint8`` or floating point; floating-point values outside ``[0, 1]``.
+      NonFiniteError: floating-point images with NaN or inf (the message counts them).
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -47,8 +47,13 @@ def to_float(images: np.ndarray) -> np.ndarray:
     if not np.issubdtype(images.dtype, np.floating):
         raise DatasetError(f"images must be uint8 or floating point; got dtype {images.dtype}")
     out = images.astype(np.float32)
-    if out.size and (not np.all(np.isfinite(out)) or out.min() < 0.0 or out.max() > 1.0):
-        raise DatasetError("floating-point images must be finite and lie in [0, 1]")
+    finite = np.isfinite(out)
+    if not finite.all():
+        raise NonFiniteError(f"images contain {out.size - np.count_nonzero(finite)} NaN or infinite values; "
+                             "floating-point images must lie in [0, 1]")
+    if out.size and (out.min() < 0.0 or out.max() > 1.0):
+        raise DatasetError(f"floating-point images must lie in [0, 1]; got values in [{out.min():g}, {out.max():g}] "
+                           "(divide 0..255 pixels by 255, or pass them as uint8)")
     return out
 
 
@@ -78,8 +83,9 @@ class Dataset:
     Raises:
       ShapeError: images with neither 3 nor 4 axes (:func:`to_float`); ``y_train``/``y_test`` not ``[N]`` with
         ``N`` the number of images of its split; train and test images of different ``[H, W, C]``.
-      DatasetError: images neither ``uint8`` nor floating point, or floating-point images non-finite or outside
-        ``[0, 1]`` (:func:`to_float`).
+      DatasetError: images neither ``uint8`` nor floating point, or floating-point images outside ``[0, 1]``
+        (:func:`to_float`).
+      NonFiniteError: floating-point images with NaN or inf (:func:`to_float`).
       LabelError: labels not of an integer dtype, or outside ``0..len(class_names)-1``.
     """
 

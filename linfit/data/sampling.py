@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linfit.errors import DatasetError, LabelError, is_count
+from linfit.errors import ConfigError, DatasetError, LabelError, is_count
 
 
 def _labels(labels) -> np.ndarray:
@@ -39,14 +39,15 @@ def kshot_indices(labels, k: int, *, seed: int, allow_fewer: bool = False) -> np
 
     Raises:
       LabelError: ``labels`` not 1-D or not of an integer dtype; a negative label.
-      DatasetError: ``k`` not a positive integer or ``seed`` not an integer ``>= 0`` (a ``bool`` is refused for
-        either); without ``allow_fewer``, a class with fewer than ``k`` samples (the message lists them).
+      ConfigError: ``k`` not a positive integer or ``seed`` not an integer ``>= 0`` (a ``bool`` is refused for
+        either).
+      DatasetError: without ``allow_fewer``, a class with fewer than ``k`` samples (the message lists them).
     """
     labels = _labels(labels)
     if not is_count(k):
-        raise DatasetError(f"k must be a positive integer; got {k!r}")
+        raise ConfigError(f"k must be a positive integer; got {k!r}")
     if not is_count(seed, 0):
-        raise DatasetError(f"seed must be an integer >= 0 (it seeds numpy's SeedSequence); got {seed!r}")
+        raise ConfigError(f"seed must be an integer >= 0 (it seeds numpy's SeedSequence); got {seed!r}")
     classes, counts = np.unique(labels, return_counts=True)
     short = {int(c): int(n) for c, n in zip(classes, counts) if n < k}
     if short and not allow_fewer:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from linfit.errors import ShapeError
 from linfit.scores.logme import spectral_projection
 from linfit.scores.registry import register
 from linfit.scores.validation import check_features, check_matrix
@@ -68,7 +69,7 @@ def ledoit_wolf(features) -> tuple[np.ndarray, float]:
       features ``[N, D]`` → ``([D, D], scalar)``.
 
     Raises:
-      ShapeError: ``features`` not 2-D or not numeric.
+      ShapeError: ``features`` not 2-D, not numeric, or without a row or a column (N = 0 or D = 0).
       NonFiniteError: ``features`` contains NaN or inf.
 
     References:
@@ -77,8 +78,10 @@ def ledoit_wolf(features) -> tuple[np.ndarray, float]:
       (:func:`_shrinkage`).
     """
     x = check_matrix(features, "features").astype(np.float64)
-    x = x - x.mean(axis=0)
     n, d = x.shape
+    if n == 0 or d == 0:  # LAPACK's error, or a division by zero, otherwise
+        raise ShapeError(f"ledoit_wolf needs at least one sample and one feature; got features of shape {x.shape}")
+    x = x - x.mean(axis=0)
     sigma, _, _ = spectral_projection(x, np.zeros((n, 0)))
     alpha = _shrinkage(sigma, np.sum(x * x, axis=1), d)
     s = x.T @ x / n
