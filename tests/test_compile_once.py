@@ -29,6 +29,31 @@ def two_models():
     return pairs, x
 
 
+def _feature_jacobian(model, variables, x, trained, heads=None) -> np.ndarray:
+    """``[N, O, P]`` float64 brute-force Jacobian of the penultimate features (``O = D``), or of their projections
+    ``phi @ heads`` (``O = k``), with respect to the params leaves whose path ``"a/b"`` satisfies ``trained``."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
+    leaves = [leaf for _, leaf in with_paths]
+    chosen = [i for i, (path, _) in enumerate(with_paths) if trained("/".join(k.key for k in path))]
+    assert chosen
+    flat, unravel = jax.flatten_util.ravel_pytree([leaves[i] for i in chosen])
+
+    def out(v, z):
+        new = list(leaves)
+        for i, leaf in zip(chosen, unravel(v), strict=True):
+            new[i] = leaf
+        params = jax.tree_util.tree_unflatten(treedef, new)
+        phi = model.apply({**variables, "params": params}, z[None], method="features")[0]
+        return phi if heads is None else phi @ heads
+
+    return np.asarray(jax.vmap(lambda z: jax.jacrev(out)(flat, z))(x), np.float64)
+
+
+def _traced_kernel(jac: np.ndarray) -> np.ndarray:
+    """``(1/O) sum_o <d out_o(x_i)/dθ, d out_o(x_j)/dθ>``: the NTK traced (averaged) over the O outputs."""
+    return np.einsum("iop,jop->ij", jac, jac) / jac.shape[1]
+
+
 def test_timing_splits_compilation_from_the_work():
     f = jax.jit(lambda a: jnp.sin(a) @ a.T)
     x = jnp.ones((5, 3))
@@ -48,6 +73,23 @@ def test_second_model_of_an_architecture_compiles_nothing(two_models):
         inputs_b, _ = extract_inputs(model_b, vars_b, x, NEEDS, head_samples=2)
     assert watch.compilations == 0, f"{watch.compilations} compilations for a second model of one architecture"
     assert inputs_b["ntk"].shape == (12, 12)
+    # model b's own numbers, not model a's from the shared executables: a fresh jit of b alone (weights closed
+    # over as constants) differs from the cached program (weights as arguments) by float32 round-off only
+    direct_phi = np.asarray(jax.jit(lambda z: model_b.apply(vars_b, z, method="features"))(x), np.float64)
+    np.testing.assert_allclose(inputs_b["features"], direct_phi, rtol=1e-5, atol=1e-6 * np.abs(direct_phi).max())
+    assert not np.allclose(inputs_b["features"], penultimate_features(model_a, vars_a, x))
+    # head_samples=2: the documented estimate, 2 Rademacher head rows ±1/sqrt(D) drawn from split(PRNGKey(seed))[1]
+    # (seed=0), the feature NTK traced over phi @ rows, plus phi phi^T + 1 when the head is trained (lgc docstring)
+    heads = jax.random.rademacher(jax.random.split(jax.random.PRNGKey(0))[1], (direct_phi.shape[1], 2),
+                                  jnp.float32) / np.sqrt(direct_phi.shape[1])
+    theta_all = _traced_kernel(_feature_jacobian(model_b, vars_b, x, lambda p: not p.startswith("head/"), heads))
+    expected = theta_all + direct_phi @ direct_phi.T + 1.0
+    # "ntk_last_conv": the last convolution's kernel only (conv2 of this depth-2 CNN), no head term
+    expected_last = _traced_kernel(_feature_jacobian(model_b, vars_b, x, lambda p: p == "conv2/kernel", heads))
+    # float32 Jacobian-vector products summed over ~1e2-1e3 parameters: round-off ~1e-6 of the largest entry
+    np.testing.assert_allclose(inputs_b["ntk"], expected, rtol=2e-5, atol=2e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(inputs_b["ntk_last_conv"], expected_last, rtol=2e-5,
+                               atol=2e-5 * np.abs(expected_last).max())
 
 
 def test_cached_inputs_equal_a_direct_uncached_computation(two_models):
@@ -63,13 +105,10 @@ def test_cached_inputs_equal_a_direct_uncached_computation(two_models):
         np.testing.assert_allclose(phi, direct_phi, rtol=1e-5, atol=1e-6 * scale)
         np.testing.assert_allclose(head_logits(model, variables, phi), direct_logits, rtol=1e-5,
                                    atol=1e-6 * float(jnp.max(jnp.abs(direct_logits))))
-        # exact head average (head_samples=None): feature NTK traced over D outputs + head term phi phi^T + 1
-        f = lambda p, z: model.apply({**variables, "params": p}, z, method="features")
-        body = {k: v for k, v in variables["params"].items() if k != "head"}
-        params = {**body, "head": variables["params"]["head"]}
-        theta_phi = empirical_ntk_fn(f, implementation="jacobian", params_filter="^(?!head/)")(x, None, params)
-        expected = np.asarray(theta_phi, np.float64) + np.asarray(direct_phi, np.float64) @ np.asarray(
-            direct_phi, np.float64).T + 1.0
+        # exact head average (head_samples=None): feature NTK traced over D outputs + head term phi phi^T + 1,
+        # the traced kernel contracted from a brute-force jax.jacrev of the features w.r.t. the backbone
+        theta_phi = _traced_kernel(_feature_jacobian(model, variables, x, lambda p: not p.startswith("head/")))
+        expected = theta_phi + np.asarray(direct_phi, np.float64) @ np.asarray(direct_phi, np.float64).T + 1.0
         kernel = lgc_kernel(model, variables, x)
         np.testing.assert_allclose(kernel, expected, rtol=2e-5, atol=2e-5 * np.abs(expected).max())
         np.testing.assert_array_equal(lgc_kernel(model, variables, x, features=phi), kernel)

@@ -398,11 +398,38 @@ def test_linfit_models_backbone_with_batchnorm_end_to_end():
 
 
 def test_new_head_from_linfit_models():
-    x, y = _data(c=4)
-    model, variables = _probe(c=3)
-    cfg = FinetuneConfig(epochs=1, batch_size=4, learning_rate=1e-3, head_init="zeros")
+    """``head_init="zeros"`` replaces a linfit backbone's 3-way head by a zero 4-way one. With zero logits the
+    softmax is uniform, so the gradient of the mean cross-entropy is φᵀ(1/C − onehot(y))/N for the kernel and
+    mean(1/C − onehot(y)) for the bias, φ the backbone's features at initialisation; the first step of PyTorch's
+    SGD with Nesterov momentum μ (buffer b_0 = g', direction g' + μ b_0 = (1 + μ) g', ``sgd_direction``) and
+    weight decay λ (g' = g + λ w, λ·0 = 0 on the zero head) then gives W_1 = −η (1 + μ) g. The zero head also
+    stops every gradient into the backbone (∂L/∂φ = (softmax − onehot) Wᵀ = 0), whose leaves only decay:
+    w_1 = w_0 (1 − η (1 + μ) λ)."""
+    from linfit import models
+
+    model = models.create("small_cnn", num_classes=3, width=4, depth=2)  # no BatchNorm: φ is per-sample
+    x = np.random.default_rng(0).normal(size=(12, 8, 8, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1, 0, 3, 0])  # unbalanced, so the bias gradient is not zero
+    variables = models.init(model, jax.random.PRNGKey(0), x[:1])
+    lr, mom, wd = 0.5, 0.9, 1e-4
+    cfg = FinetuneConfig(epochs=1, batch_size=len(y), learning_rate=lr, momentum=mom, nesterov=True,
+                         weight_decay=wd, milestones=(), head_init="zeros", eval_every_epoch=False)
     out = finetune(model, variables, x, y, config=cfg)
-    assert out.variables["params"]["head"]["kernel"].shape == (5, 4)
+    head = out.variables["params"]["head"]
+    assert head["kernel"].shape == (8, 4) and out.steps == 1
+    # φ(x; w0) outside the training loop: without BatchNorm, evaluation and training mode are the same function
+    phi = np.asarray(jax.jit(lambda z: model.apply(variables, z, method="features"))(x), np.float64)
+    residual = 1.0 / 4 - np.eye(4)[y]  # softmax(0) − onehot
+    expect_w = -lr * (1 + mom) * phi.T @ residual / len(y)
+    expect_b = -lr * (1 + mom) * residual.mean(axis=0)
+    # float32 sums of 12 products and a float32 forward pass: round-off ~1e-7 of the largest entry
+    np.testing.assert_allclose(head["kernel"], expect_w, rtol=1e-5, atol=1e-6 * np.abs(expect_w).max())
+    np.testing.assert_allclose(head["bias"], expect_b, rtol=1e-5, atol=1e-7)
+    body = {k: v for k, v in variables["params"].items() if k != "head"}
+    moved = {k: v for k, v in out.variables["params"].items() if k != "head"}
+    decay = 1 - lr * (1 + mom) * wd  # 1 - 9.5e-5: a relative change 95x the tolerance below (float32 step)
+    for path, w0, w1 in zip(leaf_paths(body), jax.tree.leaves(body), jax.tree.leaves(moved), strict=True):
+        np.testing.assert_allclose(w1, np.asarray(w0, np.float64) * decay, rtol=1e-6, atol=0, err_msg=path)
 
 
 def test_clear_errors():

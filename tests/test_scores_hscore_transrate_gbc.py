@@ -59,7 +59,8 @@ def test_ledoit_wolf_matches_sklearn(n, d):
 
 @pytest.mark.parametrize("shape", [(0, 3), (4, 0)])
 def test_ledoit_wolf_refuses_empty_features(shape):  # (0, 3) was LAPACK's "failed to create intent(cache|hide)"
-    with pytest.raises(ShapeError, match=re.escape(f"at least one sample and one feature; got features of shape {shape}")):
+    message = f"at least one sample and one feature; got features of shape {shape}"
+    with pytest.raises(ShapeError, match=re.escape(message)):
         ledoit_wolf(np.zeros(shape))
 
 

@@ -59,6 +59,67 @@ def test_every_model_loads_and_gives_finite_logits_and_features():
         assert 0.0 <= m.source_accuracy <= 1.0
 
 
+ACCURACY_CHUNK = 512  # test images per forward pass; the last chunk is zero-padded so each architecture compiles once
+
+
+@functools.cache
+def _features(arch: str):
+    """Penultimate features of ``arch`` in evaluation mode (BatchNorm running statistics), for any head size."""
+    model = zoo.ARCHITECTURES[arch].create(1)
+    return jax.jit(lambda v, x: model.apply(v, x, method="features"))
+
+
+def _correct(m, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image top-1 correctness ``[N]`` of zoo model ``m`` on ``(x, y)``: argmax of ``phi @ W + b`` (the head as
+    checked above), the backbone's features computed without the head so one program serves every head size; and
+    each image's margin ``[N]`` between its two largest logits."""
+    body = {**m.variables, "params": {k: v for k, v in m.variables["params"].items() if k != "head"}}
+    xp = np.concatenate([x, np.zeros((-len(y) % ACCURACY_CHUNK, *x.shape[1:]), x.dtype)])
+    phi = np.concatenate([np.asarray(_features(m.architecture)(body, xp[i:i + ACCURACY_CHUNK]), np.float64)
+                          for i in range(0, len(xp), ACCURACY_CHUNK)])[:len(y)]
+    head = {k: np.asarray(v, np.float64) for k, v in m.variables["params"]["head"].items()}
+    logits = phi @ head["kernel"] + head["bias"]
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return np.argmax(logits, axis=1) == y, top2[:, 1] - top2[:, 0]
+
+
+def _assert_count_matches(correct: np.ndarray, margin: np.ndarray, recorded_accuracy: float, what: str) -> None:
+    recorded = recorded_accuracy * len(correct)
+    assert abs(recorded - round(recorded)) < 1e-3, what  # the build recorded a count of images / N (float32)
+    # The build measured accuracy with the float32 weights it trained, then stored them as float16 (relative
+    # rounding <= 2**-11 per weight and running statistic). Perturbing every stored weight by that much moves the
+    # logits by ~0.01-0.2 (measured), so test images whose top-2 logit margin is that small can change sides.
+    # Measured over all 42 committed models: 29 exact, 10 off by 1 image, 3 off by 2 (resnet8/multibn/fashion,
+    # resnet8/multibn/arrows, densenet/generalist of 3952). The rounding is baked into the files, so this count is
+    # deterministic up to float32 noise in this forward pass, which differs between CPUs (vector widths, summation
+    # order) and can flip an image whose top-2 margin is below ~1e-5 (logits of size ~10, relative noise ~1e-6):
+    # such images, counted with a margin under 1e-4, are allowed on top. A wrong weight file, BatchNorm statistics or class order costs
+    # far more than that (wrong class order -> chance level).
+    allowed = 2 + int(np.count_nonzero(margin < 1e-4))
+    assert abs(int(correct.sum()) - round(recorded)) <= allowed, (what, int(correct.sum()), recorded, allowed)
+
+
+def test_every_model_reproduces_its_recorded_source_accuracy():
+    """The build's ``source_accuracy`` (evaluated on the source test split before the weights were stored) is
+    reproduced by the loaded float16 weights: each expert on its domain's test split, each generalist on the
+    union of the source domains (labels offset domain by domain, argmax over all union classes) overall and per
+    domain. All 42 models take 16-22 s on a loaded machine (one compilation per architecture, then ~0.1-0.3 s per
+    ~500-image test split and 1.5-3 s per 3952-image union), so every model is checked, no subset drawn."""
+    union = embedded.load_union()
+    domains = {d: embedded.load(d) for d in embedded.source_domains()}
+    for name in zoo.names():
+        m = zoo.load(name)
+        data = union if m.source_domain == "union" else domains[m.source_domain]
+        assert m.class_names == data.class_names, name  # the labels index the head's classes
+        correct, margin = _correct(m, data.x_test, data.y_test)
+        _assert_count_matches(correct, margin, m.source_accuracy, name)
+        if m.is_reference:
+            recorded = next(r for r in zoo.manifest()["models"] if r["name"] == name)["domain_accuracy"]
+            bounds = np.cumsum([0] + [len(domains[d].y_test) for d in embedded.source_domains()])
+            for d, lo, hi in zip(embedded.source_domains(), bounds[:-1], bounds[1:], strict=True):
+                _assert_count_matches(correct[lo:hi], margin[lo:hi], recorded[d], f"{name} on {d}")
+
+
 def test_multibn_candidates_share_convolutions_but_not_batchnorm():
     cands = [zoo.load(f"resnet8/multibn/{d}") for d in embedded.source_domains()]
     bn_modules = {p.rsplit("/", 1)[0] for p in leaf_paths(cands[0].variables["batch_stats"])}
