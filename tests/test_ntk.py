@@ -280,7 +280,13 @@ def test_round_off_at_a_relu_kink_is_not_taken_for_interaction():
     alone = jax.jvp(lambda p: f(p, x[:1]), (params,), (tangent,))[1][0]
     assert np.all(batched == 0) and np.all(alone != 0)
     got = empirical_ntk_fn(f, trace_axes=())(x, None, params)
-    assert got.shape == (4, 4, 2, 2)
+    # in exact arithmetic f_i = relu(x_i a) w with every x_i a > 0: ∂f_io/∂a = x_i w_o, ∂f_io/∂w_o' = x_i a δ_oo', so
+    # Θ[i, j] = x_i x_j (w wᵀ + a² I), sample 0 included (its derivative alone is 1, not the batched kink's 0);
+    # products of exactly representable float32 numbers: round-off of a few ulps
+    w = np.asarray(params["w"], np.float64)[0]
+    xs = np.asarray(x, np.float64)[:, 0]
+    expected = np.einsum("i,j,op->ijop", xs, xs, np.outer(w, w) + np.eye(2))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
 
 
 def test_independent_model_passes_with_duplicates():
