@@ -13,7 +13,8 @@ from linfit.models.compiled import head_logits, penultimate_features
 from linfit.ntk.empirical import empirical_ntk_fn
 from linfit.scores.lgc import lgc_kernel
 from linfit.timing import Stopwatch
-from linfit.tree import split_params
+from linfit.tree import path_str, split_params
+from tests._ntk_models import brute_jacobians, leaf_columns
 
 NEEDS = {"features", "ntk", "ntk_last_conv"}
 
@@ -32,21 +33,16 @@ def two_models():
 def _feature_jacobian(model, variables, x, trained, heads=None) -> np.ndarray:
     """``[N, O, P]`` float64 brute-force Jacobian of the penultimate features (``O = D``), or of their projections
     ``phi @ heads`` (``O = k``), with respect to the params leaves whose path ``"a/b"`` satisfies ``trained``."""
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
-    leaves = [leaf for _, leaf in with_paths]
-    chosen = [i for i, (path, _) in enumerate(with_paths) if trained("/".join(k.key for k in path))]
-    assert chosen
-    flat, unravel = jax.flatten_util.ravel_pytree([leaves[i] for i in chosen])
+    params = variables["params"]
 
-    def out(v, z):
-        new = list(leaves)
-        for i, leaf in zip(chosen, unravel(v), strict=True):
-            new[i] = leaf
-        params = jax.tree_util.tree_unflatten(treedef, new)
-        phi = model.apply({**variables, "params": params}, z[None], method="features")[0]
+    def f(p, z):
+        phi = model.apply({**variables, "params": p}, z, method="features")
         return phi if heads is None else phi @ heads
 
-    return np.asarray(jax.vmap(lambda z: jax.jacrev(out)(flat, z))(x), np.float64)
+    (jac,) = brute_jacobians(f, params, x)
+    paths = [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0] if trained(path_str(path))]
+    assert paths
+    return jac[:, :, leaf_columns(params, *paths)]
 
 
 def _traced_kernel(jac: np.ndarray) -> np.ndarray:

@@ -42,10 +42,14 @@ def _identity_head_jacobian(model, variables, x, leaf_regex=None) -> np.ndarray:
     return np.asarray(jac, np.float64)
 
 
+def _traced(jac: np.ndarray) -> np.ndarray:
+    """``[N, N]`` NTK averaged over the D outputs of a Jacobian ``jac [N, D, P]``."""
+    return np.einsum("iop,jop->ij", jac, jac) / jac.shape[1]
+
+
 def _brute_force_identity_head_kernel(model, variables, x, leaf_regex=None):
     """Traced NTK of the logits of a D-way head with W = I (then WᵀW/C = I/D exactly, the average over heads)."""
-    jac = _identity_head_jacobian(model, variables, x, leaf_regex)
-    return np.einsum("iop,jop->ij", jac, jac) / jac.shape[1]
+    return _traced(_identity_head_jacobian(model, variables, x, leaf_regex))
 
 
 def test_all_parameter_kernel_is_the_head_averaged_fine_tuning_ntk(small):
@@ -178,14 +182,14 @@ def test_monte_carlo_variants_approximate_the_exact_kernel(small, option):
     (computed from the brute-force Jacobian; N² = 36 entries, so a false alarm has probability ~1e-7) plus float32
     round-off."""
     model, variables, x = small
-    subset = "^(?!head/)" if "head_samples" in option else models.param_subsets(model, variables["params"])["last_conv"]
+    last_conv = models.param_subsets(model, variables["params"])["last_conv"]
+    subset = "^(?!head/)" if "head_samples" in option else last_conv
     jac = _identity_head_jacobian(model, variables, x, leaf_regex=subset)
-    exact = np.einsum("iop,jop->ij", jac, jac) / jac.shape[1]
+    exact = _traced(jac)
     approx = lgc_kernel(model, variables, x, params_filter=subset, key=jax.random.PRNGKey(3), **option)
     bound = 6 * _monte_carlo_stddev(jac, option) + 1e-5 * np.abs(exact).max()
     assert bound.max() < 0.05 * np.abs(exact).max()  # the check has power: a 5 % error anywhere fails it
     assert np.all(np.abs(approx - exact) <= bound), np.abs(approx - exact).max() / np.abs(exact).max()
-    last_conv = models.param_subsets(model, variables["params"])["last_conv"]
     with pytest.raises(ConfigError, match="PRNG key"):
         lgc_kernel(model, variables, x, params_filter=last_conv, **option)
     (name,) = option
