@@ -109,6 +109,8 @@ def test_interval_table_matches_direct_bootstrap_and_hand(tmp_path):
     assert uncertainty.NO_IMAGES not in text
     assert "left out of the intervals (missing in some task group): partial" in text
     assert "| random (one draw) |" in text  # the stored draw is kept, labelled, outside the intervals
+    per_task = text.split("Top-3 gain per task:")[1].split("\n\n")[1].splitlines()[0]
+    assert "| random (one draw) |" in per_task  # the same label in every table of scores and in the figures
     assert "**Caution: 3 target tasks only.**" in text  # fewer than FEW_TASKS = 5
 
 

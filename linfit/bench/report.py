@@ -50,6 +50,7 @@ GROUND_TRUTHS = {"accuracy": "lr chosen on validation, then refit on the whole t
                                     "`finetune_grid` those runs trained on the fit split only"}
 """The two ground truths a report can rank against, as the report names them."""
 KINDS = {"finetune": "fine-tuning", "scores": "scoring"}
+ONE_DRAW = "random (one draw)"  # the report's label of the stored single draw of the `random` score
 
 
 def scores_frame(store: ResultStore) -> pd.DataFrame:
@@ -492,7 +493,8 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
 
     known = settings_frame(store)
     scores, finetune, left_out, dropped = complete_groups(*_frames(store, settings, known), models)
-    ranking = _ranking(scores, finetune, accuracy)
+    # the stored single draw of Random keeps one label in every table and figure, apart from its expectation
+    ranking = _ranking(scores, finetune, accuracy).replace({"score": {uncertainty.DRAWN_RANDOM: ONE_DRAW}})
     summary = summary_frame(ranking)
     metadata, no_models = uncertainty.model_metadata(manifest, sorted(set(finetune.model)))
     costs = _costs(scores, finetune)
@@ -516,11 +518,11 @@ def write_report(store: ResultStore, out_dir: str | pathlib.Path, *, accuracy: s
         lines += [f"No trivial baselines or per-cluster results: {no_models}.", ""]
     lines += ground_truth.section(finetune, GROUP)
     for regime, table in summary.groupby("regime"):
-        table = table.drop(columns="regime").replace({"score": {"random": "random (one draw)"}})
+        table = table.drop(columns="regime")
         lines += [f"## Regime `{regime}`: averages over tasks", ""]
         lines += uncertainty.regime_section(scores, finetune, regime, accuracy, metadata)
         lines += [f"### Other metrics (`{regime}`, point estimates)", "",
-                  "Kendall τ, Pearson r and regret are not bootstrapped; `random (one draw)` is the stored single "
+                  f"Kendall τ, Pearson r and regret are not bootstrapped; `{ONE_DRAW}` is the stored single "
                   "draw of the `random` score, `best`/`worst` the oracle picks.", "",
                   _markdown(table.round(3), index=False), ""]
         figure = out / f"top3_gain_{regime}.png"
