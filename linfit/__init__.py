@@ -8,6 +8,7 @@ from linfit.errors import (
     CheckpointError,
     ConfigError,
     DatasetError,
+    InputValueError,
     KernelError,
     LabelError,
     LinfitError,

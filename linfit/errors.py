@@ -12,7 +12,12 @@ class LinfitError(Exception):
 
 
 class ShapeError(LinfitError, ValueError):
-    """Arrays have the wrong rank or inconsistent sizes."""
+    """Arrays have the wrong rank, inconsistent sizes or a non-numeric dtype."""
+
+
+class InputValueError(LinfitError, ValueError):
+    """An array of the right shape holds values the computation cannot use: negative weights or counts, rows that
+    are not probabilities, features that are all zero or have no variance."""
 
 
 class LabelError(LinfitError, ValueError):

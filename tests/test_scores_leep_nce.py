@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from linfit.errors import LabelError, NonFiniteError, ShapeError
+from linfit.errors import InputValueError, LabelError, NonFiniteError, ShapeError
 from linfit.scores import registry
 from linfit.scores.leep import leep
 from linfit.scores.nce import nce, nce_from_probs
@@ -103,7 +103,7 @@ def test_registry_entries():
 
 def test_validation_errors():
     p, y = softmax_probs(n=9)
-    with pytest.raises(ShapeError):
+    with pytest.raises(InputValueError, match="softmax"):
         leep(p * 2.0, y)  # not probabilities
     with pytest.raises(ShapeError):
         leep(p, y[:-1])

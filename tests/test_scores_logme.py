@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from linfit.errors import LabelError, NonFiniteError, ShapeError
+from linfit.errors import InputValueError, LabelError, NonFiniteError, ShapeError
 from linfit.scores import registry
 from linfit.scores.logme import log_evidence, logme
 
@@ -166,7 +166,7 @@ def test_noise_free_limit_when_d_exceeds_n():
 
 def test_degenerate_inputs_raise():
     f, y = task(20, 4)
-    with pytest.raises(ShapeError):
+    with pytest.raises(InputValueError, match="all zero"):
         logme(np.zeros_like(f), y)
     with pytest.raises(LabelError):
         logme(f, np.zeros((20, 1)), regression=True)

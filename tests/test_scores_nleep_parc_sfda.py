@@ -7,7 +7,7 @@ from scipy import stats
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
-from linfit.errors import ConfigError, LabelError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, InputValueError, LabelError, NonFiniteError, ShapeError
 from linfit.scores import registry
 from linfit.scores.nleep import nleep
 from linfit.scores.parc import parc, pca_reduce
@@ -141,6 +141,8 @@ def test_parc_needs_two_pca_dimensions():
     x, y = blobs(7)
     with pytest.raises(ShapeError, match="PCA dimensions"):
         parc(x, y, pca_dim=1)
+    with pytest.raises(InputValueError, match="zero variance"):
+        parc(np.ones_like(x), y)
 
 
 # ---------------------------------------------------------------- SFDA

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from linfit.errors import ConfigError, LabelError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, InputValueError, LabelError, NonFiniteError, ShapeError
 from linfit.scores import registry
 from linfit.scores.domain_similarity import domain_similarity, earth_movers_distance
 from linfit.scores.feature_metrics import feature_metrics, feature_variance, hoyer_sparsity, near_zero_fraction
@@ -158,6 +158,10 @@ def test_domain_similarity_validation():
         domain_similarity(f, means[:, :2], counts, y)
     with pytest.raises(ShapeError, match="source_class_counts"):
         domain_similarity(f, means, counts[:3], y)
+    with pytest.raises(InputValueError, match="1 negative"):
+        domain_similarity(f, means, np.array([10, -10, 10, 10]), y)
+    with pytest.raises(InputValueError, match="EMD weights"):  # every kept source count is zero
+        domain_similarity(f, means, np.zeros(4), y, min_per_class=0)
     with pytest.raises(LabelError, match="no target class"):
         domain_similarity(f, means, counts, y, min_per_class=7)
     with pytest.raises(LabelError, match="no source class"):

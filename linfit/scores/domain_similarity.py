@@ -18,7 +18,7 @@ import numpy as np
 from scipy import optimize, sparse
 from scipy.spatial.distance import cdist
 
-from linfit.errors import ConfigError, LabelError, LinfitError, NonFiniteError, ShapeError
+from linfit.errors import ConfigError, InputValueError, LabelError, LinfitError, NonFiniteError, ShapeError
 from linfit.scores.registry import register
 from linfit.scores.validation import check_labels, check_matrix
 
@@ -40,8 +40,9 @@ def earth_movers_distance(source_weights, target_weights, cost) -> float:
       source_weights ``[M]``, target_weights ``[K]``, cost ``[M, K]`` → scalar.
 
     Raises:
-      ShapeError: a weight vector not 1-D, ``cost`` not ``[M, K]``; a negative weight, or weights whose total
-        is not positive (including ``M = 0`` or ``K = 0``).
+      ShapeError: a weight vector not 1-D, ``cost`` not ``[M, K]``.
+      InputValueError: a negative weight, or weights whose total is not positive (including ``M = 0`` or
+        ``K = 0``).
       NonFiniteError: NaN or inf in a weight or the cost (before: scipy's ``ValueError`` from ``linprog``).
       LinfitError: the linear program reports no optimal solution.
     """
@@ -54,7 +55,8 @@ def earth_movers_distance(source_weights, target_weights, cost) -> float:
         if not np.all(np.isfinite(array)):
             raise NonFiniteError(f"EMD {name} contain NaN or inf ({int(np.sum(~np.isfinite(array)))} entries)")
     if np.any(a < 0) or np.any(b < 0) or a.sum() <= 0 or b.sum() <= 0:
-        raise ShapeError("EMD weights must be non-negative with a positive total")
+        raise InputValueError(f"EMD weights must be non-negative with a positive total; got source totals "
+                              f"{a.sum():g} (min {a.min(initial=0):g}), target {b.sum():g} (min {b.min(initial=0):g})")
     a, b = a / a.sum(), b / b.sum()
     m, k = d.shape
     rows = sparse.kron(sparse.eye(m), np.ones((1, k)))  # sum over k of F[m, k]
@@ -103,8 +105,9 @@ def domain_similarity(
 
     Raises:
       ShapeError: ``features`` or ``source_class_means`` not 2-D, ``source_class_counts`` not 1-D, any of them
-        not numeric; labels not 1-D or not N long; feature dimensions D or class counts Cs that do not match;
-        negative source counts; all kept source counts zero (only possible with ``min_per_class <= 0``).
+        not numeric; labels not 1-D or not N long; feature dimensions D or class counts Cs that do not match.
+      InputValueError: negative source counts; all kept source counts zero (only possible with
+        ``min_per_class <= 0``).
       NonFiniteError: ``features``, ``source_class_means`` or ``source_class_counts`` contains NaN or inf.
       LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
         (``check_labels``); no target or no source class has ``min_per_class`` samples.
@@ -122,10 +125,12 @@ def domain_similarity(
     if src.shape[1] != f.shape[1]:
         raise ShapeError(f"source_class_means have D={src.shape[1]} but features have D={f.shape[1]}")
     counts = np.asarray(check_matrix(source_class_counts, "source_class_counts", ndim=1), dtype=np.float64)
-    if counts.shape[0] != src.shape[0] or np.any(counts < 0):
-        raise ShapeError(
-            f"source_class_counts must be [Cs={src.shape[0]}] non-negative counts; got shape {counts.shape}"
-        )
+    if counts.shape[0] != src.shape[0]:
+        raise ShapeError(f"source_class_counts must be [Cs={src.shape[0]}], one count per source class mean; got "
+                         f"shape {counts.shape}")
+    if np.any(counts < 0):
+        raise InputValueError(f"source_class_counts must be non-negative image counts; got "
+                              f"{int(np.sum(counts < 0))} negative")
     target_counts = np.bincount(y, minlength=c).astype(np.float64)
     keep_t = target_counts >= min_per_class
     keep_s = counts >= min_per_class

@@ -47,7 +47,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg
 
-from linfit.errors import LabelError, ShapeError
+from linfit.errors import InputValueError, LabelError
 from linfit.scores.registry import register
 from linfit.scores.spectrum import significant
 from linfit.scores.validation import check_features, check_matrix
@@ -157,7 +157,7 @@ def log_evidence(features, targets, *, grid: int = 64, bisections: int = 60) -> 
 
     Raises:
       LabelError: a target column is identically zero (the evidence is unbounded).
-      ShapeError: the features are all zero.
+      InputValueError: the features are all zero.
 
     Shape:
       features ``[N, D]``, targets ``[N, K]`` → ``[K]``.
@@ -170,7 +170,7 @@ def log_evidence(features, targets, *, grid: int = 64, bisections: int = 60) -> 
         raise LabelError(f"target columns {np.flatnonzero(norms == 0)[:10].tolist()} are all zeros")
     sigma, coords, outside = spectral_projection(f, y)  # outside: energy of y off span(F) [K]
     if sigma.size == 0:
-        raise ShapeError("features are all zero; the evidence is not defined")
+        raise InputValueError("features are all zero, so the evidence is not defined; check the layer they come from")
     x2 = coords**2  # [k, K]
     # bracket: the best point of a log-spaced grid and its two neighbours
     us = np.linspace(np.log(sigma[0]) - 27.6, np.log(sigma[-1]) + 27.6, grid)  # e^27.6 ≈ 1e12
@@ -221,8 +221,9 @@ def logme(features, labels, *, regression: bool = False) -> float:
       features ``[N, D]``, labels ``[N]`` or ``[N, K]`` → scalar.
 
     Raises:
-      ShapeError: ``features`` not 2-D or not numeric, or all zero; labels not 1-D (classification) or not
-        1-D/2-D and numeric (regression), or not N long.
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D (classification) or not 1-D/2-D and
+        numeric (regression), or not N long.
+      InputValueError: ``features`` all zero.
       NonFiniteError: ``features`` (or, with ``regression=True``, the targets) contain NaN or inf.
       LabelError: classification labels not in ``0..C-1``, a class in that range absent, a single class, or bad
         class names (``check_labels``); with ``regression=True``, a target column that is all zeros.

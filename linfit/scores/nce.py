@@ -95,8 +95,8 @@ def nce_from_probs(source_probs, labels) -> float:
       source_probs ``[N, Cs]``, labels ``[N]`` → scalar.
 
     Raises:
-      ShapeError: ``source_probs`` not 2-D or not numeric, labels not 1-D or not N long, or a negative entry or
-        a row that does not sum to 1 (within 1e-3).
+      ShapeError: ``source_probs`` not 2-D or not numeric, labels not 1-D or not N long.
+      InputValueError: ``source_probs`` has a negative entry or a row that does not sum to 1 (within 1e-3).
       NonFiniteError: ``source_probs`` contains NaN or inf.
       LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
         (``check_labels``).

@@ -57,8 +57,8 @@ def nleep(
     Raises:
       ConfigError: ``components_per_class`` not an integer >= 1, or ``pca_variance`` not ``None`` and not a real
         number in ``(0, 1]``.
-      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long; the features have zero
-        variance (when ``pca_variance`` is not ``None``).
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long.
+      InputValueError: the features have zero variance (when ``pca_variance`` is not ``None``).
       NonFiniteError: ``features`` contains NaN or inf.
       LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
         (``check_labels``); fewer samples than mixture components (``N < K``).

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linfit.errors import ConfigError, ShapeError
+from linfit.errors import ConfigError, InputValueError, ShapeError
 from linfit.scores.registry import register
 from linfit.scores.rsa import rdm, rdm_spearman
 from linfit.scores.spectrum import significant
@@ -49,7 +49,7 @@ def pca_reduce(features, n_components: int | float | None) -> np.ndarray:
       PARC's depend on these signs).
 
     Raises:
-      ShapeError: the features have zero variance.
+      InputValueError: the features have zero variance.
       ConfigError: ``n_components`` neither an int ``>= 1`` nor a float in ``(0, 1]``.
     """
     x = np.asarray(features, dtype=np.float64)
@@ -62,7 +62,8 @@ def pca_reduce(features, n_components: int | float | None) -> np.ndarray:
     energy = s**2
     rank = int(np.count_nonzero(significant(energy, *x.shape)))  # s is descending: the first `rank` axes
     if rank == 0:
-        raise ShapeError("features have zero variance; PCA is undefined")
+        raise InputValueError("features have zero variance (every row the same), so PCA is undefined; check the layer "
+                              "they come from")
     energy = energy[:rank]
     if isinstance(n_components, (int, np.integer)) and not isinstance(n_components, bool):
         if n_components < 1:
@@ -100,8 +101,9 @@ def parc(features, labels, *, pca_dim: int = 32) -> float:
 
     Raises:
       ConfigError: ``pca_dim`` is not an int >= 1, a float in ``(0, 1]`` or ``None`` (``pca_reduce``).
-      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long; the features have zero
-        variance, fewer than 2 principal components remain, or ``N < 3``.
+      ShapeError: ``features`` not 2-D or not numeric; labels not 1-D or not N long; fewer than 2 principal
+        components remain, or ``N < 3``.
+      InputValueError: the features have zero variance.
       NonFiniteError: ``features`` contains NaN or inf.
       LabelError: labels not in ``0..C-1``, a class in that range absent, a single class, or bad class names
         (``check_labels``).

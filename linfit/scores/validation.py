@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from linfit.errors import LabelError, NonFiniteError, ShapeError
+from linfit.errors import InputValueError, LabelError, NonFiniteError, ShapeError
 
 
 def _kind(value) -> str:
@@ -163,7 +163,7 @@ def check_probabilities(probs, labels) -> tuple[np.ndarray, np.ndarray, int]:
     p = check_matrix(probs, "source_probs")
     y, c = check_labels(labels, n=p.shape[0])
     if np.any(p < 0) or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
-        raise ShapeError(
+        raise InputValueError(
             "source_probs must be probabilities (non-negative rows summing to 1); apply a softmax "
             "to logits first"
         )
