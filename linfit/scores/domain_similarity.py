@@ -55,8 +55,9 @@ def earth_movers_distance(source_weights, target_weights, cost) -> float:
         if not np.all(np.isfinite(array)):
             raise NonFiniteError(f"EMD {name} contain NaN or inf ({int(np.sum(~np.isfinite(array)))} entries)")
     if np.any(a < 0) or np.any(b < 0) or a.sum() <= 0 or b.sum() <= 0:
-        raise InputValueError(f"EMD weights must be non-negative with a positive total; got source totals "
-                              f"{a.sum():g} (min {a.min(initial=0):g}), target {b.sum():g} (min {b.min(initial=0):g})")
+        raise InputValueError(f"EMD weights must be non-negative with a positive total; got a source total of "
+                              f"{a.sum():g} (smallest weight {min(a, default=0):g}) and a target total of "
+                              f"{b.sum():g} (smallest weight {min(b, default=0):g})")
     a, b = a / a.sum(), b / b.sum()
     m, k = d.shape
     rows = sparse.kron(sparse.eye(m), np.ones((1, k)))  # sum over k of F[m, k]

@@ -170,7 +170,8 @@ def log_evidence(features, targets, *, grid: int = 64, bisections: int = 60) -> 
         raise LabelError(f"target columns {np.flatnonzero(norms == 0)[:10].tolist()} are all zeros")
     sigma, coords, outside = spectral_projection(f, y)  # outside: energy of y off span(F) [K]
     if sigma.size == 0:
-        raise InputValueError("features are all zero, so the evidence is not defined; check the layer they come from")
+        raise InputValueError("features are all zero, so the evidence is not defined; check the layer they come "
+                              "from")
     x2 = coords**2  # [k, K]
     # bracket: the best point of a log-spaced grid and its two neighbours
     us = np.linspace(np.log(sigma[0]) - 27.6, np.log(sigma[-1]) + 27.6, grid)  # e^27.6 ≈ 1e12
