@@ -115,9 +115,19 @@ def test_jacobian_in_chunks_matches_brute_force(monkeypatch):
     assert_kernel_close(got, want)
 
 
-def test_workspace_is_measured_from_the_compiled_program():
-    f, params, x1, _ = make("cnn", n1=13)
-    assert jacobian_workspace_per_sample(empirical_ntk_fn(f), x1, params, sample_mesh()) > 0
+def test_workspace_is_per_sample_of_one_chunk_sized_call(monkeypatch):
+    """The work space is measured on one call of min(N, JACOBIAN_CHUNK) samples and divided by them: 16 and 64
+    samples give about the same bytes per sample (a per-call figure would differ 4×, hence the factor-1.5 band),
+    and with JACOBIAN_CHUNK = 4, 64 samples compile the very call that 4 samples do, so the same figure exactly
+    (the 64-sample call's figure per sample is 19 % higher on this CNN)."""
+    def measured(n):
+        f, params, x, _ = make("cnn", n1=n)
+        return jacobian_workspace_per_sample(empirical_ntk_fn(f), np.asarray(x), params, sample_mesh())
+
+    at4, at16, at64 = measured(4), measured(16), measured(64)
+    assert at16 > 0 and 1 / 1.5 < at64 / at16 < 1.5
+    monkeypatch.setattr(panels_module, "JACOBIAN_CHUNK", 4)
+    assert measured(64) == at4
 
 
 def test_errors():
