@@ -30,9 +30,10 @@ covers the task groups that hold every model of the preset, and lists the others
 ``evidencefull-resnet8`` / ``evidencefull-densenet``: the same in the ``full`` regime, the whole training split of
 every task (988–1000 images; 20-shot already takes 520–760 of them on the 26–38-class tasks, 200 on the 10-class
 ones), one draw per task (``FULL_DRAWS``), into ``experiments/evidence_full_<architecture>.sqlite``. Measured on
-the 2-core development machine beside a running grid: resnet8's mnist expert initialised from the generalist on
-digits_sk takes 206 s in the full regime against 102 s at 20-shot (the same 4 η tried; 400–425 refit steps against
-225–300), so resnet8's 275 full-regime units (densenet's 187) need about 10–16 hours (7–11) of one process.
+the 2-core development machine, two grid processes side by side: resnet8's full-regime units took 63–123 s on
+average on the four 10-class tasks (26–51 min of one process per task group, compilation excluded), 0.69–0.87 of
+the same tasks' 20-shot units; scaled by that ratio, the 20-shot times of the other seven tasks (139–246 s per
+unit) put them at about 6–8 hours of one process.
 
 Preset ``evidence20-imagenet``: the same protocol on the five real ImageNet backbones (``linfit.zoo``'s
 ``imagenet`` zoo, each model at its own resolution; it has no generalist, so the report's top-k gains are over the
