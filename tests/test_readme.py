@@ -62,8 +62,9 @@ def _rows(text: str, heading: str) -> dict[str, dict[str, str]]:
 
 def test_readme_results_are_the_committed_reports():
     """Every interval the README's results cite is in the report it names (a bullet that links a report of its
-    own, e.g. the densenet zoo's or the full regime's, cites that one; the rest cite the section's first), and its tables are the
-    report's rows: README's numbers are regenerated from the stores by ``experiments/reproduce.py``, not typed."""
+    own, e.g. the densenet zoo's or the full regime's, cites that one; the rest cite the section's first), and its
+    tables are the report's rows: README's numbers are regenerated from the stores by ``experiments/reproduce.py``,
+    not typed."""
     readme = (ROOT / "README.md").read_text()
     results = _section(readme, "## Results on the embedded benchmark")
     link = r"\((experiments/evidence_\w+/report\.md)\)"
