@@ -31,9 +31,9 @@ covers the task groups that hold every model of the preset, and lists the others
 every task (988–1000 images; 20-shot already takes 520–760 of them on the 26–38-class tasks, 200 on the 10-class
 ones), one draw per task (``FULL_DRAWS``), into ``experiments/evidence_full_<architecture>.sqlite``. Measured on
 the 2-core development machine, two grid processes side by side: resnet8's full-regime units took 63–123 s on
-average on the first five tasks (26–51 min of one process per task group, compilation excluded), 0.62–0.87 of
-the same tasks' 20-shot units; scaled by that ratio, the 20-shot times of the other six tasks (139–246 s per
-unit) put them at about 5–7 hours of one process.
+average per task (26–51 min of one process per task group, compilation excluded; 7.1 hours for all 275 units),
+0.39–0.87 of the same tasks' 20-shot units. Densenet's 20-shot units took 416–1137 s on average per task (33 hours
+for its 187 units); at that ratio its full regime needs about 13–29 hours of one process.
 
 Preset ``evidence20-imagenet``: the same protocol on the five real ImageNet backbones (``linfit.zoo``'s
 ``imagenet`` zoo, each model at its own resolution; it has no generalist, so the report's top-k gains are over the
