@@ -33,9 +33,8 @@ ones), one draw per task (``FULL_DRAWS``), into ``experiments/evidence_full_<arc
 the 2-core development machine, two grid processes side by side: resnet8's full-regime units took 63–123 s on
 average per task (26–51 min of one process per task group, compilation excluded; 7.1 hours for all 275 units),
 0.39–0.87 of the same tasks' 20-shot units. Densenet's 20-shot units took 416–1137 s on average per task (33 hours
-for its 187 units); its full-regime units took 189–329 s on average on the first ten tasks (11.2 hours of one
-process for 170 units, font_digits' beside the test suite), 1.7–4.1 times resnet8's on the same tasks: at that
-factor the last task group, box, needs about 1–2 more hours.
+for its 187 units); its full-regime units took 189–354 s on average per task (12.9 hours of one process for all
+187 units, font_digits' and box's beside the test suite), 1.7–4.1 times resnet8's on the same tasks.
 
 Preset ``evidence20-imagenet``: the same protocol on the five real ImageNet backbones (``linfit.zoo``'s
 ``imagenet`` zoo, each model at its own resolution; it has no generalist, so the report's top-k gains are over the
