@@ -211,3 +211,18 @@ def test_pytree_inputs_are_refused_with_a_shape_error():
         kernel(ntk_fn, x, None, params)
     with pytest.raises(ShapeError, match="x2 must be one array"):
         plan_kernel(ntk_fn, x["a"], [x["a"]], params)
+
+
+def test_planning_refuses_what_kernel_refuses_for_its_shapes():
+    """plan_kernel makes kernel's structural checks itself: a multi-axis mesh and x1/x2 of different feature shapes
+    get the same ShapeError from both, before any tracing."""
+    f = lambda p, x: jnp.tanh(x @ p["w"])
+    params = {"w": jnp.full((3, 2), 0.3)}
+    x = np.ones((4, 3), np.float32)
+    ntk_fn = empirical_ntk_fn(f)
+    two_axes = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("a", "b"))
+    for call in (plan_kernel, kernel):
+        with pytest.raises(ShapeError, match="one-axis mesh"):
+            call(ntk_fn, x, None, params, mesh=two_axes)
+        with pytest.raises(ShapeError, match="feature shapes differ"):
+            call(ntk_fn, x, np.ones((4, 5), np.float32), params)

@@ -95,6 +95,19 @@ def _samples(x: Any, name: str) -> np.ndarray:
     return x
 
 
+def _inputs(x1: Any, x2: Any | None, mesh: Mesh | None) -> tuple[np.ndarray, np.ndarray | None, Mesh]:
+    """The structural checks :func:`plan_kernel` and :func:`kernel` share: ``x1``/``x2`` as host arrays
+    ``[N, ...]`` with matching feature shapes, and a one-axis mesh (default :func:`linfit.ntk.sample_mesh`)."""
+    mesh = sample_mesh() if mesh is None else mesh
+    if len(mesh.axis_names) != 1:
+        raise ShapeError(f"the NTK needs a one-axis mesh; got axes {mesh.axis_names}")
+    x1 = _samples(x1, "x1")
+    x2 = None if x2 is None else _samples(x2, "x2")
+    if x2 is not None:
+        check_pair(x1, x2)
+    return x1, x2, mesh
+
+
 def plan_kernel(
     ntk_fn: Callable[[Any, Any, Any], jax.Array],
     x1: Any,
@@ -121,22 +134,20 @@ def plan_kernel(
     Raises:
       UnknownNameError: an unknown ``strategy``.
       VmapAxesError: ``strategy="panels"`` for a kernel function that is not an ``NtkFn`` with ``vmap_axes=0``.
-      ShapeError: ``x1`` or ``x2`` not one array ``[N, ...]`` (a pytree of inputs, or a scalar); ``ntk_fn``
-        returning a pytree of kernels; ``tile_size < 1`` (``strategy="whole"`` ignores it); the budget cannot
+      ShapeError: a multi-axis mesh; ``x1`` or ``x2`` not one array ``[N, ...]`` (a pytree of inputs, or a
+        scalar), or mismatched feature shapes; ``ntk_fn`` returning a pytree of kernels; ``tile_size < 1`` (``strategy="whole"`` ignores it); the budget cannot
         hold a one-sample tile (or one panel block), the whole kernel's tile for ``strategy="whole"``, or not
         even the device output; for an ``NtkFn``, a shape error of its call (:meth:`linfit.ntk.NtkFn.__call__`),
         found while tracing it.
       TreeMismatchError, ParamsFilterError: for an ``NtkFn``, as its call (``f`` fails on ``params`` or never
         reads a selected leaf; the filter selects no leaf).
 
-    Unlike :func:`kernel`, planning checks neither the finiteness of the inputs nor the independence of the
-    samples, nor that ``mesh`` has one axis.
+    Planning makes :func:`kernel`'s structural checks (shapes, mesh) but not its checks of values: neither the
+    finiteness of the inputs nor the independence of the samples.
     """
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
-    mesh = sample_mesh() if mesh is None else mesh
-    x1 = _samples(x1, "x1")
-    x2 = None if x2 is None else _samples(x2, "x2")
+    x1, x2, mesh = _inputs(x1, x2, mesh)
     xs = x1 if x2 is None else x2
     n1, n2, d = x1.shape[0], xs.shape[0], mesh.size
     budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
@@ -254,13 +265,7 @@ def kernel(
     """
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
-    mesh = sample_mesh() if mesh is None else mesh
-    if len(mesh.axis_names) != 1:
-        raise ShapeError(f"the NTK needs a one-axis mesh; got axes {mesh.axis_names}")
-    x1 = _samples(x1, "x1")
-    x2 = None if x2 is None else _samples(x2, "x2")
-    if x2 is not None:
-        check_pair(x1, x2)
+    x1, x2, mesh = _inputs(x1, x2, mesh)
     if isinstance(ntk_fn, NtkFn):
         ntk_fn.validate(x1, x2, params)  # params, f, finiteness and sample independence, no kernel compiled
     else:
