@@ -135,10 +135,10 @@ def plan_kernel(
       UnknownNameError: an unknown ``strategy``.
       VmapAxesError: ``strategy="panels"`` for a kernel function that is not an ``NtkFn`` with ``vmap_axes=0``.
       ShapeError: a multi-axis mesh; ``x1`` or ``x2`` not one array ``[N, ...]`` (a pytree of inputs, or a
-        scalar), or mismatched feature shapes; ``ntk_fn`` returning a pytree of kernels; ``tile_size < 1`` (``strategy="whole"`` ignores it); the budget cannot
-        hold a one-sample tile (or one panel block), the whole kernel's tile for ``strategy="whole"``, or not
-        even the device output; for an ``NtkFn``, a shape error of its call (:meth:`linfit.ntk.NtkFn.__call__`),
-        found while tracing it.
+        scalar), or mismatched feature shapes; ``ntk_fn`` returning a pytree of kernels; ``tile_size < 1``
+        (``strategy="whole"`` ignores it); the budget cannot hold a one-sample tile (or one panel block), the whole
+        kernel's tile for ``strategy="whole"``, or not even the device output; for an ``NtkFn``, a shape error of
+        its call (:meth:`linfit.ntk.NtkFn.__call__`), found while tracing it.
       TreeMismatchError, ParamsFilterError: for an ``NtkFn``, as its call (``f`` fails on ``params`` or never
         reads a selected leaf; the filter selects no leaf).
 
@@ -148,6 +148,12 @@ def plan_kernel(
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
     x1, x2, mesh = _inputs(x1, x2, mesh)
+    return _plan(ntk_fn, x1, x2, params, mesh, memory_budget_bytes, strategy, tile_size, output)
+
+
+def _plan(ntk_fn, x1: np.ndarray, x2: np.ndarray | None, params: Any, mesh: Mesh, memory_budget_bytes: int | None,
+          strategy: str, tile_size: int | None, output: Any) -> KernelPlan:
+    """:func:`plan_kernel` on inputs that passed :func:`_inputs` and a known ``strategy``."""
     xs = x1 if x2 is None else x2
     n1, n2, d = x1.shape[0], xs.shape[0], mesh.size
     budget = memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES
@@ -270,11 +276,11 @@ def kernel(
         ntk_fn.validate(x1, x2, params)  # params, f, finiteness and sample independence, no kernel compiled
     else:
         check_finite(x1=x1, x2=x2, params=params)
-    options = dict(memory_budget_bytes=memory_budget_bytes, mesh=mesh, strategy=strategy, tile_size=tile_size)
     if isinstance(output, os.PathLike) or (isinstance(output, str) and output not in OUTPUTS):
         from linfit.ntk.resumable import open_kernel_file
 
-        make_plan = (lambda: plan) if plan is not None else (lambda: plan_kernel(ntk_fn, x1, x2, params, **options))
+        make_plan = (lambda: plan) if plan is not None else (
+            lambda: _plan(ntk_fn, x1, x2, params, mesh, memory_budget_bytes, strategy, tile_size, "host"))
         file = open_kernel_file(Path(output), ntk_fn, x1, x2, params, mesh, resume, make_plan)
 
         def record(rows: slice, cols: slice) -> None:
@@ -285,7 +291,7 @@ def kernel(
         run_plan(ntk_fn, x1, x2, params, mesh, file.plan, file.kernel, progress, record, file.done)
         return file.kernel
     if plan is None:
-        plan = plan_kernel(ntk_fn, x1, x2, params, output=output, **options)
+        plan = _plan(ntk_fn, x1, x2, params, mesh, memory_budget_bytes, strategy, tile_size, output)
     return run_plan(ntk_fn, x1, x2, params, mesh, plan, output, progress, on_tile, _skip)
 
 
